@@ -1,0 +1,167 @@
+//! `LlmDefinitionService`: proto <-> domain for definitions.
+
+use tonic::{Request, Response, Status};
+
+use super::{ApiContext, caller_of, convert, required};
+use crate::{
+    domain::{
+        DomainError, access,
+        definition::{Definition, RawServiceSpec, SERVICE_FIELDS, ServicePatch, ServiceSpec},
+        error::both,
+        names::{DefinitionName, Handle, UserName},
+    },
+    pb::v1::{self as pb, llm_definition_service_server::LlmDefinitionService},
+};
+
+pub struct DefinitionsApi(pub ApiContext);
+
+fn raw_spec(definition: &pb::Definition) -> RawServiceSpec {
+    RawServiceSpec {
+        endpoint: definition.endpoint.clone(),
+        api_standard: definition.api_standard.clone(),
+        model: definition.model.clone(),
+        dimensions: definition.dimensions,
+        context_limit: definition.context_limit,
+        description: definition.description.clone(),
+    }
+}
+
+fn to_pb(definition: Definition) -> pb::Definition {
+    let etag = definition.etag();
+    pb::Definition {
+        name: definition.name.to_string(),
+        endpoint: definition.spec.endpoint,
+        api_standard: definition.spec.api_standard.to_string(),
+        model: definition.spec.model,
+        dimensions: definition.spec.dimensions,
+        context_limit: definition.spec.context_limit,
+        description: definition.spec.description,
+        create_time: convert::timestamp(definition.create_time),
+        update_time: convert::timestamp(definition.update_time),
+        etag,
+    }
+}
+
+/// The fields an update asked to change, per the mask (or, with an empty mask, the populated ones).
+fn patch(definition: &pb::Definition, mask: &crate::domain::mask::UpdateMask) -> ServicePatch {
+    let d = definition;
+    ServicePatch {
+        endpoint: mask
+            .touches("endpoint", !d.endpoint.is_empty())
+            .then(|| d.endpoint.clone()),
+        api_standard: mask
+            .touches("api_standard", !d.api_standard.is_empty())
+            .then(|| d.api_standard.clone()),
+        model: mask
+            .touches("model", !d.model.is_empty())
+            .then(|| d.model.clone()),
+        dimensions: mask
+            .touches("dimensions", d.dimensions.is_some())
+            .then_some(d.dimensions),
+        context_limit: mask
+            .touches("context_limit", d.context_limit.is_some())
+            .then_some(d.context_limit),
+        description: mask
+            .touches("description", !d.description.is_empty())
+            .then(|| d.description.clone()),
+    }
+}
+
+#[tonic::async_trait]
+impl LlmDefinitionService for DefinitionsApi {
+    async fn create_definition(
+        &self,
+        request: Request<pb::CreateDefinitionRequest>,
+    ) -> Result<Response<pb::Definition>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let parent = UserName::parse("parent", &request.parent)?;
+        access::check_namespace_write(&caller, &parent.0)?;
+        let (handle, spec) = both(
+            Handle::parse("definition_id", &request.definition_id),
+            required(request.definition.as_ref(), "definition")
+                .and_then(|definition| ServiceSpec::parse("definition", &raw_spec(definition))),
+        )?;
+        let name = DefinitionName::new(parent.0, handle);
+        let created = self.0.store.create_definition(&name, &spec).await?;
+        Ok(Response::new(to_pb(created)))
+    }
+
+    async fn get_definition(
+        &self,
+        request: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::Definition>, Status> {
+        let caller = caller_of(&request)?;
+        let name = DefinitionName::parse("name", &request.get_ref().name)?;
+        let not_found = || DomainError::NotFound(name.to_string());
+        if !access::may_read_definitions_of(&caller, &name.owner) {
+            return Err(not_found().into());
+        }
+        let definition = self
+            .0
+            .store
+            .find_definition(&name)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Response::new(to_pb(definition)))
+    }
+
+    async fn list_definitions(
+        &self,
+        request: Request<pb::ListDefinitionsRequest>,
+    ) -> Result<Response<pb::ListDefinitionsResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let parent = UserName::parse("parent", &request.parent)?;
+        if !access::may_read_definitions_of(&caller, &parent.0) {
+            return Err(DomainError::NotFound(parent.to_string()).into());
+        }
+        let query = format!("ListDefinitions {parent}");
+        let page = self
+            .0
+            .paginator
+            .start(request.page_size, &request.page_token, &query)?;
+        let found = self.0.store.list_definitions(&parent, &page).await?;
+        let (definitions, next_page_token) = self
+            .0
+            .paginator
+            .finish(found, &page, &query, |d| d.name.handle.to_string());
+        Ok(Response::new(pb::ListDefinitionsResponse {
+            definitions: definitions.into_iter().map(to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_definition(
+        &self,
+        request: Request<pb::UpdateDefinitionRequest>,
+    ) -> Result<Response<pb::Definition>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let definition = required(request.definition, "definition")?;
+        let name = DefinitionName::parse("definition.name", &definition.name)?;
+        access::check_namespace_write(&caller, &name.owner)?;
+        let mask = convert::update_mask(request.update_mask.as_ref(), SERVICE_FIELDS, &[])?;
+        let patch = patch(&definition, &mask);
+        let updated = self
+            .0
+            .store
+            .update_definition(&name, &definition.etag, |current| {
+                patch.apply("definition", &current.spec)
+            })
+            .await?;
+        Ok(Response::new(to_pb(updated)))
+    }
+
+    async fn delete_definition(
+        &self,
+        request: Request<pb::DeleteDefinitionRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let name = DefinitionName::parse("name", &request.name)?;
+        access::check_namespace_write(&caller, &name.owner)?;
+        self.0.store.delete_definition(&name, &request.etag).await?;
+        Ok(Response::new(()))
+    }
+}

@@ -1,0 +1,39 @@
+//! The gRPC surface: one thin file per service that parses proto messages into domain values,
+//! checks access, calls the store and maps the result back. No SQL and no policy lives here.
+
+pub mod api_standards;
+pub mod convert;
+pub mod definitions;
+pub mod instances;
+pub mod projects;
+pub mod sharing;
+pub mod status;
+pub mod users;
+
+use tonic::Request;
+
+use crate::{
+    domain::{DomainError, caller::Caller, pagination::Paginator},
+    store::Store,
+};
+
+/// What every service handler needs.
+#[derive(Clone, Debug)]
+pub struct ApiContext {
+    pub store: Store,
+    pub paginator: Paginator,
+}
+
+/// The caller that the authentication layer attached to the request.
+pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, DomainError> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or(DomainError::Unauthenticated)
+}
+
+/// A required sub-message of a request, or INVALID_ARGUMENT naming it.
+pub fn required<T>(value: Option<T>, field: &str) -> Result<T, DomainError> {
+    value.ok_or_else(|| DomainError::invalid(field, "is required"))
+}

@@ -1,0 +1,54 @@
+//! The one mapping from domain errors to gRPC status. Every status carries `google.rpc.ErrorInfo`
+//! with a stable reason (clients may switch on it); INVALID_ARGUMENT also carries
+//! `google.rpc.BadRequest` with one violation per bad field. Internal details are logged here and
+//! never sent.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{DomainError, error::PermissionReason};
+
+/// The `ErrorInfo.domain` of every error.
+pub const ERROR_DOMAIN: &str = "llm-registry";
+
+pub fn to_status(error: DomainError) -> Status {
+    let (code, reason) = match &error {
+        DomainError::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+        DomainError::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
+        DomainError::AlreadyExists(_) => (Code::AlreadyExists, "ALREADY_EXISTS"),
+        DomainError::PermissionDenied { reason, .. } => (
+            Code::PermissionDenied,
+            match reason {
+                PermissionReason::AdminOnly => "ADMIN_ONLY",
+                PermissionReason::SystemNamespace => "SYSTEM_NAMESPACE_READ_ONLY",
+                PermissionReason::ForeignNamespace => "FOREIGN_NAMESPACE",
+                PermissionReason::InsufficientRole => "INSUFFICIENT_ROLE",
+                PermissionReason::ReservedUser => "RESERVED_USER",
+            },
+        ),
+        DomainError::EtagMismatch(_) => (Code::Aborted, "ETAG_MISMATCH"),
+        DomainError::InUse(_) => (Code::FailedPrecondition, "RESOURCE_IN_USE"),
+        DomainError::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        DomainError::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED"),
+        DomainError::Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
+        DomainError::Internal(detail) => {
+            tracing::error!(detail = %detail, "internal error");
+            (Code::Internal, "INTERNAL")
+        }
+    };
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    if let DomainError::InvalidArgument(violations) = &error {
+        for violation in violations {
+            details
+                .add_bad_request_violation(violation.field.clone(), violation.description.clone());
+        }
+    }
+    Status::with_error_details(code, error.to_string(), details)
+}
+
+impl From<DomainError> for Status {
+    fn from(error: DomainError) -> Self {
+        to_status(error)
+    }
+}

@@ -1,0 +1,169 @@
+//! `UserService`: proto <-> domain for users and their tokens.
+
+use tonic::{Request, Response, Status};
+
+use super::{ApiContext, caller_of, convert, required};
+use crate::{
+    auth::token::IssuedToken,
+    domain::{
+        DomainError, access,
+        error::{PermissionReason, both},
+        names::{Handle, UserName},
+        user::{NewUser, User, UserFields},
+    },
+    pb::v1::{self as pb, user_service_server::UserService},
+};
+
+pub struct UsersApi(pub ApiContext);
+
+const UPDATABLE: &[&str] = &["display_name", "admin"];
+
+fn to_pb(user: User) -> pb::User {
+    let etag = user.etag();
+    pb::User {
+        name: format!("users/{}", user.handle),
+        display_name: user.display_name,
+        admin: user.is_admin,
+        create_time: convert::timestamp(user.create_time),
+        update_time: convert::timestamp(user.update_time),
+        etag,
+    }
+}
+
+fn reserved_user() -> DomainError {
+    DomainError::PermissionDenied {
+        reason: PermissionReason::ReservedUser,
+        message: "users/_system is reserved: it cannot be changed, deleted or given a token"
+            .to_owned(),
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UsersApi {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let caller = caller_of(&request)?;
+        access::check_admin(&caller, "create users")?;
+        let request = request.into_inner();
+        let (handle, fields) = both(
+            Handle::parse("user_id", &request.user_id),
+            required(request.user.as_ref(), "user")
+                .and_then(|user| UserFields::parse("user", &user.display_name, user.admin)),
+        )?;
+        let token = IssuedToken::generate();
+        let user = self
+            .0
+            .store
+            .create_user(&NewUser { handle, fields }, &token.hash())
+            .await?;
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(to_pb(user)),
+            token: token.reveal().to_owned(),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = caller_of(&request)?;
+        let name = UserName::parse("name", &request.get_ref().name)?;
+        if !access::may_read_private_of(&caller, &name.0) {
+            return Err(DomainError::NotFound(name.to_string()).into());
+        }
+        Ok(Response::new(to_pb(self.0.store.get_user(&name).await?)))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let caller = caller_of(&request)?;
+        access::check_admin(&caller, "list users")?;
+        let request = request.into_inner();
+        let query = "ListUsers";
+        let page = self
+            .0
+            .paginator
+            .start(request.page_size, &request.page_token, query)?;
+        let found = self.0.store.list_users(&page).await?;
+        let (users, next_page_token) = self
+            .0
+            .paginator
+            .finish(found, &page, query, |u| u.handle.to_string());
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.into_iter().map(to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = caller_of(&request)?;
+        access::check_admin(&caller, "update users")?;
+        let request = request.into_inner();
+        let user = required(request.user, "user")?;
+        let name = UserName::parse("user.name", &user.name)?;
+        if name.0.is_system() {
+            return Err(reserved_user().into());
+        }
+        let mask = convert::update_mask(request.update_mask.as_ref(), UPDATABLE, &[])?;
+        let updated = self
+            .0
+            .store
+            .update_user(&name, &user.etag, |current| {
+                let display_name = if mask.touches("display_name", !user.display_name.is_empty()) {
+                    &user.display_name
+                } else {
+                    &current.display_name
+                };
+                let is_admin = if mask.touches("admin", user.admin) {
+                    user.admin
+                } else {
+                    current.is_admin
+                };
+                UserFields::parse("user", display_name, is_admin)
+            })
+            .await?;
+        Ok(Response::new(to_pb(updated)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = caller_of(&request)?;
+        access::check_admin(&caller, "delete users")?;
+        let request = request.into_inner();
+        let name = UserName::parse("name", &request.name)?;
+        if name.0.is_system() {
+            return Err(reserved_user().into());
+        }
+        self.0.store.delete_user(&name, &request.etag).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn rotate_user_token(
+        &self,
+        request: Request<pb::RotateUserTokenRequest>,
+    ) -> Result<Response<pb::RotateUserTokenResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let name = UserName::parse("name", &request.get_ref().name)?;
+        if !access::may_read_private_of(&caller, &name.0) {
+            return Err(DomainError::NotFound(name.to_string()).into());
+        }
+        if name.0.is_system() {
+            return Err(reserved_user().into());
+        }
+        let token = IssuedToken::generate();
+        let user = self.0.store.rotate_user_token(&name, &token.hash()).await?;
+        Ok(Response::new(pb::RotateUserTokenResponse {
+            user: Some(to_pb(user)),
+            token: token.reveal().to_owned(),
+        }))
+    }
+}

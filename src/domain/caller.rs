@@ -1,0 +1,50 @@
+//! Who is calling: the configured administrator, or a user identified by their bearer token.
+
+use super::names::{Handle, UserKey};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The administrator configured at start-up (`ADMIN_TOKEN`); has no namespace of its own.
+    Admin,
+    /// A user from the users table.
+    User(UserPrincipal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPrincipal {
+    /// Database id, for queries that join on it.
+    pub id: i64,
+    pub handle: Handle,
+    /// Users flagged admin have every right the configured administrator has.
+    pub is_admin: bool,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::User(user) => user.is_admin,
+        }
+    }
+
+    /// The caller's own namespace, if any (the configured administrator has none).
+    pub fn namespace(&self) -> Option<UserKey> {
+        match self {
+            Caller::Admin => None,
+            Caller::User(user) => Some(UserKey::from(user.handle.clone())),
+        }
+    }
+
+    /// Whether `owner` is the caller's own namespace.
+    pub fn owns(&self, owner: &UserKey) -> bool {
+        matches!(self, Caller::User(user) if user.handle.as_str() == owner.as_str())
+    }
+
+    /// A short label for logs and traces: the handle, or `admin`. Never a token.
+    pub fn label(&self) -> String {
+        match self {
+            Caller::Admin => "admin".to_owned(),
+            Caller::User(user) => user.handle.to_string(),
+        }
+    }
+}

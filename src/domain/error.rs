@@ -1,0 +1,164 @@
+//! The closed set of errors the service can answer with. Each variant maps to exactly one gRPC
+//! code and one stable `ErrorInfo` reason in `api::status`; messages never carry secrets.
+
+use std::fmt;
+
+/// One invalid request field, reported as a `google.rpc.BadRequest` field violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The request field path, e.g. `definition.endpoint`.
+    pub field: String,
+    /// What is wrong with it, for a person to read.
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// The caller sent something malformed; every offending field is named.
+    #[error("invalid argument: {}", summarize(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The resource does not exist, or the caller may not know that it does (same answer).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Create never overwrites.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The caller is known but not allowed to do this.
+    #[error("{message}")]
+    PermissionDenied {
+        reason: PermissionReason,
+        message: String,
+    },
+    /// The request carried an etag that no longer matches.
+    #[error("{0} has changed since the etag was read; read it again and retry")]
+    EtagMismatch(String),
+    /// The resource is in use by others; the message names what blocks the change.
+    #[error("{0}")]
+    InUse(String),
+    /// No or unknown bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+    /// The method exists in the contract but is not built yet.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(&'static str),
+    /// The database cannot be reached; the caller may retry.
+    #[error("the database is unavailable")]
+    Unavailable,
+    /// A fault of ours. The detail is logged, never sent to the caller.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// Why a known caller was refused; each becomes a distinct, stable `ErrorInfo` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermissionReason {
+    /// Only administrators may do this.
+    AdminOnly,
+    /// Writes under `users/_system` are the admin's alone.
+    SystemNamespace,
+    /// Writing into another user's namespace.
+    ForeignNamespace,
+    /// The caller's role on the resource is too low.
+    InsufficientRole,
+    /// The reserved user cannot be changed this way by anyone.
+    ReservedUser,
+}
+
+impl DomainError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn admin_only(what: &str) -> Self {
+        Self::PermissionDenied {
+            reason: PermissionReason::AdminOnly,
+            message: format!("only an administrator may {what}"),
+        }
+    }
+
+    pub fn system_namespace() -> Self {
+        Self::PermissionDenied {
+            reason: PermissionReason::SystemNamespace,
+            message: "users/_system is written by administrators only".to_owned(),
+        }
+    }
+}
+
+fn summarize(violations: &[FieldViolation]) -> String {
+    let parts: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect();
+    parts.join("; ")
+}
+
+/// Collects field violations so that one answer names every bad field, not just the first.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Keeps the value of a check, or records its violations and gives `None`.
+    pub fn take<T>(&mut self, result: Result<T, DomainError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(DomainError::InvalidArgument(found)) => {
+                self.0.extend(found);
+                None
+            }
+            Err(other) => {
+                // Validation helpers only produce InvalidArgument; keep anything else visible.
+                self.add("", other.to_string());
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn finish(self) -> Result<(), DomainError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::InvalidArgument(self.0))
+        }
+    }
+}
+
+impl fmt::Display for PermissionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Runs two independent checks and reports the violations of both, not only the first's.
+pub fn both<A, B>(
+    a: Result<A, DomainError>,
+    b: Result<B, DomainError>,
+) -> Result<(A, B), DomainError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (
+            Err(DomainError::InvalidArgument(mut first)),
+            Err(DomainError::InvalidArgument(second)),
+        ) => {
+            first.extend(second);
+            Err(DomainError::InvalidArgument(first))
+        }
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    }
+}

@@ -1,0 +1,74 @@
+//! The `llm-registry` command line: `serve` (the default) and `migrate`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use llm_registry::{
+    config::{self, Cli, Command},
+    server, telemetry,
+};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = telemetry::init(cli.global.log_format, &cli.global.log_filter) {
+        eprintln!("error: invalid log settings: {error:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Migrate) => {
+            let url = config::database_url(&cli.global)?;
+            server::prepare_database(cli.global.mode, &url, 1).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Some(Command::Serve(args)) => serve(&cli.global, &args).await,
+        None => serve(&cli.global, &cli.serve).await,
+    }
+}
+
+async fn serve(global: &config::GlobalArgs, args: &config::ServeArgs) -> anyhow::Result<()> {
+    let settings = config::serve_settings(global, args)?;
+    let listener = TcpListener::bind(settings.listen_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen_addr))?;
+    server::serve(settings, listener, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,229 @@
+//! Start-up and serving: database (created in development mode), migrations, the tower layers
+//! (trace -> concurrency limit -> authentication -> `_system` guard), the six services, health,
+//! reflection, and a graceful shutdown that turns health NOT_SERVING before draining calls.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+
+use crate::{
+    api::{
+        ApiContext, api_standards::ApiStandardsApi, definitions::DefinitionsApi,
+        instances::InstancesApi, projects::ProjectsApi, sharing::SharingApi, users::UsersApi,
+    },
+    auth::{
+        authenticate::{AuthenticateLayer, Authenticator},
+        system_guard::{SystemGuard, SystemGuardLayer},
+    },
+    config::{Mode, ServeSettings},
+    domain::pagination::Paginator,
+    pb::{
+        self,
+        v1::{
+            api_standard_service_server::ApiStandardServiceServer,
+            llm_definition_service_server::LlmDefinitionServiceServer,
+            llm_instance_service_server::LlmInstanceServiceServer,
+            project_service_server::ProjectServiceServer,
+            sharing_service_server::SharingServiceServer, user_service_server::UserServiceServer,
+        },
+    },
+    store::{Store, database},
+    telemetry::rpc_trace::RpcTraceLayer,
+};
+
+/// Names reported by the health service: "" (the server as a whole) and each of ours.
+const HEALTH_SERVICES: &[&str] = &[
+    "",
+    <UserServiceServer<UsersApi> as NamedService>::NAME,
+    <ApiStandardServiceServer<ApiStandardsApi> as NamedService>::NAME,
+    <LlmDefinitionServiceServer<DefinitionsApi> as NamedService>::NAME,
+    <LlmInstanceServiceServer<InstancesApi> as NamedService>::NAME,
+    <SharingServiceServer<SharingApi> as NamedService>::NAME,
+    <ProjectServiceServer<ProjectsApi> as NamedService>::NAME,
+];
+
+/// Purpose label for the page-token HMAC key derived from the master key.
+const PAGE_TOKEN_KEY_PURPOSE: &str = "llm-registry page tokens v1";
+
+/// Connects (creating the database in development mode) and applies migrations.
+pub async fn prepare_database(
+    mode: Mode,
+    database_url: &str,
+    max_connections: u32,
+) -> anyhow::Result<Store> {
+    if mode == Mode::Development && database::create_database_if_missing(database_url).await.context(
+        "development mode could not reach PostgreSQL to create its database (is it running on 127.0.0.1:5432?)",
+    )? {
+        tracing::info!("created the development database");
+    }
+    let pool = database::connect(database_url, max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    database::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(Store::new(pool))
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
+pub async fn serve(
+    settings: ServeSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = prepare_database(
+        settings.mode,
+        &settings.database_url,
+        settings.db_max_connections,
+    )
+    .await?;
+    let context = ApiContext {
+        store: store.clone(),
+        paginator: Paginator::new(settings.encryption_key.derive(PAGE_TOKEN_KEY_PURPOSE)),
+    };
+    let max_message = settings.max_message_bytes;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&health_reporter, ServingStatus::Serving).await;
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let watcher = tokio::spawn(watch_database(
+        store.clone(),
+        health_reporter.clone(),
+        settings.health_check_interval,
+        stopping_rx,
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let layers = ServiceBuilder::new()
+        .layer(RpcTraceLayer)
+        .layer(GlobalConcurrencyLimitLayer::new(
+            settings.max_concurrent_requests,
+        ))
+        .layer(AuthenticateLayer::new(Arc::new(Authenticator::new(
+            store.clone(),
+            &settings.admin_token,
+        ))))
+        .layer(SystemGuardLayer::new(Arc::new(
+            SystemGuard::from_descriptor_set(pb::FILE_DESCRIPTOR_SET, max_message)?,
+        )))
+        .into_inner();
+
+    let address = listener.local_addr()?;
+    announce(&settings, address);
+
+    let reporter = health_reporter.clone();
+    let on_shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        let _ = stopping_tx.send(true);
+        set_health(&reporter, ServingStatus::NotServing).await;
+    };
+
+    let result = tonic::transport::Server::builder()
+        .timeout(settings.request_timeout)
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            UserServiceServer::new(UsersApi(context.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            ApiStandardServiceServer::new(ApiStandardsApi(context.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            LlmDefinitionServiceServer::new(DefinitionsApi(context.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            LlmInstanceServiceServer::new(InstancesApi)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            SharingServiceServer::new(SharingApi)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            ProjectServiceServer::new(ProjectsApi)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
+        .await;
+    watcher.abort();
+    store.pool().close().await;
+    result.context("serving gRPC")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn announce(settings: &ServeSettings, address: SocketAddr) {
+    tracing::info!(%address, "serving gRPC (health and reflection need no token)");
+    if settings.mode == Mode::Development {
+        tracing::warn!(
+            "try: buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $ADMIN_TOKEN\" \
+             -d '{{\"parent\":\"users/_system\"}}' http://{address}/llmregistry.v1.LlmDefinitionService/ListDefinitions \
+             (ADMIN_TOKEN is in the development secrets file named above)"
+        );
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(*service, status).await;
+    }
+}
+
+/// Keeps health in step with the database: NOT_SERVING while it does not answer, SERVING again
+/// once it does; stops when shutdown begins, so health stays NOT_SERVING from then on.
+async fn watch_database(
+    store: Store,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopping.changed() => return,
+        }
+        let healthy = matches!(
+            tokio::time::timeout(interval, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if *stopping.borrow() {
+            return;
+        }
+        if healthy != serving {
+            serving = healthy;
+            if healthy {
+                tracing::info!("database answers again: SERVING");
+                set_health(&reporter, ServingStatus::Serving).await;
+            } else {
+                tracing::error!("database does not answer: NOT_SERVING");
+                set_health(&reporter, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Connecting, creating the database (development mode) and applying migrations.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, Connection, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+/// Migrations compiled into the binary; sqlx serializes concurrent runs with an advisory lock,
+/// so several replicas starting at once apply each migration exactly once.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool. Acquiring a connection waits at most `acquire_timeout`, so an outage turns into
+/// UNAVAILABLE answers rather than requests that hang.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Creates the database named in `url` if it does not exist (development mode). Connects to the
+/// server's `postgres` database to do so; a concurrent creator winning the race is fine.
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<bool> {
+    let target = PgConnectOptions::from_str(url)?;
+    let Some(name) = target.get_database().map(str::to_owned) else {
+        return Ok(false);
+    };
+    let mut admin = PgConnection::connect_with(&target.clone().database("postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if exists {
+        return Ok(false);
+    }
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+        .execute(&mut admin)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // 42P04 duplicate_database, 23505 when two creators race on the catalog.
+        Err(e)
+            if matches!(
+                super::errors::sqlstate(&e).as_deref(),
+                Some("42P04" | "23505")
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

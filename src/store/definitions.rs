@@ -1,0 +1,217 @@
+//! Queries on definitions.
+
+use chrono::{DateTime, Utc};
+
+use sqlx::AssertSqlSafe;
+
+use super::{Store, errors};
+use crate::domain::{
+    DomainError,
+    definition::{Definition, ServiceSpec},
+    names::{ApiStandardName, DefinitionName, UserKey, UserName},
+    pagination::PageRequest,
+};
+
+#[derive(sqlx::FromRow)]
+struct DefinitionRow {
+    owner: String,
+    handle: String,
+    endpoint: String,
+    api_standard: String,
+    model: String,
+    dimensions: Option<i32>,
+    context_limit: Option<i32>,
+    description: String,
+    revision: i64,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+const SELECT: &str = "SELECT u.handle AS owner, d.handle, d.endpoint, s.handle AS api_standard, \
+    d.model, d.dimensions, d.context_limit, d.description, d.revision, d.create_time, d.update_time \
+    FROM definitions d JOIN users u ON u.id = d.owner_id JOIN api_standards s ON s.id = d.api_standard_id";
+
+impl DefinitionRow {
+    fn into_domain(self) -> Result<Definition, DomainError> {
+        let owner = UserKey::parse("stored", &self.owner).map_err(|_| {
+            DomainError::Internal(format!("malformed stored owner {:?}", self.owner))
+        })?;
+        Ok(Definition {
+            name: DefinitionName::new(owner, errors::stored_handle(&self.handle)?),
+            spec: ServiceSpec {
+                endpoint: self.endpoint,
+                api_standard: ApiStandardName(errors::stored_handle(&self.api_standard)?),
+                model: self.model,
+                dimensions: self.dimensions,
+                context_limit: self.context_limit,
+                description: self.description,
+            },
+            revision: self.revision,
+            create_time: self.create_time,
+            update_time: self.update_time,
+        })
+    }
+}
+
+impl Store {
+    pub async fn create_definition(
+        &self,
+        name: &DefinitionName,
+        spec: &ServiceSpec,
+    ) -> Result<Definition, DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let owner_id = Self::user_id(&mut *tx, name.owner.as_str()).await?;
+        let standard_id = Self::api_standard_id(
+            &mut *tx,
+            "definition.api_standard",
+            spec.api_standard.0.as_str(),
+        )
+        .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO definitions \
+             (owner_id, handle, endpoint, api_standard_id, model, dimensions, context_limit, description) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(owner_id)
+        .bind(name.handle.as_str())
+        .bind(&spec.endpoint)
+        .bind(standard_id)
+        .bind(&spec.model)
+        .bind(spec.dimensions)
+        .bind(spec.context_limit)
+        .bind(&spec.description)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match errors::sqlstate(&e).as_deref() {
+            Some(errors::FOREIGN_KEY_VIOLATION) => errors::on_reference(e, "definition.api_standard"),
+            _ => errors::on_insert(e, &name.to_string()),
+        })?;
+        let created = Self::definition_by_id(&mut *tx, id).await?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(created)
+    }
+
+    async fn definition_by_id<'e>(
+        executor: impl sqlx::PgExecutor<'e>,
+        id: i64,
+    ) -> Result<Definition, DomainError> {
+        sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!("{SELECT} WHERE d.id = $1")))
+            .bind(id)
+            .fetch_one(executor)
+            .await
+            .map_err(errors::db)?
+            .into_domain()
+    }
+
+    /// The definition, or `None` when it does not exist.
+    pub async fn find_definition(
+        &self,
+        name: &DefinitionName,
+    ) -> Result<Option<Definition>, DomainError> {
+        sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE u.handle = $1 AND d.handle = $2"
+        )))
+        .bind(name.owner.as_str())
+        .bind(name.handle.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .map(DefinitionRow::into_domain)
+        .transpose()
+    }
+
+    /// One owner's definitions in handle order after the cursor; NOT_FOUND if the owner is missing.
+    pub async fn list_definitions(
+        &self,
+        owner: &UserName,
+        page: &PageRequest,
+    ) -> Result<Vec<Definition>, DomainError> {
+        let owner_id = Self::user_id(&self.pool, owner.0.as_str()).await?;
+        sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE d.owner_id = $1 AND d.handle > $2 ORDER BY d.handle LIMIT $3"
+        )))
+        .bind(owner_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .into_iter()
+        .map(DefinitionRow::into_domain)
+        .collect()
+    }
+
+    /// Read-modify-write: `change` sees the current definition (after the etag check) and returns
+    /// the new, validated spec.
+    pub async fn update_definition(
+        &self,
+        name: &DefinitionName,
+        etag: &str,
+        change: impl FnOnce(&Definition) -> Result<ServiceSpec, DomainError>,
+    ) -> Result<Definition, DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let current = Self::lock_definition(&mut tx, name).await?;
+        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
+        let spec = change(&current)?;
+        let standard_id = Self::api_standard_id(
+            &mut *tx,
+            "definition.api_standard",
+            spec.api_standard.0.as_str(),
+        )
+        .await?;
+        let id: i64 = sqlx::query_scalar(
+            "UPDATE definitions d SET endpoint = $3, api_standard_id = $4, model = $5, dimensions = $6, \
+             context_limit = $7, description = $8, revision = revision + 1, update_time = clock_timestamp() \
+             FROM users u WHERE u.id = d.owner_id AND u.handle = $1 AND d.handle = $2 RETURNING d.id",
+        )
+        .bind(name.owner.as_str())
+        .bind(name.handle.as_str())
+        .bind(&spec.endpoint)
+        .bind(standard_id)
+        .bind(&spec.model)
+        .bind(spec.dimensions)
+        .bind(spec.context_limit)
+        .bind(&spec.description)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| errors::on_reference(e, "definition.api_standard"))?;
+        let updated = Self::definition_by_id(&mut *tx, id).await?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(updated)
+    }
+
+    /// Deletes a definition; instances made from it keep their fields and lose the reference.
+    pub async fn delete_definition(
+        &self,
+        name: &DefinitionName,
+        etag: &str,
+    ) -> Result<(), DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let current = Self::lock_definition(&mut tx, name).await?;
+        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
+        sqlx::query("DELETE FROM definitions d USING users u WHERE u.id = d.owner_id AND u.handle = $1 AND d.handle = $2")
+            .bind(name.owner.as_str())
+            .bind(name.handle.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| errors::on_delete(e, &name.to_string()))?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(())
+    }
+
+    async fn lock_definition(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        name: &DefinitionName,
+    ) -> Result<Definition, DomainError> {
+        sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE u.handle = $1 AND d.handle = $2 FOR UPDATE OF d"
+        )))
+        .bind(name.owner.as_str())
+        .bind(name.handle.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
+        .into_domain()
+    }
+}

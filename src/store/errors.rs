@@ -1,0 +1,77 @@
+//! sqlx errors -> domain errors. Constraint violations caused by the request become the caller's
+//! error (ALREADY_EXISTS, FAILED_PRECONDITION, INVALID_ARGUMENT); an unreachable database becomes
+//! UNAVAILABLE; anything else is INTERNAL, with the detail kept for the log only.
+
+use crate::domain::{DomainError, names::Handle};
+
+const UNIQUE_VIOLATION: &str = "23505";
+pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+const CHECK_VIOLATION: &str = "23514";
+/// Class 22: data exceptions (value too long, out of range, bad encoding).
+const DATA_EXCEPTION_CLASS: &str = "22";
+/// Class 08 (connection exception), 57P01..03 (admin shutdown, crash, cannot connect now).
+const UNAVAILABLE_CODES: &[&str] = &["57P01", "57P02", "57P03"];
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Maps an error with no more specific meaning in its context.
+pub fn db(error: sqlx::Error) -> DomainError {
+    match &error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            tracing::warn!(error = %error, "database unavailable");
+            DomainError::Unavailable
+        }
+        sqlx::Error::Database(_) => match sqlstate(&error).as_deref() {
+            Some(code) if code.starts_with("08") || UNAVAILABLE_CODES.contains(&code) => {
+                tracing::warn!(sqlstate = code, "database unavailable");
+                DomainError::Unavailable
+            }
+            Some(code) if code.starts_with(DATA_EXCEPTION_CLASS) || code == CHECK_VIOLATION => {
+                // Validation should have caught this first; still the caller's input, not our fault.
+                DomainError::invalid("", "a value is out of the range the registry can store")
+            }
+            _ => DomainError::Internal(format!("database error: {error}")),
+        },
+        _ => DomainError::Internal(format!("database error: {error}")),
+    }
+}
+
+/// Maps an insert: a duplicate key means `resource` already exists.
+pub fn on_insert(error: sqlx::Error, resource: &str) -> DomainError {
+    if sqlstate(&error).as_deref() == Some(UNIQUE_VIOLATION) {
+        DomainError::AlreadyExists(resource.to_owned())
+    } else {
+        db(error)
+    }
+}
+
+/// Maps a delete: a foreign key violation means something still uses `resource`.
+pub fn on_delete(error: sqlx::Error, resource: &str) -> DomainError {
+    if sqlstate(&error).as_deref() == Some(FOREIGN_KEY_VIOLATION) {
+        DomainError::InUse(format!("{resource} is still in use"))
+    } else {
+        db(error)
+    }
+}
+
+/// Maps a write that references an API standard: a foreign key violation means it vanished
+/// between lookup and write (a concurrent delete), which is the caller's reference gone bad.
+pub fn on_reference(error: sqlx::Error, field: &str) -> DomainError {
+    if sqlstate(&error).as_deref() == Some(FOREIGN_KEY_VIOLATION) {
+        DomainError::invalid(field, "refers to something that no longer exists")
+    } else {
+        db(error)
+    }
+}
+
+/// A handle read back from the database; a malformed one is our fault, not the caller's.
+pub fn stored_handle(value: &str) -> Result<Handle, DomainError> {
+    Handle::parse("stored", value)
+        .map_err(|_| DomainError::Internal(format!("malformed stored handle {value:?}")))
+}

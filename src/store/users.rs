@@ -1,0 +1,214 @@
+//! Queries on users and their token hashes.
+
+use chrono::{DateTime, Utc};
+
+use sqlx::AssertSqlSafe;
+
+use super::{Store, errors};
+use crate::domain::{
+    DomainError,
+    caller::UserPrincipal,
+    names::{UserKey, UserName},
+    pagination::PageRequest,
+    user::{NewUser, User, UserFields},
+};
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    handle: String,
+    display_name: String,
+    is_admin: bool,
+    revision: i64,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+const USER_COLUMNS: &str = "handle, display_name, is_admin, revision, create_time, update_time";
+
+impl UserRow {
+    fn into_domain(self) -> Result<User, DomainError> {
+        let handle = UserKey::parse("stored", &self.handle).map_err(|_| {
+            DomainError::Internal(format!("malformed stored user handle {:?}", self.handle))
+        })?;
+        Ok(User {
+            handle,
+            display_name: self.display_name,
+            is_admin: self.is_admin,
+            revision: self.revision,
+            create_time: self.create_time,
+            update_time: self.update_time,
+        })
+    }
+}
+
+impl Store {
+    /// The user holding a token with this hash, if any. `_system` has no token, so never matches.
+    pub async fn principal_by_token_hash(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<UserPrincipal>, DomainError> {
+        let row: Option<(i64, String, bool)> =
+            sqlx::query_as("SELECT id, handle, is_admin FROM users WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(errors::db)?;
+        row.map(|(id, handle, is_admin)| {
+            Ok(UserPrincipal {
+                id,
+                handle: errors::stored_handle(&handle)?,
+                is_admin,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn create_user(&self, new: &NewUser, token_hash: &[u8]) -> Result<User, DomainError> {
+        let name = format!("users/{}", new.handle);
+        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+            "INSERT INTO users (handle, display_name, is_admin, token_hash) VALUES ($1, $2, $3, $4) \
+             RETURNING {USER_COLUMNS}"
+        )))
+        .bind(new.handle.as_str())
+        .bind(&new.fields.display_name)
+        .bind(new.fields.is_admin)
+        .bind(token_hash)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| errors::on_insert(e, &name))?
+        .into_domain()
+    }
+
+    pub async fn get_user(&self, name: &UserName) -> Result<User, DomainError> {
+        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE handle = $1"
+        )))
+        .bind(name.0.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
+        .into_domain()
+    }
+
+    /// Users in handle order, after the page cursor (the last handle served).
+    pub async fn list_users(&self, page: &PageRequest) -> Result<Vec<User>, DomainError> {
+        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE handle > $1 ORDER BY handle LIMIT $2"
+        )))
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .into_iter()
+        .map(UserRow::into_domain)
+        .collect()
+    }
+
+    /// Read-modify-write of a user's fields: `change` sees the current user (after the etag check)
+    /// and returns the new fields.
+    pub async fn update_user(
+        &self,
+        name: &UserName,
+        etag: &str,
+        change: impl FnOnce(&User) -> Result<UserFields, DomainError>,
+    ) -> Result<User, DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let current = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE handle = $1 FOR UPDATE"
+        )))
+        .bind(name.0.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
+        .into_domain()?;
+        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
+        let fields = change(&current)?;
+        let updated = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+            "UPDATE users SET display_name = $2, is_admin = $3, revision = revision + 1, \
+             update_time = clock_timestamp() WHERE handle = $1 RETURNING {USER_COLUMNS}"
+        )))
+        .bind(name.0.as_str())
+        .bind(&fields.display_name)
+        .bind(fields.is_admin)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(errors::db)?
+        .into_domain()?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(updated)
+    }
+
+    /// Replaces a user's token hash; the old token stops working with the commit.
+    pub async fn rotate_user_token(
+        &self,
+        name: &UserName,
+        token_hash: &[u8],
+    ) -> Result<User, DomainError> {
+        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+            "UPDATE users SET token_hash = $2, revision = revision + 1, update_time = clock_timestamp() \
+             WHERE handle = $1 RETURNING {USER_COLUMNS}"
+        )))
+        .bind(name.0.as_str())
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
+        .into_domain()
+    }
+
+    /// Deletes a user and (by cascade) everything the user owns. Refused, naming a blocker, while
+    /// another user's project uses one of the user's instances.
+    pub async fn delete_user(&self, name: &UserName, etag: &str) -> Result<(), DomainError> {
+        let resource = name.to_string();
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let current = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE handle = $1 FOR UPDATE"
+        )))
+        .bind(name.0.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(resource.clone()))?
+        .into_domain()?;
+        crate::domain::check_etag(etag, &current.etag(), &resource)?;
+        let blockers: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT pu.handle, p.handle, i.handle \
+             FROM users u \
+             JOIN instances i ON i.owner_id = u.id \
+             JOIN projects p ON p.instance_id = i.id \
+             JOIN users pu ON pu.id = p.owner_id \
+             WHERE u.handle = $1 AND p.owner_id <> u.id \
+             ORDER BY pu.handle, p.handle LIMIT 3",
+        )
+        .bind(name.0.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(errors::db)?;
+        if !blockers.is_empty() {
+            let listed: Vec<String> = blockers
+                .iter()
+                .map(|(owner, project, instance)| {
+                    format!(
+                        "users/{owner}/projects/{project} uses users/{}/instances/{instance}",
+                        name.0
+                    )
+                })
+                .collect();
+            return Err(DomainError::InUse(format!(
+                "{resource} cannot be deleted while other users' projects use its instances: {}",
+                listed.join("; ")
+            )));
+        }
+        sqlx::query("DELETE FROM users WHERE handle = $1")
+            .bind(name.0.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| errors::on_delete(e, &resource))?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(())
+    }
+}

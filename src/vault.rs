@@ -1,0 +1,111 @@
+//! Master encryption keys. A key is 32 random bytes given in base64 (`ENCRYPTION_KEY`); it lives
+//! in memory only inside zeroize-on-drop storage and its `Debug` is redacted. Each key has a short
+//! public id (a hash of the key, never the key) so that ciphertexts can name the key that made them.
+//!
+//! The same key also seeds other server secrets by derivation (see [`MasterKey::derive`]), so
+//! every replica given the same key agrees on them without extra configuration.
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+pub const KEY_LEN: usize = 32;
+
+/// Why a configured key was refused. Never carries the key itself.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("is not valid base64")]
+    NotBase64,
+    #[error(
+        "must decode to exactly 32 bytes (got {0}); generate one with `openssl rand -base64 32`"
+    )]
+    WrongLength(usize),
+}
+
+/// A 32-byte AES-256 master key.
+#[derive(Clone)]
+pub struct MasterKey {
+    bytes: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterKey(id={}, <redacted>)", self.id())
+    }
+}
+
+impl MasterKey {
+    /// Parses the base64 form (standard alphabet, padding optional; surrounding space ignored).
+    pub fn from_base64(encoded: &str) -> Result<Self, KeyError> {
+        let trimmed = encoded.trim().trim_end_matches('=');
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(trimmed)
+                .map_err(|_| KeyError::NotBase64)?,
+        );
+        let bytes: [u8; KEY_LEN] = decoded
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::WrongLength(decoded.len()))?;
+        Ok(Self {
+            bytes: Zeroizing::new(bytes),
+        })
+    }
+
+    /// A fresh random key (development mode).
+    pub fn generate() -> Self {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        rand::rng().fill_bytes(bytes.as_mut_slice());
+        Self { bytes }
+    }
+
+    /// The base64 form, for the development secrets file only.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.bytes.as_slice()))
+    }
+
+    /// A public, stable identifier: the first 8 bytes of SHA-256 over a label and the key, in hex.
+    /// It reveals nothing usable about the key.
+    pub fn id(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(b"llm-registry key id v1\0");
+        hasher.update(self.bytes.as_slice());
+        let digest = hasher.finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A secret derived for one purpose (HMAC-SHA256 of `purpose` under the key), so that one
+    /// configured key can seed independent secrets.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        // HMAC takes keys of any length, so construction cannot fail for 32 bytes.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.bytes.as_slice())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_strictly_and_never_print() {
+        let key = MasterKey::generate();
+        let encoded = key.to_base64();
+        let again = MasterKey::from_base64(&encoded).unwrap();
+        assert_eq!(key.id(), again.id());
+        assert!(!format!("{key:?}").contains(encoded.as_str()));
+        assert_eq!(
+            MasterKey::from_base64("not base64!").unwrap_err(),
+            KeyError::NotBase64
+        );
+        assert_eq!(
+            MasterKey::from_base64(&STANDARD.encode([1u8; 16])).unwrap_err(),
+            KeyError::WrongLength(16)
+        );
+        assert_ne!(key.derive("a"), key.derive("b"));
+    }
+}
