@@ -100,6 +100,9 @@ pub struct ServeArgs {
     /// Size of the database connection pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+    /// On shutdown, how long in-flight calls may finish before the rest are cut, in seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
     /// How often health probes the database, in milliseconds.
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
     pub health_check_interval_ms: u64,
@@ -118,6 +121,7 @@ pub struct ServeSettings {
     pub max_concurrent_requests: usize,
     pub db_max_connections: u32,
     pub health_check_interval: Duration,
+    pub shutdown_grace: Duration,
 }
 
 /// Where development secrets live unless told otherwise.
@@ -163,6 +167,7 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         max_concurrent_requests: serve.max_concurrent_requests.max(1),
         db_max_connections: serve.db_max_connections.max(1),
         health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),
+        shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),
     })
 }
 

@@ -124,6 +124,7 @@ pub async fn serve(
     let address = listener.local_addr()?;
     announce(&settings, address);
 
+    let mut drain_started = stopping_tx.subscribe();
     let reporter = health_reporter.clone();
     let on_shutdown = async move {
         shutdown.await;
@@ -132,7 +133,7 @@ pub async fn serve(
         set_health(&reporter, ServingStatus::NotServing).await;
     };
 
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(settings.request_timeout)
         .layer(layers)
         .add_service(health_service)
@@ -168,8 +169,21 @@ pub async fn serve(
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown);
+    // Draining waits for in-flight calls, but a long-lived stream (a health Watch) would hold
+    // it open forever: after the grace period the remaining calls are cut.
+    let grace = settings.shutdown_grace;
+    let drain_deadline = async move {
+        let _ = drain_started.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = drain_deadline => {
+            tracing::warn!(grace_secs = grace.as_secs_f64(), "drain deadline passed; closing the remaining calls");
+            Ok(())
+        }
+    };
     watcher.abort();
     store.pool().close().await;
     result.context("serving gRPC")?;

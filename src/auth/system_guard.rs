@@ -2,6 +2,9 @@
 //! aimed at `users/_system` unless the caller is an administrator (PERMISSION_DENIED, whether or
 //! not the target exists).
 //!
+//! Since it decodes requests anyway, it also turns a malformed request message (bad wire format,
+//! invalid UTF-8 in a string) into INVALID_ARGUMENT; left to tonic, that would be INTERNAL.
+//!
 //! It works from the descriptor set, not from a list of methods: every method whose name does not
 //! start with `Get` or `List` counts as mutating, and its request is decoded generically to find
 //! the target (top-level `name` or `parent`, or the `name` of a top-level resource message, as
@@ -40,9 +43,16 @@ pub fn is_read_only_method(method: &str) -> bool {
     method.starts_with("Get") || method.starts_with("List")
 }
 
-/// The mutating methods of a descriptor set and their request types, keyed by gRPC path.
+/// What the guard knows of one method.
+#[derive(Clone)]
+struct MethodInfo {
+    input: MessageDescriptor,
+    mutating: bool,
+}
+
+/// The methods of a descriptor set and their request types, keyed by gRPC path.
 pub struct SystemGuard {
-    mutating_inputs: HashMap<String, MessageDescriptor>,
+    methods: HashMap<String, MethodInfo>,
     max_message_bytes: usize,
 }
 
@@ -52,23 +62,26 @@ impl SystemGuard {
         max_message_bytes: usize,
     ) -> anyhow::Result<Self> {
         let pool = DescriptorPool::decode(descriptor_set)?;
-        let mutating_inputs = pool
+        let methods = pool
             .services()
             .flat_map(|service| service.methods().collect::<Vec<_>>())
-            .filter(|method| !is_read_only_method(method.name()))
             .map(|method| {
                 let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
-                (path, method.input())
+                let info = MethodInfo {
+                    input: method.input(),
+                    mutating: !is_read_only_method(method.name()),
+                };
+                (path, info)
             })
             .collect();
         Ok(Self {
-            mutating_inputs,
+            methods,
             max_message_bytes,
         })
     }
 
-    /// Judges one buffered unary request body.
-    fn check(&self, input: &MessageDescriptor, body: &[u8]) -> Result<(), DomainError> {
+    /// Judges one buffered unary request body; `enforce` says whether the `_system` rule applies.
+    fn check(&self, method: &MethodInfo, enforce: bool, body: &[u8]) -> Result<(), DomainError> {
         let malformed =
             || DomainError::invalid("", "the request is not a well-formed gRPC message");
         if body.len() < FRAME_HEADER_LEN {
@@ -87,8 +100,9 @@ impl SystemGuard {
         if body.len() != FRAME_HEADER_LEN + length {
             return Err(malformed());
         }
-        let message = DynamicMessage::decode(input.clone(), payload).map_err(|_| malformed())?;
-        if targets_system(&message) {
+        let message =
+            DynamicMessage::decode(method.input.clone(), payload).map_err(|_| malformed())?;
+        if enforce && method.mutating && targets_system(&message) {
             Err(DomainError::system_namespace())
         } else {
             Ok(())
@@ -170,19 +184,14 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let input = self
-            .guard
-            .mutating_inputs
-            .get(request.uri().path())
-            .cloned();
-        let is_admin = request
+        let Some(method) = self.guard.methods.get(request.uri().path()).cloned() else {
+            // Not ours (health, reflection) or unknown (tonic answers UNIMPLEMENTED).
+            return Box::pin(inner.call(request));
+        };
+        let enforce = !request
             .extensions()
             .get::<Caller>()
             .is_some_and(Caller::is_admin);
-        let (Some(input), false) = (input, is_admin) else {
-            // Reads, unknown paths (tonic answers UNIMPLEMENTED) and administrators pass untouched.
-            return Box::pin(inner.call(request));
-        };
         let guard = self.guard.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
@@ -200,7 +209,7 @@ where
                     return Ok(to_status(error).into_http());
                 }
             };
-            if let Err(error) = guard.check(&input, &bytes) {
+            if let Err(error) = guard.check(&method, enforce, &bytes) {
                 return Ok(to_status(error).into_http());
             }
             inner

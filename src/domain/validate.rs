@@ -28,6 +28,12 @@ pub fn endpoint(field: &str, value: &str) -> Result<String, DomainError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("must use the http or https scheme"));
     }
+    // WHATWG parsing forgives `https:///host` and `https:host`; what we store must read
+    // the same to every client, so insist on the plain `scheme://host` form.
+    let after_scheme = value.get(url.scheme().len() + 1..).unwrap_or_default();
+    if !after_scheme.starts_with("//") || after_scheme.starts_with("///") {
+        return Err(invalid("must look like https://host/path"));
+    }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("must name a host"));
     }
@@ -112,6 +118,8 @@ mod tests {
             "https://user@example.com/",
             "https://example.com/#frag",
             "https:///nohost",
+            "https:nohost",
+            "https://",
             "https://exa mple.com/",
             "file:///etc/passwd",
         ] {

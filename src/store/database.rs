@@ -31,31 +31,37 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<bool> {
         return Ok(false);
     };
     let mut admin = PgConnection::connect_with(&target.clone().database("postgres")).await?;
+    // Concurrent CREATE DATABASE calls can fail on each other (the template is busy), so
+    // creators take turns under an advisory lock; the winner creates, the others find it.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(CREATE_DATABASE_LOCK)
+        .execute(&mut admin)
+        .await?;
+    let created = create_locked(&mut admin, &name).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(CREATE_DATABASE_LOCK)
+        .execute(&mut admin)
+        .await;
+    created
+}
+
+/// An arbitrary, fixed advisory lock key for database creation.
+const CREATE_DATABASE_LOCK: i64 = 0x6c6c_6d72_6462;
+
+async fn create_locked(admin: &mut PgConnection, name: &str) -> anyhow::Result<bool> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
+            .bind(name)
+            .fetch_one(&mut *admin)
             .await?;
     if exists {
         return Ok(false);
     }
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
-        .execute(&mut admin)
-        .await
-    {
-        Ok(_) => Ok(true),
-        // 42P04 duplicate_database, 23505 when two creators race on the catalog.
-        Err(e)
-            if matches!(
-                super::errors::sqlstate(&e).as_deref(),
-                Some("42P04" | "23505")
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+        .execute(&mut *admin)
+        .await?;
+    Ok(true)
 }
 
 /// Applies every pending migration.

@@ -161,7 +161,7 @@ impl Store {
         .await?;
         let id: i64 = sqlx::query_scalar(
             "UPDATE definitions d SET endpoint = $3, api_standard_id = $4, model = $5, dimensions = $6, \
-             context_limit = $7, description = $8, revision = revision + 1, update_time = clock_timestamp() \
+             context_limit = $7, description = $8, revision = d.revision + 1, update_time = clock_timestamp() \
              FROM users u WHERE u.id = d.owner_id AND u.handle = $1 AND d.handle = $2 RETURNING d.id",
         )
         .bind(name.owner.as_str())

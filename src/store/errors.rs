@@ -9,8 +9,9 @@ pub const FOREIGN_KEY_VIOLATION: &str = "23503";
 const CHECK_VIOLATION: &str = "23514";
 /// Class 22: data exceptions (value too long, out of range, bad encoding).
 const DATA_EXCEPTION_CLASS: &str = "22";
-/// Class 08 (connection exception), 57P01..03 (admin shutdown, crash, cannot connect now).
-const UNAVAILABLE_CODES: &[&str] = &["57P01", "57P02", "57P03"];
+/// Class 08 (connection exception), 57P01..03 (admin shutdown, crash, cannot connect now),
+/// 55000 (database not accepting connections), 53300 (too many connections), 3D000 (database gone).
+const UNAVAILABLE_CODES: &[&str] = &["57P01", "57P02", "57P03", "55000", "53300", "3D000"];
 
 /// The SQLSTATE of a database error, if it is one.
 pub fn sqlstate(error: &sqlx::Error) -> Option<String> {

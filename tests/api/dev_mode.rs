@@ -1,0 +1,241 @@
+//! The binary itself: development mode starts against a bare PostgreSQL (creating its database
+//! and secrets file) and reuses its secrets on the next start; production mode refuses to start
+//! without explicit, well-formed settings; concurrent migrations are safe.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use llm_registry::pb::v1::{self as pb, llm_definition_service_client::LlmDefinitionServiceClient};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+use crate::helpers::{
+    authed, database_url, drop_database_blocking, unique_name, wait_until_serving,
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_llm-registry");
+
+/// A command with an empty environment but PATH and a private HOME: no settings leak in.
+fn bare_command(home: &Path) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+fn temp_home() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name("llmr_home"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the binary and waits for its "serving" log line; keeps draining its output.
+async fn start_server(
+    mut command: Command,
+) -> (Child, SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let mut child = command.spawn().expect("start the binary");
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, mut lines) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.recv().await {
+            seen.push(line.clone());
+            if let Some(rest) = line.split("address=").nth(1) {
+                return rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| panic!("the server did not announce its address; output: {seen:#?}"));
+    (child, addr, lines)
+}
+
+async fn terminate(mut child: Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exit.success(),
+        "SIGTERM should end the server cleanly, got {exit:?}"
+    );
+}
+
+fn secret(file: &Path, key: &str) -> String {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("{key} missing from {}", file.display()))
+}
+
+async fn list_system(addr: SocketAddr, token: &str) -> usize {
+    let channel = wait_until_serving(addr).await;
+    LlmDefinitionServiceClient::new(channel)
+        .list_definitions(authed(
+            pb::ListDefinitionsRequest {
+                parent: "users/_system".into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("the admin token from the secrets file works")
+        .into_inner()
+        .definitions
+        .len()
+}
+
+#[tokio::test]
+async fn development_mode_starts_on_bare_postgres_and_reuses_its_secrets() {
+    let home = temp_home();
+    // The database does not exist yet: development mode creates it.
+    let database = unique_name("llmr_dev");
+    let start = || {
+        let mut command = bare_command(&home);
+        command
+            .env("DATABASE_URL", database_url(&database))
+            .env("LISTEN_ADDR", "127.0.0.1:0");
+        command
+    };
+
+    let (child, addr, _) = start_server(start()).await;
+    let file = home.join(".local/state/llm-registry/dev-secrets.env");
+    assert!(file.exists(), "the secrets file is created under $HOME");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token = secret(&file, "ADMIN_TOKEN");
+    let key = secret(&file, "ENCRYPTION_KEY");
+    assert_eq!(list_system(addr, &token).await, 5);
+    terminate(child).await;
+
+    let (child, addr, mut lines) = start_server(start()).await;
+    assert_eq!(secret(&file, "ADMIN_TOKEN"), token, "token reused");
+    assert_eq!(secret(&file, "ENCRYPTION_KEY"), key, "key reused");
+    assert_eq!(list_system(addr, &token).await, 5);
+    terminate(child).await;
+    // No secret ever reached the log.
+    while let Ok(line) = lines.try_recv() {
+        assert!(
+            !line.contains(&token) && !line.contains(&key),
+            "secret in log: {line}"
+        );
+    }
+    drop_database_blocking(database);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[tokio::test]
+async fn production_mode_refuses_missing_or_malformed_settings() {
+    let home = temp_home();
+    let run = |envs: Vec<(&'static str, String)>| {
+        let mut command = bare_command(&home);
+        command.env("LLM_REGISTRY_MODE", "production").envs(envs);
+        command.output()
+    };
+
+    let output = run(vec![]).await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for missing in [
+        "DATABASE_URL is missing",
+        "ADMIN_TOKEN is missing",
+        "ENCRYPTION_KEY is missing",
+    ] {
+        assert!(stderr.contains(missing), "expected {missing:?} in {stderr}");
+    }
+    assert!(
+        !home.join(".local").exists(),
+        "production never writes a secrets file"
+    );
+
+    let output = run(vec![
+        ("DATABASE_URL", database_url("unused")),
+        ("ADMIN_TOKEN", "short".to_owned()),
+        ("ENCRYPTION_KEY", "bm90IDMyIGJ5dGVz".to_owned()),
+    ])
+    .await
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ADMIN_TOKEN must be at least 32 characters"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ENCRYPTION_KEY must decode to exactly 32 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("bm90IDMyIGJ5dGVz"),
+        "the key itself is never echoed"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[tokio::test]
+async fn concurrent_migrations_apply_once() {
+    let home = temp_home();
+    let database = unique_name("llmr_migrate");
+    let migrate = || {
+        let mut command = bare_command(&home);
+        command
+            .arg("migrate")
+            .env("DATABASE_URL", database_url(&database));
+        command.output()
+    };
+    let (a, b, c) = tokio::join!(migrate(), migrate(), migrate());
+    for output in [a, b, c] {
+        let output = output.unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url(&database))
+        .await
+        .unwrap();
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM definitions d JOIN users u ON u.id = d.owner_id WHERE u.handle = '_system'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(count, 5);
+    drop(conn);
+    drop_database_blocking(database);
+    let _ = std::fs::remove_dir_all(&home);
+}

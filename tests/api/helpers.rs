@@ -1,0 +1,312 @@
+//! `TestApp`: starts the service in-process against a fresh database and hands out clients.
+//! Secrets (admin token, encryption key) are generated per test, never committed.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use llm_registry::{
+    auth::token::IssuedToken,
+    config::{Mode, ServeSettings},
+    pb::v1::{
+        self as pb, api_standard_service_client::ApiStandardServiceClient,
+        llm_definition_service_client::LlmDefinitionServiceClient,
+        user_service_client::UserServiceClient,
+    },
+    vault::MasterKey,
+};
+use rand::Rng;
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+use zeroize::Zeroizing;
+
+/// The server that tests create databases on; override with TEST_DATABASE_URL.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A URL for a database name on the test server.
+pub fn database_url(name: &str) -> String {
+    let options = PgConnectOptions::from_str(&server_url()).expect("TEST_DATABASE_URL parses");
+    let host = options.get_host().to_owned();
+    let port = options.get_port();
+    let user = options.get_username().to_owned();
+    format!("postgres://{user}@{host}:{port}/{name}")
+}
+
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", rand::rng().random::<u64>())
+}
+
+pub async fn create_database(name: &str) {
+    let mut conn = PgConnection::connect(&server_url())
+        .await
+        .expect("PostgreSQL answers");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+}
+
+/// Drops a test database, even if connections linger (PostgreSQL 13+).
+pub fn drop_database_blocking(name: String) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            if let Ok(mut conn) = PgConnection::connect(&server_url()).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        });
+    })
+    .join();
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    pub admin_token: String,
+    pub database: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn settings(database: &str, admin_token: &str, key: &MasterKey) -> ServeSettings {
+    ServeSettings {
+        mode: Mode::Production,
+        listen_addr: "127.0.0.1:0".parse().expect("address"),
+        database_url: database_url(database),
+        admin_token: Zeroizing::new(admin_token.to_owned()),
+        encryption_key: key.clone(),
+        request_timeout: Duration::from_secs(30),
+        max_message_bytes: 1024 * 1024,
+        max_concurrent_requests: 64,
+        db_max_connections: 5,
+        health_check_interval: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(1),
+    }
+}
+
+/// Shows the server's logs in failing tests' output (filter with RUST_LOG; default warn).
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let database = unique_name("llmr_test");
+        create_database(&database).await;
+        let admin_token = IssuedToken::generate().reveal().to_owned();
+        let encryption_key = MasterKey::generate();
+        Self::start(database, admin_token, encryption_key).await
+    }
+
+    /// Starts a server on an existing database.
+    pub async fn start(database: String, admin_token: String, encryption_key: MasterKey) -> Self {
+        init_logging();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let settings = settings(&database, &admin_token, &encryption_key);
+        let task = tokio::spawn(llm_registry::server::serve(settings, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = wait_until_serving(addr).await;
+        Self {
+            addr,
+            channel,
+            admin_token,
+            database,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server (draining calls) and returns once it has exited.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server exits cleanly");
+        }
+    }
+
+    pub fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel.clone())
+    }
+
+    pub fn definitions(&self) -> LlmDefinitionServiceClient<Channel> {
+        LlmDefinitionServiceClient::new(self.channel.clone())
+    }
+
+    pub fn standards(&self) -> ApiStandardServiceClient<Channel> {
+        ApiStandardServiceClient::new(self.channel.clone())
+    }
+
+    /// Creates a user through the API and returns its token.
+    pub async fn create_user(&self, handle: &str) -> String {
+        let response = self
+            .users()
+            .create_user(authed(
+                pb::CreateUserRequest {
+                    user_id: handle.to_owned(),
+                    user: Some(pb::User {
+                        display_name: format!("Test user {handle}"),
+                        ..Default::default()
+                    }),
+                },
+                &self.admin_token,
+            ))
+            .await
+            .expect("admin creates a user");
+        response.into_inner().token
+    }
+
+    /// A raw connection to this test's database, for checks behind the API.
+    pub async fn db(&self) -> PgConnection {
+        PgConnection::connect(&database_url(&self.database))
+            .await
+            .expect("connect to test database")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        drop_database_blocking(self.database.clone());
+    }
+}
+
+/// Connects and waits until the health service says SERVING.
+pub async fn wait_until_serving(addr: SocketAddr) -> Channel {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let endpoint = Channel::from_shared(format!("http://{addr}")).expect("endpoint");
+    for _ in 0..200 {
+        if let Ok(channel) = endpoint.connect().await {
+            let status = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if status.is_ok_and(|s| s.into_inner().status == 1) {
+                return channel;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {addr} did not become SERVING");
+}
+
+/// Wraps a message with a bearer token.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+/// Asserts the status code, that ErrorInfo is present, and returns the status.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    let status = match result {
+        Ok(value) => panic!("expected {code:?}, got success: {value:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo");
+    assert_eq!(info.domain, "llm-registry");
+    assert!(!info.reason.is_empty());
+    status
+}
+
+/// Asserts INVALID_ARGUMENT with a BadRequest violation on `field`.
+#[track_caller]
+pub fn assert_invalid_field<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
+    let status = assert_code(result, Code::InvalidArgument);
+    let bad_request = status
+        .get_details_bad_request()
+        .expect("INVALID_ARGUMENT carries BadRequest");
+    let fields: Vec<&str> = bad_request
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert!(
+        fields.contains(&field),
+        "expected a violation on {field}, got {fields:?} ({status:?})"
+    );
+}
+
+/// The ErrorInfo reason of a status.
+pub fn reason(status: &Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+pub fn definition(
+    endpoint: &str,
+    standard: &str,
+    model: &str,
+    dimensions: Option<i32>,
+) -> pb::Definition {
+    pb::Definition {
+        endpoint: endpoint.to_owned(),
+        api_standard: standard.to_owned(),
+        model: model.to_owned(),
+        dimensions,
+        ..Default::default()
+    }
+}
+
+/// Creates `users/{owner}/definitions/{id}` with plausible values.
+pub async fn create_definition(
+    app: &TestApp,
+    token: &str,
+    owner: &str,
+    id: &str,
+) -> Result<pb::Definition, Status> {
+    app.definitions()
+        .create_definition(authed(
+            pb::CreateDefinitionRequest {
+                parent: format!("users/{owner}"),
+                definition_id: id.to_owned(),
+                definition: Some(definition(
+                    "https://llm.example.com/v1/embed",
+                    "openai",
+                    "model-x",
+                    Some(256),
+                )),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
