@@ -1,4 +1,4 @@
-//! Master encryption keys. A key is 32 random bytes given in base64 (`ENCRYPTION_KEY`); it lives
+//! One master encryption key. A key is 32 random bytes given in base64 (`ENCRYPTION_KEY`); it lives
 //! in memory only inside zeroize-on-drop storage and its `Debug` is redacted. Each key has a short
 //! public id (a hash of the key, never the key) so that ciphertexts can name the key that made them.
 //!
@@ -74,6 +74,12 @@ impl MasterKey {
         hasher.update(self.bytes.as_slice());
         let digest = hasher.finalize();
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The AES-256-GCM cipher under this key.
+    pub(super) fn cipher(&self) -> aes_gcm::Aes256Gcm {
+        use aes_gcm::KeyInit;
+        aes_gcm::Aes256Gcm::new(aes_gcm::Key::<aes_gcm::Aes256Gcm>::from_slice(self.bytes.as_slice()))
     }
 
     /// A secret derived for one purpose (HMAC-SHA256 of `purpose` under the key), so that one
