@@ -18,7 +18,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
-use crate::{auth::token::IssuedToken, telemetry::LogFormat, vault::MasterKey};
+use crate::{
+    auth::token::IssuedToken,
+    telemetry::LogFormat,
+    vault::{KeyRing, MasterKey},
+};
 
 pub const DEV_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/llm_registry";
 /// An admin token shorter than this is refused: it would be guessable.
@@ -47,6 +51,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending migrations and exit.
     Migrate,
+    /// Re-encrypt every stored API key under the primary key, in batches, while the service
+    /// keeps serving. Safe to interrupt and run again.
+    RotateKeys(RotateKeysArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,9 +92,8 @@ pub struct ServeArgs {
     /// The administrator's bearer token (at least 32 characters). Required in production.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Master key for API keys at rest: base64 of 32 random bytes. Required in production.
-    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
-    pub encryption_key: Option<String>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// Longest time one request may take, in seconds.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
@@ -108,6 +114,28 @@ pub struct ServeArgs {
     pub health_check_interval_ms: u64,
 }
 
+/// The master keys, shared by `serve` and `rotate-keys`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// Primary master key for API keys at rest (encrypts; decrypts too): base64 of 32 random
+    /// bytes, e.g. from `openssl rand -base64 32`. Required in production.
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Previous master keys that still decrypt (comma-separated base64), kept until
+    /// `rotate-keys` has re-encrypted everything under the primary.
+    #[arg(long, env = "ENCRYPTION_KEYS_PREVIOUS", hide_env_values = true)]
+    pub encryption_keys_previous: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RotateKeysArgs {
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Keys re-encrypted per transaction.
+    #[arg(long, env = "ROTATE_BATCH_SIZE", default_value_t = 100)]
+    pub batch_size: u32,
+}
+
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -115,7 +143,7 @@ pub struct ServeSettings {
     pub listen_addr: SocketAddr,
     pub database_url: String,
     pub admin_token: Zeroizing<String>,
-    pub encryption_key: MasterKey,
+    pub key_ring: KeyRing,
     pub request_timeout: Duration,
     pub max_message_bytes: usize,
     pub max_concurrent_requests: usize,
@@ -146,14 +174,36 @@ pub fn database_url(global: &GlobalArgs) -> anyhow::Result<String> {
 
 /// Resolves and validates the settings of `serve`.
 pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<ServeSettings> {
-    let (admin_token, encryption_key) = match global.mode {
-        Mode::Production => production_secrets(global, serve)?,
+    let (admin_token, key_ring) = match global.mode {
+        Mode::Production => {
+            let mut problems = Vec::new();
+            if global
+                .database_url
+                .as_deref()
+                .is_none_or(|url| url.trim().is_empty())
+            {
+                problems.push("DATABASE_URL is missing".to_owned());
+            }
+            let token = match serve.admin_token.as_deref() {
+                None | Some("") => {
+                    problems.push("ADMIN_TOKEN is missing".to_owned());
+                    None
+                }
+                Some(token) => admin_token(token).map_err(|p| problems.push(p)).ok(),
+            };
+            let ring = explicit_ring(&serve.keys, &mut problems);
+            match (token, ring) {
+                (Some(token), Some(ring)) if problems.is_empty() => (token, ring),
+                _ => bail!("production mode refuses to start: {}", problems.join("; ")),
+            }
+        }
         Mode::Development => {
-            let path = global
-                .dev_secrets_file
-                .clone()
-                .unwrap_or_else(default_dev_secrets_file);
-            development_secrets(&path, serve)?
+            let stored = development_secrets(global)?;
+            let token = match serve.admin_token.as_deref().filter(|t| !t.is_empty()) {
+                Some(token) => admin_token(token).map_err(anyhow::Error::msg)?,
+                None => stored.admin_token,
+            };
+            (token, development_ring(&serve.keys, stored.encryption_key)?)
         }
     };
     Ok(ServeSettings {
@@ -161,7 +211,7 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         listen_addr: serve.listen_addr,
         database_url: database_url(global)?,
         admin_token,
-        encryption_key,
+        key_ring,
         request_timeout: Duration::from_secs(serve.request_timeout_secs.max(1)),
         max_message_bytes: serve.max_message_bytes.max(1024),
         max_concurrent_requests: serve.max_concurrent_requests.max(1),
@@ -171,87 +221,103 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
     })
 }
 
-fn production_secrets(
-    global: &GlobalArgs,
-    serve: &ServeArgs,
-) -> anyhow::Result<(Zeroizing<String>, MasterKey)> {
-    let mut problems = Vec::new();
-    if global
-        .database_url
-        .as_deref()
-        .is_none_or(|url| url.trim().is_empty())
-    {
-        problems.push("DATABASE_URL is missing".to_owned());
-    }
-    let token = match serve.admin_token.as_deref() {
-        None | Some("") => {
-            problems.push("ADMIN_TOKEN is missing".to_owned());
-            None
-        }
-        Some(token) => match admin_token_problem(token) {
-            Some(problem) => {
-                problems.push(format!("ADMIN_TOKEN {problem}"));
-                None
+/// The key ring of `rotate-keys`: the same rules as `serve`, without the admin token.
+pub fn rotation_key_ring(global: &GlobalArgs, keys: &KeyArgs) -> anyhow::Result<KeyRing> {
+    match global.mode {
+        Mode::Production => {
+            let mut problems = Vec::new();
+            match explicit_ring(keys, &mut problems) {
+                Some(ring) if problems.is_empty() => Ok(ring),
+                _ => bail!("rotate-keys refuses to run: {}", problems.join("; ")),
             }
-            None => Some(Zeroizing::new(token.to_owned())),
-        },
+        }
+        Mode::Development => development_ring(keys, development_secrets(global)?.encryption_key),
+    }
+}
+
+fn admin_token(token: &str) -> Result<Zeroizing<String>, String> {
+    if token.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(format!(
+            "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("ADMIN_TOKEN must be printable ASCII without spaces".to_owned());
+    }
+    Ok(Zeroizing::new(token.to_owned()))
+}
+
+/// `ENCRYPTION_KEYS_PREVIOUS`: comma-separated base64 keys; problems name the entry, not the key.
+fn previous_keys(keys: &KeyArgs, problems: &mut Vec<String>) -> Vec<MasterKey> {
+    let Some(list) = keys.encryption_keys_previous.as_deref() else {
+        return Vec::new();
     };
-    let key = match serve.encryption_key.as_deref() {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            MasterKey::from_base64(entry)
+                .map_err(|e| problems.push(format!("ENCRYPTION_KEYS_PREVIOUS entry {} {e}", i + 1)))
+                .ok()
+        })
+        .collect()
+}
+
+fn ring(
+    primary: MasterKey,
+    previous: Vec<MasterKey>,
+    problems: &mut Vec<String>,
+) -> Option<KeyRing> {
+    KeyRing::new(primary, previous)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok()
+}
+
+/// The ring from explicit settings only (production).
+fn explicit_ring(keys: &KeyArgs, problems: &mut Vec<String>) -> Option<KeyRing> {
+    let primary = match keys.encryption_key.as_deref() {
         None | Some("") => {
             problems.push("ENCRYPTION_KEY is missing".to_owned());
             None
         }
-        Some(encoded) => match MasterKey::from_base64(encoded) {
-            Ok(key) => Some(key),
-            Err(problem) => {
-                problems.push(format!("ENCRYPTION_KEY {problem}"));
-                None
-            }
-        },
+        Some(encoded) => MasterKey::from_base64(encoded)
+            .map_err(|e| problems.push(format!("ENCRYPTION_KEY {e}")))
+            .ok(),
     };
-    match (token, key) {
-        (Some(token), Some(key)) if problems.is_empty() => Ok((token, key)),
-        _ => bail!("production mode refuses to start: {}", problems.join("; ")),
-    }
+    let previous = previous_keys(keys, problems);
+    ring(primary?, previous, problems)
 }
 
-fn admin_token_problem(token: &str) -> Option<String> {
-    if token.len() < MIN_ADMIN_TOKEN_LEN {
-        return Some(format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"));
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Some("must be printable ASCII without spaces".to_owned());
-    }
-    None
-}
-
-/// Development secrets: explicit settings win; otherwise the secrets file, created on first use.
-fn development_secrets(
-    path: &Path,
-    serve: &ServeArgs,
-) -> anyhow::Result<(Zeroizing<String>, MasterKey)> {
-    let stored = load_or_create_secrets_file(path)?;
-    let token = match serve.admin_token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => {
-            if let Some(problem) = admin_token_problem(token) {
-                bail!("ADMIN_TOKEN {problem}");
-            }
-            Zeroizing::new(token.to_owned())
-        }
-        None => stored.admin_token,
-    };
-    let key = match serve.encryption_key.as_deref().filter(|k| !k.is_empty()) {
+/// The ring in development: an explicit primary wins over the secrets file's key.
+fn development_ring(keys: &KeyArgs, stored: MasterKey) -> anyhow::Result<KeyRing> {
+    let mut problems = Vec::new();
+    let primary = match keys.encryption_key.as_deref().filter(|k| !k.is_empty()) {
         Some(encoded) => {
             MasterKey::from_base64(encoded).map_err(|e| anyhow::anyhow!("ENCRYPTION_KEY {e}"))?
         }
-        None => stored.encryption_key,
+        None => stored,
     };
+    let previous = previous_keys(keys, &mut problems);
+    match ring(primary, previous, &mut problems) {
+        Some(ring) if problems.is_empty() => Ok(ring),
+        _ => bail!("{}", problems.join("; ")),
+    }
+}
+
+/// Development secrets from the secrets file, created on first use.
+fn development_secrets(global: &GlobalArgs) -> anyhow::Result<DevSecrets> {
+    let path = global
+        .dev_secrets_file
+        .clone()
+        .unwrap_or_else(default_dev_secrets_file);
+    let stored = load_or_create_secrets_file(&path)?;
     tracing::warn!(
         secrets_file = %path.display(),
         "DEVELOPMENT MODE: generated secrets, defaults everywhere. NOT FOR PRODUCTION \
          (use --mode production with DATABASE_URL, ADMIN_TOKEN and ENCRYPTION_KEY)"
     );
-    Ok((token, key))
+    Ok(stored)
 }
 
 struct DevSecrets {
@@ -288,8 +354,8 @@ fn load_or_create_secrets_file(path: &Path) -> anyhow::Result<DevSecrets> {
             path.display()
         );
     };
-    if let Some(problem) = admin_token_problem(&token) {
-        bail!("ADMIN_TOKEN in {} {problem}", path.display());
+    if let Err(problem) = admin_token(&token) {
+        bail!("{problem} (in {})", path.display());
     }
     let encryption_key = MasterKey::from_base64(&key)
         .map_err(|e| anyhow::anyhow!("ENCRYPTION_KEY in {} {e}", path.display()))?;

@@ -1,4 +1,4 @@
-//! The `llm-registry` command line: `serve` (the default) and `migrate`.
+//! The `llm-registry` command line: `serve` (the default), `migrate` and `rotate-keys`.
 
 use std::process::ExitCode;
 
@@ -38,6 +38,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let url = config::database_url(&cli.global)?;
             server::prepare_database(cli.global.mode, &url, 1).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Some(Command::RotateKeys(args)) => {
+            let url = config::database_url(&cli.global)?;
+            let ring = config::rotation_key_ring(&cli.global, &args.keys)?;
+            let store = server::prepare_database(cli.global.mode, &url, 2).await?;
+            store.check_key_ring_covers_database(&ring).await?;
+            let report = store
+                .rotate_keys(&ring, args.batch_size)
+                .await
+                .map_err(|e| anyhow::anyhow!("rotation stopped: {e}"))?;
+            println!(
+                "re-encrypted {} key(s) under primary key {}; {} already current",
+                report.reencrypted,
+                ring.primary_id(),
+                report.already_current
+            );
             Ok(())
         }
         Some(Command::Serve(args)) => serve(&cli.global, &args).await,

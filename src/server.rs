@@ -82,9 +82,13 @@ pub async fn serve(
         settings.db_max_connections,
     )
     .await?;
+    store
+        .check_key_ring_covers_database(&settings.key_ring)
+        .await?;
     let context = ApiContext {
         store: store.clone(),
-        paginator: Paginator::new(settings.encryption_key.derive(PAGE_TOKEN_KEY_PURPOSE)),
+        paginator: Paginator::new(settings.key_ring.primary().derive(PAGE_TOKEN_KEY_PURPOSE)),
+        key_ring: Arc::new(settings.key_ring.clone()),
     };
     let max_message = settings.max_message_bytes;
 
@@ -155,7 +159,7 @@ pub async fn serve(
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            LlmInstanceServiceServer::new(InstancesApi)
+            LlmInstanceServiceServer::new(InstancesApi(context.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
@@ -192,7 +196,12 @@ pub async fn serve(
 }
 
 fn announce(settings: &ServeSettings, address: SocketAddr) {
-    tracing::info!(%address, "serving gRPC (health and reflection need no token)");
+    tracing::info!(
+        %address,
+        primary_key_id = %settings.key_ring.primary_id(),
+        key_ids = ?settings.key_ring.key_ids(),
+        "serving gRPC (health and reflection need no token)"
+    );
     if settings.mode == Mode::Development {
         tracing::warn!(
             "try: buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $ADMIN_TOKEN\" \

@@ -2,11 +2,15 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ApiContext, caller_of, convert, required};
+use super::{
+    ApiContext, caller_of,
+    convert::{self, ServiceFields},
+    required,
+};
 use crate::{
     domain::{
         DomainError, access,
-        definition::{Definition, RawServiceSpec, SERVICE_FIELDS, ServicePatch, ServiceSpec},
+        definition::{Definition, SERVICE_FIELDS, ServiceSpec},
         error::both,
         names::{DefinitionName, Handle, UserName},
     },
@@ -14,17 +18,6 @@ use crate::{
 };
 
 pub struct DefinitionsApi(pub ApiContext);
-
-fn raw_spec(definition: &pb::Definition) -> RawServiceSpec {
-    RawServiceSpec {
-        endpoint: definition.endpoint.clone(),
-        api_standard: definition.api_standard.clone(),
-        model: definition.model.clone(),
-        dimensions: definition.dimensions,
-        context_limit: definition.context_limit,
-        description: definition.description.clone(),
-    }
-}
 
 fn to_pb(definition: Definition) -> pb::Definition {
     let etag = definition.etag();
@@ -42,31 +35,6 @@ fn to_pb(definition: Definition) -> pb::Definition {
     }
 }
 
-/// The fields an update asked to change, per the mask (or, with an empty mask, the populated ones).
-fn patch(definition: &pb::Definition, mask: &crate::domain::mask::UpdateMask) -> ServicePatch {
-    let d = definition;
-    ServicePatch {
-        endpoint: mask
-            .touches("endpoint", !d.endpoint.is_empty())
-            .then(|| d.endpoint.clone()),
-        api_standard: mask
-            .touches("api_standard", !d.api_standard.is_empty())
-            .then(|| d.api_standard.clone()),
-        model: mask
-            .touches("model", !d.model.is_empty())
-            .then(|| d.model.clone()),
-        dimensions: mask
-            .touches("dimensions", d.dimensions.is_some())
-            .then_some(d.dimensions),
-        context_limit: mask
-            .touches("context_limit", d.context_limit.is_some())
-            .then_some(d.context_limit),
-        description: mask
-            .touches("description", !d.description.is_empty())
-            .then(|| d.description.clone()),
-    }
-}
-
 #[tonic::async_trait]
 impl LlmDefinitionService for DefinitionsApi {
     async fn create_definition(
@@ -79,8 +47,9 @@ impl LlmDefinitionService for DefinitionsApi {
         access::check_namespace_write(&caller, &parent.0)?;
         let (handle, spec) = both(
             Handle::parse("definition_id", &request.definition_id),
-            required(request.definition.as_ref(), "definition")
-                .and_then(|definition| ServiceSpec::parse("definition", &raw_spec(definition))),
+            required(request.definition.as_ref(), "definition").and_then(|definition| {
+                ServiceSpec::parse("definition", &ServiceFields::from(definition).raw())
+            }),
         )?;
         let name = DefinitionName::new(parent.0, handle);
         let created = self.0.store.create_definition(&name, &spec).await?;
@@ -142,7 +111,7 @@ impl LlmDefinitionService for DefinitionsApi {
         let name = DefinitionName::parse("definition.name", &definition.name)?;
         access::check_namespace_write(&caller, &name.owner)?;
         let mask = convert::update_mask(request.update_mask.as_ref(), SERVICE_FIELDS, &[])?;
-        let patch = patch(&definition, &mask);
+        let patch = ServiceFields::from(&definition).patch(&mask);
         let updated = self
             .0
             .store

@@ -1,60 +1,267 @@
-//! `LlmInstanceService`. The contract is final; the methods answer UNIMPLEMENTED (with ErrorInfo
-//! reason NOT_IMPLEMENTED) until the instances-and-vault issue lands.
+//! `LlmInstanceService`: proto <-> domain for instances. The API key goes in (validated, then
+//! sealed by the store) and never comes out: responses carry only `has_api_key`.
 
 use tonic::{Request, Response, Status};
 
+use super::{
+    ApiContext, caller_of,
+    convert::{self, ServiceFields},
+    required,
+};
 use crate::{
-    domain::DomainError,
+    domain::{
+        DomainError, access, check_etag,
+        definition::ServiceSpec,
+        error::both,
+        instance::{self, ApiKeyChange, Instance, InstanceAction, Role, Scope, authorize},
+        mask::UpdateMask,
+        names::{DefinitionName, Handle, InstanceName, UserName},
+    },
     pb::v1::{self as pb, llm_instance_service_server::LlmInstanceService},
+    store::NewInstance,
+    vault::ApiKey,
 };
 
-pub struct InstancesApi;
+pub struct InstancesApi(pub ApiContext);
 
-fn not_yet<T>(method: &'static str) -> Result<Response<T>, Status> {
-    Err(DomainError::Unimplemented(method).into())
+/// Mask paths of an instance update: the service fields and the key.
+const UPDATABLE: &[&str] = &[
+    "endpoint",
+    "api_standard",
+    "model",
+    "dimensions",
+    "context_limit",
+    "description",
+    "api_key",
+];
+const OUTPUT_ONLY: &[&str] = &["uid", "definition", "has_api_key", "access_role"];
+
+pub fn role_to_pb(role: Role) -> pb::Role {
+    match role {
+        Role::Reader => pb::Role::Reader,
+        Role::Writer => pb::Role::Writer,
+        Role::Owner => pb::Role::Owner,
+    }
+}
+
+pub fn to_pb(instance: Instance) -> pb::Instance {
+    let etag = instance.etag();
+    pb::Instance {
+        name: instance.name.to_string(),
+        uid: instance.uid,
+        definition: instance
+            .definition
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        endpoint: instance.spec.endpoint,
+        api_standard: instance.spec.api_standard.to_string(),
+        model: instance.spec.model,
+        dimensions: instance.spec.dimensions,
+        context_limit: instance.spec.context_limit,
+        description: instance.spec.description,
+        // Input only: never returned.
+        api_key: String::new(),
+        has_api_key: instance.has_api_key,
+        access_role: role_to_pb(instance.access_role).into(),
+        create_time: convert::timestamp(instance.create_time),
+        update_time: convert::timestamp(instance.update_time),
+        etag,
+    }
+}
+
+/// The optional key of a create request: empty means none.
+fn optional_api_key(value: &str) -> Result<Option<ApiKey>, DomainError> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        instance::api_key("instance.api_key", value).map(Some)
+    }
 }
 
 #[tonic::async_trait]
 impl LlmInstanceService for InstancesApi {
     async fn create_instance(
         &self,
-        _: Request<pb::CreateInstanceRequest>,
+        request: Request<pb::CreateInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        not_yet("CreateInstance")
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let parent = UserName::parse("parent", &request.parent)?;
+        access::check_namespace_write(&caller, &parent.0)?;
+        let (handle, (spec, api_key)) = both(
+            Handle::parse("instance_id", &request.instance_id),
+            required(request.instance.as_ref(), "instance").and_then(|instance| {
+                both(
+                    ServiceSpec::parse("instance", &ServiceFields::from(instance).raw()),
+                    optional_api_key(&instance.api_key),
+                )
+            }),
+        )?;
+        let name = InstanceName::new(parent.0, handle);
+        let new = NewInstance {
+            name: &name,
+            spec: &spec,
+            definition: None,
+            api_key: api_key.as_ref(),
+        };
+        let created = self
+            .0
+            .store
+            .create_instance(&caller, new, &self.0.key_ring)
+            .await?;
+        Ok(Response::new(to_pb(created)))
     }
 
     async fn create_instance_from_definition(
         &self,
-        _: Request<pb::CreateInstanceFromDefinitionRequest>,
+        request: Request<pb::CreateInstanceFromDefinitionRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        not_yet("CreateInstanceFromDefinition")
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let parent = UserName::parse("parent", &request.parent)?;
+        access::check_namespace_write(&caller, &parent.0)?;
+        // A bare handle is the caller's own definition; the admin, who has no namespace, means
+        // the namespace it is creating in.
+        let namespace = caller.namespace().unwrap_or_else(|| parent.0.clone());
+        let overrides = request.instance.unwrap_or_default();
+        let (handle, (source, api_key)) = both(
+            Handle::parse("instance_id", &request.instance_id),
+            both(
+                DefinitionName::parse_reference(
+                    "source_definition",
+                    &request.source_definition,
+                    Some(&namespace),
+                ),
+                optional_api_key(&overrides.api_key),
+            ),
+        )?;
+        let not_found = || DomainError::NotFound(source.to_string());
+        if !access::may_read_definitions_of(&caller, &source.owner) {
+            return Err(not_found().into());
+        }
+        let definition = self
+            .0
+            .store
+            .find_definition(&source)
+            .await?
+            .ok_or_else(not_found)?;
+        // Every populated override replaces the definition's value (an empty mask means "the
+        // populated fields"); the result is validated whole.
+        let populated = UpdateMask::parse(&[], UPDATABLE, OUTPUT_ONLY)?;
+        let spec = ServiceFields::from(&overrides)
+            .patch(&populated)
+            .apply("instance", &definition.spec)?;
+        let name = InstanceName::new(parent.0, handle);
+        let new = NewInstance {
+            name: &name,
+            spec: &spec,
+            definition: Some(&source),
+            api_key: api_key.as_ref(),
+        };
+        let created = self
+            .0
+            .store
+            .create_instance(&caller, new, &self.0.key_ring)
+            .await?;
+        Ok(Response::new(to_pb(created)))
     }
 
     async fn get_instance(
         &self,
-        _: Request<pb::GetInstanceRequest>,
+        request: Request<pb::GetInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        not_yet("GetInstance")
+        let caller = caller_of(&request)?;
+        let name = InstanceName::parse("name", &request.get_ref().name)?;
+        let instance = self.0.store.find_instance(&caller, &name).await?;
+        authorize(
+            instance.as_ref().map(|i| i.access_role),
+            InstanceAction::Use,
+            &name,
+        )?;
+        let instance = instance.ok_or_else(|| DomainError::NotFound(name.to_string()))?;
+        Ok(Response::new(to_pb(instance)))
     }
 
     async fn list_instances(
         &self,
-        _: Request<pb::ListInstancesRequest>,
+        request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
-        not_yet("ListInstances")
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let parent = UserName::parse("parent", &request.parent)?;
+        if !access::may_read_private_of(&caller, &parent.0) {
+            return Err(DomainError::NotFound(parent.to_string()).into());
+        }
+        let scope = match pb::InstanceScope::try_from(request.scope) {
+            Ok(pb::InstanceScope::Unspecified) => Scope::All,
+            Ok(pb::InstanceScope::Owned) => Scope::Owned,
+            Ok(pb::InstanceScope::Shared) => Scope::Shared,
+            Err(_) => {
+                return Err(DomainError::invalid("scope", "is not a known InstanceScope").into());
+            }
+        };
+        let query = format!("ListInstances {parent} {scope:?}");
+        let page = self
+            .0
+            .paginator
+            .start(request.page_size, &request.page_token, &query)?;
+        let found = self
+            .0
+            .store
+            .list_instances(&caller, &parent, scope, &page)
+            .await?;
+        let (instances, next_page_token) = self.0.paginator.finish(found, &page, &query, |i| {
+            format!("{}/{}", i.name.owner, i.name.handle)
+        });
+        Ok(Response::new(pb::ListInstancesResponse {
+            instances: instances.into_iter().map(to_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn update_instance(
         &self,
-        _: Request<pb::UpdateInstanceRequest>,
+        request: Request<pb::UpdateInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        not_yet("UpdateInstance")
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let instance = required(request.instance, "instance")?;
+        let name = InstanceName::parse("instance.name", &instance.name)?;
+        let mask = convert::update_mask(request.update_mask.as_ref(), UPDATABLE, OUTPUT_ONLY)?;
+        let patch = ServiceFields::from(&instance).patch(&mask);
+        let key_change = if !mask.touches("api_key", !instance.api_key.is_empty()) {
+            ApiKeyChange::Keep
+        } else if instance.api_key.is_empty() {
+            ApiKeyChange::Remove
+        } else {
+            ApiKeyChange::Replace(instance::api_key("instance.api_key", &instance.api_key)?)
+        };
+        let updated = self
+            .0
+            .store
+            .update_instance(&caller, &name, &self.0.key_ring, |current| {
+                authorize(Some(current.access_role), InstanceAction::Write, &name)?;
+                check_etag(&instance.etag, &current.etag(), &name.to_string())?;
+                Ok((patch.apply("instance", &current.spec)?, key_change))
+            })
+            .await?;
+        Ok(Response::new(to_pb(updated)))
     }
 
     async fn delete_instance(
         &self,
-        _: Request<pb::DeleteInstanceRequest>,
+        request: Request<pb::DeleteInstanceRequest>,
     ) -> Result<Response<()>, Status> {
-        not_yet("DeleteInstance")
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let name = InstanceName::parse("name", &request.name)?;
+        self.0
+            .store
+            .delete_instance(&caller, &name, |current| {
+                authorize(Some(current.access_role), InstanceAction::Manage, &name)?;
+                check_etag(&request.etag, &current.etag(), &name.to_string())
+            })
+            .await?;
+        Ok(Response::new(()))
     }
 }

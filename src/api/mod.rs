@@ -10,11 +10,14 @@ pub mod sharing;
 pub mod status;
 pub mod users;
 
+use std::sync::Arc;
+
 use tonic::Request;
 
 use crate::{
     domain::{DomainError, caller::Caller, pagination::Paginator},
     store::Store,
+    vault::KeyRing,
 };
 
 /// What every service handler needs.
@@ -22,6 +25,8 @@ use crate::{
 pub struct ApiContext {
     pub store: Store,
     pub paginator: Paginator,
+    /// Seals API keys on write.
+    pub key_ring: Arc<KeyRing>,
 }
 
 /// The caller that the authentication layer attached to the request.

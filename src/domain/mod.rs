@@ -7,6 +7,7 @@ pub mod api_standard;
 pub mod caller;
 pub mod definition;
 pub mod error;
+pub mod instance;
 pub mod mask;
 pub mod names;
 pub mod pagination;

@@ -5,7 +5,12 @@ mod api_standards;
 pub mod database;
 mod definitions;
 mod errors;
+mod instances;
+mod keys;
 mod users;
+
+pub use instances::NewInstance;
+pub use keys::RotationReport;
 
 use sqlx::PgPool;
 

@@ -79,7 +79,9 @@ impl MasterKey {
     /// The AES-256-GCM cipher under this key.
     pub(super) fn cipher(&self) -> aes_gcm::Aes256Gcm {
         use aes_gcm::KeyInit;
-        aes_gcm::Aes256Gcm::new(aes_gcm::Key::<aes_gcm::Aes256Gcm>::from_slice(self.bytes.as_slice()))
+        aes_gcm::Aes256Gcm::new(aes_gcm::Key::<aes_gcm::Aes256Gcm>::from_slice(
+            self.bytes.as_slice(),
+        ))
     }
 
     /// A secret derived for one purpose (HMAC-SHA256 of `purpose` under the key), so that one

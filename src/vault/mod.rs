@@ -58,7 +58,12 @@ pub struct Sealed {
 
 impl std::fmt::Debug for Sealed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealed(key_id={}, {} bytes)", self.key_id, self.ciphertext.len())
+        write!(
+            f,
+            "Sealed(key_id={}, {} bytes)",
+            self.key_id,
+            self.ciphertext.len()
+        )
     }
 }
 
@@ -107,14 +112,22 @@ impl KeyRing {
 
     /// The ids of every key in the ring, primary first.
     pub fn key_ids(&self) -> Vec<String> {
-        std::iter::once(&self.primary).chain(&self.previous).map(MasterKey::id).collect()
+        std::iter::once(&self.primary)
+            .chain(&self.previous)
+            .map(MasterKey::id)
+            .collect()
     }
 
     /// Encrypts `plaintext` for the instance with immutable id `instance_uid`, under the primary.
     pub fn seal(&self, plaintext: &ApiKey, instance_uid: &str) -> Sealed {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let ciphertext = seal_with_nonce(&self.primary, &nonce, &aad(instance_uid), plaintext.expose().as_bytes());
+        let ciphertext = seal_with_nonce(
+            &self.primary,
+            &nonce,
+            &aad(instance_uid),
+            plaintext.expose().as_bytes(),
+        );
         Sealed {
             key_id: self.primary.id(),
             ciphertext,
@@ -134,7 +147,13 @@ impl KeyRing {
         let aad = aad(instance_uid);
         let plaintext = Zeroizing::new(
             key.cipher()
-                .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad: &aad })
+                .decrypt(
+                    Nonce::from_slice(nonce),
+                    Payload {
+                        msg: body,
+                        aad: &aad,
+                    },
+                )
                 .map_err(|_| VaultError::Authentication)?,
         );
         let text = std::str::from_utf8(&plaintext).map_err(|_| VaultError::NotUtf8)?;
@@ -147,12 +166,23 @@ fn aad(instance_uid: &str) -> Vec<u8> {
 }
 
 /// nonce || AES-256-GCM(key, nonce, aad, plaintext) (ciphertext with its 16-byte tag).
-fn seal_with_nonce(key: &MasterKey, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+fn seal_with_nonce(
+    key: &MasterKey,
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
     // Encryption with a valid key and nonce length only fails for inputs beyond GCM's size
     // limit (64 GiB); API keys are bounded far below that by validation.
     let body = key
         .cipher()
-        .encrypt(Nonce::from_slice(nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .unwrap_or_else(|_| unreachable!("AES-GCM encrypts inputs under 64 GiB"));
     [nonce.as_slice(), &body].concat()
 }
@@ -170,7 +200,10 @@ mod tests {
     }
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -186,7 +219,10 @@ mod tests {
     fn two_encryptions_of_one_value_differ() {
         let ring = ring();
         let key = ApiKey::new("same".to_owned());
-        assert_ne!(ring.seal(&key, "u").ciphertext, ring.seal(&key, "u").ciphertext);
+        assert_ne!(
+            ring.seal(&key, "u").ciphertext,
+            ring.seal(&key, "u").ciphertext
+        );
     }
 
     #[test]
@@ -194,7 +230,11 @@ mod tests {
         let ring = ring();
         let key = ApiKey::new("k".to_owned());
         let nonces: HashSet<[u8; NONCE_LEN]> = (0..100_000)
-            .map(|_| ring.seal(&key, "u").ciphertext[..NONCE_LEN].try_into().unwrap())
+            .map(|_| {
+                ring.seal(&key, "u").ciphertext[..NONCE_LEN]
+                    .try_into()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(nonces.len(), 100_000);
     }
@@ -207,7 +247,11 @@ mod tests {
             for bit in 0..8 {
                 let mut tampered = sealed.clone();
                 tampered.ciphertext[byte] ^= 1 << bit;
-                assert_eq!(ring.open(&tampered, "u"), Err(VaultError::Authentication), "byte {byte} bit {bit}");
+                assert_eq!(
+                    ring.open(&tampered, "u"),
+                    Err(VaultError::Authentication),
+                    "byte {byte} bit {bit}"
+                );
             }
         }
         let mut short = sealed.clone();
@@ -219,7 +263,10 @@ mod tests {
     fn a_ciphertext_moved_to_another_instance_fails() {
         let ring = ring();
         let sealed = ring.seal(&ApiKey::new("bound".to_owned()), "instance-a");
-        assert_eq!(ring.open(&sealed, "instance-b"), Err(VaultError::Authentication));
+        assert_eq!(
+            ring.open(&sealed, "instance-b"),
+            Err(VaultError::Authentication)
+        );
     }
 
     #[test]
@@ -235,12 +282,17 @@ mod tests {
     fn previous_keys_still_decrypt_and_primary_encrypts() {
         let a = MasterKey::generate();
         let b = MasterKey::generate();
-        let sealed_a = KeyRing::new(a.clone(), vec![]).unwrap().seal(&ApiKey::new("v".to_owned()), "u");
+        let sealed_a = KeyRing::new(a.clone(), vec![])
+            .unwrap()
+            .seal(&ApiKey::new("v".to_owned()), "u");
         let ring = KeyRing::new(b.clone(), vec![a.clone()]).unwrap();
         assert_eq!(ring.open(&sealed_a, "u").unwrap().expose(), "v");
         assert_eq!(ring.seal(&ApiKey::new("v".to_owned()), "u").key_id, b.id());
         assert_eq!(ring.key_ids(), [b.id(), a.id()]);
-        assert!(matches!(KeyRing::new(a.clone(), vec![a]), Err(VaultError::DuplicateKey(_))));
+        assert!(matches!(
+            KeyRing::new(a.clone(), vec![a]),
+            Err(VaultError::DuplicateKey(_))
+        ));
     }
 
     #[test]

@@ -9,9 +9,10 @@ use llm_registry::{
     pb::v1::{
         self as pb, api_standard_service_client::ApiStandardServiceClient,
         llm_definition_service_client::LlmDefinitionServiceClient,
+        llm_instance_service_client::LlmInstanceServiceClient,
         user_service_client::UserServiceClient,
     },
-    vault::MasterKey,
+    vault::{KeyRing, MasterKey},
 };
 use rand::Rng;
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
@@ -73,18 +74,19 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub channel: Channel,
     pub admin_token: String,
+    pub key_ring: KeyRing,
     pub database: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-pub fn settings(database: &str, admin_token: &str, key: &MasterKey) -> ServeSettings {
+pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeSettings {
     ServeSettings {
         mode: Mode::Production,
         listen_addr: "127.0.0.1:0".parse().expect("address"),
         database_url: database_url(database),
         admin_token: Zeroizing::new(admin_token.to_owned()),
-        encryption_key: key.clone(),
+        key_ring: key_ring.clone(),
         request_timeout: Duration::from_secs(30),
         max_message_bytes: 1024 * 1024,
         max_concurrent_requests: 64,
@@ -111,28 +113,53 @@ impl TestApp {
         let database = unique_name("llmr_test");
         create_database(&database).await;
         let admin_token = IssuedToken::generate().reveal().to_owned();
-        let encryption_key = MasterKey::generate();
-        Self::start(database, admin_token, encryption_key).await
+        let key_ring = KeyRing::new(MasterKey::generate(), vec![]).expect("one key");
+        Self::start(database, admin_token, key_ring).await.expect("server starts")
     }
 
     /// Starts a server on an existing database.
-    pub async fn start(database: String, admin_token: String, encryption_key: MasterKey) -> Self {
+    /// Starts a server on an existing database; the error is the server's refusal to start.
+    pub async fn start(database: String, admin_token: String, key_ring: KeyRing) -> anyhow::Result<Self> {
         init_logging();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let settings = settings(&database, &admin_token, &encryption_key);
-        let task = tokio::spawn(llm_registry::server::serve(settings, listener, async {
+        let settings = settings(&database, &admin_token, &key_ring);
+        let mut task = tokio::spawn(llm_registry::server::serve(settings, listener, async {
             let _ = stopped.await;
         }));
-        let channel = wait_until_serving(addr).await;
-        Self {
+        let channel = tokio::select! {
+            channel = wait_until_serving(addr) => channel,
+            ended = &mut task => {
+                return Err(ended.expect("server task").err().unwrap_or_else(|| anyhow::anyhow!("server stopped")));
+            }
+        };
+        Ok(Self {
             addr,
             channel,
             admin_token,
+            key_ring,
             database,
             shutdown: Some(shutdown),
             task: Some(task),
+        })
+    }
+
+    /// Stops this server and starts another on the same database with another key ring. When
+    /// that one refuses to start, the database is dropped and the refusal returned.
+    pub async fn restart_with(&mut self, key_ring: KeyRing) -> anyhow::Result<()> {
+        self.stop().await;
+        // Taken, so that dropping the old value below leaves the database alone.
+        let database = std::mem::take(&mut self.database);
+        match Self::start(database.clone(), self.admin_token.clone(), key_ring).await {
+            Ok(restarted) => {
+                *self = restarted;
+                Ok(())
+            }
+            Err(refusal) => {
+                drop_database_blocking(database);
+                Err(refusal)
+            }
         }
     }
 
@@ -154,6 +181,10 @@ impl TestApp {
 
     pub fn definitions(&self) -> LlmDefinitionServiceClient<Channel> {
         LlmDefinitionServiceClient::new(self.channel.clone())
+    }
+
+    pub fn instances(&self) -> LlmInstanceServiceClient<Channel> {
+        LlmInstanceServiceClient::new(self.channel.clone())
     }
 
     pub fn standards(&self) -> ApiStandardServiceClient<Channel> {
@@ -195,7 +226,9 @@ impl Drop for TestApp {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        drop_database_blocking(self.database.clone());
+        if !self.database.is_empty() {
+            drop_database_blocking(self.database.clone());
+        }
     }
 }
 
@@ -304,6 +337,67 @@ pub async fn create_definition(
                     "model-x",
                     Some(256),
                 )),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The API key stored for an instance, decrypted through the vault (None when there is none).
+pub async fn stored_key(app: &TestApp, owner: &str, handle: &str) -> Option<String> {
+    let mut db = app.db().await;
+    let (uid, key_id, ciphertext): (String, Option<String>, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT i.uid::text, i.api_key_key_id, i.api_key_ciphertext FROM instances i \
+         JOIN users u ON u.id = i.owner_id WHERE u.handle = $1 AND i.handle = $2",
+    )
+    .bind(owner)
+    .bind(handle)
+    .fetch_one(&mut db)
+    .await
+    .expect("instance row");
+    let (key_id, ciphertext) = (key_id?, ciphertext?);
+    let sealed = llm_registry::vault::Sealed { key_id, ciphertext };
+    Some(app.key_ring.open(&sealed, &uid).expect("the stored ciphertext decrypts").expose().to_owned())
+}
+
+/// A provider-looking API key made at run time.
+pub fn random_api_key() -> String {
+    format!("sk-test-{:032x}", rand::rng().random::<u128>())
+}
+
+/// Grants a share directly in the database (for access tests that do not exercise sharing).
+pub async fn grant_share(app: &TestApp, owner: &str, instance: &str, grantee: &str, role: &str) {
+    let mut db = app.db().await;
+    sqlx::query(
+        "INSERT INTO shares (instance_id, grantee_id, role) \
+         SELECT i.id, g.id, $4 FROM instances i JOIN users o ON o.id = i.owner_id, users g \
+         WHERE o.handle = $1 AND i.handle = $2 AND g.handle = $3",
+    )
+    .bind(owner)
+    .bind(instance)
+    .bind(grantee)
+    .bind(role)
+    .execute(&mut db)
+    .await
+    .expect("grant share");
+}
+
+pub async fn create_instance_from(
+    app: &TestApp,
+    token: &str,
+    owner: &str,
+    id: &str,
+    source: &str,
+    overrides: pb::Instance,
+) -> Result<pb::Instance, Status> {
+    app.instances()
+        .create_instance_from_definition(authed(
+            pb::CreateInstanceFromDefinitionRequest {
+                parent: format!("users/{owner}"),
+                instance_id: id.to_owned(),
+                source_definition: source.to_owned(),
+                instance: Some(overrides),
             },
             token,
         ))

@@ -8,6 +8,7 @@ mod auth;
 mod definitions;
 mod dev_mode;
 mod hostile_input;
+mod instances;
 mod pagination;
 mod platform;
 mod seed;

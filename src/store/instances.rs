@@ -1,0 +1,393 @@
+//! Queries on instances. API keys are sealed with the key ring inside the same transaction that
+//! writes the row, with the row's immutable uid as associated data; no plaintext reaches SQL.
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+
+use super::{Store, errors};
+use crate::{
+    domain::{
+        DomainError,
+        caller::Caller,
+        definition::ServiceSpec,
+        instance::{ApiKeyChange, Instance, Role, Scope, effective_role},
+        names::{ApiStandardName, DefinitionName, InstanceName, UserKey, UserName},
+        pagination::PageRequest,
+    },
+    vault::{ApiKey, KeyRing},
+};
+
+#[derive(sqlx::FromRow)]
+struct InstanceRow {
+    id: i64,
+    uid: String,
+    owner: String,
+    handle: String,
+    definition_owner: Option<String>,
+    definition_handle: Option<String>,
+    endpoint: String,
+    api_standard: String,
+    model: String,
+    dimensions: Option<i32>,
+    context_limit: Option<i32>,
+    description: String,
+    has_api_key: bool,
+    revision: i64,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+    /// The role of a share of this instance to the caller ($1), if any.
+    shared_role: Option<String>,
+}
+
+/// Every column of an instance, plus the caller's share role; `$1` is the caller's user id
+/// (NULL for the configured admin).
+const SELECT: &str = "SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
+    du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard, \
+    i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
+    i.revision, i.create_time, i.update_time, s.role AS shared_role \
+    FROM instances i \
+    JOIN users u ON u.id = i.owner_id \
+    JOIN api_standards st ON st.id = i.api_standard_id \
+    LEFT JOIN definitions d ON d.id = i.definition_id \
+    LEFT JOIN users du ON du.id = d.owner_id \
+    LEFT JOIN shares s ON s.instance_id = i.id AND s.grantee_id = $1";
+
+fn user_key(value: &str) -> Result<UserKey, DomainError> {
+    UserKey::parse("stored", value)
+        .map_err(|_| DomainError::Internal(format!("malformed stored owner {value:?}")))
+}
+
+impl InstanceRow {
+    /// The instance as `caller` sees it, or `None` when the caller may not know it exists.
+    fn into_visible(self, caller: &Caller) -> Result<Option<(i64, Instance)>, DomainError> {
+        let owner = user_key(&self.owner)?;
+        let shared =
+            match self.shared_role.as_deref() {
+                None => None,
+                Some(stored) => Some(Role::from_stored(stored).ok_or_else(|| {
+                    DomainError::Internal(format!("unknown stored role {stored:?}"))
+                })?),
+            };
+        let Some(access_role) = effective_role(caller, &owner, shared) else {
+            return Ok(None);
+        };
+        let definition = match (self.definition_owner, self.definition_handle) {
+            (Some(owner), Some(handle)) => Some(DefinitionName::new(
+                user_key(&owner)?,
+                errors::stored_handle(&handle)?,
+            )),
+            _ => None,
+        };
+        let instance = Instance {
+            name: InstanceName::new(owner, errors::stored_handle(&self.handle)?),
+            uid: self.uid,
+            definition,
+            spec: ServiceSpec {
+                endpoint: self.endpoint,
+                api_standard: ApiStandardName(errors::stored_handle(&self.api_standard)?),
+                model: self.model,
+                dimensions: self.dimensions,
+                context_limit: self.context_limit,
+                description: self.description,
+            },
+            has_api_key: self.has_api_key,
+            access_role,
+            revision: self.revision,
+            create_time: self.create_time,
+            update_time: self.update_time,
+        };
+        Ok(Some((self.id, instance)))
+    }
+}
+
+fn caller_id(caller: &Caller) -> Option<i64> {
+    match caller {
+        Caller::Admin => None,
+        Caller::User(user) => Some(user.id),
+    }
+}
+
+/// A new instance, validated.
+pub struct NewInstance<'a> {
+    pub name: &'a InstanceName,
+    pub spec: &'a ServiceSpec,
+    pub definition: Option<&'a DefinitionName>,
+    pub api_key: Option<&'a ApiKey>,
+}
+
+impl Store {
+    pub async fn create_instance(
+        &self,
+        caller: &Caller,
+        new: NewInstance<'_>,
+        ring: &KeyRing,
+    ) -> Result<Instance, DomainError> {
+        let resource = new.name.to_string();
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let owner_id = Self::user_id(&mut *tx, new.name.owner.as_str()).await?;
+        let standard_id = Self::api_standard_id(
+            &mut *tx,
+            "instance.api_standard",
+            new.spec.api_standard.0.as_str(),
+        )
+        .await?;
+        let definition_id: Option<i64> = match new.definition {
+            None => None,
+            Some(definition) => Some(
+                sqlx::query_scalar(
+                    "SELECT d.id FROM definitions d JOIN users u ON u.id = d.owner_id \
+                     WHERE u.handle = $1 AND d.handle = $2",
+                )
+                .bind(definition.owner.as_str())
+                .bind(definition.handle.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(errors::db)?
+                .ok_or_else(|| DomainError::NotFound(definition.to_string()))?,
+            ),
+        };
+        let (id, uid): (i64, String) = sqlx::query_as(
+            "INSERT INTO instances \
+             (owner_id, handle, definition_id, endpoint, api_standard_id, model, dimensions, context_limit, description) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id, uid::text",
+        )
+        .bind(owner_id)
+        .bind(new.name.handle.as_str())
+        .bind(definition_id)
+        .bind(&new.spec.endpoint)
+        .bind(standard_id)
+        .bind(&new.spec.model)
+        .bind(new.spec.dimensions)
+        .bind(new.spec.context_limit)
+        .bind(&new.spec.description)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match errors::sqlstate(&e).as_deref() {
+            Some(errors::FOREIGN_KEY_VIOLATION) => errors::on_reference(e, "instance.api_standard"),
+            _ => errors::on_insert(e, &resource),
+        })?;
+        if let Some(api_key) = new.api_key {
+            Self::store_key(
+                &mut tx,
+                id,
+                &uid,
+                ApiKeyChange::Replace(api_key.clone()),
+                ring,
+            )
+            .await?;
+        }
+        let created = Self::visible_by_id(&mut tx, caller, id).await?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(created)
+    }
+
+    /// The instance as `caller` sees it; `None` if it does not exist or the caller may not know.
+    pub async fn find_instance(
+        &self,
+        caller: &Caller,
+        name: &InstanceName,
+    ) -> Result<Option<Instance>, DomainError> {
+        let row = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE u.handle = $2 AND i.handle = $3"
+        )))
+        .bind(caller_id(caller))
+        .bind(name.owner.as_str())
+        .bind(name.handle.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?;
+        Ok(match row {
+            Some(row) => row.into_visible(caller)?.map(|(_, instance)| instance),
+            None => None,
+        })
+    }
+
+    /// Instances `user` can use (owned and shared, each once), ordered by full name, after the
+    /// cursor (`owner/handle`).
+    pub async fn list_instances(
+        &self,
+        caller: &Caller,
+        user: &UserName,
+        scope: Scope,
+        page: &PageRequest,
+    ) -> Result<Vec<Instance>, DomainError> {
+        let user_id = Self::user_id(&self.pool, user.0.as_str()).await?;
+        let (after_owner, after_handle) = page
+            .after
+            .as_deref()
+            .and_then(|cursor| cursor.split_once('/'))
+            .unwrap_or(("", ""));
+        let rows = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
+            "SELECT * FROM ( \
+                {SELECT} WHERE $3 AND i.owner_id = $2 AND (u.handle, i.handle) > ($5, $6) \
+                UNION ALL \
+                {SELECT} WHERE $4 AND i.owner_id <> $2 \
+                  AND EXISTS (SELECT 1 FROM shares g WHERE g.instance_id = i.id AND g.grantee_id = $2) \
+                  AND (u.handle, i.handle) > ($5, $6) \
+             ) visible ORDER BY owner, handle LIMIT $7"
+        )))
+        .bind(caller_id(caller))
+        .bind(user_id)
+        .bind(scope != Scope::Shared)
+        .bind(scope != Scope::Owned)
+        .bind(after_owner)
+        .bind(after_handle)
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(errors::db)?;
+        let mut instances = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some((_, instance)) = row.into_visible(caller)? {
+                instances.push(instance);
+            }
+        }
+        Ok(instances)
+    }
+
+    /// Read-modify-write: `change` sees the instance as the caller does (it authorizes, checks
+    /// the etag, and returns the new spec and what happens to the key).
+    pub async fn update_instance(
+        &self,
+        caller: &Caller,
+        name: &InstanceName,
+        ring: &KeyRing,
+        change: impl FnOnce(&Instance) -> Result<(ServiceSpec, ApiKeyChange), DomainError>,
+    ) -> Result<Instance, DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let (id, current) = Self::lock_visible(&mut tx, caller, name).await?;
+        let (spec, key_change) = change(&current)?;
+        let standard_id = Self::api_standard_id(
+            &mut *tx,
+            "instance.api_standard",
+            spec.api_standard.0.as_str(),
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE instances SET endpoint = $2, api_standard_id = $3, model = $4, dimensions = $5, \
+             context_limit = $6, description = $7, revision = revision + 1, update_time = clock_timestamp() \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&spec.endpoint)
+        .bind(standard_id)
+        .bind(&spec.model)
+        .bind(spec.dimensions)
+        .bind(spec.context_limit)
+        .bind(&spec.description)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| errors::on_reference(e, "instance.api_standard"))?;
+        Self::store_key(&mut tx, id, &current.uid, key_change, ring).await?;
+        let updated = Self::visible_by_id(&mut tx, caller, id).await?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(updated)
+    }
+
+    /// Deletes an instance (and its shares). `authorize` sees the instance as the caller does.
+    /// Refused, naming the projects, while projects use it.
+    pub async fn delete_instance(
+        &self,
+        caller: &Caller,
+        name: &InstanceName,
+        authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
+    ) -> Result<(), DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let (id, current) = Self::lock_visible(&mut tx, caller, name).await?;
+        authorize(&current)?;
+        let projects: Vec<(String, String)> = sqlx::query_as(
+            "SELECT u.handle, p.handle FROM projects p JOIN users u ON u.id = p.owner_id \
+             WHERE p.instance_id = $1 ORDER BY u.handle, p.handle LIMIT 4",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(errors::db)?;
+        if !projects.is_empty() {
+            let mut listed: Vec<String> = projects
+                .iter()
+                .take(3)
+                .map(|(owner, project)| format!("users/{owner}/projects/{project}"))
+                .collect();
+            if projects.len() > 3 {
+                listed.push("...".to_owned());
+            }
+            return Err(DomainError::InUse(format!(
+                "{name} is used by project(s) {}; bind them to another instance or delete them first",
+                listed.join(", ")
+            )));
+        }
+        sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| errors::on_delete(e, &name.to_string()))?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(())
+    }
+
+    async fn lock_visible(
+        tx: &mut Transaction<'_, Postgres>,
+        caller: &Caller,
+        name: &InstanceName,
+    ) -> Result<(i64, Instance), DomainError> {
+        sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE u.handle = $2 AND i.handle = $3 FOR UPDATE OF i"
+        )))
+        .bind(caller_id(caller))
+        .bind(name.owner.as_str())
+        .bind(name.handle.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(errors::db)?
+        .map(|row| row.into_visible(caller))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))
+    }
+
+    async fn visible_by_id(
+        tx: &mut Transaction<'_, Postgres>,
+        caller: &Caller,
+        id: i64,
+    ) -> Result<Instance, DomainError> {
+        sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!("{SELECT} WHERE i.id = $2")))
+            .bind(caller_id(caller))
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(errors::db)?
+            .into_visible(caller)?
+            .map(|(_, instance)| instance)
+            .ok_or_else(|| {
+                DomainError::Internal("a written instance is not visible to its writer".to_owned())
+            })
+    }
+
+    async fn store_key(
+        tx: &mut Transaction<'_, Postgres>,
+        id: i64,
+        uid: &str,
+        change: ApiKeyChange,
+        ring: &KeyRing,
+    ) -> Result<(), DomainError> {
+        let (ciphertext, key_id) = match change {
+            ApiKeyChange::Keep => return Ok(()),
+            ApiKeyChange::Remove => (None, None),
+            ApiKeyChange::Replace(api_key) => {
+                let sealed = ring.seal(&api_key, uid);
+                (Some(sealed.ciphertext), Some(sealed.key_id))
+            }
+        };
+        sqlx::query(
+            "UPDATE instances SET api_key_ciphertext = $2, api_key_key_id = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ciphertext)
+        .bind(key_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(errors::db)?;
+        Ok(())
+    }
+}
