@@ -2,94 +2,14 @@
 //! and secrets file) and reuses its secrets on the next start; production mode refuses to start
 //! without explicit, well-formed settings; concurrent migrations are safe.
 
-use std::{
-    net::SocketAddr,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::SocketAddr, os::unix::fs::PermissionsExt, path::Path};
 
 use llm_registry::pb::v1::{self as pb, llm_definition_service_client::LlmDefinitionServiceClient};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::mpsc,
+
+use crate::{
+    binary::{bare_command, start_server, temp_home, terminate},
+    helpers::{authed, database_url, drop_database_blocking, unique_name, wait_until_serving},
 };
-
-use crate::helpers::{
-    authed, database_url, drop_database_blocking, unique_name, wait_until_serving,
-};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_llm-registry");
-
-/// A command with an empty environment but PATH and a private HOME: no settings leak in.
-fn bare_command(home: &Path) -> Command {
-    let mut command = Command::new(BINARY);
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-fn temp_home() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique_name("llmr_home"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Starts the binary and waits for its "serving" log line; keeps draining its output.
-async fn start_server(
-    mut command: Command,
-) -> (Child, SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let mut child = command.spawn().expect("start the binary");
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, mut lines) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.recv().await {
-            seen.push(line.clone());
-            if let Some(rest) = line.split("address=").nth(1) {
-                return rest.split_whitespace().next().and_then(|a| a.parse().ok());
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| panic!("the server did not announce its address; output: {seen:#?}"));
-    (child, addr, lines)
-}
-
-async fn terminate(mut child: Child) {
-    let pid = child.id().expect("running").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        exit.success(),
-        "SIGTERM should end the server cleanly, got {exit:?}"
-    );
-}
 
 fn secret(file: &Path, key: &str) -> String {
     std::fs::read_to_string(file)

@@ -114,12 +114,18 @@ impl TestApp {
         create_database(&database).await;
         let admin_token = IssuedToken::generate().reveal().to_owned();
         let key_ring = KeyRing::new(MasterKey::generate(), vec![]).expect("one key");
-        Self::start(database, admin_token, key_ring).await.expect("server starts")
+        Self::start(database, admin_token, key_ring)
+            .await
+            .expect("server starts")
     }
 
     /// Starts a server on an existing database.
     /// Starts a server on an existing database; the error is the server's refusal to start.
-    pub async fn start(database: String, admin_token: String, key_ring: KeyRing) -> anyhow::Result<Self> {
+    pub async fn start(
+        database: String,
+        admin_token: String,
+        key_ring: KeyRing,
+    ) -> anyhow::Result<Self> {
         init_logging();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -358,7 +364,13 @@ pub async fn stored_key(app: &TestApp, owner: &str, handle: &str) -> Option<Stri
     .expect("instance row");
     let (key_id, ciphertext) = (key_id?, ciphertext?);
     let sealed = llm_registry::vault::Sealed { key_id, ciphertext };
-    Some(app.key_ring.open(&sealed, &uid).expect("the stored ciphertext decrypts").expose().to_owned())
+    Some(
+        app.key_ring
+            .open(&sealed, &uid)
+            .expect("the stored ciphertext decrypts")
+            .expose()
+            .to_owned(),
+    )
 }
 
 /// A provider-looking API key made at run time.

@@ -4,59 +4,15 @@
 
 use std::str::FromStr;
 
-use bytes::{Buf, BufMut};
 use llm_registry::pb::FILE_DESCRIPTOR_SET;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, Value};
-use tonic::{
-    Code, Status,
-    client::Grpc,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-};
+use tonic::{Code, Status, client::Grpc};
 use tonic_prost::ProstCodec;
 
-use crate::helpers::{TestApp, authed};
-
-/// Sends raw bytes as the request message; ignores the response body.
-#[derive(Default)]
-struct RawCodec;
-
-struct RawEncoder;
-struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = ();
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
-}
+use crate::{
+    helpers::{TestApp, authed},
+    raw::RawCodec,
+};
 
 const HOSTILE_STRINGS: &[&str] = &[
     "",
@@ -107,7 +63,7 @@ fn hostile(descriptor: &MessageDescriptor, seed: usize, depth: usize) -> Dynamic
     message
 }
 
-fn assert_caller_side(path: &str, result: Result<tonic::Response<()>, Status>) {
+fn assert_caller_side<T>(path: &str, result: Result<tonic::Response<T>, Status>) {
     if let Err(status) = result {
         assert!(
             !matches!(status.code(), Code::Internal | Code::Unknown),

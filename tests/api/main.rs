@@ -1,16 +1,20 @@
 //! Integration tests: the real service on `127.0.0.1:0`, a real PostgreSQL, a fresh database per
 //! test. One test binary (so it builds once); one module per area.
 
+mod binary;
 mod helpers;
+mod raw;
 
 mod api_standards;
 mod auth;
+mod canary;
 mod definitions;
 mod dev_mode;
 mod hostile_input;
 mod instances;
 mod pagination;
 mod platform;
+mod rotation;
 mod seed;
 mod system_guard;
 mod users;

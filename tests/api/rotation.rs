@@ -1,0 +1,180 @@
+//! Key rotation: keys written under A; the service restarted with B primary and A previous;
+//! `rotate-keys` re-encrypts while the service serves; with B alone every key still decrypts to
+//! its original value; a second run re-encrypts nothing; a ring without a used key refuses to
+//! start, naming the count and the key ids.
+
+use std::process::Output;
+
+use llm_registry::{
+    pb::v1 as pb,
+    vault::{KeyRing, MasterKey},
+};
+
+use crate::{
+    binary::{bare_command, temp_home},
+    helpers::{TestApp, authed, create_instance_from, database_url, random_api_key, stored_key},
+};
+
+async fn rotate_keys(database: &str, primary: &MasterKey, previous: &[&MasterKey]) -> Output {
+    let home = temp_home();
+    let previous: Vec<String> = previous.iter().map(|k| k.to_base64().to_string()).collect();
+    let output = bare_command(&home)
+        .args(["rotate-keys", "--batch-size", "2"])
+        .env("LLM_REGISTRY_MODE", "production")
+        .env("DATABASE_URL", database_url(database))
+        .env("ENCRYPTION_KEY", primary.to_base64().as_str())
+        .env("ENCRYPTION_KEYS_PREVIOUS", previous.join(","))
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    output
+}
+
+#[tokio::test]
+async fn keys_rotate_while_serving_and_a_missing_key_refuses_start() {
+    let a = MasterKey::generate();
+    let b = MasterKey::generate();
+    let mut app = TestApp::spawn().await;
+    app.restart_with(KeyRing::new(a.clone(), vec![]).unwrap())
+        .await
+        .unwrap();
+    let alice = app.create_user("alice").await;
+    let mut originals = Vec::new();
+    for i in 0..5 {
+        let key = random_api_key();
+        let overrides = pb::Instance {
+            api_key: key.clone(),
+            ..Default::default()
+        };
+        create_instance_from(
+            &app,
+            &alice,
+            "alice",
+            &format!("i{i}"),
+            "_system/openai-small",
+            overrides,
+        )
+        .await
+        .unwrap();
+        originals.push((format!("i{i}"), key));
+    }
+    create_instance_from(
+        &app,
+        &alice,
+        "alice",
+        "keyless",
+        "_system/openai-small",
+        pb::Instance::default(),
+    )
+    .await
+    .unwrap();
+
+    // B becomes primary, A still decrypts; new keys are sealed under B.
+    app.restart_with(KeyRing::new(b.clone(), vec![a.clone()]).unwrap())
+        .await
+        .unwrap();
+    let key = random_api_key();
+    let overrides = pb::Instance {
+        api_key: key.clone(),
+        ..Default::default()
+    };
+    create_instance_from(
+        &app,
+        &alice,
+        "alice",
+        "under-b",
+        "_system/openai-small",
+        overrides,
+    )
+    .await
+    .unwrap();
+    originals.push(("under-b".to_owned(), key));
+
+    // Rotate while the service keeps answering reads and writes.
+    let reader = {
+        let mut client = app.instances();
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            for round in 0..40 {
+                let name = format!("users/alice/instances/i{}", round % 5);
+                let got = client
+                    .get_instance(authed(
+                        pb::GetInstanceRequest { name: name.clone() },
+                        &alice,
+                    ))
+                    .await;
+                assert!(
+                    got.expect("reads go on during rotation")
+                        .into_inner()
+                        .has_api_key
+                );
+                let edit = pb::Instance {
+                    name,
+                    description: format!("round {round}"),
+                    ..Default::default()
+                };
+                let request = pb::UpdateInstanceRequest {
+                    instance: Some(edit),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["description".into()],
+                    }),
+                };
+                client
+                    .update_instance(authed(request, &alice))
+                    .await
+                    .expect("writes go on during rotation");
+            }
+        })
+    };
+    let output = rotate_keys(&app.database, &b, &[&a]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("re-encrypted 5 key(s)"), "{stdout}");
+    assert!(stdout.contains("1 already current"), "{stdout}");
+    reader.await.unwrap();
+
+    // B alone: every key decrypts to its original value.
+    app.restart_with(KeyRing::new(b.clone(), vec![]).unwrap())
+        .await
+        .unwrap();
+    for (handle, key) in &originals {
+        assert_eq!(
+            stored_key(&app, "alice", handle).await.as_deref(),
+            Some(key.as_str()),
+            "{handle}"
+        );
+    }
+    assert_eq!(stored_key(&app, "alice", "keyless").await, None);
+
+    // A second run has nothing to do.
+    let output = rotate_keys(&app.database, &b, &[]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("re-encrypted 0 key(s)"), "{stdout}");
+    assert!(stdout.contains("6 already current"), "{stdout}");
+
+    // rotate-keys itself refuses a ring that cannot open what is stored.
+    let c = MasterKey::generate();
+    let output = rotate_keys(&app.database, &c, &[]).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&b.id()));
+
+    // A ring that lacks B refuses to start, naming the count and B's id.
+    let refusal = app
+        .restart_with(KeyRing::new(c.clone(), vec![a.clone()]).unwrap())
+        .await
+        .unwrap_err();
+    let message = format!("{refusal:#}");
+    assert!(message.contains("6 API key(s)"), "{message}");
+    assert!(message.contains(&b.id()), "{message}");
+    assert!(!message.contains(b.to_base64().as_str()));
+}
