@@ -164,12 +164,12 @@ pub async fn serve(
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            SharingServiceServer::new(SharingApi)
+            SharingServiceServer::new(SharingApi(context.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            ProjectServiceServer::new(ProjectsApi)
+            ProjectServiceServer::new(ProjectsApi(context.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

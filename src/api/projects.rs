@@ -1,60 +1,163 @@
-//! `ProjectService`. The contract is final; the methods answer UNIMPLEMENTED (with ErrorInfo
-//! reason NOT_IMPLEMENTED) until the projects issue lands.
+//! `ProjectService`: proto <-> domain for projects. Projects are private to their owner and the
+//! admin; each is bound to one instance that its owner can use.
 
 use tonic::{Request, Response, Status};
 
+use super::{ApiContext, caller_of, convert, instances, required};
 use crate::{
-    domain::DomainError,
+    domain::{
+        DomainError, access,
+        caller::Caller,
+        error::both,
+        names::{Handle, InstanceName, ProjectName, UserKey, UserName},
+        project::Project,
+        validate,
+    },
     pb::v1::{self as pb, project_service_server::ProjectService},
 };
 
-pub struct ProjectsApi;
+pub struct ProjectsApi(pub ApiContext);
 
-fn not_yet<T>(method: &'static str) -> Result<Response<T>, Status> {
-    Err(DomainError::Unimplemented(method).into())
+const UPDATABLE: &[&str] = &["description", "instance"];
+
+fn to_pb(project: Project) -> pb::Project {
+    let etag = project.etag();
+    pb::Project {
+        name: project.name.to_string(),
+        description: project.description,
+        instance: project.instance.to_string(),
+        create_time: convert::timestamp(project.create_time),
+        update_time: convert::timestamp(project.update_time),
+        etag,
+    }
+}
+
+/// An instance reference in a project: full name, `owner/handle`, or a bare handle meaning the
+/// caller's own (the admin, who has none, means the project owner's).
+fn instance_reference(caller: &Caller, project_owner: &UserKey, value: &str) -> Result<InstanceName, DomainError> {
+    if value.is_empty() {
+        return Err(DomainError::invalid("project.instance", "is required"));
+    }
+    let namespace = caller.namespace().unwrap_or_else(|| project_owner.clone());
+    InstanceName::parse_reference("project.instance", value, Some(&namespace))
+}
+
+/// Projects are visible to their owner and the admin only; anyone else gets NOT_FOUND.
+fn check_visible(caller: &Caller, name: &ProjectName) -> Result<(), DomainError> {
+    if access::may_read_private_of(caller, &name.owner) {
+        Ok(())
+    } else {
+        Err(DomainError::NotFound(name.to_string()))
+    }
 }
 
 #[tonic::async_trait]
 impl ProjectService for ProjectsApi {
-    async fn create_project(
-        &self,
-        _: Request<pb::CreateProjectRequest>,
-    ) -> Result<Response<pb::Project>, Status> {
-        not_yet("CreateProject")
+    async fn create_project(&self, request: Request<pb::CreateProjectRequest>) -> Result<Response<pb::Project>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let parent = UserName::parse("parent", &request.parent)?;
+        access::check_namespace_write(&caller, &parent.0)?;
+        let (handle, (description, instance)) = both(
+            Handle::parse("project_id", &request.project_id),
+            required(request.project.as_ref(), "project").and_then(|project| {
+                both(
+                    validate::description("project.description", &project.description),
+                    instance_reference(&caller, &parent.0, &project.instance),
+                )
+            }),
+        )?;
+        let name = ProjectName::new(parent.0, handle);
+        let created = self.0.store.create_project(&name, &description, &instance).await?;
+        Ok(Response::new(to_pb(created)))
     }
 
-    async fn get_project(
-        &self,
-        _: Request<pb::GetProjectRequest>,
-    ) -> Result<Response<pb::Project>, Status> {
-        not_yet("GetProject")
+    async fn get_project(&self, request: Request<pb::GetProjectRequest>) -> Result<Response<pb::Project>, Status> {
+        let caller = caller_of(&request)?;
+        let name = ProjectName::parse("name", &request.get_ref().name)?;
+        check_visible(&caller, &name)?;
+        let project = self
+            .0
+            .store
+            .find_project(&name)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(name.to_string()))?;
+        Ok(Response::new(to_pb(project)))
     }
 
     async fn list_projects(
         &self,
-        _: Request<pb::ListProjectsRequest>,
+        request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
-        not_yet("ListProjects")
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let parent = UserName::parse("parent", &request.parent)?;
+        if !access::may_read_private_of(&caller, &parent.0) {
+            return Err(DomainError::NotFound(parent.to_string()).into());
+        }
+        let query = format!("ListProjects {parent}");
+        let page = self.0.paginator.start(request.page_size, &request.page_token, &query)?;
+        let found = self.0.store.list_projects(&parent, &page).await?;
+        let (projects, next_page_token) = self.0.paginator.finish(found, &page, &query, |p| p.name.handle.to_string());
+        Ok(Response::new(pb::ListProjectsResponse {
+            projects: projects.into_iter().map(to_pb).collect(),
+            next_page_token,
+        }))
     }
 
-    async fn update_project(
-        &self,
-        _: Request<pb::UpdateProjectRequest>,
-    ) -> Result<Response<pb::Project>, Status> {
-        not_yet("UpdateProject")
+    async fn update_project(&self, request: Request<pb::UpdateProjectRequest>) -> Result<Response<pb::Project>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let project = required(request.project, "project")?;
+        let name = ProjectName::parse("project.name", &project.name)?;
+        access::check_namespace_write(&caller, &name.owner)?;
+        let mask = convert::update_mask(request.update_mask.as_ref(), UPDATABLE, &[])?;
+        let description = mask
+            .touches("description", !project.description.is_empty())
+            .then(|| validate::description("project.description", &project.description))
+            .transpose()?;
+        let instance = mask
+            .touches("instance", !project.instance.is_empty())
+            .then(|| instance_reference(&caller, &name.owner, &project.instance))
+            .transpose()?;
+        let updated = self
+            .0
+            .store
+            .update_project(&name, &project.etag, |current| {
+                Ok((
+                    description.unwrap_or_else(|| current.description.clone()),
+                    instance.unwrap_or_else(|| current.instance.clone()),
+                ))
+            })
+            .await?;
+        Ok(Response::new(to_pb(updated)))
     }
 
-    async fn delete_project(
-        &self,
-        _: Request<pb::DeleteProjectRequest>,
-    ) -> Result<Response<()>, Status> {
-        not_yet("DeleteProject")
+    async fn delete_project(&self, request: Request<pb::DeleteProjectRequest>) -> Result<Response<()>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let name = ProjectName::parse("name", &request.name)?;
+        access::check_namespace_write(&caller, &name.owner)?;
+        self.0.store.delete_project(&name, &request.etag).await?;
+        Ok(Response::new(()))
     }
 
     async fn get_project_instance(
         &self,
-        _: Request<pb::GetProjectInstanceRequest>,
+        request: Request<pb::GetProjectInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        not_yet("GetProjectInstance")
+        let caller = caller_of(&request)?;
+        let name = ProjectName::parse("name", &request.get_ref().name)?;
+        check_visible(&caller, &name)?;
+        let not_found = || DomainError::NotFound(name.to_string());
+        let project = self.0.store.find_project(&name).await?.ok_or_else(not_found)?;
+        // The caller is the project's owner (who can use the bound instance) or an admin.
+        let instance = self
+            .0
+            .store
+            .find_instance(&caller, &project.instance)
+            .await?
+            .ok_or_else(|| DomainError::Internal(format!("{name} is bound to an instance its owner cannot see")))?;
+        Ok(Response::new(instances::to_pb(instance)))
     }
 }

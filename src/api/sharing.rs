@@ -1,39 +1,96 @@
-//! `SharingService`. The contract is final; the methods answer UNIMPLEMENTED (with ErrorInfo
-//! reason NOT_IMPLEMENTED) until the sharing issue lands.
+//! `SharingService`: proto <-> domain for shares. Only owners, co-owners and admins manage
+//! shares; everyone else who can see the instance gets PERMISSION_DENIED, strangers NOT_FOUND.
 
 use tonic::{Request, Response, Status};
 
+use super::{ApiContext, caller_of, convert, instances::role_to_pb};
 use crate::{
-    domain::DomainError,
+    domain::{
+        DomainError,
+        error::both,
+        instance::{InstanceAction, Role, authorize},
+        names::{InstanceName, ShareName, UserName},
+        share::{Share, check_grantee},
+    },
     pb::v1::{self as pb, sharing_service_server::SharingService},
 };
 
-pub struct SharingApi;
+pub struct SharingApi(pub ApiContext);
 
-fn not_yet<T>(method: &'static str) -> Result<Response<T>, Status> {
-    Err(DomainError::Unimplemented(method).into())
+fn to_pb(share: Share) -> pb::Share {
+    pb::Share {
+        name: share.name.to_string(),
+        grantee: format!("users/{}", share.name.grantee),
+        role: role_to_pb(share.role).into(),
+        create_time: convert::timestamp(share.create_time),
+        update_time: convert::timestamp(share.update_time),
+    }
+}
+
+fn role_from_pb(value: i32) -> Result<Role, DomainError> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Reader) => Ok(Role::Reader),
+        Ok(pb::Role::Writer) => Ok(Role::Writer),
+        Ok(pb::Role::Owner) => Ok(Role::Owner),
+        Ok(pb::Role::Unspecified) | Err(_) => Err(DomainError::invalid(
+            "role",
+            "must be ROLE_READER, ROLE_WRITER or ROLE_OWNER",
+        )),
+    }
 }
 
 #[tonic::async_trait]
 impl SharingService for SharingApi {
-    async fn share_instance(
-        &self,
-        _: Request<pb::ShareInstanceRequest>,
-    ) -> Result<Response<pb::Share>, Status> {
-        not_yet("ShareInstance")
+    async fn share_instance(&self, request: Request<pb::ShareInstanceRequest>) -> Result<Response<pb::Share>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let (instance, (grantee, role)) = both(
+            InstanceName::parse("name", &request.name),
+            both(UserName::parse("grantee", &request.grantee), role_from_pb(request.role)),
+        )?;
+        let share = self
+            .0
+            .store
+            .share_instance(&caller, &instance, &check_grantee(&caller, &instance, &grantee.0)?, role, |current| {
+                authorize(Some(current.access_role), InstanceAction::Manage, &instance).map(|_| ())
+            })
+            .await?;
+        Ok(Response::new(to_pb(share)))
     }
 
-    async fn unshare_instance(
-        &self,
-        _: Request<pb::UnshareInstanceRequest>,
-    ) -> Result<Response<()>, Status> {
-        not_yet("UnshareInstance")
+    async fn unshare_instance(&self, request: Request<pb::UnshareInstanceRequest>) -> Result<Response<()>, Status> {
+        let caller = caller_of(&request)?;
+        let share = ShareName::parse("name", &request.get_ref().name)?;
+        self.0
+            .store
+            .unshare_instance(&caller, &share, |current| {
+                authorize(Some(current.access_role), InstanceAction::Manage, &share.instance).map(|_| ())
+            })
+            .await?;
+        Ok(Response::new(()))
     }
 
     async fn list_instance_shares(
         &self,
-        _: Request<pb::ListInstanceSharesRequest>,
+        request: Request<pb::ListInstanceSharesRequest>,
     ) -> Result<Response<pb::ListInstanceSharesResponse>, Status> {
-        not_yet("ListInstanceShares")
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let instance = InstanceName::parse("parent", &request.parent)?;
+        let query = format!("ListInstanceShares {instance}");
+        let page = self.0.paginator.start(request.page_size, &request.page_token, &query)?;
+        let found = self
+            .0
+            .store
+            .list_shares(&caller, &instance, &page, |current| {
+                authorize(Some(current.access_role), InstanceAction::Manage, &instance).map(|_| ())
+            })
+            .await?;
+        let (shares, next_page_token) =
+            self.0.paginator.finish(found, &page, &query, |s| s.name.grantee.to_string());
+        Ok(Response::new(pb::ListInstanceSharesResponse {
+            shares: shares.into_iter().map(to_pb).collect(),
+            next_page_token,
+        }))
     }
 }

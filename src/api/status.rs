@@ -27,7 +27,7 @@ pub fn to_status(error: DomainError) -> Status {
             },
         ),
         DomainError::EtagMismatch(_) => (Code::Aborted, "ETAG_MISMATCH"),
-        DomainError::InUse(_) => (Code::FailedPrecondition, "RESOURCE_IN_USE"),
+        DomainError::InUse { .. } => (Code::FailedPrecondition, "RESOURCE_IN_USE"),
         DomainError::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
         DomainError::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED"),
         DomainError::Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE"),

@@ -41,9 +41,10 @@ pub enum DomainError {
     /// The request carried an etag that no longer matches.
     #[error("{0} has changed since the etag was read; read it again and retry")]
     EtagMismatch(String),
-    /// The resource is in use by others; the message names what blocks the change.
-    #[error("{0}")]
-    InUse(String),
+    /// The resource is in use; the message and `blockers` (resource names, reported as
+    /// `google.rpc.PreconditionFailure` violations) say what blocks the change.
+    #[error("{message}")]
+    InUse { message: String, blockers: Vec<String> },
     /// No or unknown bearer token.
     #[error("missing or invalid bearer token")]
     Unauthenticated,
@@ -82,6 +83,13 @@ impl DomainError {
         Self::PermissionDenied {
             reason: PermissionReason::AdminOnly,
             message: format!("only an administrator may {what}"),
+        }
+    }
+
+    pub fn in_use(message: impl Into<String>, blockers: Vec<String>) -> Self {
+        Self::InUse {
+            message: message.into(),
+            blockers,
         }
     }
 

@@ -11,6 +11,8 @@ pub mod instance;
 pub mod mask;
 pub mod names;
 pub mod pagination;
+pub mod project;
+pub mod share;
 pub mod user;
 pub mod validate;
 

@@ -220,6 +220,31 @@ impl<C: Collection> fmt::Display for OwnedName<C> {
     }
 }
 
+/// `users/{owner}/instances/{instance}/shares/{grantee}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareName {
+    pub instance: InstanceName,
+    pub grantee: Handle,
+}
+
+impl ShareName {
+    pub fn parse(field: &str, value: &str) -> Result<Self, DomainError> {
+        let (instance, grantee) = value.rsplit_once("/shares/").ok_or_else(|| {
+            DomainError::invalid(field, "must look like users/{user}/instances/{instance}/shares/{grantee}")
+        })?;
+        Ok(Self {
+            instance: InstanceName::parse(field, instance)?,
+            grantee: Handle::parse(field, grantee)?,
+        })
+    }
+}
+
+impl fmt::Display for ShareName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/shares/{}", self.instance, self.grantee)
+    }
+}
+
 /// `apiStandards/{standard}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiStandardName(pub Handle);
@@ -286,5 +311,9 @@ mod tests {
         assert!(DefinitionName::parse("f", "users/alice/instances/x").is_err());
         assert!(DefinitionName::parse("f", "users/alice/definitions/x/y").is_err());
         assert!(UserName::parse("f", "users/_other").is_err());
+        let share = ShareName::parse("f", "users/alice/instances/x/shares/bob").unwrap();
+        assert_eq!(share.to_string(), "users/alice/instances/x/shares/bob");
+        assert!(ShareName::parse("f", "users/alice/instances/x/shares/_system").is_err());
+        assert!(ShareName::parse("f", "users/alice/instances/x").is_err());
     }
 }

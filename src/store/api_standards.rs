@@ -157,10 +157,13 @@ impl Store {
         .await
         .map_err(errors::db)?;
         if definitions > 0 || instances > 0 {
-            return Err(DomainError::InUse(format!(
-                "{resource} is used by {definitions} definition(s) and {instances} instance(s); \
-                 change or delete those first"
-            )));
+            return Err(DomainError::in_use(
+                format!(
+                    "{resource} is used by {definitions} definition(s) and {instances} instance(s); \
+                     change or delete those first"
+                ),
+                Vec::new(),
+            ));
         }
         sqlx::query("DELETE FROM api_standards WHERE handle = $1")
             .bind(name.0.as_str())

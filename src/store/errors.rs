@@ -55,7 +55,7 @@ pub fn on_insert(error: sqlx::Error, resource: &str) -> DomainError {
 /// Maps a delete: a foreign key violation means something still uses `resource`.
 pub fn on_delete(error: sqlx::Error, resource: &str) -> DomainError {
     if sqlstate(&error).as_deref() == Some(FOREIGN_KEY_VIOLATION) {
-        DomainError::InUse(format!("{resource} is still in use"))
+        DomainError::in_use(format!("{resource} is still in use"), Vec::new())
     } else {
         db(error)
     }

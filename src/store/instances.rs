@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use super::{Store, errors};
+use super::{Store, blockers, errors};
 use crate::{
     domain::{
         DomainError,
@@ -295,27 +295,9 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(errors::db)?;
         let (id, current) = Self::lock_visible(&mut tx, caller, name).await?;
         authorize(&current)?;
-        let projects: Vec<(String, String)> = sqlx::query_as(
-            "SELECT u.handle, p.handle FROM projects p JOIN users u ON u.id = p.owner_id \
-             WHERE p.instance_id = $1 ORDER BY u.handle, p.handle LIMIT 4",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(errors::db)?;
+        let projects = blockers::projects_using_instance(&mut tx, id, None).await?;
         if !projects.is_empty() {
-            let mut listed: Vec<String> = projects
-                .iter()
-                .take(3)
-                .map(|(owner, project)| format!("users/{owner}/projects/{project}"))
-                .collect();
-            if projects.len() > 3 {
-                listed.push("...".to_owned());
-            }
-            return Err(DomainError::InUse(format!(
-                "{name} is used by project(s) {}; bind them to another instance or delete them first",
-                listed.join(", ")
-            )));
+            return Err(blockers::blocked(format!("{name} cannot be deleted while projects use it"), projects));
         }
         sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id)
@@ -326,7 +308,7 @@ impl Store {
         Ok(())
     }
 
-    async fn lock_visible(
+    pub(super) async fn lock_visible(
         tx: &mut Transaction<'_, Postgres>,
         caller: &Caller,
         name: &InstanceName,

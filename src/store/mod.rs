@@ -2,11 +2,14 @@
 //! into domain errors here (by SQLSTATE), so nothing above this layer sees sqlx.
 
 mod api_standards;
+mod blockers;
 pub mod database;
 mod definitions;
 mod errors;
 mod instances;
 mod keys;
+mod projects;
+mod shares;
 mod users;
 
 pub use instances::NewInstance;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use sqlx::AssertSqlSafe;
 
-use super::{Store, errors};
+use super::{Store, blockers, errors};
 use crate::domain::{
     DomainError,
     caller::UserPrincipal,
@@ -175,33 +175,13 @@ impl Store {
         .ok_or_else(|| DomainError::NotFound(resource.clone()))?
         .into_domain()?;
         crate::domain::check_etag(etag, &current.etag(), &resource)?;
-        let blockers: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT pu.handle, p.handle, i.handle \
-             FROM users u \
-             JOIN instances i ON i.owner_id = u.id \
-             JOIN projects p ON p.instance_id = i.id \
-             JOIN users pu ON pu.id = p.owner_id \
-             WHERE u.handle = $1 AND p.owner_id <> u.id \
-             ORDER BY pu.handle, p.handle LIMIT 3",
-        )
-        .bind(name.0.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(errors::db)?;
-        if !blockers.is_empty() {
-            let listed: Vec<String> = blockers
-                .iter()
-                .map(|(owner, project, instance)| {
-                    format!(
-                        "users/{owner}/projects/{project} uses users/{}/instances/{instance}",
-                        name.0
-                    )
-                })
-                .collect();
-            return Err(DomainError::InUse(format!(
-                "{resource} cannot be deleted while other users' projects use its instances: {}",
-                listed.join("; ")
-            )));
+        let user_id = Self::user_id(&mut *tx, name.0.as_str()).await?;
+        let projects = blockers::foreign_projects_using_instances_of(&mut tx, user_id).await?;
+        if !projects.is_empty() {
+            return Err(blockers::blocked(
+                format!("{resource} cannot be deleted while other users' projects use its instances"),
+                projects,
+            ));
         }
         sqlx::query("DELETE FROM users WHERE handle = $1")
             .bind(name.0.as_str())

@@ -1,0 +1,145 @@
+//! Queries on shares. Every share operation locks its instance row first, so that granting,
+//! revoking and binding projects to the instance take turns.
+
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+
+use super::{Store, blockers, errors};
+use crate::domain::{
+    DomainError,
+    caller::Caller,
+    instance::{Instance, Role},
+    names::{Handle, InstanceName, ShareName},
+    pagination::PageRequest,
+    share::Share,
+};
+
+#[derive(sqlx::FromRow)]
+struct ShareRow {
+    grantee: String,
+    role: String,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "g.handle AS grantee, s.role, s.create_time, s.update_time";
+
+impl ShareRow {
+    fn into_domain(self, instance: &InstanceName) -> Result<Share, DomainError> {
+        Ok(Share {
+            name: ShareName {
+                instance: instance.clone(),
+                grantee: errors::stored_handle(&self.grantee)?,
+            },
+            role: Role::from_stored(&self.role)
+                .ok_or_else(|| DomainError::Internal(format!("unknown stored role {:?}", self.role)))?,
+            create_time: self.create_time,
+            update_time: self.update_time,
+        })
+    }
+}
+
+impl Store {
+    /// Grants `grantee` a role on the instance, or changes it. `authorize` sees the instance as
+    /// the caller does.
+    pub async fn share_instance(
+        &self,
+        caller: &Caller,
+        instance: &InstanceName,
+        grantee: &Handle,
+        role: Role,
+        authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
+    ) -> Result<Share, DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let (instance_id, current) = Self::lock_visible(&mut tx, caller, instance).await?;
+        authorize(&current)?;
+        let grantee_id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE handle = $1")
+            .bind(grantee.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(errors::db)?
+            .ok_or_else(|| DomainError::invalid("grantee", format!("there is no user users/{grantee}")))?;
+        let row = sqlx::query_as::<_, ShareRow>(AssertSqlSafe(format!(
+            "WITH upserted AS ( \
+                INSERT INTO shares AS s (instance_id, grantee_id, role) VALUES ($1, $2, $3) \
+                ON CONFLICT (instance_id, grantee_id) DO UPDATE SET role = EXCLUDED.role, \
+                    update_time = CASE WHEN s.role = EXCLUDED.role THEN s.update_time ELSE clock_timestamp() END \
+                RETURNING * \
+             ) SELECT {COLUMNS} FROM upserted s JOIN users g ON g.id = s.grantee_id"
+        )))
+        .bind(instance_id)
+        .bind(grantee_id)
+        .bind(role.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(errors::db)?;
+        let share = row.into_domain(instance)?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(share)
+    }
+
+    /// Revokes a share; refused, naming them, while the grantee's projects use the instance.
+    pub async fn unshare_instance(
+        &self,
+        caller: &Caller,
+        share: &ShareName,
+        authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
+    ) -> Result<(), DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let (instance_id, current) = Self::lock_visible(&mut tx, caller, &share.instance).await?;
+        authorize(&current)?;
+        let grantee_id: Option<i64> = sqlx::query_scalar(
+            "SELECT s.grantee_id FROM shares s JOIN users g ON g.id = s.grantee_id \
+             WHERE s.instance_id = $1 AND g.handle = $2",
+        )
+        .bind(instance_id)
+        .bind(share.grantee.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(errors::db)?;
+        let grantee_id = grantee_id.ok_or_else(|| DomainError::NotFound(share.to_string()))?;
+        let projects = blockers::projects_using_instance(&mut tx, instance_id, Some(grantee_id)).await?;
+        if !projects.is_empty() {
+            return Err(blockers::blocked(
+                format!("{share} cannot be revoked while the grantee's projects use the instance"),
+                projects,
+            ));
+        }
+        sqlx::query("DELETE FROM shares WHERE instance_id = $1 AND grantee_id = $2")
+            .bind(instance_id)
+            .bind(grantee_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(errors::db)?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(())
+    }
+
+    /// The shares of an instance in grantee order after the cursor.
+    pub async fn list_shares(
+        &self,
+        caller: &Caller,
+        instance: &InstanceName,
+        page: &PageRequest,
+        authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
+    ) -> Result<Vec<Share>, DomainError> {
+        let current = self
+            .find_instance(caller, instance)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(instance.to_string()))?;
+        authorize(&current)?;
+        let rows = sqlx::query_as::<_, ShareRow>(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM shares s JOIN users g ON g.id = s.grantee_id \
+             JOIN instances i ON i.id = s.instance_id JOIN users o ON o.id = i.owner_id \
+             WHERE o.handle = $1 AND i.handle = $2 AND g.handle > $3 ORDER BY g.handle LIMIT $4"
+        )))
+        .bind(instance.owner.as_str())
+        .bind(instance.handle.as_str())
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(errors::db)?;
+        rows.into_iter().map(|row| row.into_domain(instance)).collect()
+    }
+}
