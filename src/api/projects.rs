@@ -34,7 +34,11 @@ fn to_pb(project: Project) -> pb::Project {
 
 /// An instance reference in a project: full name, `owner/handle`, or a bare handle meaning the
 /// caller's own (the admin, who has none, means the project owner's).
-fn instance_reference(caller: &Caller, project_owner: &UserKey, value: &str) -> Result<InstanceName, DomainError> {
+fn instance_reference(
+    caller: &Caller,
+    project_owner: &UserKey,
+    value: &str,
+) -> Result<InstanceName, DomainError> {
     if value.is_empty() {
         return Err(DomainError::invalid("project.instance", "is required"));
     }
@@ -53,7 +57,10 @@ fn check_visible(caller: &Caller, name: &ProjectName) -> Result<(), DomainError>
 
 #[tonic::async_trait]
 impl ProjectService for ProjectsApi {
-    async fn create_project(&self, request: Request<pb::CreateProjectRequest>) -> Result<Response<pb::Project>, Status> {
+    async fn create_project(
+        &self,
+        request: Request<pb::CreateProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let parent = UserName::parse("parent", &request.parent)?;
@@ -68,11 +75,18 @@ impl ProjectService for ProjectsApi {
             }),
         )?;
         let name = ProjectName::new(parent.0, handle);
-        let created = self.0.store.create_project(&name, &description, &instance).await?;
+        let created = self
+            .0
+            .store
+            .create_project(&name, &description, &instance)
+            .await?;
         Ok(Response::new(to_pb(created)))
     }
 
-    async fn get_project(&self, request: Request<pb::GetProjectRequest>) -> Result<Response<pb::Project>, Status> {
+    async fn get_project(
+        &self,
+        request: Request<pb::GetProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
         let caller = caller_of(&request)?;
         let name = ProjectName::parse("name", &request.get_ref().name)?;
         check_visible(&caller, &name)?;
@@ -96,16 +110,25 @@ impl ProjectService for ProjectsApi {
             return Err(DomainError::NotFound(parent.to_string()).into());
         }
         let query = format!("ListProjects {parent}");
-        let page = self.0.paginator.start(request.page_size, &request.page_token, &query)?;
+        let page = self
+            .0
+            .paginator
+            .start(request.page_size, &request.page_token, &query)?;
         let found = self.0.store.list_projects(&parent, &page).await?;
-        let (projects, next_page_token) = self.0.paginator.finish(found, &page, &query, |p| p.name.handle.to_string());
+        let (projects, next_page_token) = self
+            .0
+            .paginator
+            .finish(found, &page, &query, |p| p.name.handle.to_string());
         Ok(Response::new(pb::ListProjectsResponse {
             projects: projects.into_iter().map(to_pb).collect(),
             next_page_token,
         }))
     }
 
-    async fn update_project(&self, request: Request<pb::UpdateProjectRequest>) -> Result<Response<pb::Project>, Status> {
+    async fn update_project(
+        &self,
+        request: Request<pb::UpdateProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let project = required(request.project, "project")?;
@@ -133,7 +156,10 @@ impl ProjectService for ProjectsApi {
         Ok(Response::new(to_pb(updated)))
     }
 
-    async fn delete_project(&self, request: Request<pb::DeleteProjectRequest>) -> Result<Response<()>, Status> {
+    async fn delete_project(
+        &self,
+        request: Request<pb::DeleteProjectRequest>,
+    ) -> Result<Response<()>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let name = ProjectName::parse("name", &request.name)?;
@@ -150,14 +176,23 @@ impl ProjectService for ProjectsApi {
         let name = ProjectName::parse("name", &request.get_ref().name)?;
         check_visible(&caller, &name)?;
         let not_found = || DomainError::NotFound(name.to_string());
-        let project = self.0.store.find_project(&name).await?.ok_or_else(not_found)?;
+        let project = self
+            .0
+            .store
+            .find_project(&name)
+            .await?
+            .ok_or_else(not_found)?;
         // The caller is the project's owner (who can use the bound instance) or an admin.
         let instance = self
             .0
             .store
             .find_instance(&caller, &project.instance)
             .await?
-            .ok_or_else(|| DomainError::Internal(format!("{name} is bound to an instance its owner cannot see")))?;
+            .ok_or_else(|| {
+                DomainError::Internal(format!(
+                    "{name} is bound to an instance its owner cannot see"
+                ))
+            })?;
         Ok(Response::new(instances::to_pb(instance)))
     }
 }

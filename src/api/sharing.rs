@@ -41,30 +41,51 @@ fn role_from_pb(value: i32) -> Result<Role, DomainError> {
 
 #[tonic::async_trait]
 impl SharingService for SharingApi {
-    async fn share_instance(&self, request: Request<pb::ShareInstanceRequest>) -> Result<Response<pb::Share>, Status> {
+    async fn share_instance(
+        &self,
+        request: Request<pb::ShareInstanceRequest>,
+    ) -> Result<Response<pb::Share>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (instance, (grantee, role)) = both(
             InstanceName::parse("name", &request.name),
-            both(UserName::parse("grantee", &request.grantee), role_from_pb(request.role)),
+            both(
+                UserName::parse("grantee", &request.grantee),
+                role_from_pb(request.role),
+            ),
         )?;
         let share = self
             .0
             .store
-            .share_instance(&caller, &instance, &check_grantee(&caller, &instance, &grantee.0)?, role, |current| {
-                authorize(Some(current.access_role), InstanceAction::Manage, &instance).map(|_| ())
-            })
+            .share_instance(
+                &caller,
+                &instance,
+                &check_grantee(&caller, &instance, &grantee.0)?,
+                role,
+                |current| {
+                    authorize(Some(current.access_role), InstanceAction::Manage, &instance)
+                        .map(|_| ())
+                },
+            )
             .await?;
         Ok(Response::new(to_pb(share)))
     }
 
-    async fn unshare_instance(&self, request: Request<pb::UnshareInstanceRequest>) -> Result<Response<()>, Status> {
+    async fn unshare_instance(
+        &self,
+        request: Request<pb::UnshareInstanceRequest>,
+    ) -> Result<Response<()>, Status> {
         let caller = caller_of(&request)?;
         let share = ShareName::parse("name", &request.get_ref().name)?;
         self.0
             .store
             .unshare_instance(&caller, &share, |current| {
-                authorize(Some(current.access_role), InstanceAction::Manage, &share.instance).map(|_| ())
+                authorize(
+                    Some(current.access_role),
+                    InstanceAction::Manage,
+                    &share.instance,
+                )
+                .map(|_| ())
             })
             .await?;
         Ok(Response::new(()))
@@ -78,7 +99,10 @@ impl SharingService for SharingApi {
         let request = request.into_inner();
         let instance = InstanceName::parse("parent", &request.parent)?;
         let query = format!("ListInstanceShares {instance}");
-        let page = self.0.paginator.start(request.page_size, &request.page_token, &query)?;
+        let page = self
+            .0
+            .paginator
+            .start(request.page_size, &request.page_token, &query)?;
         let found = self
             .0
             .store
@@ -86,8 +110,10 @@ impl SharingService for SharingApi {
                 authorize(Some(current.access_role), InstanceAction::Manage, &instance).map(|_| ())
             })
             .await?;
-        let (shares, next_page_token) =
-            self.0.paginator.finish(found, &page, &query, |s| s.name.grantee.to_string());
+        let (shares, next_page_token) = self
+            .0
+            .paginator
+            .finish(found, &page, &query, |s| s.name.grantee.to_string());
         Ok(Response::new(pb::ListInstanceSharesResponse {
             shares: shares.into_iter().map(to_pb).collect(),
             next_page_token,

@@ -38,11 +38,25 @@ pub fn to_status(error: DomainError) -> Status {
     };
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
-    if let DomainError::InvalidArgument(violations) = &error {
-        for violation in violations {
-            details
-                .add_bad_request_violation(violation.field.clone(), violation.description.clone());
+    match &error {
+        DomainError::InvalidArgument(violations) => {
+            for violation in violations {
+                details.add_bad_request_violation(
+                    violation.field.clone(),
+                    violation.description.clone(),
+                );
+            }
         }
+        DomainError::InUse { blockers, .. } => {
+            for blocker in blockers {
+                details.add_precondition_failure_violation(
+                    "IN_USE",
+                    blocker.clone(),
+                    "uses this resource",
+                );
+            }
+        }
+        _ => {}
     }
     Status::with_error_details(code, error.to_string(), details)
 }

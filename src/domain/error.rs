@@ -44,7 +44,10 @@ pub enum DomainError {
     /// The resource is in use; the message and `blockers` (resource names, reported as
     /// `google.rpc.PreconditionFailure` violations) say what blocks the change.
     #[error("{message}")]
-    InUse { message: String, blockers: Vec<String> },
+    InUse {
+        message: String,
+        blockers: Vec<String>,
+    },
     /// No or unknown bearer token.
     #[error("missing or invalid bearer token")]
     Unauthenticated,

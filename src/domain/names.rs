@@ -230,7 +230,10 @@ pub struct ShareName {
 impl ShareName {
     pub fn parse(field: &str, value: &str) -> Result<Self, DomainError> {
         let (instance, grantee) = value.rsplit_once("/shares/").ok_or_else(|| {
-            DomainError::invalid(field, "must look like users/{user}/instances/{instance}/shares/{grantee}")
+            DomainError::invalid(
+                field,
+                "must look like users/{user}/instances/{instance}/shares/{grantee}",
+            )
         })?;
         Ok(Self {
             instance: InstanceName::parse(field, instance)?,

@@ -26,7 +26,10 @@ pub fn check_grantee(
     grantee: &UserKey,
 ) -> Result<Handle, DomainError> {
     if grantee.is_system() {
-        return Err(DomainError::invalid("grantee", "the reserved user _system cannot be given a role"));
+        return Err(DomainError::invalid(
+            "grantee",
+            "the reserved user _system cannot be given a role",
+        ));
     }
     if grantee == &instance.owner {
         return Err(DomainError::invalid(
@@ -35,7 +38,10 @@ pub fn check_grantee(
         ));
     }
     if caller.owns(grantee) {
-        return Err(DomainError::invalid("grantee", "you cannot share an instance with yourself"));
+        return Err(DomainError::invalid(
+            "grantee",
+            "you cannot share an instance with yourself",
+        ));
     }
     Handle::parse("grantee", grantee.as_str())
 }

@@ -297,7 +297,10 @@ impl Store {
         authorize(&current)?;
         let projects = blockers::projects_using_instance(&mut tx, id, None).await?;
         if !projects.is_empty() {
-            return Err(blockers::blocked(format!("{name} cannot be deleted while projects use it"), projects));
+            return Err(blockers::blocked(
+                format!("{name} cannot be deleted while projects use it"),
+                projects,
+            ));
         }
         sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id)

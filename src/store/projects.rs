@@ -31,7 +31,8 @@ const SELECT: &str = "SELECT u.handle AS owner, p.handle, p.description, iu.hand
     JOIN instances i ON i.id = p.instance_id JOIN users iu ON iu.id = i.owner_id";
 
 fn user_key(value: &str) -> Result<UserKey, DomainError> {
-    UserKey::parse("stored", value).map_err(|_| DomainError::Internal(format!("malformed stored owner {value:?}")))
+    UserKey::parse("stored", value)
+        .map_err(|_| DomainError::Internal(format!("malformed stored owner {value:?}")))
 }
 
 impl ProjectRow {
@@ -39,7 +40,10 @@ impl ProjectRow {
         Ok(Project {
             name: ProjectName::new(user_key(&self.owner)?, errors::stored_handle(&self.handle)?),
             description: self.description,
-            instance: InstanceName::new(user_key(&self.instance_owner)?, errors::stored_handle(&self.instance_handle)?),
+            instance: InstanceName::new(
+                user_key(&self.instance_owner)?,
+                errors::stored_handle(&self.instance_handle)?,
+            ),
             revision: self.revision,
             create_time: self.create_time,
             update_time: self.update_time,
@@ -94,7 +98,10 @@ impl Store {
         Ok(created)
     }
 
-    async fn project_by_id(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Project, DomainError> {
+    async fn project_by_id(
+        tx: &mut Transaction<'_, Postgres>,
+        id: i64,
+    ) -> Result<Project, DomainError> {
         sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!("{SELECT} WHERE p.id = $1")))
             .bind(id)
             .fetch_one(&mut **tx)
@@ -104,17 +111,23 @@ impl Store {
     }
 
     pub async fn find_project(&self, name: &ProjectName) -> Result<Option<Project>, DomainError> {
-        sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!("{SELECT} WHERE u.handle = $1 AND p.handle = $2")))
-            .bind(name.owner.as_str())
-            .bind(name.handle.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(errors::db)?
-            .map(ProjectRow::into_domain)
-            .transpose()
+        sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE u.handle = $1 AND p.handle = $2"
+        )))
+        .bind(name.owner.as_str())
+        .bind(name.handle.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .map(ProjectRow::into_domain)
+        .transpose()
     }
 
-    pub async fn list_projects(&self, owner: &UserName, page: &PageRequest) -> Result<Vec<Project>, DomainError> {
+    pub async fn list_projects(
+        &self,
+        owner: &UserName,
+        page: &PageRequest,
+    ) -> Result<Vec<Project>, DomainError> {
         let owner_id = Self::user_id(&self.pool, owner.0.as_str()).await?;
         sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!(
             "{SELECT} WHERE p.owner_id = $1 AND p.handle > $2 ORDER BY p.handle LIMIT $3"

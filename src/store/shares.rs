@@ -31,8 +31,9 @@ impl ShareRow {
                 instance: instance.clone(),
                 grantee: errors::stored_handle(&self.grantee)?,
             },
-            role: Role::from_stored(&self.role)
-                .ok_or_else(|| DomainError::Internal(format!("unknown stored role {:?}", self.role)))?,
+            role: Role::from_stored(&self.role).ok_or_else(|| {
+                DomainError::Internal(format!("unknown stored role {:?}", self.role))
+            })?,
             create_time: self.create_time,
             update_time: self.update_time,
         })
@@ -58,7 +59,9 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await
             .map_err(errors::db)?
-            .ok_or_else(|| DomainError::invalid("grantee", format!("there is no user users/{grantee}")))?;
+            .ok_or_else(|| {
+                DomainError::invalid("grantee", format!("there is no user users/{grantee}"))
+            })?;
         let row = sqlx::query_as::<_, ShareRow>(AssertSqlSafe(format!(
             "WITH upserted AS ( \
                 INSERT INTO shares AS s (instance_id, grantee_id, role) VALUES ($1, $2, $3) \
@@ -98,7 +101,8 @@ impl Store {
         .await
         .map_err(errors::db)?;
         let grantee_id = grantee_id.ok_or_else(|| DomainError::NotFound(share.to_string()))?;
-        let projects = blockers::projects_using_instance(&mut tx, instance_id, Some(grantee_id)).await?;
+        let projects =
+            blockers::projects_using_instance(&mut tx, instance_id, Some(grantee_id)).await?;
         if !projects.is_empty() {
             return Err(blockers::blocked(
                 format!("{share} cannot be revoked while the grantee's projects use the instance"),
@@ -140,6 +144,8 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(errors::db)?;
-        rows.into_iter().map(|row| row.into_domain(instance)).collect()
+        rows.into_iter()
+            .map(|row| row.into_domain(instance))
+            .collect()
     }
 }

@@ -179,7 +179,9 @@ impl Store {
         let projects = blockers::foreign_projects_using_instances_of(&mut tx, user_id).await?;
         if !projects.is_empty() {
             return Err(blockers::blocked(
-                format!("{resource} cannot be deleted while other users' projects use its instances"),
+                format!(
+                    "{resource} cannot be deleted while other users' projects use its instances"
+                ),
                 projects,
             ));
         }

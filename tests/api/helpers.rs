@@ -416,3 +416,56 @@ pub async fn create_instance_from(
         .await
         .map(tonic::Response::into_inner)
 }
+
+/// Shares `users/{owner}/instances/{instance}` with `grantee` through the API.
+pub async fn share(
+    app: &TestApp,
+    token: &str,
+    instance: &str,
+    grantee: &str,
+    role: pb::Role,
+) -> Result<pb::Share, Status> {
+    llm_registry::pb::v1::sharing_service_client::SharingServiceClient::new(app.channel.clone())
+        .share_instance(authed(
+            pb::ShareInstanceRequest {
+                name: instance.to_owned(),
+                grantee: format!("users/{grantee}"),
+                role: role as i32,
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn create_project(
+    app: &TestApp,
+    token: &str,
+    owner: &str,
+    id: &str,
+    instance: &str,
+) -> Result<pb::Project, Status> {
+    llm_registry::pb::v1::project_service_client::ProjectServiceClient::new(app.channel.clone())
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                parent: format!("users/{owner}"),
+                project_id: id.to_owned(),
+                project: Some(pb::Project {
+                    instance: instance.to_owned(),
+                    description: format!("project {id}"),
+                    ..Default::default()
+                }),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The blocker names of a FAILED_PRECONDITION (its PreconditionFailure violations).
+pub fn blockers(status: &Status) -> Vec<String> {
+    status
+        .get_details_precondition_failure()
+        .map(|failure| failure.violations.into_iter().map(|v| v.subject).collect())
+        .unwrap_or_default()
+}
