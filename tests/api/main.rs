@@ -7,6 +7,7 @@ mod raw;
 
 mod api_standards;
 mod auth;
+mod authorization;
 mod canary;
 mod definitions;
 mod dev_mode;
