@@ -1,5 +1,6 @@
 //! The canary: instances hold random API keys; every read method is called as the owner, the
-//! admin and a shared reader; the raw bytes of every response and error, the server's log at
+//! admin, and users holding reader, writer and co-owner shares (the writer replaces a key, the
+//! reader may not); the raw bytes of every response and error, the server's log at
 //! its most verbose level, and every column of every table are searched for the keys, which
 //! appear in none of them, while the stored ciphertext decrypts (through the vault) to each key.
 
@@ -186,17 +187,57 @@ async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
     );
     keys.push(malformed);
 
-    // Bob reads one instance through a share.
+    // Bob reads, Carol writes and Dave co-owns from-def-0 through shares.
+    let carol = create_user("carol").await;
+    let dave = create_user("dave").await;
+    for (grantee, role) in [
+        ("bob", pb::Role::Reader),
+        ("carol", pb::Role::Writer),
+        ("dave", pb::Role::Owner),
+    ] {
+        let request = pb::ShareInstanceRequest {
+            name: "users/alice/instances/from-def-0".into(),
+            grantee: format!("users/{grantee}"),
+            role: role as i32,
+        };
+        let path = "/llmregistry.v1.SharingService/ShareInstance";
+        responses.push(
+            call_raw(&channel, path, request.encode_to_vec(), &alice)
+                .await
+                .unwrap(),
+        );
+    }
+    // The writer replaces the key (and the answer does not carry it); the reader may not.
+    let replace = |key: &str| {
+        pb::UpdateInstanceRequest {
+            instance: Some(pb::Instance {
+                name: "users/alice/instances/from-def-0".into(),
+                api_key: key.to_owned(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["api_key".into()],
+            }),
+        }
+        .encode_to_vec()
+    };
+    let writers_key = random_api_key();
+    let path = "/llmregistry.v1.LlmInstanceService/UpdateInstance";
+    let answer = call_raw(&channel, path, replace(&writers_key), &carol)
+        .await
+        .unwrap();
+    assert!(pb::Instance::decode(answer.as_slice()).unwrap().has_api_key);
+    responses.push(answer);
+    let readers_key = random_api_key();
+    let refused = call_raw(&channel, path, replace(&readers_key), &bob)
+        .await
+        .unwrap_err();
+    responses.push(refused);
+    keys.push(writers_key.clone());
+    keys.push(readers_key.clone());
     let mut db = sqlx::PgConnection::connect(&database_url(&database))
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO shares (instance_id, grantee_id, role) \
-         SELECT i.id, u.id, 'reader' FROM instances i, users u WHERE i.handle = 'from-def-0' AND u.handle = 'bob'",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
 
     // Every read method of the contract, as every kind of caller, with every plausible target.
     let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
@@ -251,7 +292,7 @@ async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
                 }
             }
             for request in requests {
-                for token in [&alice, &bob, &admin_token] {
+                for token in [&alice, &bob, &carol, &dave, &admin_token] {
                     let bytes =
                         match call_raw(&channel, &path, request.encode_to_vec(), token).await {
                             Ok(bytes) | Err(bytes) => bytes,
@@ -340,7 +381,8 @@ async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
     .fetch_all(&mut db)
     .await
     .unwrap();
-    let expected = [&keys[0], &keys[1], &keys[2], &replacement];
+    // from-def-0 holds the writer's key; the reader's attempt changed nothing.
+    let expected = [&writers_key, &keys[1], &keys[2], &replacement];
     assert_eq!(stored.len(), 4);
     for ((handle, uid, key_id, ciphertext), key) in stored.into_iter().zip(expected) {
         assert_eq!(key_id, ring.primary_id(), "{handle}");
