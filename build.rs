@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/llmregistry/v1/instances.proto",
     "proto/llmregistry/v1/sharing.proto",
     "proto/llmregistry/v1/projects.proto",
+    "proto/llmregistry/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use llm_registry::{
     config::{self, Cli, Command},
+    domain::audit::Audit,
     server, telemetry,
 };
 use tokio::net::TcpListener;
@@ -46,7 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = server::prepare_database(cli.global.mode, &url, 2).await?;
             store.check_key_ring_covers_database(&ring).await?;
             let report = store
-                .rotate_keys(&ring, args.batch_size)
+                .rotate_keys(&Audit::operator("rotate-keys"), &ring, args.batch_size)
                 .await
                 .map_err(|e| anyhow::anyhow!("rotation stopped: {e}"))?;
             println!(

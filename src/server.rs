@@ -13,8 +13,15 @@ use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
     api::{
-        ApiContext, api_standards::ApiStandardsApi, definitions::DefinitionsApi,
-        instances::InstancesApi, projects::ProjectsApi, sharing::SharingApi, users::UsersApi,
+        ApiContext,
+        api_standards::ApiStandardsApi,
+        audit::AuditApi,
+        definitions::DefinitionsApi,
+        instances::InstancesApi,
+        projects::ProjectsApi,
+        refusal_audit::{RefusalAudit, RefusalAuditLayer},
+        sharing::SharingApi,
+        users::UsersApi,
     },
     auth::{
         authenticate::{AuthenticateLayer, Authenticator},
@@ -26,6 +33,7 @@ use crate::{
         self,
         v1::{
             api_standard_service_server::ApiStandardServiceServer,
+            audit_service_server::AuditServiceServer,
             llm_definition_service_server::LlmDefinitionServiceServer,
             llm_instance_service_server::LlmInstanceServiceServer,
             project_service_server::ProjectServiceServer,
@@ -45,6 +53,7 @@ const HEALTH_SERVICES: &[&str] = &[
     <LlmInstanceServiceServer<InstancesApi> as NamedService>::NAME,
     <SharingServiceServer<SharingApi> as NamedService>::NAME,
     <ProjectServiceServer<ProjectsApi> as NamedService>::NAME,
+    <AuditServiceServer<AuditApi> as NamedService>::NAME,
 ];
 
 /// Purpose label for the page-token HMAC key derived from the master key.
@@ -120,6 +129,11 @@ pub async fn serve(
             store.clone(),
             &settings.admin_token,
         ))))
+        .layer(RefusalAuditLayer::new(Arc::new(RefusalAudit::new(
+            store.clone(),
+            pb::FILE_DESCRIPTOR_SET,
+            max_message,
+        )?)))
         .layer(SystemGuardLayer::new(Arc::new(
             SystemGuard::from_descriptor_set(pb::FILE_DESCRIPTOR_SET, max_message)?,
         )))
@@ -143,6 +157,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(
+            AuditServiceServer::new(AuditApi(context.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
         .add_service(
             UserServiceServer::new(UsersApi(context.clone()))
                 .max_decoding_message_size(max_message)

@@ -7,6 +7,7 @@ use crate::{
     domain::{
         access,
         api_standard::{ApiStandard, ApiStandardFields},
+        audit::Audit,
         error::both,
         names::{ApiStandardName, Handle},
     },
@@ -56,7 +57,11 @@ impl ApiStandardService for ApiStandardsApi {
         let created = self
             .0
             .store
-            .create_api_standard(&ApiStandardName(handle), &fields)
+            .create_api_standard(
+                &Audit::new(&caller, "ApiStandardService/CreateApiStandard"),
+                &ApiStandardName(handle),
+                &fields,
+            )
             .await?;
         Ok(Response::new(to_pb(created)))
     }
@@ -107,24 +112,41 @@ impl ApiStandardService for ApiStandardsApi {
         let updated = self
             .0
             .store
-            .update_api_standard(&name, &standard.etag, |current| {
-                let pick = |field: &str, new: &String, old: &String| {
-                    if mask.touches(field, !new.is_empty()) {
-                        new.clone()
-                    } else {
-                        old.clone()
-                    }
-                };
-                let old = &current.fields;
-                ApiStandardFields::parse(
-                    "api_standard",
-                    ApiStandardFields {
-                        description: pick("description", &standard.description, &old.description),
-                        auth_header: pick("auth_header", &standard.auth_header, &old.auth_header),
-                        auth_scheme: pick("auth_scheme", &standard.auth_scheme, &old.auth_scheme),
-                    },
-                )
-            })
+            .update_api_standard(
+                &Audit::new(&caller, "ApiStandardService/UpdateApiStandard"),
+                &name,
+                &standard.etag,
+                |current| {
+                    let pick = |field: &str, new: &String, old: &String| {
+                        if mask.touches(field, !new.is_empty()) {
+                            new.clone()
+                        } else {
+                            old.clone()
+                        }
+                    };
+                    let old = &current.fields;
+                    ApiStandardFields::parse(
+                        "api_standard",
+                        ApiStandardFields {
+                            description: pick(
+                                "description",
+                                &standard.description,
+                                &old.description,
+                            ),
+                            auth_header: pick(
+                                "auth_header",
+                                &standard.auth_header,
+                                &old.auth_header,
+                            ),
+                            auth_scheme: pick(
+                                "auth_scheme",
+                                &standard.auth_scheme,
+                                &old.auth_scheme,
+                            ),
+                        },
+                    )
+                },
+            )
             .await?;
         Ok(Response::new(to_pb(updated)))
     }
@@ -139,7 +161,11 @@ impl ApiStandardService for ApiStandardsApi {
         let name = ApiStandardName::parse("name", &request.name)?;
         self.0
             .store
-            .delete_api_standard(&name, &request.etag)
+            .delete_api_standard(
+                &Audit::new(&caller, "ApiStandardService/DeleteApiStandard"),
+                &name,
+                &request.etag,
+            )
             .await?;
         Ok(Response::new(()))
     }

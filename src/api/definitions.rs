@@ -10,6 +10,7 @@ use super::{
 use crate::{
     domain::{
         DomainError, access,
+        audit::Audit,
         definition::{Definition, SERVICE_FIELDS, ServiceSpec},
         error::both,
         names::{DefinitionName, Handle, UserName},
@@ -52,7 +53,15 @@ impl LlmDefinitionService for DefinitionsApi {
             }),
         )?;
         let name = DefinitionName::new(parent.0, handle);
-        let created = self.0.store.create_definition(&name, &spec).await?;
+        let created = self
+            .0
+            .store
+            .create_definition(
+                &Audit::new(&caller, "LlmDefinitionService/CreateDefinition"),
+                &name,
+                &spec,
+            )
+            .await?;
         Ok(Response::new(to_pb(created)))
     }
 
@@ -115,9 +124,12 @@ impl LlmDefinitionService for DefinitionsApi {
         let updated = self
             .0
             .store
-            .update_definition(&name, &definition.etag, |current| {
-                patch.apply("definition", &current.spec)
-            })
+            .update_definition(
+                &Audit::new(&caller, "LlmDefinitionService/UpdateDefinition"),
+                &name,
+                &definition.etag,
+                |current| patch.apply("definition", &current.spec),
+            )
             .await?;
         Ok(Response::new(to_pb(updated)))
     }
@@ -130,7 +142,14 @@ impl LlmDefinitionService for DefinitionsApi {
         let request = request.into_inner();
         let name = DefinitionName::parse("name", &request.name)?;
         access::check_namespace_write(&caller, &name.owner)?;
-        self.0.store.delete_definition(&name, &request.etag).await?;
+        self.0
+            .store
+            .delete_definition(
+                &Audit::new(&caller, "LlmDefinitionService/DeleteDefinition"),
+                &name,
+                &request.etag,
+            )
+            .await?;
         Ok(Response::new(()))
     }
 }

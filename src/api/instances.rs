@@ -10,7 +10,9 @@ use super::{
 };
 use crate::{
     domain::{
-        DomainError, access, check_etag,
+        DomainError, access,
+        audit::Audit,
+        check_etag,
         definition::ServiceSpec,
         error::both,
         instance::{self, ApiKeyChange, Instance, InstanceAction, Role, Scope, authorize},
@@ -107,7 +109,12 @@ impl LlmInstanceService for InstancesApi {
         let created = self
             .0
             .store
-            .create_instance(&caller, new, &self.0.key_ring)
+            .create_instance(
+                &Audit::new(&caller, "LlmInstanceService/CreateInstance"),
+                &caller,
+                new,
+                &self.0.key_ring,
+            )
             .await?;
         Ok(Response::new(to_pb(created)))
     }
@@ -161,7 +168,12 @@ impl LlmInstanceService for InstancesApi {
         let created = self
             .0
             .store
-            .create_instance(&caller, new, &self.0.key_ring)
+            .create_instance(
+                &Audit::new(&caller, "LlmInstanceService/CreateInstanceFromDefinition"),
+                &caller,
+                new,
+                &self.0.key_ring,
+            )
             .await?;
         Ok(Response::new(to_pb(created)))
     }
@@ -239,11 +251,17 @@ impl LlmInstanceService for InstancesApi {
         let updated = self
             .0
             .store
-            .update_instance(&caller, &name, &self.0.key_ring, |current| {
-                authorize(Some(current.access_role), InstanceAction::Write, &name)?;
-                check_etag(&instance.etag, &current.etag(), &name.to_string())?;
-                Ok((patch.apply("instance", &current.spec)?, key_change))
-            })
+            .update_instance(
+                &Audit::new(&caller, "LlmInstanceService/UpdateInstance"),
+                &caller,
+                &name,
+                &self.0.key_ring,
+                |current| {
+                    authorize(Some(current.access_role), InstanceAction::Write, &name)?;
+                    check_etag(&instance.etag, &current.etag(), &name.to_string())?;
+                    Ok((patch.apply("instance", &current.spec)?, key_change))
+                },
+            )
             .await?;
         Ok(Response::new(to_pb(updated)))
     }
@@ -257,10 +275,15 @@ impl LlmInstanceService for InstancesApi {
         let name = InstanceName::parse("name", &request.name)?;
         self.0
             .store
-            .delete_instance(&caller, &name, |current| {
-                authorize(Some(current.access_role), InstanceAction::Manage, &name)?;
-                check_etag(&request.etag, &current.etag(), &name.to_string())
-            })
+            .delete_instance(
+                &Audit::new(&caller, "LlmInstanceService/DeleteInstance"),
+                &caller,
+                &name,
+                |current| {
+                    authorize(Some(current.access_role), InstanceAction::Manage, &name)?;
+                    check_etag(&request.etag, &current.etag(), &name.to_string())
+                },
+            )
             .await?;
         Ok(Response::new(()))
     }

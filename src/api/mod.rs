@@ -2,10 +2,12 @@
 //! checks access, calls the store and maps the result back. No SQL and no policy lives here.
 
 pub mod api_standards;
+pub mod audit;
 pub mod convert;
 pub mod definitions;
 pub mod instances;
 pub mod projects;
+pub mod refusal_audit;
 pub mod sharing;
 pub mod status;
 pub mod users;

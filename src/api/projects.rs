@@ -7,6 +7,7 @@ use super::{ApiContext, caller_of, convert, instances, required};
 use crate::{
     domain::{
         DomainError, access,
+        audit::Audit,
         caller::Caller,
         error::both,
         names::{Handle, InstanceName, ProjectName, UserKey, UserName},
@@ -78,7 +79,12 @@ impl ProjectService for ProjectsApi {
         let created = self
             .0
             .store
-            .create_project(&name, &description, &instance)
+            .create_project(
+                &Audit::new(&caller, "ProjectService/CreateProject"),
+                &name,
+                &description,
+                &instance,
+            )
             .await?;
         Ok(Response::new(to_pb(created)))
     }
@@ -146,12 +152,17 @@ impl ProjectService for ProjectsApi {
         let updated = self
             .0
             .store
-            .update_project(&name, &project.etag, |current| {
-                Ok((
-                    description.unwrap_or_else(|| current.description.clone()),
-                    instance.unwrap_or_else(|| current.instance.clone()),
-                ))
-            })
+            .update_project(
+                &Audit::new(&caller, "ProjectService/UpdateProject"),
+                &name,
+                &project.etag,
+                |current| {
+                    Ok((
+                        description.unwrap_or_else(|| current.description.clone()),
+                        instance.unwrap_or_else(|| current.instance.clone()),
+                    ))
+                },
+            )
             .await?;
         Ok(Response::new(to_pb(updated)))
     }
@@ -164,7 +175,14 @@ impl ProjectService for ProjectsApi {
         let request = request.into_inner();
         let name = ProjectName::parse("name", &request.name)?;
         access::check_namespace_write(&caller, &name.owner)?;
-        self.0.store.delete_project(&name, &request.etag).await?;
+        self.0
+            .store
+            .delete_project(
+                &Audit::new(&caller, "ProjectService/DeleteProject"),
+                &name,
+                &request.etag,
+            )
+            .await?;
         Ok(Response::new(()))
     }
 

@@ -7,6 +7,7 @@ use super::{ApiContext, caller_of, convert, instances::role_to_pb};
 use crate::{
     domain::{
         DomainError,
+        audit::Audit,
         error::both,
         instance::{InstanceAction, Role, authorize},
         names::{InstanceName, ShareName, UserName},
@@ -58,6 +59,7 @@ impl SharingService for SharingApi {
             .0
             .store
             .share_instance(
+                &Audit::new(&caller, "SharingService/ShareInstance"),
                 &caller,
                 &instance,
                 &check_grantee(&caller, &instance, &grantee.0)?,
@@ -79,14 +81,19 @@ impl SharingService for SharingApi {
         let share = ShareName::parse("name", &request.get_ref().name)?;
         self.0
             .store
-            .unshare_instance(&caller, &share, |current| {
-                authorize(
-                    Some(current.access_role),
-                    InstanceAction::Manage,
-                    &share.instance,
-                )
-                .map(|_| ())
-            })
+            .unshare_instance(
+                &Audit::new(&caller, "SharingService/UnshareInstance"),
+                &caller,
+                &share,
+                |current| {
+                    authorize(
+                        Some(current.access_role),
+                        InstanceAction::Manage,
+                        &share.instance,
+                    )
+                    .map(|_| ())
+                },
+            )
             .await?;
         Ok(Response::new(()))
     }

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::domain::audit::Audit;
+
 use super::{ApiContext, caller_of, convert, required};
 use crate::{
     auth::token::IssuedToken,
@@ -56,7 +58,11 @@ impl UserService for UsersApi {
         let user = self
             .0
             .store
-            .create_user(&NewUser { handle, fields }, &token.hash())
+            .create_user(
+                &Audit::new(&caller, "UserService/CreateUser"),
+                &NewUser { handle, fields },
+                &token.hash(),
+            )
             .await?;
         Ok(Response::new(pb::CreateUserResponse {
             user: Some(to_pb(user)),
@@ -115,19 +121,25 @@ impl UserService for UsersApi {
         let updated = self
             .0
             .store
-            .update_user(&name, &user.etag, |current| {
-                let display_name = if mask.touches("display_name", !user.display_name.is_empty()) {
-                    &user.display_name
-                } else {
-                    &current.display_name
-                };
-                let is_admin = if mask.touches("admin", user.admin) {
-                    user.admin
-                } else {
-                    current.is_admin
-                };
-                UserFields::parse("user", display_name, is_admin)
-            })
+            .update_user(
+                &Audit::new(&caller, "UserService/UpdateUser"),
+                &name,
+                &user.etag,
+                |current| {
+                    let display_name =
+                        if mask.touches("display_name", !user.display_name.is_empty()) {
+                            &user.display_name
+                        } else {
+                            &current.display_name
+                        };
+                    let is_admin = if mask.touches("admin", user.admin) {
+                        user.admin
+                    } else {
+                        current.is_admin
+                    };
+                    UserFields::parse("user", display_name, is_admin)
+                },
+            )
             .await?;
         Ok(Response::new(to_pb(updated)))
     }
@@ -143,7 +155,14 @@ impl UserService for UsersApi {
         if name.0.is_system() {
             return Err(reserved_user().into());
         }
-        self.0.store.delete_user(&name, &request.etag).await?;
+        self.0
+            .store
+            .delete_user(
+                &Audit::new(&caller, "UserService/DeleteUser"),
+                &name,
+                &request.etag,
+            )
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -160,7 +179,15 @@ impl UserService for UsersApi {
             return Err(reserved_user().into());
         }
         let token = IssuedToken::generate();
-        let user = self.0.store.rotate_user_token(&name, &token.hash()).await?;
+        let user = self
+            .0
+            .store
+            .rotate_user_token(
+                &Audit::new(&caller, "UserService/RotateUserToken"),
+                &name,
+                &token.hash(),
+            )
+            .await?;
         Ok(Response::new(pb::RotateUserTokenResponse {
             user: Some(to_pb(user)),
             token: token.reveal().to_owned(),

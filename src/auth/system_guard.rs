@@ -198,14 +198,15 @@ where
             let limit = guard.max_message_bytes + FRAME_HEADER_LEN;
             let bytes: Bytes = match Limited::new(body, limit).collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    let error = DomainError::invalid(
-                        "",
-                        format!(
-                            "the request is unreadable or larger than {} bytes",
-                            guard.max_message_bytes
-                        ),
-                    );
+                Err(error) => {
+                    let error = if error
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        DomainError::TooLarge(guard.max_message_bytes)
+                    } else {
+                        DomainError::invalid("", "the request body could not be read")
+                    };
                     return Ok(to_status(error).into_http());
                 }
             };

@@ -48,6 +48,9 @@ pub enum DomainError {
         message: String,
         blockers: Vec<String>,
     },
+    /// The request is larger than the service accepts.
+    #[error("the request is larger than {0} bytes")]
+    TooLarge(usize),
     /// No or unknown bearer token.
     #[error("missing or invalid bearer token")]
     Unauthenticated,

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod api_standard;
+pub mod audit;
 pub mod caller;
 pub mod definition;
 pub mod error;

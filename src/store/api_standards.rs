@@ -4,10 +4,11 @@ use chrono::{DateTime, Utc};
 
 use sqlx::AssertSqlSafe;
 
-use super::{Store, errors};
+use super::{Store, audit, errors};
 use crate::domain::{
     DomainError,
     api_standard::{ApiStandard, ApiStandardFields},
+    audit::Audit,
     names::ApiStandardName,
     pagination::PageRequest,
 };
@@ -45,10 +46,12 @@ impl ApiStandardRow {
 impl Store {
     pub async fn create_api_standard(
         &self,
+        audit: &Audit,
         name: &ApiStandardName,
         fields: &ApiStandardFields,
     ) -> Result<ApiStandard, DomainError> {
-        sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let created = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
             "INSERT INTO api_standards (handle, description, auth_header, auth_scheme) \
              VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
         )))
@@ -56,10 +59,13 @@ impl Store {
         .bind(&fields.description)
         .bind(&fields.auth_header)
         .bind(&fields.auth_scheme)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| errors::on_insert(e, &name.to_string()))?
-        .into_domain()
+        .into_domain()?;
+        audit::record(&mut tx, audit, &name.to_string(), "created").await?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(created)
     }
 
     pub async fn get_api_standard(
@@ -97,6 +103,7 @@ impl Store {
     /// Read-modify-write: `change` sees the current standard (after the etag check).
     pub async fn update_api_standard(
         &self,
+        audit: &Audit,
         name: &ApiStandardName,
         etag: &str,
         change: impl FnOnce(&ApiStandard) -> Result<ApiStandardFields, DomainError>,
@@ -125,6 +132,7 @@ impl Store {
         .await
         .map_err(errors::db)?
         .into_domain()?;
+        audit::record(&mut tx, audit, &name.to_string(), "").await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(updated)
     }
@@ -132,6 +140,7 @@ impl Store {
     /// Deletes a standard; refused, with counts, while definitions or instances use it.
     pub async fn delete_api_standard(
         &self,
+        audit: &Audit,
         name: &ApiStandardName,
         etag: &str,
     ) -> Result<(), DomainError> {
@@ -170,6 +179,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| errors::on_delete(e, &resource))?;
+        audit::record(&mut tx, audit, &resource, "deleted").await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(())
     }

@@ -4,9 +4,10 @@ use chrono::{DateTime, Utc};
 
 use sqlx::AssertSqlSafe;
 
-use super::{Store, errors};
+use super::{Store, audit, errors};
 use crate::domain::{
     DomainError,
+    audit::Audit,
     definition::{Definition, ServiceSpec},
     names::{ApiStandardName, DefinitionName, UserKey, UserName},
     pagination::PageRequest,
@@ -56,6 +57,7 @@ impl DefinitionRow {
 impl Store {
     pub async fn create_definition(
         &self,
+        audit: &Audit,
         name: &DefinitionName,
         spec: &ServiceSpec,
     ) -> Result<Definition, DomainError> {
@@ -87,6 +89,7 @@ impl Store {
             _ => errors::on_insert(e, &name.to_string()),
         })?;
         let created = Self::definition_by_id(&mut *tx, id).await?;
+        audit::record(&mut tx, audit, &name.to_string(), "created").await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(created)
     }
@@ -145,6 +148,7 @@ impl Store {
     /// the new, validated spec.
     pub async fn update_definition(
         &self,
+        audit: &Audit,
         name: &DefinitionName,
         etag: &str,
         change: impl FnOnce(&Definition) -> Result<ServiceSpec, DomainError>,
@@ -176,6 +180,7 @@ impl Store {
         .await
         .map_err(|e| errors::on_reference(e, "definition.api_standard"))?;
         let updated = Self::definition_by_id(&mut *tx, id).await?;
+        audit::record(&mut tx, audit, &name.to_string(), "").await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(updated)
     }
@@ -183,6 +188,7 @@ impl Store {
     /// Deletes a definition; instances made from it keep their fields and lose the reference.
     pub async fn delete_definition(
         &self,
+        audit: &Audit,
         name: &DefinitionName,
         etag: &str,
     ) -> Result<(), DomainError> {
@@ -195,6 +201,13 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| errors::on_delete(e, &name.to_string()))?;
+        audit::record(
+            &mut tx,
+            audit,
+            &name.to_string(),
+            "deleted; its instances keep their fields",
+        )
+        .await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(())
     }

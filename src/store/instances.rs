@@ -4,10 +4,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use super::{Store, blockers, errors};
+use super::{Store, audit, blockers, errors};
 use crate::{
     domain::{
         DomainError,
+        audit::Audit,
         caller::Caller,
         definition::ServiceSpec,
         instance::{ApiKeyChange, Instance, Role, Scope, effective_role},
@@ -118,6 +119,7 @@ pub struct NewInstance<'a> {
 impl Store {
     pub async fn create_instance(
         &self,
+        audit: &Audit,
         caller: &Caller,
         new: NewInstance<'_>,
         ring: &KeyRing,
@@ -177,6 +179,12 @@ impl Store {
             .await?;
         }
         let created = Self::visible_by_id(&mut tx, caller, id).await?;
+        let detail = if new.api_key.is_some() {
+            "created; api_key set"
+        } else {
+            "created"
+        };
+        audit::record(&mut tx, audit, &resource, detail).await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(created)
     }
@@ -249,6 +257,7 @@ impl Store {
     /// the etag, and returns the new spec and what happens to the key).
     pub async fn update_instance(
         &self,
+        audit: &Audit,
         caller: &Caller,
         name: &InstanceName,
         ring: &KeyRing,
@@ -257,6 +266,11 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(errors::db)?;
         let (id, current) = Self::lock_visible(&mut tx, caller, name).await?;
         let (spec, key_change) = change(&current)?;
+        let detail = match &key_change {
+            ApiKeyChange::Keep => "",
+            ApiKeyChange::Replace(_) => "api_key replaced",
+            ApiKeyChange::Remove => "api_key removed",
+        };
         let standard_id = Self::api_standard_id(
             &mut *tx,
             "instance.api_standard",
@@ -279,6 +293,7 @@ impl Store {
         .await
         .map_err(|e| errors::on_reference(e, "instance.api_standard"))?;
         Self::store_key(&mut tx, id, &current.uid, key_change, ring).await?;
+        audit::record(&mut tx, audit, &name.to_string(), detail).await?;
         let updated = Self::visible_by_id(&mut tx, caller, id).await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(updated)
@@ -288,6 +303,7 @@ impl Store {
     /// Refused, naming the projects, while projects use it.
     pub async fn delete_instance(
         &self,
+        audit: &Audit,
         caller: &Caller,
         name: &InstanceName,
         authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
@@ -307,6 +323,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| errors::on_delete(e, &name.to_string()))?;
+        audit::record(&mut tx, audit, &name.to_string(), "deleted with its shares").await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(())
     }

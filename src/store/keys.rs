@@ -1,9 +1,9 @@
 //! Stored keys as a whole: which master keys made them (the start-up check), and re-encryption
 //! under the primary (`rotate-keys`).
 
-use super::{Store, errors};
+use super::{Store, audit, errors};
 use crate::{
-    domain::DomainError,
+    domain::{DomainError, audit::Audit},
     vault::{KeyRing, Sealed},
 };
 
@@ -57,6 +57,7 @@ impl Store {
     /// every row either old or new (both decrypt), and the next run finishes the job.
     pub async fn rotate_keys(
         &self,
+        audit: &Audit,
         ring: &KeyRing,
         batch_size: u32,
     ) -> Result<RotationReport, DomainError> {
@@ -86,6 +87,7 @@ impl Store {
             if batch.is_empty() {
                 break;
             }
+            let batch_size = batch.len();
             for (id, uid, key_id, ciphertext) in batch {
                 let plaintext = ring
                     .open(&Sealed { key_id, ciphertext }, &uid)
@@ -100,6 +102,8 @@ impl Store {
                     .map_err(errors::db)?;
                 report.reencrypted += 1;
             }
+            let detail = format!("re-encrypted {batch_size} key(s) under key {primary}");
+            audit::record(&mut tx, audit, "instances", &detail).await?;
             tx.commit().await.map_err(errors::db)?;
         }
         Ok(report)

@@ -2,6 +2,7 @@
 //! into domain errors here (by SQLSTATE), so nothing above this layer sees sqlx.
 
 mod api_standards;
+mod audit;
 mod blockers;
 pub mod database;
 mod definitions;
@@ -12,6 +13,7 @@ mod projects;
 mod shares;
 mod users;
 
+pub use audit::AuditFilter;
 pub use instances::NewInstance;
 pub use keys::RotationReport;
 

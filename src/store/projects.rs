@@ -5,9 +5,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use super::{Store, errors};
+use super::{Store, audit, errors};
 use crate::domain::{
     DomainError,
+    audit::Audit,
     names::{InstanceName, ProjectName, UserKey, UserName},
     pagination::PageRequest,
     project::Project,
@@ -76,6 +77,7 @@ impl Store {
 
     pub async fn create_project(
         &self,
+        audit: &Audit,
         name: &ProjectName,
         description: &str,
         instance: &InstanceName,
@@ -94,6 +96,13 @@ impl Store {
         .await
         .map_err(|e| errors::on_insert(e, &name.to_string()))?;
         let created = Self::project_by_id(&mut tx, id).await?;
+        audit::record(
+            &mut tx,
+            audit,
+            &name.to_string(),
+            &format!("bound to {instance}"),
+        )
+        .await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(created)
     }
@@ -147,6 +156,7 @@ impl Store {
     /// the new description and instance; a new instance must be usable by the project's owner.
     pub async fn update_project(
         &self,
+        audit: &Audit,
         name: &ProjectName,
         etag: &str,
         change: impl FnOnce(&Project) -> Result<(String, InstanceName), DomainError>,
@@ -167,11 +177,23 @@ impl Store {
         .await
         .map_err(errors::db)?;
         let updated = Self::project_by_id(&mut tx, id).await?;
+        audit::record(
+            &mut tx,
+            audit,
+            &name.to_string(),
+            &format!("bound to {instance}"),
+        )
+        .await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(updated)
     }
 
-    pub async fn delete_project(&self, name: &ProjectName, etag: &str) -> Result<(), DomainError> {
+    pub async fn delete_project(
+        &self,
+        audit: &Audit,
+        name: &ProjectName,
+        etag: &str,
+    ) -> Result<(), DomainError> {
         let mut tx = self.pool.begin().await.map_err(errors::db)?;
         let (id, _, current) = Self::lock_project(&mut tx, name).await?;
         crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
@@ -180,6 +202,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(errors::db)?;
+        audit::record(&mut tx, audit, &name.to_string(), "deleted").await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(())
     }

@@ -4,9 +4,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::{Store, blockers, errors};
+use super::{Store, audit, blockers, errors};
 use crate::domain::{
     DomainError,
+    audit::Audit,
     caller::Caller,
     instance::{Instance, Role},
     names::{Handle, InstanceName, ShareName},
@@ -45,6 +46,7 @@ impl Store {
     /// the caller does.
     pub async fn share_instance(
         &self,
+        audit: &Audit,
         caller: &Caller,
         instance: &InstanceName,
         grantee: &Handle,
@@ -77,6 +79,13 @@ impl Store {
         .await
         .map_err(errors::db)?;
         let share = row.into_domain(instance)?;
+        audit::record(
+            &mut tx,
+            audit,
+            &share.name.to_string(),
+            &format!("role {}", role.as_str()),
+        )
+        .await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(share)
     }
@@ -84,6 +93,7 @@ impl Store {
     /// Revokes a share; refused, naming them, while the grantee's projects use the instance.
     pub async fn unshare_instance(
         &self,
+        audit: &Audit,
         caller: &Caller,
         share: &ShareName,
         authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
@@ -115,6 +125,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(errors::db)?;
+        audit::record(&mut tx, audit, &share.to_string(), "revoked").await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(())
     }

@@ -4,9 +4,10 @@ use chrono::{DateTime, Utc};
 
 use sqlx::AssertSqlSafe;
 
-use super::{Store, blockers, errors};
+use super::{Store, audit, blockers, errors};
 use crate::domain::{
     DomainError,
+    audit::Audit,
     caller::UserPrincipal,
     names::{UserKey, UserName},
     pagination::PageRequest,
@@ -63,9 +64,15 @@ impl Store {
         .transpose()
     }
 
-    pub async fn create_user(&self, new: &NewUser, token_hash: &[u8]) -> Result<User, DomainError> {
+    pub async fn create_user(
+        &self,
+        audit: &Audit,
+        new: &NewUser,
+        token_hash: &[u8],
+    ) -> Result<User, DomainError> {
         let name = format!("users/{}", new.handle);
-        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let created = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
             "INSERT INTO users (handle, display_name, is_admin, token_hash) VALUES ($1, $2, $3, $4) \
              RETURNING {USER_COLUMNS}"
         )))
@@ -73,10 +80,13 @@ impl Store {
         .bind(&new.fields.display_name)
         .bind(new.fields.is_admin)
         .bind(token_hash)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| errors::on_insert(e, &name))?
-        .into_domain()
+        .into_domain()?;
+        audit::record(&mut tx, audit, &name, "created; token issued").await?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(created)
     }
 
     pub async fn get_user(&self, name: &UserName) -> Result<User, DomainError> {
@@ -110,6 +120,7 @@ impl Store {
     /// and returns the new fields.
     pub async fn update_user(
         &self,
+        audit: &Audit,
         name: &UserName,
         etag: &str,
         change: impl FnOnce(&User) -> Result<UserFields, DomainError>,
@@ -137,6 +148,7 @@ impl Store {
         .await
         .map_err(errors::db)?
         .into_domain()?;
+        audit::record(&mut tx, audit, &name.to_string(), "").await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(updated)
     }
@@ -144,25 +156,35 @@ impl Store {
     /// Replaces a user's token hash; the old token stops working with the commit.
     pub async fn rotate_user_token(
         &self,
+        audit: &Audit,
         name: &UserName,
         token_hash: &[u8],
     ) -> Result<User, DomainError> {
-        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let rotated = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
             "UPDATE users SET token_hash = $2, revision = revision + 1, update_time = clock_timestamp() \
              WHERE handle = $1 RETURNING {USER_COLUMNS}"
         )))
         .bind(name.0.as_str())
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(errors::db)?
         .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()
+        .into_domain()?;
+        audit::record(&mut tx, audit, &name.to_string(), "token rotated").await?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(rotated)
     }
 
     /// Deletes a user and (by cascade) everything the user owns. Refused, naming a blocker, while
     /// another user's project uses one of the user's instances.
-    pub async fn delete_user(&self, name: &UserName, etag: &str) -> Result<(), DomainError> {
+    pub async fn delete_user(
+        &self,
+        audit: &Audit,
+        name: &UserName,
+        etag: &str,
+    ) -> Result<(), DomainError> {
         let resource = name.to_string();
         let mut tx = self.pool.begin().await.map_err(errors::db)?;
         let current = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
@@ -190,6 +212,13 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| errors::on_delete(e, &resource))?;
+        audit::record(
+            &mut tx,
+            audit,
+            &resource,
+            "deleted with everything it owned",
+        )
+        .await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(())
     }

@@ -272,6 +272,11 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
         "ProjectService/GetProjectInstance" => {
             pb::GetProjectInstanceRequest { name: project }.encode_to_vec()
         }
+        "AuditService/ListAuditEvents" => pb::ListAuditEventsRequest {
+            resource: owner,
+            ..Default::default()
+        }
+        .encode_to_vec(),
         other => panic!(
             "no matrix request for {other}: add one to request_for and a row to the matrix file"
         ),

@@ -6,6 +6,7 @@ mod helpers;
 mod raw;
 
 mod api_standards;
+mod audit;
 mod auth;
 mod authorization;
 mod canary;

@@ -8,8 +8,9 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::{TestApp, authed};
 
-const OUR_SERVICES: [&str; 6] = [
+const OUR_SERVICES: [&str; 7] = [
     "llmregistry.v1.ApiStandardService",
+    "llmregistry.v1.AuditService",
     "llmregistry.v1.LlmDefinitionService",
     "llmregistry.v1.LlmInstanceService",
     "llmregistry.v1.ProjectService",

@@ -1,0 +1,74 @@
+//! `AuditService`: reads the audit trail. Admins read everything; other users read the events
+//! of resources in their own namespace.
+
+use tonic::{Request, Response, Status};
+
+use super::{ApiContext, caller_of, convert};
+use crate::{
+    domain::{
+        audit::AuditEvent,
+        caller::Caller,
+        validate::{self, MAX_ENDPOINT_LEN},
+    },
+    pb::v1::{self as pb, audit_service_server::AuditService},
+    store::AuditFilter,
+};
+
+pub struct AuditApi(pub ApiContext);
+
+fn to_pb(event: AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        name: format!("auditEvents/{}", event.id),
+        time: convert::timestamp(event.time),
+        caller: event.caller,
+        method: event.method,
+        resource: event.resource,
+        outcome: event.outcome,
+        detail: event.detail,
+    }
+}
+
+/// An optional filter string: empty means "no filter".
+fn filter(field: &str, value: &str) -> Result<Option<String>, crate::domain::DomainError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    validate::line(field, value, MAX_ENDPOINT_LEN, true).map(Some)
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let filter = AuditFilter {
+            resource: filter("resource", request.resource.trim_end_matches('/'))?,
+            caller: filter("caller", &request.caller)?,
+            // Users who are not admins see only their own resources' events.
+            owner: match &caller {
+                Caller::User(user) if !user.is_admin => Some(user.handle.to_string()),
+                _ => None,
+            },
+        };
+        let query = format!(
+            "ListAuditEvents {:?} {:?} {:?}",
+            filter.resource, filter.caller, filter.owner
+        );
+        let page = self
+            .0
+            .paginator
+            .start(request.page_size, &request.page_token, &query)?;
+        let found = self.0.store.list_audit_events(&filter, &page).await?;
+        let (events, next_page_token) = self
+            .0
+            .paginator
+            .finish(found, &page, &query, |e| e.id.to_string());
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.into_iter().map(to_pb).collect(),
+            next_page_token,
+        }))
+    }
+}

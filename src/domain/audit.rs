@@ -1,0 +1,73 @@
+//! The audit trail's vocabulary: who did what to which resource, and how it ended.
+
+use chrono::{DateTime, Utc};
+
+use super::caller::Caller;
+
+/// Who is making a change and through which method; handed to every store mutation, which
+/// records it in the transaction of the change.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub caller: String,
+    pub method: &'static str,
+}
+
+impl Audit {
+    pub fn new(caller: &Caller, method: &'static str) -> Self {
+        Self {
+            caller: caller_label(caller),
+            method,
+        }
+    }
+
+    /// An operator command run outside the API: it is both the caller and the method.
+    pub fn operator(command: &'static str) -> Self {
+        Self {
+            caller: command.to_owned(),
+            method: command,
+        }
+    }
+}
+
+/// How a caller appears in the trail.
+pub fn caller_label(caller: &Caller) -> String {
+    match caller {
+        Caller::Admin => "admin".to_owned(),
+        Caller::User(user) => format!("users/{}", user.handle),
+    }
+}
+
+/// The user a resource belongs to (`users/{owner}` itself or anything under it), if any.
+pub fn resource_owner(resource: &str) -> Option<&str> {
+    let rest = resource.strip_prefix("users/")?;
+    let owner = rest.split('/').next()?;
+    (!owner.is_empty()).then_some(owner)
+}
+
+/// One recorded event.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub time: DateTime<Utc>,
+    pub caller: String,
+    pub method: String,
+    pub resource: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_of_resources() {
+        assert_eq!(resource_owner("users/alice/instances/x"), Some("alice"));
+        assert_eq!(
+            resource_owner("users/alice/instances/x/shares/bob"),
+            Some("alice")
+        );
+        assert_eq!(resource_owner("users/alice"), Some("alice"));
+        assert_eq!(resource_owner("apiStandards/openai"), None);
+    }
+}

@@ -1,0 +1,140 @@
+//! The audit trail in the database. Successful mutations record their event inside their own
+//! transaction (so a rolled-back change leaves none, a committed one always one); refusals are
+//! recorded on their own by the request layer.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+
+use super::{Store, errors};
+use crate::domain::{
+    DomainError,
+    audit::{Audit, AuditEvent, resource_owner},
+    pagination::PageRequest,
+};
+
+/// Records the successful change `audit` made to `resource`, in the change's transaction.
+pub(super) async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    audit: &Audit,
+    resource: &str,
+    detail: &str,
+) -> Result<(), DomainError> {
+    insert(
+        &mut **tx,
+        &audit.caller,
+        audit.method,
+        resource,
+        "OK",
+        detail,
+    )
+    .await
+}
+
+async fn insert<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    caller: &str,
+    method: &str,
+    resource: &str,
+    outcome: &str,
+    detail: &str,
+) -> Result<(), DomainError> {
+    sqlx::query(
+        "INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(caller)
+    .bind(method)
+    .bind(resource)
+    .bind(resource_owner(resource))
+    .bind(outcome)
+    .bind(detail)
+    .execute(executor)
+    .await
+    .map_err(errors::db)?;
+    Ok(())
+}
+
+/// Which events a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// This resource or anything under it.
+    pub resource: Option<String>,
+    pub caller: Option<String>,
+    /// Only resources of this user (forced for callers who are not admins).
+    pub owner: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    time: DateTime<Utc>,
+    caller: String,
+    method: String,
+    resource: String,
+    outcome: String,
+    detail: String,
+}
+
+/// Escapes LIKE's wildcards (handles contain `_`).
+fn like_prefix(prefix: &str) -> String {
+    let escaped = prefix
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("{escaped}/%")
+}
+
+impl Store {
+    /// Records a refused mutation (its own transaction: there is no change to join).
+    pub async fn record_refusal(
+        &self,
+        caller: &str,
+        method: &str,
+        resource: &str,
+        outcome: &str,
+    ) -> Result<(), DomainError> {
+        insert(&self.pool, caller, method, resource, outcome, "").await
+    }
+
+    /// Events newest first, before the cursor (an event id).
+    pub async fn list_audit_events(
+        &self,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> Result<Vec<AuditEvent>, DomainError> {
+        let before: i64 = page
+            .after
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(i64::MAX);
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT id, time, caller, method, resource, outcome, detail FROM audit_events \
+             WHERE id < $1 \
+               AND ($2::text IS NULL OR resource = $2 OR resource LIKE $3) \
+               AND ($4::text IS NULL OR caller = $4) \
+               AND ($5::text IS NULL OR resource_owner = $5) \
+             ORDER BY id DESC LIMIT $6",
+        )
+        .bind(before)
+        .bind(filter.resource.as_deref())
+        .bind(filter.resource.as_deref().map(like_prefix))
+        .bind(filter.caller.as_deref())
+        .bind(filter.owner.as_deref())
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(errors::db)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AuditEvent {
+                id: row.id,
+                time: row.time,
+                caller: row.caller,
+                method: row.method,
+                resource: row.resource,
+                outcome: row.outcome,
+                detail: row.detail,
+            })
+            .collect())
+    }
+}
