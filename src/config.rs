@@ -100,11 +100,14 @@ pub struct ServeArgs {
     /// Largest request or response message, in bytes.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     pub max_message_bytes: usize,
-    /// Requests served at once across all connections; more wait their turn.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    /// Calls served at once across all connections; more wait their turn.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
     pub max_concurrent_requests: usize,
+    /// Calls that may wait for a turn; beyond that, calls are shed with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_QUEUED_REQUESTS", default_value_t = 256)]
+    pub max_queued_requests: usize,
     /// Size of the database connection pool.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// On shutdown, how long in-flight calls may finish before the rest are cut, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
@@ -147,6 +150,7 @@ pub struct ServeSettings {
     pub request_timeout: Duration,
     pub max_message_bytes: usize,
     pub max_concurrent_requests: usize,
+    pub max_queued_requests: usize,
     pub db_max_connections: u32,
     pub health_check_interval: Duration,
     pub shutdown_grace: Duration,
@@ -215,6 +219,7 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         request_timeout: Duration::from_secs(serve.request_timeout_secs.max(1)),
         max_message_bytes: serve.max_message_bytes.max(1024),
         max_concurrent_requests: serve.max_concurrent_requests.max(1),
+        max_queued_requests: serve.max_queued_requests,
         db_max_connections: serve.db_max_connections.max(1),
         health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),
         shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),

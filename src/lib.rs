@@ -1,6 +1,7 @@
 //! llm-registry: a gRPC registry of LLM and embedding services. See DESIGN.md for the contract
 //! and README.md for running it. The binary (`main.rs`) is a thin command line over [`server`].
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;

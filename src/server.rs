@@ -2,16 +2,25 @@
 //! (trace -> concurrency limit -> authentication -> `_system` guard), the six services, health,
 //! reflection, and a graceful shutdown that turns health NOT_SERVING before draining calls.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+use tower::ServiceBuilder;
 
 use crate::{
+    admission::{Admission, AdmissionLayer},
     api::{
         ApiContext,
         api_standards::ApiStandardsApi,
@@ -104,9 +113,11 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::Serving).await;
     let (stopping_tx, stopping_rx) = watch::channel(false);
+    let database_up = Arc::new(AtomicBool::new(true));
     let watcher = tokio::spawn(watch_database(
         store.clone(),
         health_reporter.clone(),
+        database_up.clone(),
         settings.health_check_interval,
         stopping_rx,
     ));
@@ -122,9 +133,11 @@ pub async fn serve(
 
     let layers = ServiceBuilder::new()
         .layer(RpcTraceLayer)
-        .layer(GlobalConcurrencyLimitLayer::new(
+        .layer(AdmissionLayer::new(Arc::new(Admission::new(
             settings.max_concurrent_requests,
-        ))
+            settings.max_queued_requests,
+            database_up.clone(),
+        ))))
         .layer(AuthenticateLayer::new(Arc::new(Authenticator::new(
             store.clone(),
             &settings.admin_token,
@@ -241,6 +254,7 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 async fn watch_database(
     store: Store,
     reporter: HealthReporter,
+    database_up: Arc<AtomicBool>,
     interval: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -259,6 +273,7 @@ async fn watch_database(
         }
         if healthy != serving {
             serving = healthy;
+            database_up.store(healthy, Ordering::SeqCst);
             if healthy {
                 tracing::info!("database answers again: SERVING");
                 set_health(&reporter, ServingStatus::Serving).await;

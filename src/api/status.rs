@@ -28,6 +28,7 @@ pub fn to_status(error: DomainError) -> Status {
         ),
         DomainError::EtagMismatch(_) => (Code::Aborted, "ETAG_MISMATCH"),
         DomainError::InUse { .. } => (Code::FailedPrecondition, "RESOURCE_IN_USE"),
+        DomainError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
         DomainError::TooLarge(_) => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
         DomainError::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
         DomainError::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED"),

@@ -48,6 +48,9 @@ pub enum DomainError {
         message: String,
         blockers: Vec<String>,
     },
+    /// Too many calls are running and waiting; the caller should back off and retry.
+    #[error("the service is at capacity; retry with backoff")]
+    Overloaded,
     /// The request is larger than the service accepts.
     #[error("the request is larger than {0} bytes")]
     TooLarge(usize),

@@ -24,7 +24,13 @@ pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
 /// Maps an error with no more specific meaning in its context.
 pub fn db(error: sqlx::Error) -> DomainError {
     match &error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+        // Connection-level failures: the database went away or the link broke mid-query.
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => {
             tracing::warn!(error = %error, "database unavailable");
             DomainError::Unavailable
         }

@@ -55,24 +55,39 @@ impl ProjectRow {
 impl Store {
     /// The id of `instance` if user `user_id` can use it (owns it or holds a share); NOT_FOUND
     /// otherwise, exactly as for a missing instance.
+    ///
+    /// The instance row is locked first and the share checked by a second statement: under READ
+    /// COMMITTED that statement sees a revoke that committed while we waited for the lock, where a
+    /// single locking query would still judge by its older snapshot and bind a project to an
+    /// instance its owner just lost.
     async fn usable_instance_id(
         tx: &mut Transaction<'_, Postgres>,
         instance: &InstanceName,
         user_id: i64,
     ) -> Result<i64, DomainError> {
-        sqlx::query_scalar(
-            "SELECT i.id FROM instances i JOIN users o ON o.id = i.owner_id \
-             WHERE o.handle = $1 AND i.handle = $2 \
-               AND (i.owner_id = $3 OR EXISTS (SELECT 1 FROM shares s WHERE s.instance_id = i.id AND s.grantee_id = $3)) \
-             FOR SHARE OF i",
+        let not_found = || DomainError::NotFound(instance.to_string());
+        let (id, owner_id): (i64, i64) = sqlx::query_as(
+            "SELECT i.id, i.owner_id FROM instances i JOIN users o ON o.id = i.owner_id \
+             WHERE o.handle = $1 AND i.handle = $2 FOR SHARE OF i",
         )
         .bind(instance.owner.as_str())
         .bind(instance.handle.as_str())
-        .bind(user_id)
         .fetch_optional(&mut **tx)
         .await
         .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(instance.to_string()))
+        .ok_or_else(not_found)?;
+        if owner_id == user_id {
+            return Ok(id);
+        }
+        let shared: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM shares WHERE instance_id = $1 AND grantee_id = $2)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(errors::db)?;
+        if shared { Ok(id) } else { Err(not_found()) }
     }
 
     pub async fn create_project(

@@ -90,6 +90,7 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
         request_timeout: Duration::from_secs(30),
         max_message_bytes: 1024 * 1024,
         max_concurrent_requests: 64,
+        max_queued_requests: 256,
         db_max_connections: 5,
         health_check_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(1),
@@ -126,11 +127,32 @@ impl TestApp {
         admin_token: String,
         key_ring: KeyRing,
     ) -> anyhow::Result<Self> {
+        Self::start_with(database, admin_token, key_ring, |_| {}).await
+    }
+
+    /// A fresh database and a server whose settings `configure` adjusts.
+    pub async fn spawn_with(configure: impl FnOnce(&mut ServeSettings)) -> Self {
+        let database = unique_name("llmr_test");
+        create_database(&database).await;
+        let admin_token = IssuedToken::generate().reveal().to_owned();
+        let key_ring = KeyRing::new(MasterKey::generate(), vec![]).expect("one key");
+        Self::start_with(database, admin_token, key_ring, configure)
+            .await
+            .expect("server starts")
+    }
+
+    async fn start_with(
+        database: String,
+        admin_token: String,
+        key_ring: KeyRing,
+        configure: impl FnOnce(&mut ServeSettings),
+    ) -> anyhow::Result<Self> {
         init_logging();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let settings = settings(&database, &admin_token, &key_ring);
+        let mut settings = settings(&database, &admin_token, &key_ring);
+        configure(&mut settings);
         let mut task = tokio::spawn(llm_registry::server::serve(settings, listener, async {
             let _ = stopped.await;
         }));

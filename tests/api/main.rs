@@ -17,6 +17,7 @@ mod instances;
 mod pagination;
 mod platform;
 mod projects;
+mod reliability;
 mod rotation;
 mod seed;
 mod sharing;
