@@ -137,6 +137,15 @@ async fn keys_rotate_while_serving_and_a_missing_key_refuses_start() {
     assert!(stdout.contains("re-encrypted 5 key(s)"), "{stdout}");
     assert!(stdout.contains("1 already current"), "{stdout}");
     reader.await.unwrap();
+    // The rotation is in the audit trail, batch by batch (5 keys in batches of 2), without secrets.
+    let rotation_events: Vec<String> = sqlx::query_scalar(
+        "SELECT detail FROM audit_events WHERE caller = 'rotate-keys' AND outcome = 'OK' ORDER BY id",
+    )
+    .fetch_all(&mut app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(rotation_events.len(), 3, "{rotation_events:?}");
+    assert!(rotation_events[0].starts_with("re-encrypted 2 key(s) under key"));
 
     // B alone: every key decrypts to its original value.
     app.restart_with(KeyRing::new(b.clone(), vec![]).unwrap())
