@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod middleware;
 pub mod pb;
 pub mod server;
 pub mod store;

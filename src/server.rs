@@ -20,24 +20,16 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 
 use crate::{
-    admission::{Admission, AdmissionLayer},
+    admission::Admission,
     api::{
-        ApiContext,
-        api_standards::ApiStandardsApi,
-        audit::AuditApi,
-        definitions::DefinitionsApi,
-        instances::InstancesApi,
-        projects::ProjectsApi,
-        refusal_audit::{RefusalAudit, RefusalAuditLayer},
-        sharing::SharingApi,
-        users::UsersApi,
+        ApiContext, api_standards::ApiStandardsApi, audit::AuditApi, definitions::DefinitionsApi,
+        instances::InstancesApi, projects::ProjectsApi, refusal_audit::RefusalAudit,
+        sharing::SharingApi, users::UsersApi,
     },
-    auth::{
-        authenticate::{AuthenticateLayer, Authenticator},
-        system_guard::{SystemGuard, SystemGuardLayer},
-    },
+    auth::{authenticate::Authenticator, system_guard::SystemGuard},
     config::{Mode, ServeSettings},
     domain::pagination::Paginator,
+    middleware::MiddlewareLayer,
     pb::{
         self,
         v1::{
@@ -50,7 +42,7 @@ use crate::{
         },
     },
     store::{Store, database},
-    telemetry::rpc_trace::RpcTraceLayer,
+    telemetry::rpc_trace::RpcTrace,
 };
 
 /// Names reported by the health service: "" (the server as a whole) and each of ours.
@@ -132,24 +124,25 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let layers = ServiceBuilder::new()
-        .layer(RpcTraceLayer)
-        .layer(AdmissionLayer::new(Arc::new(Admission::new(
+        .layer(MiddlewareLayer::new(RpcTrace))
+        .layer(MiddlewareLayer::new(Admission::new(
             settings.max_concurrent_requests,
             settings.max_queued_requests,
             database_up.clone(),
-        ))))
-        .layer(AuthenticateLayer::new(Arc::new(Authenticator::new(
+        )))
+        .layer(MiddlewareLayer::new(Authenticator::new(
             store.clone(),
             &settings.admin_token,
-        ))))
-        .layer(RefusalAuditLayer::new(Arc::new(RefusalAudit::new(
+        )))
+        .layer(MiddlewareLayer::new(RefusalAudit::new(
             store.clone(),
             pb::FILE_DESCRIPTOR_SET,
             max_message,
-        )?)))
-        .layer(SystemGuardLayer::new(Arc::new(
-            SystemGuard::from_descriptor_set(pb::FILE_DESCRIPTOR_SET, max_message)?,
-        )))
+        )?))
+        .layer(MiddlewareLayer::new(SystemGuard::from_descriptor_set(
+            pb::FILE_DESCRIPTOR_SET,
+            max_message,
+        )?))
         .into_inner();
 
     let address = listener.local_addr()?;
@@ -249,8 +242,10 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Keeps health in step with the database: NOT_SERVING while it does not answer, SERVING again
-/// once it does; stops when shutdown begins, so health stays NOT_SERVING from then on.
+/// Keeps health in step with the database: NOT_SERVING (and the admission circuit open) once
+/// it fails two probes in a row, SERVING again at its first good answer; stops when shutdown
+/// begins, so health stays NOT_SERVING from then on. Two failures, and a probe timeout of at least
+/// two seconds, keep one slow answer on a busy machine from failing every call.
 async fn watch_database(
     store: Store,
     reporter: HealthReporter,
@@ -258,23 +253,28 @@ async fn watch_database(
     interval: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
+    const FAILURES_TO_TRIP: u32 = 2;
+    let probe_timeout = interval.max(Duration::from_secs(2));
     let mut serving = true;
+    let mut failures = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stopping.changed() => return,
         }
         let healthy = matches!(
-            tokio::time::timeout(interval, store.ping()).await,
+            tokio::time::timeout(probe_timeout, store.ping()).await,
             Ok(Ok(()))
         );
         if *stopping.borrow() {
             return;
         }
-        if healthy != serving {
-            serving = healthy;
-            database_up.store(healthy, Ordering::SeqCst);
-            if healthy {
+        failures = if healthy { 0 } else { failures + 1 };
+        let now_serving = healthy || (serving && failures < FAILURES_TO_TRIP);
+        if now_serving != serving {
+            serving = now_serving;
+            database_up.store(serving, Ordering::SeqCst);
+            if serving {
                 tracing::info!("database answers again: SERVING");
                 set_health(&reporter, ServingStatus::Serving).await;
             } else {

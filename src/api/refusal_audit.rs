@@ -3,27 +3,20 @@
 //! the handler (or the `_system` guard below it) has answered with an error. Calls without a valid
 //! token are not recorded: they have no caller, and recording them would let anyone fill the trail.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
 use tonic::{Code, body::Body};
-use tower::{Layer, Service};
 
 use crate::{
     api::status::to_status,
     auth::system_guard::is_read_only_method,
-    domain::{DomainError, audit::caller_label, caller::Caller},
+    domain::{audit::caller_label, caller::Caller},
+    middleware::{FRAME_HEADER_LEN, Middleware, Next, read_body, with_body},
     store::Store,
 };
-
-const FRAME_HEADER_LEN: usize = 5;
 
 /// The mutating methods and their request types, keyed by gRPC path.
 pub struct RefusalAudit {
@@ -136,75 +129,27 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-#[derive(Clone)]
-pub struct RefusalAuditLayer {
-    audit: Arc<RefusalAudit>,
-}
-
-impl RefusalAuditLayer {
-    pub fn new(audit: Arc<RefusalAudit>) -> Self {
-        Self { audit }
-    }
-}
-
-impl<S> Layer<S> for RefusalAuditLayer {
-    type Service = RefusalAuditService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RefusalAuditService {
-            inner,
-            audit: self.audit.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RefusalAuditService<S> {
-    inner: S,
-    audit: Arc<RefusalAudit>,
-}
-
-impl<S> Service<Request<Body>> for RefusalAuditService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Middleware for RefusalAudit {
+    fn call(
+        self: Arc<Self>,
+        request: Request<Body>,
+        next: Next,
+    ) -> BoxFuture<'static, Response<Body>> {
         let path = request.uri().path().to_owned();
-        let input = self.audit.inputs.get(&path).cloned();
+        let input = self.inputs.get(&path).cloned();
         let caller = request.extensions().get::<Caller>().cloned();
         let (Some(input), Some(caller)) = (input, caller) else {
-            return Box::pin(inner.call(request));
+            return Box::pin(next.run(request));
         };
-        let audit = self.audit.clone();
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let limit = audit.max_message_bytes + FRAME_HEADER_LEN;
             let method = path.trim_start_matches("/llmregistry.v1.").to_owned();
-            let bytes = match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
+            let (parts, body) = request.into_parts();
+            let bytes = match read_body(body, self.max_message_bytes).await {
+                Ok(bytes) => bytes,
                 Err(error) => {
-                    let error = if error
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        DomainError::TooLarge(audit.max_message_bytes)
-                    } else {
-                        DomainError::invalid("", "the request body could not be read")
-                    };
                     let status = to_status(error);
-                    audit.record(&caller, &method, "", status.code()).await;
-                    return Ok(status.into_http());
+                    self.record(&caller, &method, "", status.code()).await;
+                    return status.into_http();
                 }
             };
             let target = bytes
@@ -213,18 +158,16 @@ where
                 .and_then(|payload| DynamicMessage::decode(input, payload).ok())
                 .map(|message| requested_target(&message))
                 .unwrap_or_default();
-            let response = inner
-                .call(Request::from_parts(parts, Body::new(Full::new(bytes))))
-                .await?;
+            let response = next.run(with_body(parts, bytes)).await;
             if let Some(code) = response
                 .headers()
                 .get("grpc-status")
                 .map(|v| Code::from_bytes(v.as_bytes()))
                 && code != Code::Ok
             {
-                audit.record(&caller, &method, &target, code).await;
+                self.record(&caller, &method, &target, code).await;
             }
-            Ok(response)
+            response
         })
     }
 }

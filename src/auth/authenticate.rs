@@ -2,21 +2,18 @@
 //! request's extensions for the handlers and the `_system` guard. Anything else but health and
 //! reflection without a valid token is refused with UNAUTHENTICATED before it reaches a service.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
 use subtle::ConstantTimeEq;
 use tonic::body::Body;
-use tower::{Layer, Service};
 
 use super::token;
 use crate::{
     api::status::to_status,
     domain::{DomainError, caller::Caller},
+    middleware::{Middleware, Next},
     store::Store,
 };
 
@@ -58,63 +55,23 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-#[derive(Clone)]
-pub struct AuthenticateLayer {
-    authenticator: Arc<Authenticator>,
-}
-
-impl AuthenticateLayer {
-    pub fn new(authenticator: Arc<Authenticator>) -> Self {
-        Self { authenticator }
-    }
-}
-
-impl<S> Layer<S> for AuthenticateLayer {
-    type Service = AuthenticateService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthenticateService {
-            inner,
-            authenticator: self.authenticator.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuthenticateService<S> {
-    inner: S,
-    authenticator: Arc<Authenticator>,
-}
-
-impl<S> Service<Request<Body>> for AuthenticateService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        // The clone that was polled ready is the one that must serve this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Middleware for Authenticator {
+    fn call(
+        self: Arc<Self>,
+        mut request: Request<Body>,
+        next: Next,
+    ) -> BoxFuture<'static, Response<Body>> {
         if super::is_public_path(request.uri().path()) {
-            return Box::pin(inner.call(request));
+            return Box::pin(next.run(request));
         }
-        let authenticator = self.authenticator.clone();
         Box::pin(async move {
-            match authenticator.authenticate(request.headers()).await {
+            match self.authenticate(request.headers()).await {
                 Ok(caller) => {
                     tracing::Span::current().record("caller", caller.label());
                     request.extensions_mut().insert(caller);
-                    inner.call(request).await
+                    next.run(request).await
                 }
-                Err(error) => Ok(to_status(error).into_http()),
+                Err(error) => to_status(error).into_http(),
             }
         })
     }

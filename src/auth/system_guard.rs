@@ -12,31 +12,23 @@
 //! remembering to add it here. Fields that merely *reference* `_system` resources for reading
 //! (such as `source_definition`) are not targets.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{collections::HashMap, sync::Arc};
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
 use prost_reflect::{
     DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value,
 };
 use tonic::body::Body;
-use tower::{Layer, Service};
 
 use crate::{
     api::status::to_status,
     domain::{DomainError, caller::Caller, names::SYSTEM_USER},
+    middleware::{FRAME_HEADER_LEN, Middleware, Next, read_body, with_body},
 };
 
 /// Fields that name the resource a request acts on.
 const TARGET_FIELDS: &[&str] = &["name", "parent"];
-/// gRPC frames start with a 1-byte compression flag and a 4-byte big-endian length.
-const FRAME_HEADER_LEN: usize = 5;
 
 /// Method names that only read; everything else is treated as a write (deny by default).
 pub fn is_read_only_method(method: &str) -> bool {
@@ -140,82 +132,30 @@ pub fn targets_system(message: &DynamicMessage) -> bool {
     })
 }
 
-#[derive(Clone)]
-pub struct SystemGuardLayer {
-    guard: Arc<SystemGuard>,
-}
-
-impl SystemGuardLayer {
-    pub fn new(guard: Arc<SystemGuard>) -> Self {
-        Self { guard }
-    }
-}
-
-impl<S> Layer<S> for SystemGuardLayer {
-    type Service = SystemGuardService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        SystemGuardService {
-            inner,
-            guard: self.guard.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct SystemGuardService<S> {
-    inner: S,
-    guard: Arc<SystemGuard>,
-}
-
-impl<S> Service<Request<Body>> for SystemGuardService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(method) = self.guard.methods.get(request.uri().path()).cloned() else {
+impl Middleware for SystemGuard {
+    fn call(
+        self: Arc<Self>,
+        request: Request<Body>,
+        next: Next,
+    ) -> BoxFuture<'static, Response<Body>> {
+        let Some(method) = self.methods.get(request.uri().path()).cloned() else {
             // Not ours (health, reflection) or unknown (tonic answers UNIMPLEMENTED).
-            return Box::pin(inner.call(request));
+            return Box::pin(next.run(request));
         };
         let enforce = !request
             .extensions()
             .get::<Caller>()
             .is_some_and(Caller::is_admin);
-        let guard = self.guard.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let limit = guard.max_message_bytes + FRAME_HEADER_LEN;
-            let bytes: Bytes = match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(error) => {
-                    let error = if error
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        DomainError::TooLarge(guard.max_message_bytes)
-                    } else {
-                        DomainError::invalid("", "the request body could not be read")
-                    };
-                    return Ok(to_status(error).into_http());
-                }
+            let checked = match read_body(body, self.max_message_bytes).await {
+                Ok(bytes) => self.check(&method, enforce, &bytes).map(|()| bytes),
+                Err(error) => Err(error),
             };
-            if let Err(error) = guard.check(&method, enforce, &bytes) {
-                return Ok(to_status(error).into_http());
+            match checked {
+                Ok(bytes) => next.run(with_body(parts, bytes)).await,
+                Err(error) => to_status(error).into_http(),
             }
-            inner
-                .call(Request::from_parts(parts, Body::new(Full::new(bytes))))
-                .await
         })
     }
 }

@@ -2,48 +2,26 @@
 //! event. The status is read from the response headers (errors are usually trailers-only) or,
 //! for answers with a body, from the trailers as they pass.
 
-use std::{
-    task::{Context, Poll},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use tonic::{Code, body::Body};
-use tower::{Layer, Service};
+
+use crate::middleware::{Middleware, Next};
 use tracing::{Instrument, Span, field::Empty};
 
+/// Opens the span of each RPC and logs its end.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RpcTraceLayer;
+pub struct RpcTrace;
 
-impl<S> Layer<S> for RpcTraceLayer {
-    type Service = RpcTrace<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcTrace { inner }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RpcTrace<S> {
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for RpcTrace<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+impl Middleware for RpcTrace {
+    fn call(
+        self: Arc<Self>,
+        request: Request<Body>,
+        next: Next,
+    ) -> BoxFuture<'static, Response<Body>> {
         let span = tracing::info_span!(
             "rpc",
             method = %request.uri().path(),
@@ -52,14 +30,13 @@ where
             latency_ms = Empty,
         );
         let started = Instant::now();
-        let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
-                let response = future.await?;
+                let response = next.run(request).await;
                 let span = Span::current();
                 if let Some(code) = status_of(response.headers()) {
                     finish(&span, code, started);
-                    return Ok(response);
+                    return response;
                 }
                 let (parts, body) = response.into_parts();
                 let body = body.map_frame(move |frame| {
@@ -68,7 +45,7 @@ where
                     }
                     frame
                 });
-                Ok(Response::from_parts(parts, Body::new(body)))
+                Response::from_parts(parts, Body::new(body))
             }
             .instrument(span),
         )
