@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The benchmark, in one command: bench/run.sh
+#
+# Builds the release binary and the load generator (examples/loadgen.rs), prepares a registry
+# with a realistic population through its own API, measures each scenario at 1, 8 and 32
+# concurrent streams, measures PostgreSQL's own limits with pgbench on the same machine, the
+# server's RSS and start-up time, runs the vault micro-benchmark, and prints one table (also
+# written to bench/RESULTS.md). Needs PostgreSQL on 127.0.0.1:5432 with trust authentication.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
+CONCURRENCIES=${CONCURRENCIES:-"1 8 32"}
+PG="psql -h 127.0.0.1 -U postgres -d postgres -Atqc"
+DB=llmr_bench
+PGB_DB=llmr_pgbench
+WORK=$(mktemp -d)
+trap 'kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+echo "== building (release)"
+cargo build --release --locked --bin llm-registry --example loadgen 2>&1 | tail -n 1
+BIN=target/release/llm-registry
+LOADGEN=target/release/examples/loadgen
+
+ADMIN_TOKEN="llmr_bench_$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
+export LLM_REGISTRY_MODE=production ADMIN_TOKEN ENCRYPTION_KEY
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+export MAX_CONCURRENT_REQUESTS=64 DB_MAX_CONNECTIONS=16 RUST_LOG=warn
+
+$PG "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+$PG "CREATE DATABASE $DB"
+
+start_server() {
+    LISTEN_ADDR=127.0.0.1:0 "$BIN" > "$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    local started
+    started=$(date +%s%N)
+    ADDR=""
+    for _ in $(seq 1 1000); do
+        ADDR=$(grep -o 'address=[0-9.:]*' "$WORK/server.log" | head -n 1 | cut -d= -f2 || true)
+        [ -n "$ADDR" ] && break
+        sleep 0.005
+    done
+    "$LOADGEN" --addr "$ADDR" wait
+    STARTUP_MS=$(( ($(date +%s%N) - started) / 1000000 ))
+}
+rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+
+echo "== migrating, then timing a start on the migrated database"
+start_server; kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+start_server
+echo "start-up to SERVING: ${STARTUP_MS} ms"
+
+echo "== populating: 1000 users, 10,000 instances with keys shared with one user, 100 projects"
+POP_START=$(date +%s)
+eval "$("$LOADGEN" --addr "$ADDR" populate --admin-token "$ADMIN_TOKEN" --users 1000 --owners 10 --instances-per-owner 1000 --projects 100)"
+echo "populated in $(( $(date +%s) - POP_START )) s"
+IDLE_RSS=$(rss_kib "$SERVER_PID" VmRSS)
+
+declare -A RESULT
+for scenario in health get-instance list-first list-deep project-instance create-instance; do
+    token=$BENCH_TOKEN
+    [ "$scenario" = create-instance ] && token=$OWNER_TOKEN
+    for c in $CONCURRENCIES; do
+        line=$("$LOADGEN" --addr "$ADDR" measure --token "$token" --scenario "$scenario" --concurrency "$c" --seconds "$SECONDS_PER_RUN")
+        RESULT["$scenario,$c"]=$line
+        echo "$line"
+    done
+done
+PEAK_RSS=$(rss_kib "$SERVER_PID" VmHWM)
+
+echo "== pgbench on the same machine"
+$PG "DROP DATABASE IF EXISTS $PGB_DB WITH (FORCE)"
+$PG "CREATE DATABASE $PGB_DB"
+pgbench -h 127.0.0.1 -U postgres -i -s 10 -q "$PGB_DB" >/dev/null 2>&1
+cat > "$WORK/insert.sql" <<'SQL'
+\set n random(1, 1000000000)
+INSERT INTO bench_instances (owner_id, handle, endpoint, model, dimensions, api_key_ciphertext, api_key_key_id)
+VALUES (1, 'i' || :n || '-' || :client_id, 'https://api.openai.com/v1/embeddings', 'text-embedding-3-small', 1536,
+        decode('00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff0011223344556677', 'hex'), 'abcdef0123456789');
+SQL
+psql -h 127.0.0.1 -U postgres -d "$PGB_DB" -qc "CREATE TABLE bench_instances (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, uid uuid NOT NULL DEFAULT gen_random_uuid(), owner_id bigint NOT NULL, handle text NOT NULL, endpoint text NOT NULL, model text NOT NULL, dimensions int, api_key_ciphertext bytea, api_key_key_id text, revision bigint NOT NULL DEFAULT 1, create_time timestamptz NOT NULL DEFAULT now(), update_time timestamptz NOT NULL DEFAULT now(), UNIQUE (owner_id, handle))"
+declare -A PGB
+for c in $CONCURRENCIES; do
+    PGB["select,$c"]=$(pgbench -h 127.0.0.1 -U postgres -S -M prepared -c "$c" -j 2 -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print int($3)}')
+    PGB["insert,$c"]=$(pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/insert.sql" -M prepared -c "$c" -j 2 -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print int($3)}')
+    echo "pgbench $c clients: -S ${PGB["select,$c"]} tps, insert ${PGB["insert,$c"]} tps"
+done
+
+echo "== vault micro-benchmark (criterion)"
+VAULT=$(cargo bench --locked --bench vault -- --warm-up-time 1 --measurement-time 3 2>/dev/null | awk '/seal\+open/ {getline; print $4, $5}')
+
+field() { echo "${RESULT[$1,$2]}" | awk -v f="$3" '{print $f}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+{
+    echo "# Benchmark results"
+    echo
+    echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $(psql -V | awk '{print $3}'); run $(date -u +%Y-%m-%dT%H:%MZ); ${SECONDS_PER_RUN} s per figure; client and server on the same machine."
+    echo
+    echo "| scenario | streams | req/s | p50 ms | p99 ms | errors |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for scenario in health get-instance list-first list-deep project-instance create-instance; do
+        for c in $CONCURRENCIES; do
+            echo "| $scenario | $c | $(field "$scenario" "$c" 3) | $(field "$scenario" "$c" 4) | $(field "$scenario" "$c" 5) | $(field "$scenario" "$c" 6) |"
+        done
+    done
+    for c in $CONCURRENCIES; do
+        echo "| pgbench -S (point read) | $c | ${PGB["select,$c"]} | | | |"
+        echo "| pgbench one-row INSERT | $c | ${PGB["insert,$c"]} | | | |"
+    done
+    echo
+    echo "| ratio | streams | value |"
+    echo "| --- | --- | --- |"
+    for c in $CONCURRENCIES; do
+        echo "| GetInstance / pgbench -S | $c | $(ratio "$(field get-instance "$c" 3)" "${PGB["select,$c"]}") |"
+        echo "| CreateInstance / pgbench INSERT | $c | $(ratio "$(field create-instance "$c" 3)" "${PGB["insert,$c"]}") |"
+        echo "| GetInstance / Health.Check | $c | $(ratio "$(field get-instance "$c" 3)" "$(field health "$c" 3)") |"
+        echo "| ListInstances page 100 p50 / first page p50 | $c | $(ratio "$(field list-deep "$c" 4)" "$(field list-first "$c" 4)") |"
+    done
+    echo
+    echo "| other | value |"
+    echo "| --- | --- |"
+    echo "| server RSS idle (after population) | $(( IDLE_RSS / 1024 )) MiB |"
+    echo "| server peak RSS (VmHWM, through the 32-stream runs) | $(( PEAK_RSS / 1024 )) MiB |"
+    echo "| start-up to SERVING on a migrated database | ${STARTUP_MS} ms |"
+    echo "| vault seal + open of a 64-byte key (criterion) | ${VAULT} |"
+} > "$WORK/RESULTS.md"
+cp "$WORK/RESULTS.md" bench/RESULTS.md
+echo
+cat bench/RESULTS.md
+$PG "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+$PG "DROP DATABASE IF EXISTS $PGB_DB WITH (FORCE)"

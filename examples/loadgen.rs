@@ -1,0 +1,286 @@
+//! The benchmark's load generator (see bench/run.sh): populates a registry through its API and
+//! measures requests per second and latency percentiles of one scenario at one concurrency.
+//! A compiled Rust client over HTTP/2, so that the client costs little next to the server.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use futures_util::future::join_all;
+use llm_registry::pb::v1::{
+    self as pb, llm_instance_service_client::LlmInstanceServiceClient,
+    project_service_client::ProjectServiceClient, sharing_service_client::SharingServiceClient,
+    user_service_client::UserServiceClient,
+};
+use tonic::{Request, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[derive(Parser)]
+struct Args {
+    /// The server, e.g. 127.0.0.1:50051.
+    #[arg(long)]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates users, instances with keys, shares and projects; prints the bench user's token.
+    Populate {
+        #[arg(long)]
+        admin_token: String,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        owners: usize,
+        #[arg(long, default_value_t = 1000)]
+        instances_per_owner: usize,
+        #[arg(long, default_value_t = 100)]
+        projects: usize,
+    },
+    /// Waits (up to 10 s) until health says SERVING; fails otherwise.
+    Wait,
+    /// Runs one scenario and prints `scenario concurrency rps p50_ms p99_ms errors`.
+    Measure {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+async fn channels(addr: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut all = Vec::new();
+    for _ in 0..count.max(1) {
+        all.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);
+    }
+    Ok(all)
+}
+
+/// Runs `jobs` with at most `concurrency` at a time.
+async fn bounded<F, Fut>(count: usize, concurrency: usize, job: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let indices: Vec<usize> = (0..count).collect();
+    for chunk in indices.chunks(concurrency) {
+        for result in join_all(chunk.iter().map(|&i| job(i))).await {
+            result?;
+        }
+    }
+    Ok(())
+}
+
+async fn populate(addr: &str, admin: &str, users: usize, owners: usize, per_owner: usize, projects: usize) -> anyhow::Result<()> {
+    let pool = channels(addr, 8).await?;
+    let channel = |i: usize| pool[i % pool.len()].clone();
+    // Users: owners first, then the bench user, then the rest.
+    let mut tokens = vec![String::new(); users.max(owners + 1)];
+    let created = Arc::new(tokio::sync::Mutex::new(vec![String::new(); tokens.len()]));
+    bounded(tokens.len(), 32, |i| {
+        let (channel, created) = (channel(i), created.clone());
+        async move {
+            let handle = if i < owners { format!("owner-{i}") } else if i == owners { "bench".to_owned() } else { format!("user-{i}") };
+            let response = UserServiceClient::new(channel)
+                .create_user(authed(pb::CreateUserRequest { user_id: handle, user: Some(pb::User::default()) }, admin))
+                .await?;
+            created.lock().await[i] = response.into_inner().token;
+            Ok(())
+        }
+    })
+    .await?;
+    tokens.clone_from(&*created.lock().await);
+    let bench_token = tokens[owners].clone();
+    // Instances with keys, each shared with the bench user.
+    bounded(owners * per_owner, 32, |n| {
+        let (channel, owner, token) = (channel(n), n / per_owner, tokens[n / per_owner].clone());
+        async move {
+            let name = format!("users/owner-{owner}/instances/i{n}");
+            LlmInstanceServiceClient::new(channel.clone())
+                .create_instance_from_definition(authed(
+                    pb::CreateInstanceFromDefinitionRequest {
+                        parent: format!("users/owner-{owner}"),
+                        instance_id: format!("i{n}"),
+                        source_definition: "_system/openai-small".into(),
+                        instance: Some(pb::Instance { api_key: format!("sk-bench-{n:032}"), ..Default::default() }),
+                    },
+                    &token,
+                ))
+                .await?;
+            SharingServiceClient::new(channel)
+                .share_instance(authed(
+                    pb::ShareInstanceRequest { name, grantee: "users/bench".into(), role: pb::Role::Reader as i32 },
+                    &token,
+                ))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    bounded(projects, 32, |p| {
+        let (channel, token) = (channel(p), bench_token.clone());
+        async move {
+            let owner = p % owners;
+            ProjectServiceClient::new(channel)
+                .create_project(authed(
+                    pb::CreateProjectRequest {
+                        parent: "users/bench".into(),
+                        project_id: format!("p{p}"),
+                        project: Some(pb::Project { instance: format!("users/owner-{owner}/instances/i{}", owner * per_owner + p), ..Default::default() }),
+                    },
+                    &token,
+                ))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    println!("BENCH_TOKEN={bench_token}");
+    println!("OWNER_TOKEN={}", tokens[0]);
+    Ok(())
+}
+
+/// One request of a scenario; `i` varies the target.
+async fn call(scenario: &str, channel: Channel, token: &str, i: usize, deep_token: &str) -> anyhow::Result<()> {
+    match scenario {
+        "health" => {
+            HealthClient::new(channel).check(HealthCheckRequest::default()).await?;
+        }
+        "get-instance" => {
+            let n = i % 1000;
+            LlmInstanceServiceClient::new(channel)
+                .get_instance(authed(pb::GetInstanceRequest { name: format!("users/owner-0/instances/i{n}") }, token))
+                .await?;
+        }
+        "list-first" | "list-deep" => {
+            let page_token = if scenario == "list-deep" { deep_token.to_owned() } else { String::new() };
+            LlmInstanceServiceClient::new(channel)
+                .list_instances(authed(pb::ListInstancesRequest { parent: "users/bench".into(), page_size: 50, page_token, scope: 0 }, token))
+                .await?;
+        }
+        "create-instance" => {
+            let id = format!("c{}-{i}", std::process::id());
+            LlmInstanceServiceClient::new(channel)
+                .create_instance(authed(
+                    pb::CreateInstanceRequest {
+                        parent: "users/owner-0".into(),
+                        instance_id: id,
+                        instance: Some(pb::Instance {
+                            endpoint: "https://api.openai.com/v1/embeddings".into(),
+                            api_standard: "openai".into(),
+                            model: "text-embedding-3-small".into(),
+                            dimensions: Some(1536),
+                            api_key: format!("sk-bench-{i:032}"),
+                            ..Default::default()
+                        }),
+                    },
+                    token,
+                ))
+                .await?;
+        }
+        "project-instance" => {
+            ProjectServiceClient::new(channel)
+                .get_project_instance(authed(pb::GetProjectInstanceRequest { name: format!("users/bench/projects/p{}", i % 100) }, token))
+                .await?;
+        }
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
+    Ok(())
+}
+
+async fn deep_page_token(channel: Channel, token: &str, depth: usize) -> anyhow::Result<String> {
+    let mut client = LlmInstanceServiceClient::new(channel);
+    let mut page_token = String::new();
+    for _ in 0..depth {
+        page_token = client
+            .list_instances(authed(pb::ListInstancesRequest { parent: "users/bench".into(), page_size: 50, page_token, scope: 0 }, token))
+            .await?
+            .into_inner()
+            .next_page_token;
+    }
+    Ok(page_token)
+}
+
+async fn measure(addr: &str, token: &str, scenario: &str, concurrency: usize, seconds: u64) -> anyhow::Result<()> {
+    let pool = channels(addr, concurrency.min(8)).await?;
+    let deep = if scenario == "list-deep" { deep_page_token(pool[0].clone(), token, 100).await? } else { String::new() };
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let streams = (0..concurrency).map(|s| {
+        let (channel, token, deep) = (pool[s % pool.len()].clone(), token.to_owned(), deep.clone());
+        let scenario = scenario.to_owned();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut i = s * 1_000_000;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match call(&scenario, channel.clone(), &token, i, &deep).await {
+                    Ok(()) => latencies.push(started.elapsed()),
+                    Err(_) => errors += 1,
+                }
+                i += 1;
+            }
+            (latencies, errors)
+        })
+    });
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for result in join_all(streams).await {
+        let (mut l, e) = result?;
+        latencies.append(&mut l);
+        errors += e;
+    }
+    latencies.sort();
+    let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    println!(
+        "{scenario} {concurrency} {:.0} {:.3} {:.3} {errors}",
+        latencies.len() as f64 / seconds as f64,
+        pick(0.5),
+        pick(0.99)
+    );
+    Ok(())
+}
+
+async fn wait_serving(addr: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?.connect().await
+            && let Ok(answer) = HealthClient::new(channel).check(HealthCheckRequest::default()).await
+            && answer.into_inner().status == 1
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    anyhow::bail!("{addr} did not become SERVING")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::Populate { admin_token, users, owners, instances_per_owner, projects } => {
+            populate(&args.addr, &admin_token, users, owners, instances_per_owner, projects).await
+        }
+        Command::Wait => wait_serving(&args.addr).await,
+        Command::Measure { token, scenario, concurrency, seconds } => {
+            measure(&args.addr, &token, &scenario, concurrency, seconds).await
+        }
+    }
+}
