@@ -26,7 +26,7 @@ ADMIN_TOKEN="llmr_bench_$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
 ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
 export LLM_REGISTRY_MODE=production ADMIN_TOKEN ENCRYPTION_KEY
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
-export MAX_CONCURRENT_REQUESTS=64 DB_MAX_CONNECTIONS=16 RUST_LOG=warn
+export MAX_CONCURRENT_REQUESTS=64 DB_MAX_CONNECTIONS=16 RUST_LOG=warn,llm_registry::server=info
 
 $PG "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 $PG "CREATE DATABASE $DB"
@@ -83,8 +83,9 @@ SQL
 psql -h 127.0.0.1 -U postgres -d "$PGB_DB" -qc "CREATE TABLE bench_instances (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, uid uuid NOT NULL DEFAULT gen_random_uuid(), owner_id bigint NOT NULL, handle text NOT NULL, endpoint text NOT NULL, model text NOT NULL, dimensions int, api_key_ciphertext bytea, api_key_key_id text, revision bigint NOT NULL DEFAULT 1, create_time timestamptz NOT NULL DEFAULT now(), update_time timestamptz NOT NULL DEFAULT now(), UNIQUE (owner_id, handle))"
 declare -A PGB
 for c in $CONCURRENCIES; do
-    PGB["select,$c"]=$(pgbench -h 127.0.0.1 -U postgres -S -M prepared -c "$c" -j 2 -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print int($3)}')
-    PGB["insert,$c"]=$(pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/insert.sql" -M prepared -c "$c" -j 2 -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print int($3)}')
+    threads=$(( c < 2 ? c : 2 ))
+    PGB["select,$c"]=$(pgbench -h 127.0.0.1 -U postgres -S -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print int($3)}')
+    PGB["insert,$c"]=$(pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/insert.sql" -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print int($3)}')
     echo "pgbench $c clients: -S ${PGB["select,$c"]} tps, insert ${PGB["insert,$c"]} tps"
 done
 

@@ -7,9 +7,13 @@ fn seal_and_open(c: &mut Criterion) {
     let ring = KeyRing::new(MasterKey::generate(), vec![]).unwrap_or_else(|e| panic!("{e}"));
     let key = ApiKey::new("sk-".to_owned() + &"x".repeat(61));
     let uid = "2f1c9a4e-8b6d-4f3a-9c2e-7d5b1a0e6f48";
-    c.bench_function("vault seal 64-byte key", |b| b.iter(|| ring.seal(&key, uid)));
+    c.bench_function("vault seal 64-byte key", |b| {
+        b.iter(|| ring.seal(&key, uid))
+    });
     let sealed = ring.seal(&key, uid);
-    c.bench_function("vault open 64-byte key", |b| b.iter(|| ring.open(&sealed, uid)));
+    c.bench_function("vault open 64-byte key", |b| {
+        b.iter(|| ring.open(&sealed, uid))
+    });
     c.bench_function("vault seal+open 64-byte key", |b| {
         b.iter(|| ring.open(&ring.seal(&key, uid), uid))
     });

@@ -67,7 +67,11 @@ fn authed<T>(message: T, token: &str) -> Request<T> {
 async fn channels(addr: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
     let mut all = Vec::new();
     for _ in 0..count.max(1) {
-        all.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);
+        all.push(
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?,
+        );
     }
     Ok(all)
 }
@@ -87,7 +91,14 @@ where
     Ok(())
 }
 
-async fn populate(addr: &str, admin: &str, users: usize, owners: usize, per_owner: usize, projects: usize) -> anyhow::Result<()> {
+async fn populate(
+    addr: &str,
+    admin: &str,
+    users: usize,
+    owners: usize,
+    per_owner: usize,
+    projects: usize,
+) -> anyhow::Result<()> {
     let pool = channels(addr, 8).await?;
     let channel = |i: usize| pool[i % pool.len()].clone();
     // Users: owners first, then the bench user, then the rest.
@@ -96,9 +107,21 @@ async fn populate(addr: &str, admin: &str, users: usize, owners: usize, per_owne
     bounded(tokens.len(), 32, |i| {
         let (channel, created) = (channel(i), created.clone());
         async move {
-            let handle = if i < owners { format!("owner-{i}") } else if i == owners { "bench".to_owned() } else { format!("user-{i}") };
+            let handle = if i < owners {
+                format!("owner-{i}")
+            } else if i == owners {
+                "bench".to_owned()
+            } else {
+                format!("user-{i}")
+            };
             let response = UserServiceClient::new(channel)
-                .create_user(authed(pb::CreateUserRequest { user_id: handle, user: Some(pb::User::default()) }, admin))
+                .create_user(authed(
+                    pb::CreateUserRequest {
+                        user_id: handle,
+                        user: Some(pb::User::default()),
+                    },
+                    admin,
+                ))
                 .await?;
             created.lock().await[i] = response.into_inner().token;
             Ok(())
@@ -118,14 +141,21 @@ async fn populate(addr: &str, admin: &str, users: usize, owners: usize, per_owne
                         parent: format!("users/owner-{owner}"),
                         instance_id: format!("i{n}"),
                         source_definition: "_system/openai-small".into(),
-                        instance: Some(pb::Instance { api_key: format!("sk-bench-{n:032}"), ..Default::default() }),
+                        instance: Some(pb::Instance {
+                            api_key: format!("sk-bench-{n:032}"),
+                            ..Default::default()
+                        }),
                     },
                     &token,
                 ))
                 .await?;
             SharingServiceClient::new(channel)
                 .share_instance(authed(
-                    pb::ShareInstanceRequest { name, grantee: "users/bench".into(), role: pb::Role::Reader as i32 },
+                    pb::ShareInstanceRequest {
+                        name,
+                        grantee: "users/bench".into(),
+                        role: pb::Role::Reader as i32,
+                    },
                     &token,
                 ))
                 .await?;
@@ -142,7 +172,13 @@ async fn populate(addr: &str, admin: &str, users: usize, owners: usize, per_owne
                     pb::CreateProjectRequest {
                         parent: "users/bench".into(),
                         project_id: format!("p{p}"),
-                        project: Some(pb::Project { instance: format!("users/owner-{owner}/instances/i{}", owner * per_owner + p), ..Default::default() }),
+                        project: Some(pb::Project {
+                            instance: format!(
+                                "users/owner-{owner}/instances/i{}",
+                                owner * per_owner + p
+                            ),
+                            ..Default::default()
+                        }),
                     },
                     &token,
                 ))
@@ -157,21 +193,46 @@ async fn populate(addr: &str, admin: &str, users: usize, owners: usize, per_owne
 }
 
 /// One request of a scenario; `i` varies the target.
-async fn call(scenario: &str, channel: Channel, token: &str, i: usize, deep_token: &str) -> anyhow::Result<()> {
+async fn call(
+    scenario: &str,
+    channel: Channel,
+    token: &str,
+    i: usize,
+    deep_token: &str,
+) -> anyhow::Result<()> {
     match scenario {
         "health" => {
-            HealthClient::new(channel).check(HealthCheckRequest::default()).await?;
+            HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await?;
         }
         "get-instance" => {
             let n = i % 1000;
             LlmInstanceServiceClient::new(channel)
-                .get_instance(authed(pb::GetInstanceRequest { name: format!("users/owner-0/instances/i{n}") }, token))
+                .get_instance(authed(
+                    pb::GetInstanceRequest {
+                        name: format!("users/owner-0/instances/i{n}"),
+                    },
+                    token,
+                ))
                 .await?;
         }
         "list-first" | "list-deep" => {
-            let page_token = if scenario == "list-deep" { deep_token.to_owned() } else { String::new() };
+            let page_token = if scenario == "list-deep" {
+                deep_token.to_owned()
+            } else {
+                String::new()
+            };
             LlmInstanceServiceClient::new(channel)
-                .list_instances(authed(pb::ListInstancesRequest { parent: "users/bench".into(), page_size: 50, page_token, scope: 0 }, token))
+                .list_instances(authed(
+                    pb::ListInstancesRequest {
+                        parent: "users/bench".into(),
+                        page_size: 50,
+                        page_token,
+                        scope: 0,
+                    },
+                    token,
+                ))
                 .await?;
         }
         "create-instance" => {
@@ -196,7 +257,12 @@ async fn call(scenario: &str, channel: Channel, token: &str, i: usize, deep_toke
         }
         "project-instance" => {
             ProjectServiceClient::new(channel)
-                .get_project_instance(authed(pb::GetProjectInstanceRequest { name: format!("users/bench/projects/p{}", i % 100) }, token))
+                .get_project_instance(authed(
+                    pb::GetProjectInstanceRequest {
+                        name: format!("users/bench/projects/p{}", i % 100),
+                    },
+                    token,
+                ))
                 .await?;
         }
         other => anyhow::bail!("unknown scenario {other}"),
@@ -209,7 +275,15 @@ async fn deep_page_token(channel: Channel, token: &str, depth: usize) -> anyhow:
     let mut page_token = String::new();
     for _ in 0..depth {
         page_token = client
-            .list_instances(authed(pb::ListInstancesRequest { parent: "users/bench".into(), page_size: 50, page_token, scope: 0 }, token))
+            .list_instances(authed(
+                pb::ListInstancesRequest {
+                    parent: "users/bench".into(),
+                    page_size: 50,
+                    page_token,
+                    scope: 0,
+                },
+                token,
+            ))
             .await?
             .into_inner()
             .next_page_token;
@@ -217,9 +291,19 @@ async fn deep_page_token(channel: Channel, token: &str, depth: usize) -> anyhow:
     Ok(page_token)
 }
 
-async fn measure(addr: &str, token: &str, scenario: &str, concurrency: usize, seconds: u64) -> anyhow::Result<()> {
+async fn measure(
+    addr: &str,
+    token: &str,
+    scenario: &str,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
     let pool = channels(addr, concurrency.min(8)).await?;
-    let deep = if scenario == "list-deep" { deep_page_token(pool[0].clone(), token, 100).await? } else { String::new() };
+    let deep = if scenario == "list-deep" {
+        deep_page_token(pool[0].clone(), token, 100).await?
+    } else {
+        String::new()
+    };
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let streams = (0..concurrency).map(|s| {
         let (channel, token, deep) = (pool[s % pool.len()].clone(), token.to_owned(), deep.clone());
@@ -247,7 +331,11 @@ async fn measure(addr: &str, token: &str, scenario: &str, concurrency: usize, se
         errors += e;
     }
     latencies.sort();
-    let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     println!(
         "{scenario} {concurrency} {:.0} {:.3} {:.3} {errors}",
         latencies.len() as f64 / seconds as f64,
@@ -260,8 +348,12 @@ async fn measure(addr: &str, token: &str, scenario: &str, concurrency: usize, se
 async fn wait_serving(addr: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?.connect().await
-            && let Ok(answer) = HealthClient::new(channel).check(HealthCheckRequest::default()).await
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+            && let Ok(answer) = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
             && answer.into_inner().status == 1
         {
             return Ok(());
@@ -275,12 +367,29 @@ async fn wait_serving(addr: &str) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
-        Command::Populate { admin_token, users, owners, instances_per_owner, projects } => {
-            populate(&args.addr, &admin_token, users, owners, instances_per_owner, projects).await
+        Command::Populate {
+            admin_token,
+            users,
+            owners,
+            instances_per_owner,
+            projects,
+        } => {
+            populate(
+                &args.addr,
+                &admin_token,
+                users,
+                owners,
+                instances_per_owner,
+                projects,
+            )
+            .await
         }
         Command::Wait => wait_serving(&args.addr).await,
-        Command::Measure { token, scenario, concurrency, seconds } => {
-            measure(&args.addr, &token, &scenario, concurrency, seconds).await
-        }
+        Command::Measure {
+            token,
+            scenario,
+            concurrency,
+            seconds,
+        } => measure(&args.addr, &token, &scenario, concurrency, seconds).await,
     }
 }

@@ -222,9 +222,10 @@ impl LlmInstanceService for InstancesApi {
             .store
             .list_instances(&caller, &parent, scope, &page)
             .await?;
-        let (instances, next_page_token) = self.0.paginator.finish(found, &page, &query, |i| {
-            format!("{}/{}", i.name.owner, i.name.handle)
-        });
+        let (instances, next_page_token) = self
+            .0
+            .paginator
+            .finish(found, &page, &query, |i| i.sequence.to_string());
         Ok(Response::new(pb::ListInstancesResponse {
             instances: instances.into_iter().map(to_pb).collect(),
             next_page_token,

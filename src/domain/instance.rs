@@ -126,6 +126,8 @@ pub enum ApiKeyChange {
 /// An instance as stored, seen by one caller.
 #[derive(Debug, Clone)]
 pub struct Instance {
+    /// Creation order, unique: the order of ListInstances and its page cursor.
+    pub sequence: i64,
     pub name: InstanceName,
     pub uid: String,
     pub definition: Option<DefinitionName>,

@@ -80,6 +80,7 @@ impl InstanceRow {
             _ => None,
         };
         let instance = Instance {
+            sequence: self.id,
             name: InstanceName::new(owner, errors::stored_handle(&self.handle)?),
             uid: self.uid,
             definition,
@@ -210,8 +211,9 @@ impl Store {
         })
     }
 
-    /// Instances `user` can use (owned and shared, each once), ordered by full name, after the
-    /// cursor (`owner/handle`).
+    /// Instances `user` can use (owned and shared, each once) in creation order, after the
+    /// cursor (an instance's sequence). Each branch walks an index from the cursor and stops after
+    /// one page, so a page costs the same at any depth.
     pub async fn list_instances(
         &self,
         caller: &Caller,
@@ -220,26 +222,25 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Vec<Instance>, DomainError> {
         let user_id = Self::user_id(&self.pool, user.0.as_str()).await?;
-        let (after_owner, after_handle) = page
+        let after: i64 = page
             .after
             .as_deref()
-            .and_then(|cursor| cursor.split_once('/'))
-            .unwrap_or(("", ""));
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let rows = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
-            "SELECT * FROM ( \
-                {SELECT} WHERE $3 AND i.owner_id = $2 AND (u.handle, i.handle) > ($5, $6) \
+            "WITH page AS ( \
+                (SELECT id FROM instances WHERE $3 AND owner_id = $2 AND id > $5 ORDER BY id LIMIT $6) \
                 UNION ALL \
-                {SELECT} WHERE $4 AND i.owner_id <> $2 \
-                  AND EXISTS (SELECT 1 FROM shares g WHERE g.instance_id = i.id AND g.grantee_id = $2) \
-                  AND (u.handle, i.handle) > ($5, $6) \
-             ) visible ORDER BY owner, handle LIMIT $7"
+                (SELECT instance_id FROM shares WHERE $4 AND grantee_id = $2 AND instance_id > $5 \
+                 ORDER BY instance_id LIMIT $6) \
+             ) \
+             {SELECT} WHERE i.id IN (SELECT id FROM page) ORDER BY i.id LIMIT $6"
         )))
         .bind(caller_id(caller))
         .bind(user_id)
         .bind(scope != Scope::Shared)
         .bind(scope != Scope::Owned)
-        .bind(after_owner)
-        .bind(after_handle)
+        .bind(after)
         .bind(page.fetch_limit())
         .fetch_all(&self.pool)
         .await

@@ -696,21 +696,20 @@ async fn list_instances_returns_owned_and_shared_once_with_scopes_and_pages() {
         }
     };
     let all = walk(pb::InstanceScope::Unspecified).await;
-    let mut expected: Vec<(String, i32)> = [
-        "users/bob/instances/bobs-0",
-        "users/bob/instances/bobs-2",
-        "users/bob/instances/bobs-4",
-    ]
-    .iter()
-    .map(|n| (n.to_string(), pb::Role::Writer as i32))
-    .collect();
-    expected.extend((0..7).map(|i| {
-        (
-            format!("users/alice/instances/own-{i}"),
-            pb::Role::Owner as i32,
-        )
-    }));
-    expected.sort();
+    // Creation order: alice's own first (created first), then the ones bob shared.
+    let mut expected: Vec<(String, i32)> = (0..7)
+        .map(|i| {
+            (
+                format!("users/alice/instances/own-{i}"),
+                pb::Role::Owner as i32,
+            )
+        })
+        .collect();
+    expected.extend(
+        ["bobs-0", "bobs-2", "bobs-4"]
+            .iter()
+            .map(|h| (format!("users/bob/instances/{h}"), pb::Role::Writer as i32)),
+    );
     assert_eq!(all, expected);
     assert_eq!(walk(pb::InstanceScope::Owned).await.len(), 7);
     let shared = walk(pb::InstanceScope::Shared).await;
