@@ -75,7 +75,7 @@ $PG "DROP DATABASE IF EXISTS $PGB_DB WITH (FORCE)"
 $PG "CREATE DATABASE $PGB_DB"
 pgbench -h 127.0.0.1 -U postgres -i -s 10 -q "$PGB_DB" >/dev/null 2>&1
 cat > "$WORK/insert.sql" <<'SQL'
-\set n random(1, 1000000000)
+\set n random(1, 9000000000000000000)
 INSERT INTO bench_instances (owner_id, handle, endpoint, model, dimensions, api_key_ciphertext, api_key_key_id)
 VALUES (1, 'i' || :n || '-' || :client_id, 'https://api.openai.com/v1/embeddings', 'text-embedding-3-small', 1536,
         decode('00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff0011223344556677', 'hex'), 'abcdef0123456789');
@@ -84,8 +84,8 @@ psql -h 127.0.0.1 -U postgres -d "$PGB_DB" -qc "CREATE TABLE bench_instances (id
 declare -A PGB
 for c in $CONCURRENCIES; do
     threads=$(( c < 2 ? c : 2 ))
-    PGB["select,$c"]=$(pgbench -h 127.0.0.1 -U postgres -S -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print int($3)}')
-    PGB["insert,$c"]=$(pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/insert.sql" -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print int($3)}')
+    PGB["select,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -S -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
+    PGB["insert,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/insert.sql" -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
     echo "pgbench $c clients: -S ${PGB["select,$c"]} tps, insert ${PGB["insert,$c"]} tps"
 done
 

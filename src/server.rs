@@ -14,8 +14,7 @@ use std::{
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::server::NamedService;
+use tonic::{server::NamedService, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 
@@ -198,7 +197,12 @@ pub async fn serve(
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown);
+        // TCP_NODELAY: without it, a multi-segment answer (a page of 50 instances) waits ~40 ms
+        // on the client's delayed ACK (measured with bench/run.sh).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            on_shutdown,
+        );
     // Draining waits for in-flight calls, but a long-lived stream (a health Watch) would hold
     // it open forever: after the grace period the remaining calls are cut.
     let grace = settings.shutdown_grace;
