@@ -135,3 +135,32 @@ pub async fn read_body(
 pub fn with_body(parts: http::request::Parts, bytes: bytes::Bytes) -> Request<Body> {
     Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)))
 }
+
+/// A request message already decoded by an outer layer, so that inner layers need not buffer and
+/// decode the body again.
+#[derive(Clone)]
+pub struct DecodedRequest(pub prost_reflect::DynamicMessage);
+
+/// Decodes one uncompressed unary gRPC frame as a message of type `input`.
+pub fn decode_frame(
+    input: &prost_reflect::MessageDescriptor,
+    body: &[u8],
+) -> Result<prost_reflect::DynamicMessage, crate::domain::DomainError> {
+    use crate::domain::DomainError;
+    let malformed = || DomainError::invalid("", "the request is not a well-formed gRPC message");
+    if body.len() < FRAME_HEADER_LEN {
+        return Err(malformed());
+    }
+    if body[0] != 0 {
+        return Err(DomainError::invalid(
+            "",
+            "compressed requests are not accepted",
+        ));
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != FRAME_HEADER_LEN + length {
+        return Err(malformed());
+    }
+    prost_reflect::DynamicMessage::decode(input.clone(), &body[FRAME_HEADER_LEN..])
+        .map_err(|_| malformed())
+}

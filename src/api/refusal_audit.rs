@@ -14,7 +14,7 @@ use crate::{
     api::status::to_status,
     auth::system_guard::is_read_only_method,
     domain::{audit::caller_label, caller::Caller},
-    middleware::{FRAME_HEADER_LEN, Middleware, Next, read_body, with_body},
+    middleware::{DecodedRequest, Middleware, Next, decode_frame, read_body, with_body},
     store::Store,
 };
 
@@ -152,13 +152,15 @@ impl Middleware for RefusalAudit {
                     return status.into_http();
                 }
             };
-            let target = bytes
-                .get(FRAME_HEADER_LEN..)
-                .filter(|_| bytes.first() == Some(&0))
-                .and_then(|payload| DynamicMessage::decode(input, payload).ok())
-                .map(|message| requested_target(&message))
-                .unwrap_or_default();
-            let response = next.run(with_body(parts, bytes)).await;
+            // Decoded once here and handed to the `_system` guard below, which would otherwise
+            // buffer and decode the same body again. A malformed body is left for it to refuse.
+            let decoded = decode_frame(&input, &bytes).ok();
+            let target = decoded.as_ref().map(requested_target).unwrap_or_default();
+            let mut request = with_body(parts, bytes);
+            if let Some(message) = decoded {
+                request.extensions_mut().insert(DecodedRequest(message));
+            }
+            let response = next.run(request).await;
             if let Some(code) = response
                 .headers()
                 .get("grpc-status")

@@ -24,7 +24,7 @@ use tonic::body::Body;
 use crate::{
     api::status::to_status,
     domain::{DomainError, caller::Caller, names::SYSTEM_USER},
-    middleware::{FRAME_HEADER_LEN, Middleware, Next, read_body, with_body},
+    middleware::{DecodedRequest, Middleware, Next, decode_frame, read_body, with_body},
 };
 
 /// Fields that name the resource a request acts on.
@@ -73,28 +73,13 @@ impl SystemGuard {
     }
 
     /// Judges one buffered unary request body; `enforce` says whether the `_system` rule applies.
-    fn check(&self, method: &MethodInfo, enforce: bool, body: &[u8]) -> Result<(), DomainError> {
-        let malformed =
-            || DomainError::invalid("", "the request is not a well-formed gRPC message");
-        if body.len() < FRAME_HEADER_LEN {
-            return Err(malformed());
-        }
-        if body[0] != 0 {
-            return Err(DomainError::invalid(
-                "",
-                "compressed requests are not accepted",
-            ));
-        }
-        let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-        let payload = body
-            .get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + length)
-            .ok_or_else(malformed)?;
-        if body.len() != FRAME_HEADER_LEN + length {
-            return Err(malformed());
-        }
-        let message =
-            DynamicMessage::decode(method.input.clone(), payload).map_err(|_| malformed())?;
-        if enforce && method.mutating && targets_system(&message) {
+    fn check(
+        &self,
+        method: &MethodInfo,
+        enforce: bool,
+        message: &DynamicMessage,
+    ) -> Result<(), DomainError> {
+        if enforce && method.mutating && targets_system(message) {
             Err(DomainError::system_namespace())
         } else {
             Ok(())
@@ -146,10 +131,22 @@ impl Middleware for SystemGuard {
             .extensions()
             .get::<Caller>()
             .is_some_and(Caller::is_admin);
+        // The refusal-audit layer above has usually decoded the message already.
+        if let Some(DecodedRequest(message)) = request.extensions().get::<DecodedRequest>() {
+            let verdict = self.check(&method, enforce, message);
+            return Box::pin(async move {
+                match verdict {
+                    Ok(()) => next.run(request).await,
+                    Err(error) => to_status(error).into_http(),
+                }
+            });
+        }
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let checked = match read_body(body, self.max_message_bytes).await {
-                Ok(bytes) => self.check(&method, enforce, &bytes).map(|()| bytes),
+                Ok(bytes) => decode_frame(&method.input, &bytes)
+                    .and_then(|message| self.check(&method, enforce, &message))
+                    .map(|()| bytes),
                 Err(error) => Err(error),
             };
             match checked {
