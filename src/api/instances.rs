@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use super::{
     ApiContext, caller_of,
     convert::{self, ServiceFields},
-    required,
+    credential_of, required,
 };
 use crate::{
     domain::{
@@ -182,9 +182,17 @@ impl LlmInstanceService for InstancesApi {
         &self,
         request: Request<pb::GetInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        let caller = caller_of(&request)?;
-        let name = InstanceName::parse("name", &request.get_ref().name)?;
-        let instance = self.0.store.find_instance(&caller, &name).await?;
+        let credential = credential_of(&request)?;
+        let name = match InstanceName::parse("name", &request.get_ref().name) {
+            Ok(name) => name,
+            Err(invalid) => {
+                // An unknown token is UNAUTHENTICATED whatever else is wrong, as on every path.
+                self.0.store.caller_for(&credential).await?;
+                return Err(invalid.into());
+            }
+        };
+        let (caller, instance) = self.0.store.find_instance_as(&credential, &name).await?;
+        tracing::Span::current().record("caller", caller.label());
         authorize(
             instance.as_ref().map(|i| i.access_role),
             InstanceAction::Use,

@@ -17,7 +17,11 @@ use std::sync::Arc;
 use tonic::Request;
 
 use crate::{
-    domain::{DomainError, caller::Caller, pagination::Paginator},
+    domain::{
+        DomainError,
+        caller::{Caller, Credential},
+        pagination::Paginator,
+    },
     store::Store,
     vault::KeyRing,
 };
@@ -36,6 +40,16 @@ pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, DomainError> {
     request
         .extensions()
         .get::<Caller>()
+        .cloned()
+        .ok_or(DomainError::Unauthenticated)
+}
+
+/// The credential of a request on a path in [`crate::auth::RESOLVED_IN_QUERY`]: the caller, or
+/// a token for the store to resolve.
+pub fn credential_of<T>(request: &Request<T>) -> Result<Credential, DomainError> {
+    request
+        .extensions()
+        .get::<Credential>()
         .cloned()
         .ok_or(DomainError::Unauthenticated)
 }

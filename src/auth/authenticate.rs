@@ -12,7 +12,10 @@ use tonic::body::Body;
 use super::token;
 use crate::{
     api::status::to_status,
-    domain::{DomainError, caller::Caller},
+    domain::{
+        DomainError,
+        caller::{Caller, Credential, UnresolvedToken},
+    },
     middleware::{Middleware, Next},
     store::Store,
 };
@@ -32,19 +35,21 @@ impl Authenticator {
         }
     }
 
+    /// The caller behind the request's token. The lookup is by hash through a unique index:
+    /// its timing reveals nothing about any stored token, since nobody can choose hash prefixes.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, DomainError> {
+        let credential = self.credential(headers)?;
+        self.store.caller_for(&credential).await
+    }
+
+    /// The admin, or a user token still to be looked up; no database work.
+    fn credential(&self, headers: &HeaderMap) -> Result<Credential, DomainError> {
         let presented = bearer_token(headers).ok_or(DomainError::Unauthenticated)?;
         let presented_hash = token::hash(presented);
         if bool::from(presented_hash.ct_eq(&self.admin_token_hash)) {
-            return Ok(Caller::Admin);
+            return Ok(Credential::Caller(Caller::Admin));
         }
-        // The lookup is by hash through a unique index: the timing reveals nothing about any
-        // stored token, since an attacker cannot choose hash prefixes.
-        self.store
-            .principal_by_token_hash(&presented_hash)
-            .await?
-            .map(Caller::User)
-            .ok_or(DomainError::Unauthenticated)
+        Ok(Credential::Token(UnresolvedToken::new(presented_hash)))
     }
 }
 
@@ -63,6 +68,20 @@ impl Middleware for Authenticator {
     ) -> BoxFuture<'static, Response<Body>> {
         if super::is_public_path(request.uri().path()) {
             return Box::pin(next.run(request));
+        }
+        if super::RESOLVED_IN_QUERY.contains(&request.uri().path()) {
+            // The handler's query resolves the token; the layer only tells the admin apart.
+            return match self.credential(request.headers()) {
+                Ok(credential) => {
+                    if let Credential::Caller(caller) = &credential {
+                        tracing::Span::current().record("caller", caller.label());
+                        request.extensions_mut().insert(caller.clone());
+                    }
+                    request.extensions_mut().insert(credential);
+                    Box::pin(next.run(request))
+                }
+                Err(error) => Box::pin(std::future::ready(to_status(error).into_http())),
+            };
         }
         Box::pin(async move {
             match self.authenticate(request.headers()).await {

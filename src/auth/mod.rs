@@ -14,3 +14,8 @@ pub fn is_public_path(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1.ServerReflection/")
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
+
+/// Read paths whose store query resolves a user's token itself, in the same statement as the
+/// read (see [`Credential::Token`](crate::domain::caller::Credential::Token)). They are the hot
+/// paths: a service reading its instance on every request pays one round trip, not two.
+pub const RESOLVED_IN_QUERY: &[&str] = &["/llmregistry.v1.LlmInstanceService/GetInstance"];

@@ -48,3 +48,34 @@ impl Caller {
         }
     }
 }
+
+/// What the authentication layer established about a request.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// The caller, looked up (or the configured administrator).
+    Caller(Caller),
+    /// A user token not looked up yet. Only the read paths listed in
+    /// `auth::RESOLVED_IN_QUERY` get this: their store query resolves the token in the same
+    /// statement, which saves a round trip and is exactly as fresh as a separate lookup.
+    Token(UnresolvedToken),
+}
+
+/// The SHA-256 of a presented user token; redacted in `Debug`.
+#[derive(Clone)]
+pub struct UnresolvedToken([u8; 32]);
+
+impl UnresolvedToken {
+    pub fn new(hash: [u8; 32]) -> Self {
+        Self(hash)
+    }
+
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for UnresolvedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnresolvedToken(<redacted>)")
+    }
+}

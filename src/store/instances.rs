@@ -2,14 +2,15 @@
 //! writes the row, with the row's immutable uid as associated data; no plaintext reaches SQL.
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, FromRow, Postgres, Row, Transaction};
 
 use super::{Store, audit, blockers, errors};
+use crate::domain::audit::resource_owner;
 use crate::{
     domain::{
         DomainError,
         audit::Audit,
-        caller::Caller,
+        caller::{Caller, Credential, UserPrincipal},
         definition::ServiceSpec,
         instance::{ApiKeyChange, Instance, Role, Scope, effective_role},
         names::{ApiStandardName, DefinitionName, InstanceName, UserKey, UserName},
@@ -40,18 +41,80 @@ struct InstanceRow {
     shared_role: Option<String>,
 }
 
-/// Every column of an instance, plus the caller's share role; `$1` is the caller's user id
-/// (NULL for the configured admin).
-const SELECT: &str = "SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
-    du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard, \
-    i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
-    i.revision, i.create_time, i.update_time, s.role AS shared_role \
-    FROM instances i \
-    JOIN users u ON u.id = i.owner_id \
-    JOIN api_standards st ON st.id = i.api_standard_id \
-    LEFT JOIN definitions d ON d.id = i.definition_id \
-    LEFT JOIN users du ON du.id = d.owner_id \
-    LEFT JOIN shares s ON s.instance_id = i.id AND s.grantee_id = $1";
+/// Every column of an instance, plus the role of a share of it to `$grantee` (an SQL expression
+/// for a user id; NULL for the configured admin).
+macro_rules! select_instances {
+    ($grantee:literal) => {
+        concat!(
+            "SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
+             du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard, \
+             i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
+             i.revision, i.create_time, i.update_time, s.role AS shared_role \
+             FROM instances i \
+             JOIN users u ON u.id = i.owner_id \
+             JOIN api_standards st ON st.id = i.api_standard_id \
+             LEFT JOIN definitions d ON d.id = i.definition_id \
+             LEFT JOIN users du ON du.id = d.owner_id \
+             LEFT JOIN shares s ON s.instance_id = i.id AND s.grantee_id = ",
+            $grantee
+        )
+    };
+}
+
+/// [`select_instances`] for the caller whose user id is `$1`.
+const SELECT: &str = select_instances!("$1");
+
+/// One instance by name (`$2`, `$3`) for the user whose token hash is `$1`, resolving the token
+/// in the same statement: no row means no such token; a row without an instance means no such
+/// instance. Reading the token with the instance costs one round trip instead of two, and
+/// cannot see a token that a rotation or deletion on another replica has already replaced.
+const FIND_BY_TOKEN: &str = concat!(
+    "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, x.* \
+     FROM users c LEFT JOIN LATERAL (",
+    select_instances!("c.id"),
+    " WHERE u.handle = $2 AND i.handle = $3) x ON true WHERE c.token_hash = $1"
+);
+
+/// Inserts an instance and its audit event in one statement. The owner, API standard and
+/// definition are resolved by handle inside it; when one is missing nothing is inserted and the
+/// `*_found` flags say which. `$3` is NULL when the instance has no source definition.
+const CREATE: &str = "WITH owner AS (SELECT id FROM users WHERE handle = $1), \
+    standard AS (SELECT id FROM api_standards WHERE handle = $2), \
+    definition AS (SELECT d.id FROM definitions d JOIN users u ON u.id = d.owner_id \
+                   WHERE u.handle = $3 AND d.handle = $4), \
+    inserted AS ( \
+        INSERT INTO instances (uid, owner_id, handle, definition_id, endpoint, api_standard_id, model, \
+                               dimensions, context_limit, description, api_key_ciphertext, api_key_key_id) \
+        SELECT $5::uuid, owner.id, $6, (SELECT id FROM definition), $7, standard.id, $8, $9, $10, $11, $12, $13 \
+        FROM owner, standard \
+        WHERE $3::text IS NULL OR EXISTS (SELECT 1 FROM definition) \
+        RETURNING id, revision, create_time, update_time), \
+    audited AS ( \
+        INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail) \
+        SELECT $14, $15, $16, $17, 'OK', $18 FROM inserted) \
+    SELECT EXISTS (SELECT 1 FROM owner) AS owner_found, EXISTS (SELECT 1 FROM standard) AS standard_found, \
+        inserted.id, inserted.revision, inserted.create_time, inserted.update_time \
+    FROM (SELECT 1) AS one LEFT JOIN inserted ON true";
+
+#[derive(sqlx::FromRow)]
+struct CreatedRow {
+    owner_found: bool,
+    standard_found: bool,
+    id: Option<i64>,
+    revision: Option<i64>,
+    create_time: Option<DateTime<Utc>>,
+    update_time: Option<DateTime<Utc>>,
+}
+
+/// A random (version 4) uid for a new instance.
+fn new_uid() -> String {
+    let mut bytes = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
 
 fn user_key(value: &str) -> Result<UserKey, DomainError> {
     UserKey::parse("stored", value)
@@ -118,6 +181,9 @@ pub struct NewInstance<'a> {
 }
 
 impl Store {
+    /// Creates an instance, seals its key and records the audit event in one statement: one
+    /// round trip, atomic like any single statement. The uid is drawn here rather than by the
+    /// database because the key is sealed with it as associated data before the row exists.
     pub async fn create_instance(
         &self,
         audit: &Audit,
@@ -125,69 +191,76 @@ impl Store {
         new: NewInstance<'_>,
         ring: &KeyRing,
     ) -> Result<Instance, DomainError> {
-        let resource = new.name.to_string();
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let owner_id = Self::user_id(&mut *tx, new.name.owner.as_str()).await?;
-        let standard_id = Self::api_standard_id(
-            &mut *tx,
-            "instance.api_standard",
-            new.spec.api_standard.0.as_str(),
-        )
-        .await?;
-        let definition_id: Option<i64> = match new.definition {
-            None => None,
-            Some(definition) => Some(
-                sqlx::query_scalar(
-                    "SELECT d.id FROM definitions d JOIN users u ON u.id = d.owner_id \
-                     WHERE u.handle = $1 AND d.handle = $2",
-                )
-                .bind(definition.owner.as_str())
-                .bind(definition.handle.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(errors::db)?
-                .ok_or_else(|| DomainError::NotFound(definition.to_string()))?,
-            ),
-        };
-        let (id, uid): (i64, String) = sqlx::query_as(
-            "INSERT INTO instances \
-             (owner_id, handle, definition_id, endpoint, api_standard_id, model, dimensions, context_limit, description) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id, uid::text",
-        )
-        .bind(owner_id)
-        .bind(new.name.handle.as_str())
-        .bind(definition_id)
-        .bind(&new.spec.endpoint)
-        .bind(standard_id)
-        .bind(&new.spec.model)
-        .bind(new.spec.dimensions)
-        .bind(new.spec.context_limit)
-        .bind(&new.spec.description)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| match errors::sqlstate(&e).as_deref() {
-            Some(errors::FOREIGN_KEY_VIOLATION) => errors::on_reference(e, "instance.api_standard"),
-            _ => errors::on_insert(e, &resource),
+        let owner = new.name.owner.clone();
+        let access_role = effective_role(caller, &owner, None).ok_or_else(|| {
+            DomainError::Internal("an instance created by a caller who may not use it".to_owned())
         })?;
-        if let Some(api_key) = new.api_key {
-            Self::store_key(
-                &mut tx,
-                id,
-                &uid,
-                ApiKeyChange::Replace(api_key.clone()),
-                ring,
-            )
-            .await?;
-        }
-        let created = Self::visible_by_id(&mut tx, caller, id).await?;
+        let resource = new.name.to_string();
+        let uid = new_uid();
+        let sealed = new.api_key.map(|api_key| ring.seal(api_key, &uid));
         let detail = if new.api_key.is_some() {
             "created; api_key set"
         } else {
             "created"
         };
-        audit::record(&mut tx, audit, &resource, detail).await?;
-        tx.commit().await.map_err(errors::db)?;
-        Ok(created)
+        let row: CreatedRow = sqlx::query_as(CREATE)
+            .bind(owner.as_str())
+            .bind(new.spec.api_standard.0.as_str())
+            .bind(new.definition.map(|d| d.owner.as_str()))
+            .bind(new.definition.map(|d| d.handle.as_str()))
+            .bind(&uid)
+            .bind(new.name.handle.as_str())
+            .bind(&new.spec.endpoint)
+            .bind(&new.spec.model)
+            .bind(new.spec.dimensions)
+            .bind(new.spec.context_limit)
+            .bind(&new.spec.description)
+            .bind(sealed.as_ref().map(|s| s.ciphertext.as_slice()))
+            .bind(sealed.as_ref().map(|s| s.key_id.as_str()))
+            .bind(&audit.caller)
+            .bind(audit.method)
+            .bind(&resource)
+            .bind(resource_owner(&resource))
+            .bind(detail)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| match errors::sqlstate(&e).as_deref() {
+                Some(errors::FOREIGN_KEY_VIOLATION) => {
+                    errors::on_reference(e, "instance.api_standard")
+                }
+                _ => errors::on_insert(e, &resource),
+            })?;
+        let (Some(sequence), Some(revision), Some(create_time), Some(update_time)) =
+            (row.id, row.revision, row.create_time, row.update_time)
+        else {
+            // Nothing was inserted: say which reference was missing, as the lookups would.
+            return Err(if !row.owner_found {
+                DomainError::NotFound(format!("users/{owner}"))
+            } else if !row.standard_found {
+                DomainError::invalid(
+                    "instance.api_standard",
+                    format!("unknown API standard {}", new.spec.api_standard),
+                )
+            } else {
+                DomainError::NotFound(
+                    new.definition
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| resource.clone()),
+                )
+            });
+        };
+        Ok(Instance {
+            sequence,
+            name: new.name.clone(),
+            uid,
+            definition: new.definition.cloned(),
+            spec: new.spec.clone(),
+            has_api_key: sealed.is_some(),
+            access_role,
+            revision,
+            create_time,
+            update_time,
+        })
     }
 
     /// The instance as `caller` sees it; `None` if it does not exist or the caller may not know.
@@ -209,6 +282,46 @@ impl Store {
             Some(row) => row.into_visible(caller)?.map(|(_, instance)| instance),
             None => None,
         })
+    }
+
+    /// Like [`Store::find_instance`], for a credential that may be an unresolved token (see
+    /// [`Credential`]); also answers who the caller turned out to be.
+    pub async fn find_instance_as(
+        &self,
+        credential: &Credential,
+        name: &InstanceName,
+    ) -> Result<(Caller, Option<Instance>), DomainError> {
+        let token = match credential {
+            Credential::Caller(caller) => {
+                let found = self.find_instance(caller, name).await?;
+                return Ok((caller.clone(), found));
+            }
+            Credential::Token(token) => token,
+        };
+        let row = sqlx::query(FIND_BY_TOKEN)
+            .bind(token.hash().as_slice())
+            .bind(name.owner.as_str())
+            .bind(name.handle.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(errors::db)?
+            .ok_or(DomainError::Unauthenticated)?;
+        let caller = Caller::User(UserPrincipal {
+            id: row.try_get("caller_id").map_err(errors::db)?,
+            handle: errors::stored_handle(
+                row.try_get::<&str, _>("caller_handle")
+                    .map_err(errors::db)?,
+            )?,
+            is_admin: row.try_get("caller_is_admin").map_err(errors::db)?,
+        });
+        let found = match row.try_get::<Option<i64>, _>("id").map_err(errors::db)? {
+            None => None,
+            Some(_) => InstanceRow::from_row(&row)
+                .map_err(errors::db)?
+                .into_visible(&caller)?
+                .map(|(_, instance)| instance),
+        };
+        Ok((caller, found))
     }
 
     /// Instances `user` can use (owned and shared, each once) in creation order, after the

@@ -8,7 +8,7 @@ use super::{Store, audit, blockers, errors};
 use crate::domain::{
     DomainError,
     audit::Audit,
-    caller::UserPrincipal,
+    caller::{Caller, Credential, UserPrincipal},
     names::{UserKey, UserName},
     pagination::PageRequest,
     user::{NewUser, User, UserFields},
@@ -44,6 +44,18 @@ impl UserRow {
 
 impl Store {
     /// The user holding a token with this hash, if any. `_system` has no token, so never matches.
+    /// The caller a credential stands for; UNAUTHENTICATED for an unknown token.
+    pub async fn caller_for(&self, credential: &Credential) -> Result<Caller, DomainError> {
+        match credential {
+            Credential::Caller(caller) => Ok(caller.clone()),
+            Credential::Token(token) => self
+                .principal_by_token_hash(token.hash())
+                .await?
+                .map(Caller::User)
+                .ok_or(DomainError::Unauthenticated),
+        }
+    }
+
     pub async fn principal_by_token_hash(
         &self,
         token_hash: &[u8],

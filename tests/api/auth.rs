@@ -107,3 +107,140 @@ async fn tokens_are_stored_only_as_hashes() {
         .unwrap();
     assert!(dump.iter().all(|row| !row.contains(&token)));
 }
+
+/// GetInstance resolves the token inside its own query (one round trip, see
+/// `auth::RESOLVED_IN_QUERY`); it must refuse exactly what the separate lookup refuses, and see a
+/// rotation, a deletion or a lost admin flag at once.
+#[tokio::test]
+async fn get_instance_resolves_tokens_as_strictly_as_the_authentication_layer() {
+    use prost_types::FieldMask;
+
+    let app = TestApp::spawn().await;
+    let owner = app.create_user("owner").await;
+    let boss = app.create_user("boss").await;
+    let instance = "users/owner/instances/mine".to_owned();
+    crate::helpers::create_instance_from(
+        &app,
+        &owner,
+        "owner",
+        "mine",
+        "users/_system/definitions/openai-small",
+        pb::Instance::default(),
+    )
+    .await
+    .expect("owner creates an instance");
+    let get = |name: &str| pb::GetInstanceRequest {
+        name: name.to_owned(),
+    };
+    let mut instances = app.instances();
+
+    // The owner, the configured admin: served.
+    let seen = instances
+        .get_instance(authed(get(&instance), &owner))
+        .await
+        .expect("the owner reads")
+        .into_inner();
+    assert_eq!(seen.name, instance);
+    instances
+        .get_instance(authed(get(&instance), &app.admin_token))
+        .await
+        .expect("the admin reads");
+
+    // No token, a wrong one, a malformed name with a wrong token: UNAUTHENTICATED first.
+    assert_code(
+        instances.get_instance(Request::new(get(&instance))).await,
+        Code::Unauthenticated,
+    );
+    assert_code(
+        instances
+            .get_instance(authed(get(&instance), "llmr_not-a-real-token"))
+            .await,
+        Code::Unauthenticated,
+    );
+    assert_code(
+        instances
+            .get_instance(authed(get("not a name"), "llmr_not-a-real-token"))
+            .await,
+        Code::Unauthenticated,
+    );
+    // A malformed name with a good token is the caller's mistake, named.
+    assert_code(
+        instances
+            .get_instance(authed(get("not a name"), &owner))
+            .await,
+        Code::InvalidArgument,
+    );
+    // A stranger's read of an existing instance looks like a missing one.
+    assert_code(
+        instances.get_instance(authed(get(&instance), &boss)).await,
+        Code::NotFound,
+    );
+
+    // An admin flag counts at once, both ways.
+    let set_admin = |admin: bool, etag: String| pb::UpdateUserRequest {
+        user: Some(pb::User {
+            name: "users/boss".into(),
+            admin,
+            etag,
+            ..Default::default()
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec!["admin".into()],
+        }),
+    };
+    let promoted = app
+        .users()
+        .update_user(authed(set_admin(true, String::new()), &app.admin_token))
+        .await
+        .expect("admin promotes boss")
+        .into_inner();
+    instances
+        .get_instance(authed(get(&instance), &boss))
+        .await
+        .expect("a user flagged admin reads any instance");
+    app.users()
+        .update_user(authed(set_admin(false, promoted.etag), &app.admin_token))
+        .await
+        .expect("admin demotes boss");
+    assert_code(
+        instances.get_instance(authed(get(&instance), &boss)).await,
+        Code::NotFound,
+    );
+
+    // Rotation: the old token is dead at once, the new one reads.
+    let rotated = app
+        .users()
+        .rotate_user_token(authed(
+            pb::RotateUserTokenRequest {
+                name: "users/owner".to_owned(),
+            },
+            &owner,
+        ))
+        .await
+        .expect("the owner rotates")
+        .into_inner();
+    assert_code(
+        instances.get_instance(authed(get(&instance), &owner)).await,
+        Code::Unauthenticated,
+    );
+    instances
+        .get_instance(authed(get(&instance), &rotated.token))
+        .await
+        .expect("the new token reads");
+
+    // Deletion: the token dies with the user.
+    app.users()
+        .delete_user(authed(
+            pb::DeleteUserRequest {
+                name: "users/boss".to_owned(),
+                etag: String::new(),
+            },
+            &app.admin_token,
+        ))
+        .await
+        .expect("admin deletes boss");
+    assert_code(
+        instances.get_instance(authed(get(&instance), &boss)).await,
+        Code::Unauthenticated,
+    );
+}

@@ -322,6 +322,38 @@ async fn bad_sources_and_fields_are_refused_clearly() {
         ))
         .await;
     assert_invalid_field(standalone_missing_fields, "instance.endpoint");
+    // The admin creating for a user who does not exist: NOT_FOUND naming the user, nothing
+    // written (the create is one statement that resolves the owner itself).
+    let for_nobody = create_instance_from(
+        &app,
+        &app.admin_token,
+        "nobody",
+        "orphan",
+        "_system/cohere-v4",
+        pb::Instance::default(),
+    )
+    .await;
+    let status = for_nobody.expect_err("no such owner");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("users/nobody"), "{status:?}");
+    // The same instance twice: ALREADY_EXISTS, the first one untouched.
+    for attempt in 0..2 {
+        let created = create_instance_from(
+            &app,
+            &alice,
+            "alice",
+            "twice",
+            "_system/cohere-v4",
+            pb::Instance::default(),
+        )
+        .await;
+        match attempt {
+            0 => assert!(!created.expect("first create").uid.is_empty()),
+            _ => {
+                assert_code(created, Code::AlreadyExists);
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use llm_registry::{
     auth::token::IssuedToken,
     pb::v1::{
         self as pb, llm_definition_service_client::LlmDefinitionServiceClient,
+        llm_instance_service_client::LlmInstanceServiceClient,
         user_service_client::UserServiceClient,
     },
     vault::MasterKey,
@@ -140,6 +141,25 @@ async fn two_replicas_share_one_database_without_stale_state() {
         ))
         .await;
     assert_eq!(old.unwrap_err().code(), Code::Unauthenticated);
+    // GetInstance resolves the token in its own query; the same holds there.
+    let old_get = LlmInstanceServiceClient::new(channel_b.clone())
+        .get_instance(authed(
+            pb::GetInstanceRequest {
+                name: "users/alice/instances/missing".into(),
+            },
+            &token,
+        ))
+        .await;
+    assert_eq!(old_get.unwrap_err().code(), Code::Unauthenticated);
+    let new_get = LlmInstanceServiceClient::new(channel_b.clone())
+        .get_instance(authed(
+            pb::GetInstanceRequest {
+                name: "users/alice/instances/missing".into(),
+            },
+            &rotated.token,
+        ))
+        .await;
+    assert_eq!(new_get.unwrap_err().code(), Code::NotFound);
     LlmDefinitionServiceClient::new(channel_b.clone())
         .list_definitions(authed(
             pb::ListDefinitionsRequest {
@@ -171,6 +191,15 @@ async fn two_replicas_share_one_database_without_stale_state() {
         ))
         .await;
     assert_eq!(gone.unwrap_err().code(), Code::Unauthenticated);
+    let gone_get = LlmInstanceServiceClient::new(channel_a.clone())
+        .get_instance(authed(
+            pb::GetInstanceRequest {
+                name: "users/alice/instances/missing".into(),
+            },
+            &rotated.token,
+        ))
+        .await;
+    assert_eq!(gone_get.unwrap_err().code(), Code::Unauthenticated);
 
     crate::binary::terminate(a).await;
     crate::binary::terminate(b).await;
