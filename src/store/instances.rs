@@ -5,11 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, FromRow, Postgres, Row, Transaction};
 
 use super::{Store, audit, blockers, errors};
-use crate::domain::audit::resource_owner;
 use crate::{
     domain::{
         DomainError,
-        audit::Audit,
+        audit::{Audit, resource_owner},
         caller::{Caller, Credential, UserPrincipal},
         definition::ServiceSpec,
         instance::{ApiKeyChange, Instance, Role, Scope, effective_role},
