@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ApiContext, caller_of, convert, instances, required};
+use super::{ApiContext, caller_of, convert, credential_of, instances, required};
 use crate::{
     domain::{
         DomainError, access,
@@ -190,22 +190,28 @@ impl ProjectService for ProjectsApi {
         &self,
         request: Request<pb::GetProjectInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        let caller = caller_of(&request)?;
-        let name = ProjectName::parse("name", &request.get_ref().name)?;
+        let credential = credential_of(&request)?;
+        let name = match ProjectName::parse("name", &request.get_ref().name) {
+            Ok(name) => name,
+            Err(invalid) => {
+                // An unknown token is UNAUTHENTICATED whatever else is wrong, as on every path.
+                self.0.store.caller_for(&credential).await?;
+                return Err(invalid.into());
+            }
+        };
+        // One statement resolves the token, the project and its instance (see
+        // `auth::RESOLVED_IN_QUERY`); whether the caller may see the project is decided here,
+        // and a project the caller may not see is NOT_FOUND exactly like a missing one.
+        let (caller, found) = self
+            .0
+            .store
+            .find_project_instance_as(&credential, &name)
+            .await?;
+        tracing::Span::current().record("caller", caller.label());
         check_visible(&caller, &name)?;
-        let not_found = || DomainError::NotFound(name.to_string());
-        let project = self
-            .0
-            .store
-            .find_project(&name)
-            .await?
-            .ok_or_else(not_found)?;
         // The caller is the project's owner (who can use the bound instance) or an admin.
-        let instance = self
-            .0
-            .store
-            .find_instance(&caller, &project.instance)
-            .await?
+        let instance = found
+            .ok_or_else(|| DomainError::NotFound(name.to_string()))?
             .ok_or_else(|| {
                 DomainError::Internal(format!(
                     "{name} is bound to an instance its owner cannot see"

@@ -9,10 +9,10 @@ use crate::{
     domain::{
         DomainError,
         audit::{Audit, resource_owner},
-        caller::{Caller, Credential, UserPrincipal},
+        caller::{Caller, Credential, UnresolvedToken, UserPrincipal},
         definition::ServiceSpec,
         instance::{ApiKeyChange, Instance, Role, Scope, effective_role},
-        names::{ApiStandardName, DefinitionName, InstanceName, UserKey, UserName},
+        names::{ApiStandardName, DefinitionName, InstanceName, ProjectName, UserKey, UserName},
         pagination::PageRequest,
     },
     vault::{ApiKey, KeyRing},
@@ -72,6 +72,16 @@ const FIND_BY_TOKEN: &str = concat!(
      FROM users c LEFT JOIN LATERAL (",
     select_instances!("c.id"),
     " WHERE u.handle = $2 AND i.handle = $3) x ON true WHERE c.token_hash = $1"
+);
+
+/// The instance bound to project `$2`/`$3` for the user whose token hash is `$1`, as
+/// [`FIND_BY_TOKEN`] does for an instance name.
+const FIND_PROJECT_INSTANCE_BY_TOKEN: &str = concat!(
+    "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, x.* \
+     FROM users c LEFT JOIN LATERAL (",
+    select_instances!("c.id"),
+    " JOIN projects p ON p.instance_id = i.id JOIN users pu ON pu.id = p.owner_id \
+      WHERE pu.handle = $2 AND p.handle = $3) x ON true WHERE c.token_hash = $1"
 );
 
 /// Inserts an instance and its audit event in one statement. The owner, API standard and
@@ -297,10 +307,68 @@ impl Store {
             }
             Credential::Token(token) => token,
         };
-        let row = sqlx::query(FIND_BY_TOKEN)
+        let (caller, row) = self
+            .with_caller(
+                FIND_BY_TOKEN,
+                token,
+                name.owner.as_str(),
+                name.handle.as_str(),
+            )
+            .await?;
+        let found = match row {
+            None => None,
+            Some(row) => row.into_visible(&caller)?.map(|(_, instance)| instance),
+        };
+        Ok((caller, found))
+    }
+
+    /// The instance bound to a project, for a credential that may be an unresolved token, and
+    /// who the caller is. `None`: no such project. `Some(None)`: the project exists but its
+    /// instance is not visible to the caller. The caller's right to see the project itself is
+    /// for the handler to check.
+    pub async fn find_project_instance_as(
+        &self,
+        credential: &Credential,
+        project: &ProjectName,
+    ) -> Result<(Caller, Option<Option<Instance>>), DomainError> {
+        let token = match credential {
+            Credential::Caller(caller) => {
+                let found = match self.find_project(project).await? {
+                    None => None,
+                    Some(found) => Some(self.find_instance(caller, &found.instance).await?),
+                };
+                return Ok((caller.clone(), found));
+            }
+            Credential::Token(token) => token,
+        };
+        let (caller, row) = self
+            .with_caller(
+                FIND_PROJECT_INSTANCE_BY_TOKEN,
+                token,
+                project.owner.as_str(),
+                project.handle.as_str(),
+            )
+            .await?;
+        let found = match row {
+            None => None,
+            Some(row) => Some(row.into_visible(&caller)?.map(|(_, instance)| instance)),
+        };
+        Ok((caller, found))
+    }
+
+    /// Runs one of the `*_BY_TOKEN` statements: the caller whose token hash is `$1` (or
+    /// UNAUTHENTICATED) and the instance row the statement found for `$2`, `$3`, if any.
+    async fn with_caller(
+        &self,
+        statement: &'static str,
+        token: &UnresolvedToken,
+        owner: &str,
+        handle: &str,
+    ) -> Result<(Caller, Option<InstanceRow>), DomainError> {
+        let row = sqlx::query(statement)
             .bind(token.hash().as_slice())
-            .bind(name.owner.as_str())
-            .bind(name.handle.as_str())
+            .bind(owner)
+            .bind(handle)
             .fetch_optional(&self.pool)
             .await
             .map_err(errors::db)?
@@ -313,14 +381,11 @@ impl Store {
             )?,
             is_admin: row.try_get("caller_is_admin").map_err(errors::db)?,
         });
-        let found = match row.try_get::<Option<i64>, _>("id").map_err(errors::db)? {
+        let instance = match row.try_get::<Option<i64>, _>("id").map_err(errors::db)? {
             None => None,
-            Some(_) => InstanceRow::from_row(&row)
-                .map_err(errors::db)?
-                .into_visible(&caller)?
-                .map(|(_, instance)| instance),
+            Some(_) => Some(InstanceRow::from_row(&row).map_err(errors::db)?),
         };
-        Ok((caller, found))
+        Ok((caller, instance))
     }
 
     /// Instances `user` can use (owned and shared, each once) in creation order, after the

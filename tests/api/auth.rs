@@ -244,3 +244,110 @@ async fn get_instance_resolves_tokens_as_strictly_as_the_authentication_layer() 
         Code::Unauthenticated,
     );
 }
+
+/// GetProjectInstance resolves the token, the project and its instance in one statement; the
+/// answers must be those of the separate lookups.
+#[tokio::test]
+async fn get_project_instance_resolves_tokens_as_strictly_as_the_authentication_layer() {
+    use llm_registry::pb::v1::project_service_client::ProjectServiceClient;
+
+    let app = TestApp::spawn().await;
+    let owner = app.create_user("owner").await;
+    let stranger = app.create_user("stranger").await;
+    crate::helpers::create_instance_from(
+        &app,
+        &owner,
+        "owner",
+        "mine",
+        "users/_system/definitions/openai-small",
+        pb::Instance::default(),
+    )
+    .await
+    .expect("owner creates an instance");
+    let mut projects = ProjectServiceClient::new(app.channel.clone());
+    projects
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                parent: "users/owner".into(),
+                project_id: "search".into(),
+                project: Some(pb::Project {
+                    instance: "users/owner/instances/mine".into(),
+                    ..Default::default()
+                }),
+            },
+            &owner,
+        ))
+        .await
+        .expect("owner binds a project");
+    let get = |name: &str| pb::GetProjectInstanceRequest {
+        name: name.to_owned(),
+    };
+    let project = "users/owner/projects/search";
+
+    let bound = projects
+        .get_project_instance(authed(get(project), &owner))
+        .await
+        .expect("the owner reads the bound instance")
+        .into_inner();
+    assert_eq!(bound.name, "users/owner/instances/mine");
+    assert_eq!(bound.access_role, pb::Role::Owner as i32);
+    projects
+        .get_project_instance(authed(get(project), &app.admin_token))
+        .await
+        .expect("the admin reads it");
+    for (request, token, code) in [
+        (get(project), "llmr_not-a-real-token", Code::Unauthenticated),
+        (
+            get("not a name"),
+            "llmr_not-a-real-token",
+            Code::Unauthenticated,
+        ),
+        (get("not a name"), owner.as_str(), Code::InvalidArgument),
+        (get(project), stranger.as_str(), Code::NotFound),
+        (
+            get("users/owner/projects/absent"),
+            owner.as_str(),
+            Code::NotFound,
+        ),
+    ] {
+        assert_code(
+            projects.get_project_instance(authed(request, token)).await,
+            code,
+        );
+    }
+    // A stranger's answer for an existing project is the one for a missing project.
+    let hidden = projects
+        .get_project_instance(authed(get(project), &stranger))
+        .await
+        .expect_err("hidden");
+    let absent = projects
+        .get_project_instance(authed(get("users/owner/projects/absent"), &owner))
+        .await
+        .expect_err("absent");
+    assert_eq!(
+        hidden.message().replace("search", "absent"),
+        absent.message()
+    );
+
+    let rotated = app
+        .users()
+        .rotate_user_token(authed(
+            pb::RotateUserTokenRequest {
+                name: "users/owner".to_owned(),
+            },
+            &owner,
+        ))
+        .await
+        .expect("the owner rotates")
+        .into_inner();
+    assert_code(
+        projects
+            .get_project_instance(authed(get(project), &owner))
+            .await,
+        Code::Unauthenticated,
+    );
+    projects
+        .get_project_instance(authed(get(project), &rotated.token))
+        .await
+        .expect("the new token reads");
+}
