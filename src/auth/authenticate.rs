@@ -5,8 +5,8 @@
 //! The exception is the hot read paths in [`super::RESOLVED_IN_QUERY`]: there the layer only
 //! tells the admin token apart and leaves a user token as a [`Credential::Token`], which the
 //! handler's own query resolves in the same statement (one database round trip instead of two).
-//! Those paths get no `Caller` extension, so a handler that asked for one would answer
-//! UNAUTHENTICATED: the shortcut fails closed.
+//! A user token on those paths gets no `Caller` extension, so a handler that asked for one
+//! would answer UNAUTHENTICATED: the shortcut fails closed.
 
 use std::sync::Arc;
 
