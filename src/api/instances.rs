@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use super::{
     ApiContext, caller_of,
     convert::{self, ServiceFields},
-    credential_of, required,
+    credential_of, parsed_for, required,
 };
 use crate::{
     domain::{
@@ -183,14 +183,12 @@ impl LlmInstanceService for InstancesApi {
         request: Request<pb::GetInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
         let credential = credential_of(&request)?;
-        let name = match InstanceName::parse("name", &request.get_ref().name) {
-            Ok(name) => name,
-            Err(invalid) => {
-                // An unknown token is UNAUTHENTICATED whatever else is wrong, as on every path.
-                self.0.store.caller_for(&credential).await?;
-                return Err(invalid.into());
-            }
-        };
+        let name = parsed_for(
+            &self.0.store,
+            &credential,
+            InstanceName::parse("name", &request.get_ref().name),
+        )
+        .await?;
         let (caller, instance) = self.0.store.find_instance_as(&credential, &name).await?;
         tracing::Span::current().record("caller", caller.label());
         authorize(

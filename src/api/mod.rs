@@ -54,6 +54,23 @@ pub fn credential_of<T>(request: &Request<T>) -> Result<Credential, DomainError>
         .ok_or(DomainError::Unauthenticated)
 }
 
+/// `parsed` (a request field parsed on a path in [`crate::auth::RESOLVED_IN_QUERY`]), or its
+/// error; but an unknown token is UNAUTHENTICATED whatever else is wrong, as on every other
+/// path, so on the error path the token is looked up first.
+pub async fn parsed_for<T>(
+    store: &Store,
+    credential: &Credential,
+    parsed: Result<T, DomainError>,
+) -> Result<T, DomainError> {
+    match parsed {
+        Ok(value) => Ok(value),
+        Err(invalid) => {
+            store.caller_for(credential).await?;
+            Err(invalid)
+        }
+    }
+}
+
 /// A required sub-message of a request, or INVALID_ARGUMENT naming it.
 pub fn required<T>(value: Option<T>, field: &str) -> Result<T, DomainError> {
     value.ok_or_else(|| DomainError::invalid(field, "is required"))

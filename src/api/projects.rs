@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ApiContext, caller_of, convert, credential_of, instances, required};
+use super::{ApiContext, caller_of, convert, credential_of, instances, parsed_for, required};
 use crate::{
     domain::{
         DomainError, access,
@@ -191,14 +191,12 @@ impl ProjectService for ProjectsApi {
         request: Request<pb::GetProjectInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
         let credential = credential_of(&request)?;
-        let name = match ProjectName::parse("name", &request.get_ref().name) {
-            Ok(name) => name,
-            Err(invalid) => {
-                // An unknown token is UNAUTHENTICATED whatever else is wrong, as on every path.
-                self.0.store.caller_for(&credential).await?;
-                return Err(invalid.into());
-            }
-        };
+        let name = parsed_for(
+            &self.0.store,
+            &credential,
+            ProjectName::parse("name", &request.get_ref().name),
+        )
+        .await?;
         // One statement resolves the token, the project and its instance (see
         // `auth::RESOLVED_IN_QUERY`); whether the caller may see the project is decided here,
         // and a project the caller may not see is NOT_FOUND exactly like a missing one.

@@ -63,26 +63,34 @@ macro_rules! select_instances {
 /// [`select_instances`] for the caller whose user id is `$1`.
 const SELECT: &str = select_instances!("$1");
 
-/// One instance by name (`$2`, `$3`) for the user whose token hash is `$1`, resolving the token
-/// in the same statement: no row means no such token; a row without an instance means no such
-/// instance. Reading the token with the instance costs one round trip instead of two, and
-/// cannot see a token that a rotation or deletion on another replica has already replaced.
-const FIND_BY_TOKEN: &str = concat!(
-    "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, x.* \
-     FROM users c LEFT JOIN LATERAL (",
-    select_instances!("c.id"),
-    " WHERE u.handle = $2 AND i.handle = $3) x ON true WHERE c.token_hash = $1"
-);
+/// The caller whose token hash is `$1`, with the instance row that `$instance_query` (columns of
+/// [`select_instances`] for grantee `c.id`, narrowed by `$2` and `$3`) finds, in one statement:
+/// no row means no such token; a row without an instance means no such instance. One round trip
+/// instead of two, and exactly as fresh as a separate lookup: a token that a rotation or deletion
+/// on another replica has replaced matches nothing.
+macro_rules! with_caller_by_token {
+    ($instance_query:expr) => {
+        concat!(
+            "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, x.* \
+             FROM users c LEFT JOIN LATERAL (",
+            $instance_query,
+            ") x ON true WHERE c.token_hash = $1"
+        )
+    };
+}
 
-/// The instance bound to project `$2`/`$3` for the user whose token hash is `$1`, as
-/// [`FIND_BY_TOKEN`] does for an instance name.
-const FIND_PROJECT_INSTANCE_BY_TOKEN: &str = concat!(
-    "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, x.* \
-     FROM users c LEFT JOIN LATERAL (",
+/// One instance by its name (`$2`, `$3`), with the caller.
+const FIND_BY_TOKEN: &str = with_caller_by_token!(concat!(
+    select_instances!("c.id"),
+    " WHERE u.handle = $2 AND i.handle = $3"
+));
+
+/// The instance bound to project `$2`/`$3`, with the caller.
+const FIND_PROJECT_INSTANCE_BY_TOKEN: &str = with_caller_by_token!(concat!(
     select_instances!("c.id"),
     " JOIN projects p ON p.instance_id = i.id JOIN users pu ON pu.id = p.owner_id \
-      WHERE pu.handle = $2 AND p.handle = $3) x ON true WHERE c.token_hash = $1"
-);
+      WHERE pu.handle = $2 AND p.handle = $3"
+));
 
 /// Inserts an instance and its audit event in one statement. The owner, API standard and
 /// definition are resolved by handle inside it; when one is missing nothing is inserted and the

@@ -43,7 +43,6 @@ impl UserRow {
 }
 
 impl Store {
-    /// The user holding a token with this hash, if any. `_system` has no token, so never matches.
     /// The caller a credential stands for; UNAUTHENTICATED for an unknown token.
     pub async fn caller_for(&self, credential: &Credential) -> Result<Caller, DomainError> {
         match credential {
@@ -56,7 +55,8 @@ impl Store {
         }
     }
 
-    pub async fn principal_by_token_hash(
+    /// The user holding a token with this hash, if any. `_system` has no token, so never matches.
+    async fn principal_by_token_hash(
         &self,
         token_hash: &[u8],
     ) -> Result<Option<UserPrincipal>, DomainError> {

@@ -208,23 +208,13 @@ async fn get_instance_resolves_tokens_as_strictly_as_the_authentication_layer() 
     );
 
     // Rotation: the old token is dead at once, the new one reads.
-    let rotated = app
-        .users()
-        .rotate_user_token(authed(
-            pb::RotateUserTokenRequest {
-                name: "users/owner".to_owned(),
-            },
-            &owner,
-        ))
-        .await
-        .expect("the owner rotates")
-        .into_inner();
+    let rotated = app.rotate_token("owner", &owner).await;
     assert_code(
         instances.get_instance(authed(get(&instance), &owner)).await,
         Code::Unauthenticated,
     );
     instances
-        .get_instance(authed(get(&instance), &rotated.token))
+        .get_instance(authed(get(&instance), &rotated))
         .await
         .expect("the new token reads");
 
@@ -329,17 +319,7 @@ async fn get_project_instance_resolves_tokens_as_strictly_as_the_authentication_
         absent.message()
     );
 
-    let rotated = app
-        .users()
-        .rotate_user_token(authed(
-            pb::RotateUserTokenRequest {
-                name: "users/owner".to_owned(),
-            },
-            &owner,
-        ))
-        .await
-        .expect("the owner rotates")
-        .into_inner();
+    let rotated = app.rotate_token("owner", &owner).await;
     assert_code(
         projects
             .get_project_instance(authed(get(project), &owner))
@@ -347,7 +327,7 @@ async fn get_project_instance_resolves_tokens_as_strictly_as_the_authentication_
         Code::Unauthenticated,
     );
     projects
-        .get_project_instance(authed(get(project), &rotated.token))
+        .get_project_instance(authed(get(project), &rotated))
         .await
         .expect("the new token reads");
 }

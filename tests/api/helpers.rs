@@ -238,6 +238,21 @@ impl TestApp {
         response.into_inner().token
     }
 
+    /// Rotates `users/{handle}`'s token with `token` (the user's own) and returns the new one.
+    pub async fn rotate_token(&self, handle: &str, token: &str) -> String {
+        self.users()
+            .rotate_user_token(authed(
+                pb::RotateUserTokenRequest {
+                    name: format!("users/{handle}"),
+                },
+                token,
+            ))
+            .await
+            .expect("users may rotate their own token")
+            .into_inner()
+            .token
+    }
+
     /// A raw connection to this test's database, for checks behind the API.
     pub async fn db(&self) -> PgConnection {
         PgConnection::connect(&database_url(&self.database))

@@ -142,24 +142,14 @@ async fn two_replicas_share_one_database_without_stale_state() {
         .await;
     assert_eq!(old.unwrap_err().code(), Code::Unauthenticated);
     // GetInstance resolves the token in its own query; the same holds there.
-    let old_get = LlmInstanceServiceClient::new(channel_b.clone())
-        .get_instance(authed(
-            pb::GetInstanceRequest {
-                name: "users/alice/instances/missing".into(),
-            },
-            &token,
-        ))
-        .await;
-    assert_eq!(old_get.unwrap_err().code(), Code::Unauthenticated);
-    let new_get = LlmInstanceServiceClient::new(channel_b.clone())
-        .get_instance(authed(
-            pb::GetInstanceRequest {
-                name: "users/alice/instances/missing".into(),
-            },
-            &rotated.token,
-        ))
-        .await;
-    assert_eq!(new_get.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        get_missing_instance(&channel_b, &token).await,
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        get_missing_instance(&channel_b, &rotated.token).await,
+        Code::NotFound
+    );
     LlmDefinitionServiceClient::new(channel_b.clone())
         .list_definitions(authed(
             pb::ListDefinitionsRequest {
@@ -191,20 +181,30 @@ async fn two_replicas_share_one_database_without_stale_state() {
         ))
         .await;
     assert_eq!(gone.unwrap_err().code(), Code::Unauthenticated);
-    let gone_get = LlmInstanceServiceClient::new(channel_a.clone())
-        .get_instance(authed(
-            pb::GetInstanceRequest {
-                name: "users/alice/instances/missing".into(),
-            },
-            &rotated.token,
-        ))
-        .await;
-    assert_eq!(gone_get.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        get_missing_instance(&channel_a, &rotated.token).await,
+        Code::Unauthenticated
+    );
 
     crate::binary::terminate(a).await;
     crate::binary::terminate(b).await;
     drop_database_blocking(database);
     let _ = std::fs::remove_dir_all(&home);
+}
+
+/// The code of a GetInstance for one of alice's missing instances: it tells a live token
+/// (NOT_FOUND) from a dead one (UNAUTHENTICATED) on the path that resolves tokens in its query.
+async fn get_missing_instance(channel: &Channel, token: &str) -> Code {
+    LlmInstanceServiceClient::new(channel.clone())
+        .get_instance(authed(
+            pb::GetInstanceRequest {
+                name: "users/alice/instances/missing".into(),
+            },
+            token,
+        ))
+        .await
+        .expect_err("alice has no such instance")
+        .code()
 }
 
 #[tokio::test]
