@@ -363,7 +363,7 @@ async fn wait_serving(addr: &str) -> anyhow::Result<()> {
     anyhow::bail!("{addr} did not become SERVING")
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Size of the database connection pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Answers the read cache may hold (who holds a token; GetInstance answers); 0 turns it
+    /// off. The cache is never stale, across replicas too: see docs/operations.md.
+    #[arg(long, env = "READ_CACHE_ENTRIES", default_value_t = 10_000)]
+    pub read_cache_entries: usize,
     /// On shutdown, how long in-flight calls may finish before the rest are cut, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -152,6 +156,7 @@ pub struct ServeSettings {
     pub max_concurrent_requests: usize,
     pub max_queued_requests: usize,
     pub db_max_connections: u32,
+    pub read_cache_entries: usize,
     pub health_check_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -221,6 +226,7 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         max_concurrent_requests: serve.max_concurrent_requests.max(1),
         max_queued_requests: serve.max_queued_requests,
         db_max_connections: serve.db_max_connections.max(1),
+        read_cache_entries: serve.read_cache_entries,
         health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),
         shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),
     })

@@ -37,14 +37,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Migrate) => {
             let url = config::database_url(&cli.global)?;
-            server::prepare_database(cli.global.mode, &url, 1).await?;
+            server::prepare_database(cli.global.mode, &url, 1, 0).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
         Some(Command::RotateKeys(args)) => {
             let url = config::database_url(&cli.global)?;
             let ring = config::rotation_key_ring(&cli.global, &args.keys)?;
-            let store = server::prepare_database(cli.global.mode, &url, 2).await?;
+            let store = server::prepare_database(cli.global.mode, &url, 2, 0).await?;
             store.check_key_ring_covers_database(&ring).await?;
             let report = store
                 .rotate_keys(&Audit::operator("rotate-keys"), &ring, args.batch_size)

@@ -59,11 +59,13 @@ const HEALTH_SERVICES: &[&str] = &[
 /// Purpose label for the page-token HMAC key derived from the master key.
 const PAGE_TOKEN_KEY_PURPOSE: &str = "llm-registry page tokens v1";
 
-/// Connects (creating the database in development mode) and applies migrations.
+/// Connects (creating the database in development mode) and applies migrations. The store's read
+/// cache holds at most `read_cache_entries` answers (0 for commands that serve no calls).
 pub async fn prepare_database(
     mode: Mode,
     database_url: &str,
     max_connections: u32,
+    read_cache_entries: usize,
 ) -> anyhow::Result<Store> {
     if mode == Mode::Development && database::create_database_if_missing(database_url).await.context(
         "development mode could not reach PostgreSQL to create its database (is it running on 127.0.0.1:5432?)",
@@ -76,7 +78,7 @@ pub async fn prepare_database(
     database::migrate(&pool)
         .await
         .context("applying migrations")?;
-    Ok(Store::new(pool))
+    Ok(Store::new(pool, read_cache_entries))
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
@@ -89,6 +91,7 @@ pub async fn serve(
         settings.mode,
         &settings.database_url,
         settings.db_max_connections,
+        settings.read_cache_entries,
     )
     .await?;
     store
@@ -218,7 +221,7 @@ pub async fn serve(
         }
     };
     watcher.abort();
-    store.pool().close().await;
+    store.close().await;
     result.context("serving gRPC")?;
     tracing::info!("stopped");
     Ok(())

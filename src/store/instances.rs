@@ -67,11 +67,13 @@ const SELECT: &str = select_instances!("$1");
 /// [`select_instances`] for grantee `c.id`, narrowed by `$2` and `$3`) finds, in one statement:
 /// no row means no such token; a row without an instance means no such instance. One round trip
 /// instead of two, and exactly as fresh as a separate lookup: a token that a rotation or deletion
-/// on another replica has replaced matches nothing.
+/// on another replica has replaced matches nothing. Also reads the read cache's epoch, in the
+/// same snapshot, to tag what it found.
 macro_rules! with_caller_by_token {
     ($instance_query:expr) => {
         concat!(
-            "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, x.* \
+            "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, \
+             (SELECT value FROM read_cache_epoch) AS cache_epoch, x.* \
              FROM users c LEFT JOIN LATERAL (",
             $instance_query,
             ") x ON true WHERE c.token_hash = $1"
@@ -315,7 +317,17 @@ impl Store {
             }
             Credential::Token(token) => token,
         };
-        let (caller, row) = self
+        let question = (
+            *token.hash(),
+            name.owner.as_str().to_owned(),
+            name.handle.as_str().to_owned(),
+        );
+        if let Some(epoch) = self.fresh_epoch().await
+            && let Some((principal, instance)) = self.cache.instance(epoch, &question)
+        {
+            return Ok((Caller::User(principal), Some(instance)));
+        }
+        let (principal, row, epoch) = self
             .with_caller(
                 FIND_BY_TOKEN,
                 token,
@@ -323,10 +335,16 @@ impl Store {
                 name.handle.as_str(),
             )
             .await?;
+        let caller = Caller::User(principal.clone());
         let found = match row {
             None => None,
             Some(row) => row.into_visible(&caller)?.map(|(_, instance)| instance),
         };
+        // Only answers that found the instance are cached (see `read_cache`).
+        if let Some(instance) = &found {
+            self.cache
+                .remember_instance(epoch, question, (principal, instance.clone()));
+        }
         Ok((caller, found))
     }
 
@@ -349,7 +367,7 @@ impl Store {
             }
             Credential::Token(token) => token,
         };
-        let (caller, row) = self
+        let (principal, row, _) = self
             .with_caller(
                 FIND_PROJECT_INSTANCE_BY_TOKEN,
                 token,
@@ -357,6 +375,7 @@ impl Store {
                 project.handle.as_str(),
             )
             .await?;
+        let caller = Caller::User(principal);
         let found = match row {
             None => None,
             Some(row) => Some(row.into_visible(&caller)?.map(|(_, instance)| instance)),
@@ -365,14 +384,15 @@ impl Store {
     }
 
     /// Runs one of the `*_BY_TOKEN` statements: the caller whose token hash is `$1` (or
-    /// UNAUTHENTICATED) and the instance row the statement found for `$2`, `$3`, if any.
+    /// UNAUTHENTICATED), the instance row the statement found for `$2`, `$3`, if any, and the
+    /// read cache's epoch they were read at.
     async fn with_caller(
         &self,
         statement: &'static str,
         token: &UnresolvedToken,
         owner: &str,
         handle: &str,
-    ) -> Result<(Caller, Option<InstanceRow>), DomainError> {
+    ) -> Result<(UserPrincipal, Option<InstanceRow>, i64), DomainError> {
         let row = sqlx::query(statement)
             .bind(token.hash().as_slice())
             .bind(owner)
@@ -381,19 +401,20 @@ impl Store {
             .await
             .map_err(errors::db)?
             .ok_or(DomainError::Unauthenticated)?;
-        let caller = Caller::User(UserPrincipal {
+        let principal = UserPrincipal {
             id: row.try_get("caller_id").map_err(errors::db)?,
             handle: errors::stored_handle(
                 row.try_get::<&str, _>("caller_handle")
                     .map_err(errors::db)?,
             )?,
             is_admin: row.try_get("caller_is_admin").map_err(errors::db)?,
-        });
+        };
+        let epoch = row.try_get("cache_epoch").map_err(errors::db)?;
         let instance = match row.try_get::<Option<i64>, _>("id").map_err(errors::db)? {
             None => None,
             Some(_) => Some(InstanceRow::from_row(&row).map_err(errors::db)?),
         };
-        Ok((caller, instance))
+        Ok((principal, instance, epoch))
     }
 
     /// Instances `user` can use (owned and shared, each once) in creation order, after the

@@ -6,10 +6,12 @@ mod audit;
 mod blockers;
 pub mod database;
 mod definitions;
+mod epoch_probe;
 mod errors;
 mod instances;
 mod keys;
 mod projects;
+mod read_cache;
 mod shares;
 mod users;
 
@@ -17,23 +19,46 @@ pub use audit::AuditFilter;
 pub use instances::NewInstance;
 pub use keys::RotationReport;
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 
 use crate::domain::DomainError;
+use epoch_probe::EpochProbe;
+use read_cache::ReadCache;
 
-/// The service's handle on the database; cheap to clone (the pool is shared).
+/// The service's handle on the database; cheap to clone (the pool and the cache are shared).
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    cache: Arc<ReadCache>,
+    epoch_probe: Arc<EpochProbe>,
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A store on `pool` whose read cache holds at most `cache_capacity` answers (0: no cache).
+    pub fn new(pool: PgPool, cache_capacity: usize) -> Self {
+        let epoch_probe = EpochProbe::new((*pool.connect_options()).clone());
+        Self {
+            pool,
+            cache: Arc::new(ReadCache::new(cache_capacity)),
+            epoch_probe,
+        }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// An epoch read sent after the caller began (see [`read_cache`]); `None` when the cache is
+    /// off or the database did not answer, in which case the caller reads the database.
+    async fn fresh_epoch(&self) -> Option<i64> {
+        if !self.cache.enabled() {
+            return None;
+        }
+        self.epoch_probe.fresh_epoch().await
+    }
+
+    /// Closes the pool and the read cache's own connection (on shutdown).
+    pub async fn close(&self) {
+        self.epoch_probe.close();
+        self.pool.close().await;
     }
 
     /// Whether the database answers; drives the health status.

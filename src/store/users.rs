@@ -47,31 +47,44 @@ impl Store {
     pub async fn caller_for(&self, credential: &Credential) -> Result<Caller, DomainError> {
         match credential {
             Credential::Caller(caller) => Ok(caller.clone()),
-            Credential::Token(token) => self
-                .principal_by_token_hash(token.hash())
-                .await?
-                .map(Caller::User)
-                .ok_or(DomainError::Unauthenticated),
+            Credential::Token(token) => {
+                if let Some(epoch) = self.fresh_epoch().await
+                    && let Some(principal) = self.cache.principal(epoch, token.hash())
+                {
+                    return Ok(Caller::User(principal));
+                }
+                let (principal, epoch) = self
+                    .principal_by_token_hash(token.hash())
+                    .await?
+                    .ok_or(DomainError::Unauthenticated)?;
+                self.cache
+                    .remember_principal(epoch, *token.hash(), principal.clone());
+                Ok(Caller::User(principal))
+            }
         }
     }
 
-    /// The user holding a token with this hash, if any. `_system` has no token, so never matches.
+    /// The user holding a token with this hash, if any, and the read cache's epoch in the same
+    /// snapshot. `_system` has no token, so never matches.
     async fn principal_by_token_hash(
         &self,
         token_hash: &[u8],
-    ) -> Result<Option<UserPrincipal>, DomainError> {
-        let row: Option<(i64, String, bool)> =
-            sqlx::query_as("SELECT id, handle, is_admin FROM users WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(errors::db)?;
-        row.map(|(id, handle, is_admin)| {
-            Ok(UserPrincipal {
+    ) -> Result<Option<(UserPrincipal, i64)>, DomainError> {
+        let row: Option<(i64, String, bool, i64)> = sqlx::query_as(
+            "SELECT id, handle, is_admin, (SELECT value FROM read_cache_epoch) \
+             FROM users WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?;
+        row.map(|(id, handle, is_admin, epoch)| {
+            let principal = UserPrincipal {
                 id,
                 handle: errors::stored_handle(&handle)?,
                 is_admin,
-            })
+            };
+            Ok((principal, epoch))
         })
         .transpose()
     }

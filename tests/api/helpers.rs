@@ -92,6 +92,7 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
         max_concurrent_requests: 64,
         max_queued_requests: 256,
         db_max_connections: 5,
+        read_cache_entries: 10_000,
         health_check_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(1),
     }
@@ -189,6 +190,20 @@ impl TestApp {
                 Err(refusal)
             }
         }
+    }
+
+    /// A second server (another replica, with its own read cache) on this one's database.
+    /// Dropping it leaves the database to this one.
+    pub async fn replica(&self) -> Self {
+        let mut replica = Self::start(
+            self.database.clone(),
+            self.admin_token.clone(),
+            self.key_ring.clone(),
+        )
+        .await
+        .expect("the replica starts");
+        replica.database = String::new();
+        replica
     }
 
     /// Stops the server (draining calls) and returns once it has exited.

@@ -19,6 +19,7 @@ mod platform;
 mod processes;
 mod projects;
 mod properties;
+mod read_cache;
 mod reliability;
 mod rotation;
 mod seed;
