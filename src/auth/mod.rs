@@ -17,7 +17,8 @@ pub fn is_public_path(path: &str) -> bool {
 
 /// Read paths whose store query resolves a user's token itself, in the same statement as the
 /// read (see [`Credential::Token`](crate::domain::caller::Credential::Token)). They are the hot
-/// paths: a service reading its instance on every request pays one round trip, not two.
+/// paths: a service reading its instance on every request pays one round trip, not two, and
+/// GetInstance none of its own when the read cache has the answer.
 pub const RESOLVED_IN_QUERY: &[&str] = &[
     "/llmregistry.v1.LlmInstanceService/GetInstance",
     "/llmregistry.v1.ProjectService/GetProjectInstance",
