@@ -298,7 +298,9 @@ async fn measure(
     concurrency: usize,
     seconds: u64,
 ) -> anyhow::Result<()> {
-    let pool = channels(addr, concurrency.min(8)).await?;
+    // One HTTP/2 connection carries all the streams, as one gRPC channel does (and as h2load
+    // does with `-c 1 -m N`); the concurrency is the number of streams in flight on it.
+    let pool = channels(addr, 1).await?;
     let deep = if scenario == "list-deep" {
         deep_page_token(pool[0].clone(), token, 100).await?
     } else {
