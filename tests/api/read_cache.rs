@@ -167,8 +167,20 @@ async fn no_replica_answers_from_a_stale_cache() {
     let carol = a.create_user("carol").await;
     alice_shares_with_bob(&a, &alice).await;
 
-    // Readers keep refilling b's cache with answers from older snapshots while the changes
-    // below commit through a.
+    // Quiet first: b's last epoch read is older than each update, so b must read the epoch
+    // afresh rather than trust the last one.
+    for round in 0..5 {
+        get(&b, &bob, NAME).await.unwrap();
+        let updated = set_description(&a, &alice, &format!("quiet {round}")).await;
+        assert_eq!(
+            get(&b, &bob, NAME).await.unwrap().etag,
+            updated.etag,
+            "quiet {round}"
+        );
+    }
+
+    // Then readers keep refilling b's cache with answers from older snapshots while the
+    // changes below commit through a.
     let stop = Arc::new(AtomicBool::new(false));
     let refillers: Vec<_> = (0..4)
         .map(|_| {
