@@ -224,15 +224,7 @@ async fn call(
                 String::new()
             };
             LlmInstanceServiceClient::new(channel)
-                .list_instances(authed(
-                    pb::ListInstancesRequest {
-                        parent: "users/bench".into(),
-                        page_size: 50,
-                        page_token,
-                        scope: 0,
-                    },
-                    token,
-                ))
+                .list_instances(authed(bench_page(page_token), token))
                 .await?;
         }
         "create-instance" => {
@@ -270,20 +262,22 @@ async fn call(
     Ok(())
 }
 
+/// A page of 50 of the bench user's instances (owned and shared), after `page_token`.
+fn bench_page(page_token: String) -> pb::ListInstancesRequest {
+    pb::ListInstancesRequest {
+        parent: "users/bench".into(),
+        page_size: 50,
+        page_token,
+        scope: 0,
+    }
+}
+
 async fn deep_page_token(channel: Channel, token: &str, depth: usize) -> anyhow::Result<String> {
     let mut client = LlmInstanceServiceClient::new(channel);
     let mut page_token = String::new();
     for _ in 0..depth {
         page_token = client
-            .list_instances(authed(
-                pb::ListInstancesRequest {
-                    parent: "users/bench".into(),
-                    page_size: 50,
-                    page_token,
-                    scope: 0,
-                },
-                token,
-            ))
+            .list_instances(authed(bench_page(page_token), token))
             .await?
             .into_inner()
             .next_page_token;

@@ -142,7 +142,7 @@ fn user_key(value: &str) -> Result<UserKey, DomainError> {
 
 impl InstanceRow {
     /// The instance as `caller` sees it, or `None` when the caller may not know it exists.
-    fn into_visible(self, caller: &Caller) -> Result<Option<(i64, Instance)>, DomainError> {
+    fn into_visible(self, caller: &Caller) -> Result<Option<Instance>, DomainError> {
         let owner = user_key(&self.owner)?;
         let shared =
             match self.shared_role.as_deref() {
@@ -180,7 +180,7 @@ impl InstanceRow {
             create_time: self.create_time,
             update_time: self.update_time,
         };
-        Ok(Some((self.id, instance)))
+        Ok(Some(instance))
     }
 }
 
@@ -298,7 +298,7 @@ impl Store {
         .await
         .map_err(errors::db)?;
         Ok(match row {
-            Some(row) => row.into_visible(caller)?.map(|(_, instance)| instance),
+            Some(row) => row.into_visible(caller)?,
             None => None,
         })
     }
@@ -338,7 +338,7 @@ impl Store {
         let caller = Caller::User(principal.clone());
         let found = match row {
             None => None,
-            Some(row) => row.into_visible(&caller)?.map(|(_, instance)| instance),
+            Some(row) => row.into_visible(&caller)?,
         };
         // Only answers that found the instance are cached (see `read_cache`).
         if let Some(instance) = &found {
@@ -378,7 +378,7 @@ impl Store {
         let caller = Caller::User(principal);
         let found = match row {
             None => None,
-            Some(row) => Some(row.into_visible(&caller)?.map(|(_, instance)| instance)),
+            Some(row) => Some(row.into_visible(&caller)?),
         };
         Ok((caller, found))
     }
@@ -453,7 +453,7 @@ impl Store {
         .map_err(errors::db)?;
         let mut instances = Vec::with_capacity(rows.len());
         for row in rows {
-            if let Some((_, instance)) = row.into_visible(caller)? {
+            if let Some(instance) = row.into_visible(caller)? {
                 instances.push(instance);
             }
         }
@@ -552,6 +552,7 @@ impl Store {
         .map(|row| row.into_visible(caller))
         .transpose()?
         .flatten()
+        .map(|instance| (instance.sequence, instance))
         .ok_or_else(|| DomainError::NotFound(name.to_string()))
     }
 
@@ -567,7 +568,6 @@ impl Store {
             .await
             .map_err(errors::db)?
             .into_visible(caller)?
-            .map(|(_, instance)| instance)
             .ok_or_else(|| {
                 DomainError::Internal("a written instance is not visible to its writer".to_owned())
             })
