@@ -21,30 +21,34 @@ pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
     }
 }
 
-/// Maps an error with no more specific meaning in its context.
-pub fn db(error: sqlx::Error) -> DomainError {
-    match &error {
+/// Whether `error` means the database cannot be reached (rather than that it refused a query).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
         // Connection-level failures: the database went away or the link broke mid-query.
         sqlx::Error::PoolTimedOut
         | sqlx::Error::Io(_)
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => {
-            tracing::warn!(error = %error, "database unavailable");
-            DomainError::Unavailable
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(_) => sqlstate(error).is_some_and(|code| {
+            code.starts_with("08") || UNAVAILABLE_CODES.contains(&code.as_str())
+        }),
+        _ => false,
+    }
+}
+
+/// Maps an error with no more specific meaning in its context.
+pub fn db(error: sqlx::Error) -> DomainError {
+    if is_unavailable(&error) {
+        tracing::warn!(error = %error, "database unavailable");
+        return DomainError::Unavailable;
+    }
+    match sqlstate(&error).as_deref() {
+        Some(code) if code.starts_with(DATA_EXCEPTION_CLASS) || code == CHECK_VIOLATION => {
+            // Validation should have caught this first; still the caller's input, not our fault.
+            DomainError::invalid("", "a value is out of the range the registry can store")
         }
-        sqlx::Error::Database(_) => match sqlstate(&error).as_deref() {
-            Some(code) if code.starts_with("08") || UNAVAILABLE_CODES.contains(&code) => {
-                tracing::warn!(sqlstate = code, "database unavailable");
-                DomainError::Unavailable
-            }
-            Some(code) if code.starts_with(DATA_EXCEPTION_CLASS) || code == CHECK_VIOLATION => {
-                // Validation should have caught this first; still the caller's input, not our fault.
-                DomainError::invalid("", "a value is out of the range the registry can store")
-            }
-            _ => DomainError::Internal(format!("database error: {error}")),
-        },
         _ => DomainError::Internal(format!("database error: {error}")),
     }
 }

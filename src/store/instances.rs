@@ -4,7 +4,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, FromRow, Postgres, Row, Transaction};
 
-use super::{Store, audit, blockers, errors};
+use super::{
+    Store, audit, blockers,
+    create_batches::{BatchOutcome, CreateValues, Created},
+    errors,
+};
 use crate::{
     domain::{
         DomainError,
@@ -200,9 +204,10 @@ pub struct NewInstance<'a> {
 }
 
 impl Store {
-    /// Creates an instance, seals its key and records the audit event in one statement: one
-    /// round trip, atomic like any single statement. The uid is drawn here rather than by the
-    /// database because the key is sealed with it as associated data before the row exists.
+    /// Creates an instance, seals its key and records the audit event, atomically: both rows are
+    /// written by one statement, usually together with concurrent creates (see
+    /// [`super::create_batches`]). The uid is drawn here rather than by the database because the
+    /// key is sealed with it as associated data before the row exists.
     pub async fn create_instance(
         &self,
         audit: &Audit,
@@ -222,60 +227,101 @@ impl Store {
         } else {
             "created"
         };
+        let values = CreateValues {
+            owner: owner.as_str().to_owned(),
+            standard: new.spec.api_standard.0.as_str().to_owned(),
+            definition_owner: new.definition.map(|d| d.owner.as_str().to_owned()),
+            definition_handle: new.definition.map(|d| d.handle.as_str().to_owned()),
+            uid: uid.clone(),
+            handle: new.name.handle.as_str().to_owned(),
+            endpoint: new.spec.endpoint.clone(),
+            model: new.spec.model.clone(),
+            dimensions: new.spec.dimensions,
+            context_limit: new.spec.context_limit,
+            description: new.spec.description.clone(),
+            key_id: sealed.as_ref().map(|s| s.key_id.clone()),
+            ciphertext: sealed.map(|s| s.ciphertext),
+            audit_caller: audit.caller.clone(),
+            audit_method: audit.method.to_owned(),
+            resource_owner: resource_owner(&resource).map(str::to_owned),
+            resource,
+            detail: detail.to_owned(),
+        };
+        let created = match self.create_batches.create(values.clone()).await {
+            BatchOutcome::Created(created) => created,
+            BatchOutcome::Unavailable => return Err(DomainError::Unavailable),
+            BatchOutcome::RunAlone => self.create_alone(&values, new.definition).await?,
+        };
+        Ok(Instance {
+            sequence: created.id,
+            name: new.name.clone(),
+            uid,
+            definition: new.definition.cloned(),
+            spec: new.spec.clone(),
+            has_api_key: values.key_id.is_some(),
+            access_role,
+            revision: created.revision,
+            create_time: created.create_time,
+            update_time: created.update_time,
+        })
+    }
+
+    /// Creates one instance with the one-row statement, for a create its batch did not write:
+    /// it says which reference is missing or that the handle is taken, as a lone create would
+    /// (or succeeds, when things changed since the batch).
+    async fn create_alone(
+        &self,
+        values: &CreateValues,
+        definition: Option<&DefinitionName>,
+    ) -> Result<Created, DomainError> {
         let row: CreatedRow = sqlx::query_as(CREATE)
-            .bind(owner.as_str())
-            .bind(new.spec.api_standard.0.as_str())
-            .bind(new.definition.map(|d| d.owner.as_str()))
-            .bind(new.definition.map(|d| d.handle.as_str()))
-            .bind(&uid)
-            .bind(new.name.handle.as_str())
-            .bind(&new.spec.endpoint)
-            .bind(&new.spec.model)
-            .bind(new.spec.dimensions)
-            .bind(new.spec.context_limit)
-            .bind(&new.spec.description)
-            .bind(sealed.as_ref().map(|s| s.ciphertext.as_slice()))
-            .bind(sealed.as_ref().map(|s| s.key_id.as_str()))
-            .bind(&audit.caller)
-            .bind(audit.method)
-            .bind(&resource)
-            .bind(resource_owner(&resource))
-            .bind(detail)
+            .bind(&values.owner)
+            .bind(&values.standard)
+            .bind(&values.definition_owner)
+            .bind(&values.definition_handle)
+            .bind(&values.uid)
+            .bind(&values.handle)
+            .bind(&values.endpoint)
+            .bind(&values.model)
+            .bind(values.dimensions)
+            .bind(values.context_limit)
+            .bind(&values.description)
+            .bind(&values.ciphertext)
+            .bind(&values.key_id)
+            .bind(&values.audit_caller)
+            .bind(&values.audit_method)
+            .bind(&values.resource)
+            .bind(&values.resource_owner)
+            .bind(&values.detail)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| match errors::sqlstate(&e).as_deref() {
                 Some(errors::FOREIGN_KEY_VIOLATION) => {
                     errors::on_reference(e, "instance.api_standard")
                 }
-                _ => errors::on_insert(e, &resource),
+                _ => errors::on_insert(e, &values.resource),
             })?;
-        let (Some(sequence), Some(revision), Some(create_time), Some(update_time)) =
+        let (Some(id), Some(revision), Some(create_time), Some(update_time)) =
             (row.id, row.revision, row.create_time, row.update_time)
         else {
             // Nothing was inserted: say which reference was missing, as the lookups would.
             return Err(if !row.owner_found {
-                DomainError::NotFound(format!("users/{owner}"))
+                DomainError::NotFound(format!("users/{}", values.owner))
             } else if !row.standard_found {
                 DomainError::invalid(
                     "instance.api_standard",
-                    format!("unknown API standard {}", new.spec.api_standard),
+                    format!("unknown API standard {}", values.standard),
                 )
             } else {
                 DomainError::NotFound(
-                    new.definition
+                    definition
                         .map(ToString::to_string)
-                        .unwrap_or_else(|| resource.clone()),
+                        .unwrap_or_else(|| values.resource.clone()),
                 )
             });
         };
-        Ok(Instance {
-            sequence,
-            name: new.name.clone(),
-            uid,
-            definition: new.definition.cloned(),
-            spec: new.spec.clone(),
-            has_api_key: sealed.is_some(),
-            access_role,
+        Ok(Created {
+            id,
             revision,
             create_time,
             update_time,

@@ -4,6 +4,7 @@
 mod api_standards;
 mod audit;
 mod blockers;
+mod create_batches;
 pub mod database;
 mod definitions;
 mod epoch_probe;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::domain::DomainError;
+use create_batches::CreateBatches;
 use epoch_probe::EpochProbe;
 use read_cache::ReadCache;
 
@@ -33,6 +35,8 @@ pub struct Store {
     pool: PgPool,
     cache: Arc<ReadCache>,
     epoch_probe: Arc<EpochProbe>,
+    /// Concurrent instance creates, written together.
+    create_batches: Arc<CreateBatches>,
 }
 
 impl Store {
@@ -40,6 +44,7 @@ impl Store {
     pub fn new(pool: PgPool, cache_capacity: usize) -> Self {
         let epoch_probe = EpochProbe::new((*pool.connect_options()).clone());
         Self {
+            create_batches: CreateBatches::new(pool.clone()),
             pool,
             cache: Arc::new(ReadCache::new(cache_capacity)),
             epoch_probe,

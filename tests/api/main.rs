@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod authorization;
 mod canary;
+mod create_batches;
 mod definitions;
 mod dev_mode;
 mod hostile_input;

@@ -1,0 +1,271 @@
+//! Group commit for instance creation: creates that arrive together share one statement and one
+//! commit.
+//!
+//! Under load, most of what a create costs PostgreSQL is paid per statement and per transaction
+//! (a round trip, executor start-up, a commit with its WAL flush), not per row. So creates are
+//! queued, and one dispatcher task sends whatever is queued as a single multi-row statement, with
+//! at most [`MAX_BATCHES_IN_FLIGHT`] statements at a time. Nothing waits for a batch to fill: a
+//! create that finds a free slot goes at once, alone if it is alone, so a lone create costs what
+//! it did before; batches only form while earlier ones are in flight.
+//!
+//! Each create is still atomic and durable on its own terms: its instance row and its audit event
+//! are written by the same statement, hence in the same transaction, and the caller is answered
+//! only after that transaction has committed.
+//!
+//! A batch writes only the creates that certainly succeed. A create whose owner, API standard or
+//! definition does not exist, or whose handle is taken (also by another create of the same batch),
+//! is skipped by the statement (`ON CONFLICT DO NOTHING`), and when the statement fails as a whole
+//! nothing of it is written. Such creates are answered [`BatchOutcome::RunAlone`], and their
+//! callers run the one-row statement, which gives exactly the answer a lone create would get.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::errors;
+
+/// How many batch statements may be in flight at once. Creates that arrive while all are busy
+/// queue up and form the next batch; a few in flight keep the database busy while one commits.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// The most creates one statement carries.
+const MAX_BATCH_ROWS: usize = 64;
+
+/// Everything one create writes: the instance row (its references by handle) and its audit
+/// event. The key is already sealed; no plaintext is here.
+#[derive(Clone)]
+pub(super) struct CreateValues {
+    pub owner: String,
+    pub standard: String,
+    pub definition_owner: Option<String>,
+    pub definition_handle: Option<String>,
+    pub uid: String,
+    pub handle: String,
+    pub endpoint: String,
+    pub model: String,
+    pub dimensions: Option<i32>,
+    pub context_limit: Option<i32>,
+    pub description: String,
+    pub ciphertext: Option<Vec<u8>>,
+    pub key_id: Option<String>,
+    pub audit_caller: String,
+    pub audit_method: String,
+    pub resource: String,
+    pub resource_owner: Option<String>,
+    pub detail: String,
+}
+
+/// What the database assigned to a created instance.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Created {
+    pub id: i64,
+    pub revision: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+/// The answer to one queued create.
+#[derive(Debug)]
+pub(super) enum BatchOutcome {
+    /// Written and committed.
+    Created(Created),
+    /// Not written; the caller runs the one-row statement for its own answer.
+    RunAlone,
+    /// The database cannot be reached; running alone would only wait for it a second time.
+    Unavailable,
+}
+
+struct Pending {
+    values: CreateValues,
+    reply: oneshot::Sender<BatchOutcome>,
+}
+
+/// The queue of creates and its dispatcher task.
+#[derive(Debug)]
+pub(super) struct CreateBatches {
+    queue: mpsc::UnboundedSender<Pending>,
+    /// The receiving end, until the first create starts the dispatcher (it needs the caller's
+    /// runtime) and takes it.
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Pending>>>,
+    started: OnceLock<()>,
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("resource", &self.values.resource)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CreateBatches {
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        Arc::new(Self {
+            queue,
+            receiver: Mutex::new(Some(receiver)),
+            started: OnceLock::new(),
+            pool,
+        })
+    }
+
+    /// Queues `values` and waits for its batch to commit (or to skip it).
+    pub async fn create(&self, values: CreateValues) -> BatchOutcome {
+        self.started.get_or_init(|| {
+            let receiver = self
+                .receiver
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(receiver) = receiver {
+                tokio::spawn(dispatch(self.pool.clone(), receiver));
+            }
+        });
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send(Pending { values, reply }).is_err() {
+            return BatchOutcome::RunAlone;
+        }
+        // No reply means the batch task ended abnormally (at shutdown); the one-row statement
+        // then gives the answer, whatever happened to the batch.
+        answer.await.unwrap_or(BatchOutcome::RunAlone)
+    }
+}
+
+/// The dispatcher: takes a free slot, then everything queued (up to [`MAX_BATCH_ROWS`]), and
+/// sends it as one batch. Ends when the store is dropped.
+async fn dispatch(pool: PgPool, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    loop {
+        // The slot is taken before the queue is read, so that creates arriving while every
+        // slot is busy gather into the next batch instead of each taking a slot of its own.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_ROWS {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (deadline, cancellation) before its batch left is not written.
+        batch.retain(|pending| !pending.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let outcomes = write_batch(&pool, &batch).await;
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = pending.reply.send(outcome);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Inserts the instances and audit events of a batch in one statement. The owner, API standard
+/// and definition of each row are resolved by handle; rows whose references are missing, and
+/// rows whose handle is taken, are not inserted. Rows are inserted in (owner, handle) order, so
+/// that two batches racing for the same handles wait on each other in one order, never both ways.
+const CREATE_BATCH: &str = "WITH input AS ( \
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::uuid[], \
+                             $6::text[], $7::text[], $8::text[], $9::int4[], $10::int4[], $11::text[], \
+                             $12::bytea[], $13::text[], $14::text[], $15::text[], $16::text[], \
+                             $17::text[], $18::text[]) \
+            WITH ORDINALITY AS t (owner, standard, definition_owner, definition_handle, uid, handle, \
+                                  endpoint, model, dimensions, context_limit, description, ciphertext, \
+                                  key_id, audit_caller, audit_method, resource, resource_owner, detail, \
+                                  position)), \
+    resolved AS ( \
+        SELECT input.*, o.id AS owner_id, s.id AS standard_id, d.id AS definition_id \
+        FROM input \
+        JOIN users o ON o.handle = input.owner \
+        JOIN api_standards s ON s.handle = input.standard \
+        LEFT JOIN (definitions d JOIN users du ON du.id = d.owner_id) \
+            ON du.handle = input.definition_owner AND d.handle = input.definition_handle \
+        WHERE input.definition_owner IS NULL OR d.id IS NOT NULL), \
+    inserted AS ( \
+        INSERT INTO instances (uid, owner_id, handle, definition_id, endpoint, api_standard_id, model, \
+                               dimensions, context_limit, description, api_key_ciphertext, api_key_key_id) \
+        SELECT uid, owner_id, handle, definition_id, endpoint, standard_id, model, \
+               dimensions, context_limit, description, ciphertext, key_id \
+        FROM resolved ORDER BY owner_id, handle \
+        ON CONFLICT DO NOTHING \
+        RETURNING uid, id, revision, create_time, update_time), \
+    audited AS ( \
+        INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail) \
+        SELECT r.audit_caller, r.audit_method, r.resource, r.resource_owner, 'OK', r.detail \
+        FROM inserted JOIN resolved r USING (uid)) \
+    SELECT r.position, i.id, i.revision, i.create_time, i.update_time \
+    FROM inserted i JOIN resolved r USING (uid)";
+
+#[derive(sqlx::FromRow)]
+struct InsertedRow {
+    position: i64,
+    id: i64,
+    revision: i64,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+/// One column of a batch, as an array parameter.
+fn column<T>(batch: &[Pending], field: impl Fn(&CreateValues) -> T) -> Vec<T> {
+    batch.iter().map(|pending| field(&pending.values)).collect()
+}
+
+/// Writes a batch; one outcome per create, in order.
+async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<BatchOutcome> {
+    let query = sqlx::query_as::<_, InsertedRow>(CREATE_BATCH)
+        .bind(column(batch, |v| v.owner.clone()))
+        .bind(column(batch, |v| v.standard.clone()))
+        .bind(column(batch, |v| v.definition_owner.clone()))
+        .bind(column(batch, |v| v.definition_handle.clone()))
+        .bind(column(batch, |v| v.uid.clone()))
+        .bind(column(batch, |v| v.handle.clone()))
+        .bind(column(batch, |v| v.endpoint.clone()))
+        .bind(column(batch, |v| v.model.clone()))
+        .bind(column(batch, |v| v.dimensions))
+        .bind(column(batch, |v| v.context_limit))
+        .bind(column(batch, |v| v.description.clone()))
+        .bind(column(batch, |v| v.ciphertext.clone()))
+        .bind(column(batch, |v| v.key_id.clone()))
+        .bind(column(batch, |v| v.audit_caller.clone()))
+        .bind(column(batch, |v| v.audit_method.clone()))
+        .bind(column(batch, |v| v.resource.clone()))
+        .bind(column(batch, |v| v.resource_owner.clone()))
+        .bind(column(batch, |v| v.detail.clone()));
+    match query.fetch_all(pool).await {
+        Ok(rows) => {
+            let mut outcomes = column(batch, |_| BatchOutcome::RunAlone);
+            for row in rows {
+                let outcome = usize::try_from(row.position - 1)
+                    .ok()
+                    .and_then(|index| outcomes.get_mut(index));
+                if let Some(outcome) = outcome {
+                    *outcome = BatchOutcome::Created(Created {
+                        id: row.id,
+                        revision: row.revision,
+                        create_time: row.create_time,
+                        update_time: row.update_time,
+                    });
+                }
+            }
+            outcomes
+        }
+        Err(error) if errors::is_unavailable(&error) => {
+            tracing::warn!(%error, "database unavailable");
+            column(batch, |_| BatchOutcome::Unavailable)
+        }
+        Err(error) => {
+            // Nothing was written; each create finds its own answer alone.
+            tracing::debug!(%error, rows = batch.len(), "create batch failed; running alone");
+            column(batch, |_| BatchOutcome::RunAlone)
+        }
+    }
+}
