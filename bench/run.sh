@@ -3,7 +3,8 @@
 #
 # Builds the release binary and the load generator (examples/loadgen.rs), prepares a registry
 # with a realistic population through its own API, measures each scenario at 1, 8 and 32
-# concurrent streams (on one HTTP/2 connection, as one gRPC channel sends them), measures PostgreSQL's own limits with pgbench on the same machine, the
+# concurrent streams (on one HTTP/2 connection, as one gRPC channel sends them; each call a bare
+# HTTP/2 POST, as h2load sends them), measures PostgreSQL's own limits with pgbench on the same machine, the
 # server's RSS and start-up time, runs the vault micro-benchmark, and prints one table (also
 # written to bench/RESULTS.md). Needs PostgreSQL on 127.0.0.1:5432 with trust authentication.
 set -euo pipefail
@@ -113,7 +114,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 {
     echo "# Benchmark results"
     echo
-    echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $(psql -V | awk '{print $3}'); run $(date -u +%Y-%m-%dT%H:%MZ); ${SECONDS_PER_RUN} s per figure; client and server on the same machine; the streams of a run share one HTTP/2 connection; pgbench uses one connection per client."
+    echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $(psql -V | awk '{print $3}'); run $(date -u +%Y-%m-%dT%H:%MZ); ${SECONDS_PER_RUN} s per figure; client and server on the same machine; the streams of a run share one HTTP/2 connection, each call a bare HTTP/2 POST; pgbench uses one connection per client."
     echo
     echo "| scenario | streams | req/s | p50 ms | p99 ms | errors |"
     echo "| --- | --- | --- | --- | --- | --- |"

@@ -1,12 +1,14 @@
 //! The benchmark's load generator (see bench/run.sh): populates a registry through its API and
 //! measures requests per second and latency percentiles of one scenario at one concurrency.
-//! A compiled Rust client over HTTP/2, so that the client costs little next to the server.
+//! Measurements go over bare HTTP/2 (the `h2` crate, as h2load would send them), so that the
+//! client costs little next to the server; populating uses the generated tonic clients.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures_util::future::join_all;
 use llm_registry::pb::v1::{
@@ -14,6 +16,7 @@ use llm_registry::pb::v1::{
     project_service_client::ProjectServiceClient, sharing_service_client::SharingServiceClient,
     user_service_client::UserServiceClient,
 };
+use prost::Message;
 use tonic::{Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -192,74 +195,125 @@ async fn populate(
     Ok(())
 }
 
-/// One request of a scenario; `i` varies the target.
-async fn call(
+/// One request of a scenario, as the gRPC method's path and the encoded request message;
+/// `i` varies the target.
+fn scenario_request(
     scenario: &str,
-    channel: Channel,
-    token: &str,
     i: usize,
     deep_token: &str,
-) -> anyhow::Result<()> {
-    match scenario {
-        "health" => {
-            HealthClient::new(channel)
-                .check(HealthCheckRequest::default())
-                .await?;
-        }
-        "get-instance" => {
-            let n = i % 1000;
-            LlmInstanceServiceClient::new(channel)
-                .get_instance(authed(
-                    pb::GetInstanceRequest {
-                        name: format!("users/owner-0/instances/i{n}"),
-                    },
-                    token,
-                ))
-                .await?;
-        }
-        "list-first" | "list-deep" => {
-            let page_token = if scenario == "list-deep" {
-                deep_token.to_owned()
-            } else {
-                String::new()
-            };
-            LlmInstanceServiceClient::new(channel)
-                .list_instances(authed(bench_page(page_token), token))
-                .await?;
-        }
-        "create-instance" => {
-            let id = format!("c{}-{i}", std::process::id());
-            LlmInstanceServiceClient::new(channel)
-                .create_instance(authed(
-                    pb::CreateInstanceRequest {
-                        parent: "users/owner-0".into(),
-                        instance_id: id,
-                        instance: Some(pb::Instance {
-                            endpoint: "https://api.openai.com/v1/embeddings".into(),
-                            api_standard: "openai".into(),
-                            model: "text-embedding-3-small".into(),
-                            dimensions: Some(1536),
-                            api_key: format!("sk-bench-{i:032}"),
-                            ..Default::default()
-                        }),
-                    },
-                    token,
-                ))
-                .await?;
-        }
-        "project-instance" => {
-            ProjectServiceClient::new(channel)
-                .get_project_instance(authed(
-                    pb::GetProjectInstanceRequest {
-                        name: format!("users/bench/projects/p{}", i % 100),
-                    },
-                    token,
-                ))
-                .await?;
-        }
+) -> anyhow::Result<(&'static str, Vec<u8>)> {
+    let request = match scenario {
+        "health" => (
+            "/grpc.health.v1.Health/Check",
+            HealthCheckRequest::default().encode_to_vec(),
+        ),
+        "get-instance" => (
+            "/llmregistry.v1.LlmInstanceService/GetInstance",
+            pb::GetInstanceRequest {
+                name: format!("users/owner-0/instances/i{}", i % 1000),
+            }
+            .encode_to_vec(),
+        ),
+        "list-first" => (
+            "/llmregistry.v1.LlmInstanceService/ListInstances",
+            bench_page(String::new()).encode_to_vec(),
+        ),
+        "list-deep" => (
+            "/llmregistry.v1.LlmInstanceService/ListInstances",
+            bench_page(deep_token.to_owned()).encode_to_vec(),
+        ),
+        "create-instance" => (
+            "/llmregistry.v1.LlmInstanceService/CreateInstance",
+            pb::CreateInstanceRequest {
+                parent: "users/owner-0".into(),
+                instance_id: format!("c{}-{i}", std::process::id()),
+                instance: Some(pb::Instance {
+                    endpoint: "https://api.openai.com/v1/embeddings".into(),
+                    api_standard: "openai".into(),
+                    model: "text-embedding-3-small".into(),
+                    dimensions: Some(1536),
+                    api_key: format!("sk-bench-{i:032}"),
+                    ..Default::default()
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        "project-instance" => (
+            "/llmregistry.v1.ProjectService/GetProjectInstance",
+            pb::GetProjectInstanceRequest {
+                name: format!("users/bench/projects/p{}", i % 100),
+            }
+            .encode_to_vec(),
+        ),
         other => anyhow::bail!("unknown scenario {other}"),
+    };
+    Ok(request)
+}
+
+/// A gRPC unary call as a bare HTTP/2 POST (as h2load sends them): the length-prefixed message
+/// out, the response body drained, and success only with `grpc-status: 0`. No tonic channel,
+/// buffer task or response decoding in the way, so the client costs little next to the server.
+struct RawCaller {
+    sender: h2::client::SendRequest<Bytes>,
+    authority: String,
+    authorization: http::HeaderValue,
+}
+
+impl RawCaller {
+    async fn connect(addr: &str, token: &str) -> anyhow::Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 24)
+            .handshake(tcp)
+            .await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            sender,
+            authority: addr.to_owned(),
+            authorization: format!("Bearer {token}").parse()?,
+        })
     }
-    Ok(())
+
+    async fn call(&self, path: &str, message: &[u8]) -> anyhow::Result<()> {
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("http://{}{path}", self.authority))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", self.authorization.clone())
+            .body(())?;
+        let mut frame = Vec::with_capacity(5 + message.len());
+        frame.push(0);
+        frame.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+        frame.extend_from_slice(message);
+        let (response, mut body_out) = self
+            .sender
+            .clone()
+            .ready()
+            .await?
+            .send_request(request, false)?;
+        body_out.send_data(Bytes::from(frame), true)?;
+        let response = response.await?;
+        let header_status = grpc_status(response.headers());
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailer_status = body.trailers().await?.as_ref().and_then(grpc_status);
+        match trailer_status.or(header_status) {
+            Some(0) => Ok(()),
+            status => anyhow::bail!("grpc-status {status:?}"),
+        }
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// A page of 50 of the bench user's instances (owned and shared), after `page_token`.
@@ -294,35 +348,36 @@ async fn measure(
 ) -> anyhow::Result<()> {
     // One HTTP/2 connection carries all the streams, as one gRPC channel does (and as h2load
     // does with `-c 1 -m N`); the concurrency is the number of streams in flight on it.
-    let pool = channels(addr, 1).await?;
     let deep = if scenario == "list-deep" {
-        deep_page_token(pool[0].clone(), token, 100).await?
+        deep_page_token(channels(addr, 1).await?.remove(0), token, 100).await?
     } else {
         String::new()
     };
+    let caller = Arc::new(RawCaller::connect(addr, token).await?);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let streams = (0..concurrency).map(|s| {
-        let (channel, token, deep) = (pool[s % pool.len()].clone(), token.to_owned(), deep.clone());
+        let (caller, deep) = (Arc::clone(&caller), deep.clone());
         let scenario = scenario.to_owned();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
             let mut i = s * 1_000_000;
             while Instant::now() < deadline {
+                let (path, message) = scenario_request(&scenario, i, &deep)?;
                 let started = Instant::now();
-                match call(&scenario, channel.clone(), &token, i, &deep).await {
+                match caller.call(path, &message).await {
                     Ok(()) => latencies.push(started.elapsed()),
                     Err(_) => errors += 1,
                 }
                 i += 1;
             }
-            (latencies, errors)
+            anyhow::Ok((latencies, errors))
         })
     });
     let mut latencies = Vec::new();
     let mut errors = 0;
     for result in join_all(streams).await {
-        let (mut l, e) = result?;
+        let (mut l, e) = result??;
         latencies.append(&mut l);
         errors += e;
     }
