@@ -19,6 +19,8 @@ enum Expected {
     OneOfTwo,
     UnknownStandard,
     UnknownOwner,
+    /// A value the database refuses (a rule it alone enforces).
+    RefusedByDatabase,
 }
 
 struct Create {
@@ -152,6 +154,9 @@ async fn concurrent_creates_share_commits_and_each_gets_its_own_answer() {
                 let status = assert_code(answer, Code::NotFound);
                 assert!(status.message().contains("users/nobody"), "{status:?}");
             }
+            Expected::RefusedByDatabase => {
+                assert_code(answer, Code::InvalidArgument);
+            }
         }
     }
     assert_eq!(
@@ -212,4 +217,66 @@ async fn concurrent_creates_share_commits_and_each_gets_its_own_answer() {
         transactions < 44,
         "44 creates sent together were committed one by one ({transactions} transactions)"
     );
+}
+
+#[tokio::test]
+async fn a_create_that_fails_its_batch_leaves_the_others_written() {
+    let app = TestApp::spawn().await;
+    app.create_user("alice").await;
+    // A rule only the database knows (as a constraint added later might be): the statement of
+    // any batch carrying this handle fails as a whole.
+    let mut db = app.db().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.handle = 'poison' THEN \
+             RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; \
+         END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON instances \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let mut creates: Vec<Create> = (0..23)
+        .map(|n| Create {
+            parent: "users/alice",
+            handle: format!("healthy-{n}"),
+            standard: "openai",
+            api_key: Some(random_api_key()),
+            from_definition: false,
+            expected: Expected::Created,
+        })
+        .collect();
+    creates.insert(
+        11,
+        Create {
+            parent: "users/alice",
+            handle: "poison".into(),
+            standard: "openai",
+            api_key: Some(random_api_key()),
+            from_definition: false,
+            expected: Expected::RefusedByDatabase,
+        },
+    );
+    let answers = join_all(creates.iter().map(|create| send(&app, create))).await;
+    for (create, answer) in creates.iter().zip(answers) {
+        if create.expected == Expected::RefusedByDatabase {
+            // The caller's value, refused by the database: INVALID_ARGUMENT, not INTERNAL.
+            assert_code(answer, Code::InvalidArgument);
+        } else {
+            let instance = answer.unwrap_or_else(|e| panic!("{}: {e:?}", create.handle));
+            let handle = &create.handle;
+            assert_eq!(instance.name, format!("users/alice/instances/{handle}"));
+            assert_eq!(stored_key(&app, "alice", handle).await, create.api_key);
+        }
+    }
+    let (instances, audited): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM instances), \
+                (SELECT count(*) FROM audit_events WHERE outcome = 'OK' AND method LIKE '%CreateInstance')",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!((instances, audited), (23, 23));
 }
