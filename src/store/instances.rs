@@ -465,7 +465,10 @@ impl Store {
 
     /// Instances `user` can use (owned and shared, each once) in creation order, after the
     /// cursor (an instance's sequence). Each branch walks an index from the cursor and stops after
-    /// one page, so a page costs the same at any depth.
+    /// one page, so a page costs the same at any depth. The page's rows are then fetched by id
+    /// through `= ANY (ARRAY(...))`, which is always an index lookup per id: with `IN (SELECT ...)`
+    /// the cached generic plan merge-joined against the primary key from its start, reading every
+    /// instance before the cursor (5,000 rows at page 100 of the benchmark).
     pub async fn list_instances(
         &self,
         caller: &Caller,
@@ -486,7 +489,7 @@ impl Store {
                 (SELECT instance_id FROM shares WHERE $4 AND grantee_id = $2 AND instance_id > $5 \
                  ORDER BY instance_id LIMIT $6) \
              ) \
-             {SELECT} WHERE i.id IN (SELECT id FROM page) ORDER BY i.id LIMIT $6"
+             {SELECT} WHERE i.id = ANY (ARRAY(SELECT id FROM page)) ORDER BY i.id LIMIT $6"
         )))
         .bind(caller_id(caller))
         .bind(user_id)
