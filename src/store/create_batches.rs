@@ -15,8 +15,9 @@
 //! A batch writes only the creates that certainly succeed. A create whose owner, API standard or
 //! definition does not exist, or whose handle is taken (also by another create of the same batch),
 //! is skipped by the statement (`ON CONFLICT DO NOTHING`), and when the statement fails as a whole
-//! nothing of it is written. Such creates are answered [`BatchOutcome::RunAlone`], and their
-//! callers run the one-row statement, which gives exactly the answer a lone create would get.
+//! nothing of it is written. Such creates are answered [`BatchOutcome::RunAlone`] with their
+//! values, and their callers run the one-row statement, which gives exactly the answer a lone
+//! create would get.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -34,7 +35,6 @@ const MAX_BATCH_ROWS: usize = 64;
 
 /// Everything one create writes: the instance row (its references by handle) and its audit
 /// event. The key is already sealed; no plaintext is here.
-#[derive(Clone)]
 pub(super) struct CreateValues {
     pub owner: String,
     pub standard: String,
@@ -66,13 +66,21 @@ pub(super) struct Created {
 }
 
 /// The answer to one queued create.
-#[derive(Debug)]
 pub(super) enum BatchOutcome {
     /// Written and committed.
     Created(Created),
-    /// Not written; the caller runs the one-row statement for its own answer.
-    RunAlone,
-    /// The database cannot be reached; running alone would only wait for it a second time.
+    /// Not written; the caller runs the one-row statement with these values for its own answer.
+    RunAlone(Box<CreateValues>),
+    /// The database cannot be reached (or the batches stopped, at shutdown); running alone would
+    /// only wait for it a second time.
+    Unavailable,
+}
+
+/// What a batch statement did with one of its creates.
+#[derive(Clone, Copy)]
+enum Written {
+    Created(Created),
+    Skipped,
     Unavailable,
 }
 
@@ -90,14 +98,6 @@ pub(super) struct CreateBatches {
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Pending>>>,
     started: OnceLock<()>,
     pool: PgPool,
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
-            .field("resource", &self.values.resource)
-            .finish_non_exhaustive()
-    }
 }
 
 impl CreateBatches {
@@ -124,12 +124,11 @@ impl CreateBatches {
             }
         });
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Pending { values, reply }).is_err() {
-            return BatchOutcome::RunAlone;
+        if let Err(unsent) = self.queue.send(Pending { values, reply }) {
+            return BatchOutcome::RunAlone(Box::new(unsent.0.values));
         }
-        // No reply means the batch task ended abnormally (at shutdown); the one-row statement
-        // then gives the answer, whatever happened to the batch.
-        answer.await.unwrap_or(BatchOutcome::RunAlone)
+        // No reply means the batch task is gone, which happens only at shutdown.
+        answer.await.unwrap_or(BatchOutcome::Unavailable)
     }
 }
 
@@ -160,11 +159,16 @@ async fn dispatch(pool: PgPool, mut queue: mpsc::UnboundedReceiver<Pending>) {
         }
         let pool = pool.clone();
         tokio::spawn(async move {
-            let outcomes = write_batch(&pool, &batch).await;
-            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+            let written = write_batch(&pool, &batch).await;
+            drop(slot);
+            for (pending, written) in batch.into_iter().zip(written) {
+                let outcome = match written {
+                    Written::Created(created) => BatchOutcome::Created(created),
+                    Written::Skipped => BatchOutcome::RunAlone(Box::new(pending.values)),
+                    Written::Unavailable => BatchOutcome::Unavailable,
+                };
                 let _ = pending.reply.send(outcome);
             }
-            drop(slot);
         });
     }
 }
@@ -232,40 +236,40 @@ struct InsertedRow {
 }
 
 /// One column of a batch, as an array parameter.
-fn column<T>(batch: &[Pending], field: impl Fn(&CreateValues) -> T) -> Vec<T> {
+fn column<'a, T>(batch: &'a [Pending], field: impl Fn(&'a CreateValues) -> T) -> Vec<T> {
     batch.iter().map(|pending| field(&pending.values)).collect()
 }
 
 /// Writes a batch; one outcome per create, in order.
-async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<BatchOutcome> {
+async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<Written> {
     let query = sqlx::query_as::<_, InsertedRow>(CREATE_BATCH)
-        .bind(column(batch, |v| v.owner.clone()))
-        .bind(column(batch, |v| v.standard.clone()))
-        .bind(column(batch, |v| v.definition_owner.clone()))
-        .bind(column(batch, |v| v.definition_handle.clone()))
-        .bind(column(batch, |v| v.uid.clone()))
-        .bind(column(batch, |v| v.handle.clone()))
-        .bind(column(batch, |v| v.endpoint.clone()))
-        .bind(column(batch, |v| v.model.clone()))
+        .bind(column(batch, |v| v.owner.as_str()))
+        .bind(column(batch, |v| v.standard.as_str()))
+        .bind(column(batch, |v| v.definition_owner.as_deref()))
+        .bind(column(batch, |v| v.definition_handle.as_deref()))
+        .bind(column(batch, |v| v.uid.as_str()))
+        .bind(column(batch, |v| v.handle.as_str()))
+        .bind(column(batch, |v| v.endpoint.as_str()))
+        .bind(column(batch, |v| v.model.as_str()))
         .bind(column(batch, |v| v.dimensions))
         .bind(column(batch, |v| v.context_limit))
-        .bind(column(batch, |v| v.description.clone()))
-        .bind(column(batch, |v| v.ciphertext.clone()))
-        .bind(column(batch, |v| v.key_id.clone()))
-        .bind(column(batch, |v| v.audit_caller.clone()))
-        .bind(column(batch, |v| v.audit_method.clone()))
-        .bind(column(batch, |v| v.resource.clone()))
-        .bind(column(batch, |v| v.resource_owner.clone()))
-        .bind(column(batch, |v| v.detail.clone()));
+        .bind(column(batch, |v| v.description.as_str()))
+        .bind(column(batch, |v| v.ciphertext.as_deref()))
+        .bind(column(batch, |v| v.key_id.as_deref()))
+        .bind(column(batch, |v| v.audit_caller.as_str()))
+        .bind(column(batch, |v| v.audit_method.as_str()))
+        .bind(column(batch, |v| v.resource.as_str()))
+        .bind(column(batch, |v| v.resource_owner.as_deref()))
+        .bind(column(batch, |v| v.detail.as_str()));
     match query.fetch_all(pool).await {
         Ok(rows) => {
-            let mut outcomes = column(batch, |_| BatchOutcome::RunAlone);
+            let mut written = vec![Written::Skipped; batch.len()];
             for row in rows {
-                let outcome = usize::try_from(row.position - 1)
+                let slot = usize::try_from(row.position - 1)
                     .ok()
-                    .and_then(|index| outcomes.get_mut(index));
-                if let Some(outcome) = outcome {
-                    *outcome = BatchOutcome::Created(Created {
+                    .and_then(|index| written.get_mut(index));
+                if let Some(slot) = slot {
+                    *slot = Written::Created(Created {
                         id: row.id,
                         revision: row.revision,
                         create_time: row.create_time,
@@ -273,16 +277,16 @@ async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<BatchOutcome> {
                     });
                 }
             }
-            outcomes
+            written
         }
         Err(error) if errors::is_unavailable(&error) => {
             tracing::warn!(%error, "database unavailable");
-            column(batch, |_| BatchOutcome::Unavailable)
+            vec![Written::Unavailable; batch.len()]
         }
         Err(error) => {
             // Nothing was written; each create finds its own answer alone.
             tracing::debug!(%error, rows = batch.len(), "create batch failed; running alone");
-            column(batch, |_| BatchOutcome::RunAlone)
+            vec![Written::Skipped; batch.len()]
         }
     }
 }

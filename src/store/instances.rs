@@ -247,10 +247,11 @@ impl Store {
             resource,
             detail: detail.to_owned(),
         };
-        let created = match self.create_batches.create(values.clone()).await {
+        let has_api_key = values.key_id.is_some();
+        let created = match self.create_batches.create(values).await {
             BatchOutcome::Created(created) => created,
             BatchOutcome::Unavailable => return Err(DomainError::Unavailable),
-            BatchOutcome::RunAlone => self.create_alone(&values, new.definition).await?,
+            BatchOutcome::RunAlone(values) => self.create_alone(&values, new.definition).await?,
         };
         Ok(Instance {
             sequence: created.id,
@@ -258,7 +259,7 @@ impl Store {
             uid,
             definition: new.definition.cloned(),
             spec: new.spec.clone(),
-            has_api_key: values.key_id.is_some(),
+            has_api_key,
             access_role,
             revision: created.revision,
             create_time: created.create_time,
