@@ -1,5 +1,8 @@
 //! The vault's cost per key: seal and open of a typical 64-byte provider key.
 
+// Test and benchmark code may panic on the unexpected; the service may not (Cargo.toml [lints]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use llm_registry::vault::{ApiKey, KeyRing, MasterKey};
 

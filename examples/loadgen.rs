@@ -3,6 +3,9 @@
 //! Measurements go over bare HTTP/2 (the `h2` crate, as h2load would send them), so that the
 //! client costs little next to the server; populating uses the generated tonic clients.
 
+// Test and benchmark code may panic on the unexpected; the service may not (Cargo.toml [lints]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},

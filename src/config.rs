@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
 use crate::{
-    auth::token::IssuedToken,
+    domain::token::IssuedToken,
     telemetry::LogFormat,
     vault::{KeyRing, MasterKey},
 };

@@ -1,14 +1,23 @@
 //! llm-registry: a gRPC registry of LLM and embedding services. See DESIGN.md for the contract
 //! and README.md for running it. The binary (`main.rs`) is a thin command line over [`server`].
 
-pub mod admission;
-pub mod api;
-pub mod auth;
+//!
+//! Layers, bottom up (no module imports from one above it): [`pb`] (generated), [`vault`],
+//! `domain` (no tonic, no sqlx), `store` (sqlx), `api` (handlers) and `grpc` (the edge, in
+//! front of the handlers), then [`server`], [`config`] and [`telemetry`] that wire them. Only what
+//! the binary, the tests and the benchmarks use is public.
+
+mod api;
 pub mod config;
-pub mod domain;
-pub mod middleware;
+mod domain;
+mod grpc;
 pub mod pb;
 pub mod server;
-pub mod store;
+mod store;
 pub mod telemetry;
 pub mod vault;
+
+/// Bearer tokens as the service issues them (the tests issue their own the same way).
+pub use domain::token::IssuedToken;
+/// Which method names count as read-only (the tests enumerate the writes with it).
+pub use grpc::methods::is_read_only_method;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use llm_registry::{
     config::{self, Cli, Command},
-    domain::audit::Audit,
     server, telemetry,
 };
 use tokio::net::TcpListener;
@@ -37,19 +36,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Migrate) => {
             let url = config::database_url(&cli.global)?;
-            server::prepare_database(cli.global.mode, &url, 1, 0).await?;
+            server::migrate(cli.global.mode, &url).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
         Some(Command::RotateKeys(args)) => {
             let url = config::database_url(&cli.global)?;
             let ring = config::rotation_key_ring(&cli.global, &args.keys)?;
-            let store = server::prepare_database(cli.global.mode, &url, 2, 0).await?;
-            store.check_key_ring_covers_database(&ring).await?;
-            let report = store
-                .rotate_keys(&Audit::operator("rotate-keys"), &ring, args.batch_size)
-                .await
-                .map_err(|e| anyhow::anyhow!("rotation stopped: {e}"))?;
+            let report = server::rotate_keys(cli.global.mode, &url, &ring, args.batch_size).await?;
             println!(
                 "re-encrypted {} key(s) under primary key {}; {} already current",
                 report.reencrypted,

@@ -1,6 +1,7 @@
-//! Start-up and serving: database (created in development mode), migrations, the tower layers
-//! (trace -> concurrency limit -> authentication -> `_system` guard), the six services, health,
-//! reflection, and a graceful shutdown that turns health NOT_SERVING before draining calls.
+//! Start-up and serving: database (created in development mode), migrations, the layers of the
+//! edge (trace -> admission -> authentication -> refusal audit -> `_system` guard, see
+//! [`crate::grpc`]), the seven services, health, reflection, and a graceful shutdown that turns
+//! health NOT_SERVING before draining calls.
 
 use std::{
     future::Future,
@@ -14,21 +15,22 @@ use std::{
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{server::NamedService, transport::server::TcpIncoming};
+use tonic::{codec::CompressionEncoding, server::NamedService, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 
 use crate::{
-    admission::Admission,
     api::{
         ApiContext, api_standards::ApiStandardsApi, audit::AuditApi, definitions::DefinitionsApi,
-        instances::InstancesApi, projects::ProjectsApi, refusal_audit::RefusalAudit,
-        sharing::SharingApi, users::UsersApi,
+        instances::InstancesApi, projects::ProjectsApi, sharing::SharingApi, users::UsersApi,
     },
-    auth::{authenticate::Authenticator, system_guard::SystemGuard},
     config::{Mode, ServeSettings},
-    domain::pagination::Paginator,
-    middleware::MiddlewareLayer,
+    domain::{audit::Audit, pagination::Paginator},
+    grpc::{
+        admission::Admission, authenticate::Authenticator, layer::MiddlewareLayer,
+        methods::MethodTable, refusal_audit::RefusalAudit, system_guard::SystemGuard,
+        trace::RpcTrace,
+    },
     pb::{
         self,
         v1::{
@@ -40,8 +42,8 @@ use crate::{
             sharing_service_server::SharingServiceServer, user_service_server::UserServiceServer,
         },
     },
-    store::{Store, database},
-    telemetry::rpc_trace::RpcTrace,
+    store::{RotationReport, Store, database},
+    vault::KeyRing,
 };
 
 /// Names reported by the health service: "" (the server as a whole) and each of ours.
@@ -61,7 +63,7 @@ const PAGE_TOKEN_KEY_PURPOSE: &str = "llm-registry page tokens v1";
 
 /// Connects (creating the database in development mode) and applies migrations. The store's read
 /// cache holds at most `read_cache_entries` answers (0 for commands that serve no calls).
-pub async fn prepare_database(
+pub(crate) async fn prepare_database(
     mode: Mode,
     database_url: &str,
     max_connections: u32,
@@ -79,6 +81,28 @@ pub async fn prepare_database(
         .await
         .context("applying migrations")?;
     Ok(Store::new(pool, read_cache_entries))
+}
+
+/// The `migrate` command: connects (creating the development database) and applies migrations.
+pub async fn migrate(mode: Mode, database_url: &str) -> anyhow::Result<()> {
+    prepare_database(mode, database_url, 1, 0).await?;
+    Ok(())
+}
+
+/// The `rotate-keys` command: re-encrypts every stored key under the ring's primary key, in
+/// batches of `batch_size`, while the service may keep running.
+pub async fn rotate_keys(
+    mode: Mode,
+    database_url: &str,
+    ring: &KeyRing,
+    batch_size: u32,
+) -> anyhow::Result<RotationReport> {
+    let store = prepare_database(mode, database_url, 2, 0).await?;
+    store.check_key_ring_covers_database(ring).await?;
+    store
+        .rotate_keys(&Audit::operator("rotate-keys"), ring, batch_size)
+        .await
+        .map_err(|e| anyhow::anyhow!("rotation stopped: {e}"))
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
@@ -125,26 +149,26 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let methods = Arc::new(MethodTable::from_descriptor_set(pb::FILE_DESCRIPTOR_SET)?);
     let layers = ServiceBuilder::new()
         .layer(MiddlewareLayer::new(RpcTrace))
         .layer(MiddlewareLayer::new(Admission::new(
+            methods.clone(),
             settings.max_concurrent_requests,
             settings.max_queued_requests,
             database_up.clone(),
         )))
         .layer(MiddlewareLayer::new(Authenticator::new(
+            methods.clone(),
             store.clone(),
             &settings.admin_token,
         )))
         .layer(MiddlewareLayer::new(RefusalAudit::new(
+            methods.clone(),
             store.clone(),
-            pb::FILE_DESCRIPTOR_SET,
             max_message,
-        )?))
-        .layer(MiddlewareLayer::new(SystemGuard::from_descriptor_set(
-            pb::FILE_DESCRIPTOR_SET,
-            max_message,
-        )?))
+        )))
+        .layer(MiddlewareLayer::new(SystemGuard::new(methods, max_message)))
         .into_inner();
 
     let address = listener.local_addr()?;
@@ -168,37 +192,51 @@ pub async fn serve(
         .add_service(
             AuditServiceServer::new(AuditApi(context.clone()))
                 .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
             UserServiceServer::new(UsersApi(context.clone()))
                 .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
             ApiStandardServiceServer::new(ApiStandardsApi(context.clone()))
                 .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
             LlmDefinitionServiceServer::new(DefinitionsApi(context.clone()))
                 .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
             LlmInstanceServiceServer::new(InstancesApi(context.clone()))
                 .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
             SharingServiceServer::new(SharingApi(context.clone()))
                 .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
             ProjectServiceServer::new(ProjectsApi(context.clone()))
                 .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
         )
         // TCP_NODELAY: without it, a multi-segment answer (a page of 50 instances) waits ~40 ms
         // on the client's delayed ACK (measured with bench/run.sh).

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ApiContext, caller_of, convert, required};
+use super::{ApiContext, caller_of, convert, paging, required};
 use crate::{
     domain::{
         access,
@@ -81,18 +81,11 @@ impl ApiStandardService for ApiStandardsApi {
         &self,
         request: Request<pb::ListApiStandardsRequest>,
     ) -> Result<Response<pb::ListApiStandardsResponse>, Status> {
-        caller_of(&request)?;
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let query = "ListApiStandards";
-        let page = self
-            .0
-            .paginator
-            .start(request.page_size, &request.page_token, query)?;
+        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
         let found = self.0.store.list_api_standards(&page).await?;
-        let (standards, next_page_token) = self
-            .0
-            .paginator
-            .finish(found, &page, query, |s| s.handle.to_string());
+        let (standards, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
         Ok(Response::new(pb::ListApiStandardsResponse {
             api_standards: standards.into_iter().map(to_pb).collect(),
             next_page_token,

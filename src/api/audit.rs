@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ApiContext, caller_of, convert};
+use super::{ApiContext, caller_of, convert, paging};
 use crate::{
     domain::{
         audit::AuditEvent,
@@ -53,19 +53,9 @@ impl AuditService for AuditApi {
                 _ => None,
             },
         };
-        let query = format!(
-            "ListAuditEvents {:?} {:?} {:?}",
-            filter.resource, filter.caller, filter.owner
-        );
-        let page = self
-            .0
-            .paginator
-            .start(request.page_size, &request.page_token, &query)?;
+        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
         let found = self.0.store.list_audit_events(&filter, &page).await?;
-        let (events, next_page_token) = self
-            .0
-            .paginator
-            .finish(found, &page, &query, |e| e.id.to_string());
+        let (events, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.into_iter().map(to_pb).collect(),
             next_page_token,

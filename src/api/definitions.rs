@@ -5,11 +5,11 @@ use tonic::{Request, Response, Status};
 use super::{
     ApiContext, caller_of,
     convert::{self, ServiceFields},
-    required,
+    paging, required,
 };
 use crate::{
     domain::{
-        DomainError, access,
+        access,
         audit::Audit,
         definition::{Definition, SERVICE_FIELDS, ServiceSpec},
         error::both,
@@ -71,16 +71,13 @@ impl LlmDefinitionService for DefinitionsApi {
     ) -> Result<Response<pb::Definition>, Status> {
         let caller = caller_of(&request)?;
         let name = DefinitionName::parse("name", &request.get_ref().name)?;
-        let not_found = || DomainError::NotFound(name.to_string());
-        if !access::may_read_definitions_of(&caller, &name.owner) {
-            return Err(not_found().into());
-        }
+        access::check_definitions_read(&caller, &name.owner, &name)?;
         let definition = self
             .0
             .store
             .find_definition(&name)
             .await?
-            .ok_or_else(not_found)?;
+            .ok_or_else(|| access::hidden(&name))?;
         Ok(Response::new(to_pb(definition)))
     }
 
@@ -91,19 +88,10 @@ impl LlmDefinitionService for DefinitionsApi {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let parent = UserName::parse("parent", &request.parent)?;
-        if !access::may_read_definitions_of(&caller, &parent.0) {
-            return Err(DomainError::NotFound(parent.to_string()).into());
-        }
-        let query = format!("ListDefinitions {parent}");
-        let page = self
-            .0
-            .paginator
-            .start(request.page_size, &request.page_token, &query)?;
+        access::check_definitions_read(&caller, &parent.0, &parent)?;
+        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
         let found = self.0.store.list_definitions(&parent, &page).await?;
-        let (definitions, next_page_token) = self
-            .0
-            .paginator
-            .finish(found, &page, &query, |d| d.name.handle.to_string());
+        let (definitions, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
         Ok(Response::new(pb::ListDefinitionsResponse {
             definitions: definitions.into_iter().map(to_pb).collect(),
             next_page_token,

@@ -6,16 +6,16 @@ use tonic::{Request, Response, Status};
 use super::{
     ApiContext, caller_of,
     convert::{self, ServiceFields},
-    credential_of, parsed_for, required,
+    credential_of, paging, parsed_for, required,
 };
 use crate::{
     domain::{
-        DomainError, access,
+        DomainError,
+        access::{self, InstanceAction},
         audit::Audit,
-        check_etag,
         definition::ServiceSpec,
         error::both,
-        instance::{self, ApiKeyChange, Instance, InstanceAction, Role, Scope, authorize},
+        instance::{self, ApiKeyChange, Instance, Role, Scope},
         mask::UpdateMask,
         names::{DefinitionName, Handle, InstanceName, UserName},
     },
@@ -142,16 +142,13 @@ impl LlmInstanceService for InstancesApi {
                 optional_api_key(&overrides.api_key),
             ),
         )?;
-        let not_found = || DomainError::NotFound(source.to_string());
-        if !access::may_read_definitions_of(&caller, &source.owner) {
-            return Err(not_found().into());
-        }
+        access::check_definitions_read(&caller, &source.owner, &source)?;
         let definition = self
             .0
             .store
             .find_definition(&source)
             .await?
-            .ok_or_else(not_found)?;
+            .ok_or_else(|| access::hidden(&source))?;
         // Every populated override replaces the definition's value (an empty mask means "the
         // populated fields"); the result is validated whole.
         let populated = UpdateMask::parse(&[], UPDATABLE, OUTPUT_ONLY)?;
@@ -191,12 +188,12 @@ impl LlmInstanceService for InstancesApi {
         .await?;
         let (caller, instance) = self.0.store.find_instance_as(&credential, &name).await?;
         tracing::Span::current().record("caller", caller.label());
-        authorize(
+        access::authorize_instance(
             instance.as_ref().map(|i| i.access_role),
             InstanceAction::Use,
             &name,
         )?;
-        let instance = instance.ok_or_else(|| DomainError::NotFound(name.to_string()))?;
+        let instance = instance.ok_or_else(|| access::hidden(&name))?;
         Ok(Response::new(to_pb(instance)))
     }
 
@@ -207,9 +204,7 @@ impl LlmInstanceService for InstancesApi {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let parent = UserName::parse("parent", &request.parent)?;
-        if !access::may_read_private_of(&caller, &parent.0) {
-            return Err(DomainError::NotFound(parent.to_string()).into());
-        }
+        access::check_private_read(&caller, &parent.0, &parent)?;
         let scope = match pb::InstanceScope::try_from(request.scope) {
             Ok(pb::InstanceScope::Unspecified) => Scope::All,
             Ok(pb::InstanceScope::Owned) => Scope::Owned,
@@ -218,20 +213,13 @@ impl LlmInstanceService for InstancesApi {
                 return Err(DomainError::invalid("scope", "is not a known InstanceScope").into());
             }
         };
-        let query = format!("ListInstances {parent} {scope:?}");
-        let page = self
-            .0
-            .paginator
-            .start(request.page_size, &request.page_token, &query)?;
+        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
         let found = self
             .0
             .store
             .list_instances(&caller, &parent, scope, &page)
             .await?;
-        let (instances, next_page_token) = self
-            .0
-            .paginator
-            .finish(found, &page, &query, |i| i.sequence.to_string());
+        let (instances, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
         Ok(Response::new(pb::ListInstancesResponse {
             instances: instances.into_iter().map(to_pb).collect(),
             next_page_token,
@@ -262,12 +250,9 @@ impl LlmInstanceService for InstancesApi {
                 &Audit::new(&caller, "LlmInstanceService/UpdateInstance"),
                 &caller,
                 &name,
+                &instance.etag,
                 &self.0.key_ring,
-                |current| {
-                    authorize(Some(current.access_role), InstanceAction::Write, &name)?;
-                    check_etag(&instance.etag, &current.etag(), &name.to_string())?;
-                    Ok((patch.apply("instance", &current.spec)?, key_change))
-                },
+                |current| Ok((patch.apply("instance", &current.spec)?, key_change)),
             )
             .await?;
         Ok(Response::new(to_pb(updated)))
@@ -286,10 +271,7 @@ impl LlmInstanceService for InstancesApi {
                 &Audit::new(&caller, "LlmInstanceService/DeleteInstance"),
                 &caller,
                 &name,
-                |current| {
-                    authorize(Some(current.access_role), InstanceAction::Manage, &name)?;
-                    check_etag(&request.etag, &current.etag(), &name.to_string())
-                },
+                &request.etag,
             )
             .await?;
         Ok(Response::new(()))

@@ -6,10 +6,9 @@ pub mod audit;
 pub mod convert;
 pub mod definitions;
 pub mod instances;
+pub mod paging;
 pub mod projects;
-pub mod refusal_audit;
 pub mod sharing;
-pub mod status;
 pub mod users;
 
 use std::sync::Arc;
@@ -44,8 +43,8 @@ pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, DomainError> {
         .ok_or(DomainError::Unauthenticated)
 }
 
-/// The credential of a request on a path in [`crate::auth::RESOLVED_IN_QUERY`]: the caller, or
-/// a token for the store to resolve.
+/// The credential of a request on a path that the method table marks resolved in its query:
+/// the caller, or a token for the store to resolve.
 pub fn credential_of<T>(request: &Request<T>) -> Result<Credential, DomainError> {
     request
         .extensions()
@@ -54,7 +53,7 @@ pub fn credential_of<T>(request: &Request<T>) -> Result<Credential, DomainError>
         .ok_or(DomainError::Unauthenticated)
 }
 
-/// `parsed` (a request field parsed on a path in [`crate::auth::RESOLVED_IN_QUERY`]), or its
+/// `parsed` (a request field parsed on a path resolved in its query), or its
 /// error; but an unknown token is UNAUTHENTICATED whatever else is wrong, as on every other
 /// path, so on the error path the token is looked up first.
 pub async fn parsed_for<T>(

@@ -3,7 +3,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ApiContext, caller_of, convert, credential_of, instances, parsed_for, required};
+use super::{
+    ApiContext, caller_of, convert, credential_of, instances, paging, parsed_for, required,
+};
 use crate::{
     domain::{
         DomainError, access,
@@ -47,15 +49,6 @@ fn instance_reference(
     InstanceName::parse_reference("project.instance", value, Some(&namespace))
 }
 
-/// Projects are visible to their owner and the admin only; anyone else gets NOT_FOUND.
-fn check_visible(caller: &Caller, name: &ProjectName) -> Result<(), DomainError> {
-    if access::may_read_private_of(caller, &name.owner) {
-        Ok(())
-    } else {
-        Err(DomainError::NotFound(name.to_string()))
-    }
-}
-
 #[tonic::async_trait]
 impl ProjectService for ProjectsApi {
     async fn create_project(
@@ -95,13 +88,13 @@ impl ProjectService for ProjectsApi {
     ) -> Result<Response<pb::Project>, Status> {
         let caller = caller_of(&request)?;
         let name = ProjectName::parse("name", &request.get_ref().name)?;
-        check_visible(&caller, &name)?;
+        access::check_private_read(&caller, &name.owner, &name)?;
         let project = self
             .0
             .store
             .find_project(&name)
             .await?
-            .ok_or_else(|| DomainError::NotFound(name.to_string()))?;
+            .ok_or_else(|| access::hidden(&name))?;
         Ok(Response::new(to_pb(project)))
     }
 
@@ -112,19 +105,10 @@ impl ProjectService for ProjectsApi {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let parent = UserName::parse("parent", &request.parent)?;
-        if !access::may_read_private_of(&caller, &parent.0) {
-            return Err(DomainError::NotFound(parent.to_string()).into());
-        }
-        let query = format!("ListProjects {parent}");
-        let page = self
-            .0
-            .paginator
-            .start(request.page_size, &request.page_token, &query)?;
+        access::check_private_read(&caller, &parent.0, &parent)?;
+        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
         let found = self.0.store.list_projects(&parent, &page).await?;
-        let (projects, next_page_token) = self
-            .0
-            .paginator
-            .finish(found, &page, &query, |p| p.name.handle.to_string());
+        let (projects, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
         Ok(Response::new(pb::ListProjectsResponse {
             projects: projects.into_iter().map(to_pb).collect(),
             next_page_token,
@@ -198,7 +182,7 @@ impl ProjectService for ProjectsApi {
         )
         .await?;
         // One statement resolves the token, the project and its instance (see
-        // `auth::RESOLVED_IN_QUERY`); whether the caller may see the project is decided here,
+        // the method table's `resolved_in_query`); whether the caller may see the project is decided here,
         // and a project the caller may not see is NOT_FOUND exactly like a missing one.
         let (caller, found) = self
             .0
@@ -206,15 +190,13 @@ impl ProjectService for ProjectsApi {
             .find_project_instance_as(&credential, &name)
             .await?;
         tracing::Span::current().record("caller", caller.label());
-        check_visible(&caller, &name)?;
+        access::check_private_read(&caller, &name.owner, &name)?;
         // The caller is the project's owner (who can use the bound instance) or an admin.
-        let instance = found
-            .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-            .ok_or_else(|| {
-                DomainError::Internal(format!(
-                    "{name} is bound to an instance its owner cannot see"
-                ))
-            })?;
+        let instance = found.ok_or_else(|| access::hidden(&name))?.ok_or_else(|| {
+            DomainError::Internal(format!(
+                "{name} is bound to an instance its owner cannot see"
+            ))
+        })?;
         Ok(Response::new(instances::to_pb(instance)))
     }
 }

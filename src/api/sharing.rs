@@ -3,15 +3,15 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ApiContext, caller_of, convert, instances::role_to_pb};
+use super::{ApiContext, caller_of, convert, instances::role_to_pb, paging};
 use crate::{
     domain::{
-        DomainError,
+        DomainError, access,
         audit::Audit,
         error::both,
-        instance::{InstanceAction, Role, authorize},
+        instance::Role,
         names::{InstanceName, ShareName, UserName},
-        share::{Share, check_grantee},
+        share::Share,
     },
     pb::v1::{self as pb, sharing_service_server::SharingService},
 };
@@ -62,12 +62,8 @@ impl SharingService for SharingApi {
                 &Audit::new(&caller, "SharingService/ShareInstance"),
                 &caller,
                 &instance,
-                &check_grantee(&caller, &instance, &grantee.0)?,
+                &access::check_grantee(&caller, &instance, &grantee.0)?,
                 role,
-                |current| {
-                    authorize(Some(current.access_role), InstanceAction::Manage, &instance)
-                        .map(|_| ())
-                },
             )
             .await?;
         Ok(Response::new(to_pb(share)))
@@ -85,14 +81,6 @@ impl SharingService for SharingApi {
                 &Audit::new(&caller, "SharingService/UnshareInstance"),
                 &caller,
                 &share,
-                |current| {
-                    authorize(
-                        Some(current.access_role),
-                        InstanceAction::Manage,
-                        &share.instance,
-                    )
-                    .map(|_| ())
-                },
             )
             .await?;
         Ok(Response::new(()))
@@ -105,22 +93,9 @@ impl SharingService for SharingApi {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let instance = InstanceName::parse("parent", &request.parent)?;
-        let query = format!("ListInstanceShares {instance}");
-        let page = self
-            .0
-            .paginator
-            .start(request.page_size, &request.page_token, &query)?;
-        let found = self
-            .0
-            .store
-            .list_shares(&caller, &instance, &page, |current| {
-                authorize(Some(current.access_role), InstanceAction::Manage, &instance).map(|_| ())
-            })
-            .await?;
-        let (shares, next_page_token) = self
-            .0
-            .paginator
-            .finish(found, &page, &query, |s| s.name.grantee.to_string());
+        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let found = self.0.store.list_shares(&caller, &instance, &page).await?;
+        let (shares, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
         Ok(Response::new(pb::ListInstanceSharesResponse {
             shares: shares.into_iter().map(to_pb).collect(),
             next_page_token,

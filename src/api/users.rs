@@ -2,15 +2,14 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::audit::Audit;
-
-use super::{ApiContext, caller_of, convert, required};
+use super::{ApiContext, caller_of, convert, paging, required};
 use crate::{
-    auth::token::IssuedToken,
     domain::{
-        DomainError, access,
-        error::{PermissionReason, both},
+        access,
+        audit::Audit,
+        error::both,
         names::{Handle, UserName},
+        token::IssuedToken,
         user::{NewUser, User, UserFields},
     },
     pb::v1::{self as pb, user_service_server::UserService},
@@ -29,14 +28,6 @@ fn to_pb(user: User) -> pb::User {
         create_time: convert::timestamp(user.create_time),
         update_time: convert::timestamp(user.update_time),
         etag,
-    }
-}
-
-fn reserved_user() -> DomainError {
-    DomainError::PermissionDenied {
-        reason: PermissionReason::ReservedUser,
-        message: "users/_system is reserved: it cannot be changed, deleted or given a token"
-            .to_owned(),
     }
 }
 
@@ -76,9 +67,7 @@ impl UserService for UsersApi {
     ) -> Result<Response<pb::User>, Status> {
         let caller = caller_of(&request)?;
         let name = UserName::parse("name", &request.get_ref().name)?;
-        if !access::may_read_private_of(&caller, &name.0) {
-            return Err(DomainError::NotFound(name.to_string()).into());
-        }
+        access::check_private_read(&caller, &name.0, &name)?;
         Ok(Response::new(to_pb(self.0.store.get_user(&name).await?)))
     }
 
@@ -89,16 +78,9 @@ impl UserService for UsersApi {
         let caller = caller_of(&request)?;
         access::check_admin(&caller, "list users")?;
         let request = request.into_inner();
-        let query = "ListUsers";
-        let page = self
-            .0
-            .paginator
-            .start(request.page_size, &request.page_token, query)?;
+        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
         let found = self.0.store.list_users(&page).await?;
-        let (users, next_page_token) = self
-            .0
-            .paginator
-            .finish(found, &page, query, |u| u.handle.to_string());
+        let (users, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
         Ok(Response::new(pb::ListUsersResponse {
             users: users.into_iter().map(to_pb).collect(),
             next_page_token,
@@ -114,9 +96,7 @@ impl UserService for UsersApi {
         let request = request.into_inner();
         let user = required(request.user, "user")?;
         let name = UserName::parse("user.name", &user.name)?;
-        if name.0.is_system() {
-            return Err(reserved_user().into());
-        }
+        access::check_user_changeable(&name.0)?;
         let mask = convert::update_mask(request.update_mask.as_ref(), UPDATABLE, &[])?;
         let updated = self
             .0
@@ -152,9 +132,7 @@ impl UserService for UsersApi {
         access::check_admin(&caller, "delete users")?;
         let request = request.into_inner();
         let name = UserName::parse("name", &request.name)?;
-        if name.0.is_system() {
-            return Err(reserved_user().into());
-        }
+        access::check_user_changeable(&name.0)?;
         self.0
             .store
             .delete_user(
@@ -172,12 +150,8 @@ impl UserService for UsersApi {
     ) -> Result<Response<pb::RotateUserTokenResponse>, Status> {
         let caller = caller_of(&request)?;
         let name = UserName::parse("name", &request.get_ref().name)?;
-        if !access::may_read_private_of(&caller, &name.0) {
-            return Err(DomainError::NotFound(name.to_string()).into());
-        }
-        if name.0.is_system() {
-            return Err(reserved_user().into());
-        }
+        access::check_private_read(&caller, &name.0, &name)?;
+        access::check_user_changeable(&name.0)?;
         let token = IssuedToken::generate();
         let user = self
             .0

@@ -1,22 +1,68 @@
-//! The access policy for namespaces (DESIGN.md, "Authorization"). Reads of what a caller may not
-//! see answer NOT_FOUND exactly as for a missing resource; writes into someone else's namespace
-//! answer PERMISSION_DENIED whether or not the target exists.
+//! Who may do what: the whole access policy of DESIGN.md ("Authorization") in one file, next to
+//! the matrix that tests it (`tests/authorization_matrix.tsv`). Handlers and the store ask these
+//! functions; nothing else decides access.
+//!
+//! Two answers hide existence: a read of what a caller may not see is [`hidden`] (NOT_FOUND,
+//! exactly as for a missing resource), so nobody learns that a private handle exists. Writes into
+//! someone else's namespace are PERMISSION_DENIED whether or not the target exists, since the
+//! namespace itself is not secret.
+//!
+//! The rows of the policy:
+//! - namespaces: [`check_namespace_write`], [`names_system_namespace`] (the `_system` guard);
+//! - definitions: [`check_definitions_read`];
+//! - private resources (projects, user records, instance lists): [`check_private_read`];
+//! - instances, by role: [`effective_role`], [`authorize_instance`] with an [`InstanceAction`];
+//! - shares: [`check_grantee`];
+//! - users: [`check_admin`], [`check_user_changeable`] (the reserved `_system` user).
+
+use std::fmt::Display;
 
 use super::{
     caller::Caller,
     error::{DomainError, PermissionReason},
-    names::UserKey,
+    instance::Role,
+    names::{Handle, InstanceName, SYSTEM_USER, UserKey},
 };
 
+/// The existence-hiding refusal: what a caller who may not see `resource` is told, word for word
+/// what they would be told if it did not exist.
+pub fn hidden(resource: impl Display) -> DomainError {
+    DomainError::NotFound(resource.to_string())
+}
+
+/// Whether a name (as sent, not validated) is `users/_system` or anything under it.
+pub fn names_system_namespace(name: &str) -> bool {
+    name.strip_prefix("users/")
+        .and_then(|rest| rest.strip_prefix(SYSTEM_USER))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// May `caller` see the definitions owned by `owner`? `_system` ones are public to every caller;
-/// others only to their owner and administrators.
-pub fn may_read_definitions_of(caller: &Caller, owner: &UserKey) -> bool {
-    owner.is_system() || caller.is_admin() || caller.owns(owner)
+/// others only to their owner and administrators. Refused as [`hidden`] `resource`.
+pub fn check_definitions_read(
+    caller: &Caller,
+    owner: &UserKey,
+    resource: impl Display,
+) -> Result<(), DomainError> {
+    if owner.is_system() || caller.is_admin() || caller.owns(owner) {
+        Ok(())
+    } else {
+        Err(hidden(resource))
+    }
 }
 
 /// May `caller` see private resources (projects, the user record, instance lists) of `owner`?
-pub fn may_read_private_of(caller: &Caller, owner: &UserKey) -> bool {
-    caller.is_admin() || caller.owns(owner)
+/// Refused as [`hidden`] `resource`.
+pub fn check_private_read(
+    caller: &Caller,
+    owner: &UserKey,
+    resource: impl Display,
+) -> Result<(), DomainError> {
+    if caller.is_admin() || caller.owns(owner) {
+        Ok(())
+    } else {
+        Err(hidden(resource))
+    }
 }
 
 /// May `caller` create, change or delete resources in `owner`'s namespace?
@@ -49,10 +95,104 @@ pub fn check_admin(caller: &Caller, what: &str) -> Result<(), DomainError> {
     }
 }
 
+/// The reserved user `_system` cannot be changed, deleted or given a token, not even by an
+/// administrator.
+pub fn check_user_changeable(user: &UserKey) -> Result<(), DomainError> {
+    if user.is_system() {
+        Err(DomainError::PermissionDenied {
+            reason: PermissionReason::ReservedUser,
+            message: "users/_system is reserved: it cannot be changed, deleted or given a token"
+                .to_owned(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// What a caller wants to do with an instance (the rows of DESIGN.md's authorization table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAction {
+    /// Get, appear in lists, bind a project.
+    Use,
+    /// Update fields, replace the API key.
+    Write,
+    /// Delete, share, unshare, list shares.
+    Manage,
+}
+
+impl InstanceAction {
+    fn needs(self) -> Role {
+        match self {
+            InstanceAction::Use => Role::Reader,
+            InstanceAction::Write => Role::Writer,
+            InstanceAction::Manage => Role::Owner,
+        }
+    }
+}
+
+/// The caller's effective role on an instance of `owner`, given the role of a share to the
+/// caller if there is one. `None` means a stranger, who must not learn the instance exists.
+pub fn effective_role(caller: &Caller, owner: &UserKey, shared_role: Option<Role>) -> Option<Role> {
+    if caller.is_admin() || caller.owns(owner) {
+        Some(Role::Owner)
+    } else {
+        shared_role
+    }
+}
+
+/// Allows `action` for `role`, or answers as the table says: strangers [`hidden`], too-low roles
+/// PERMISSION_DENIED.
+pub fn authorize_instance(
+    role: Option<Role>,
+    action: InstanceAction,
+    name: &InstanceName,
+) -> Result<Role, DomainError> {
+    match role {
+        None => Err(hidden(name)),
+        Some(role) if role >= action.needs() => Ok(role),
+        Some(role) => Err(DomainError::PermissionDenied {
+            reason: PermissionReason::InsufficientRole,
+            message: format!(
+                "your role on {name} is {}; this needs {}",
+                role.as_str(),
+                action.needs().as_str()
+            ),
+        }),
+    }
+}
+
+/// Who may be given a role on `instance`: not the reserved user, not the owner (who has every
+/// right already), not the caller (nobody raises their own role).
+pub fn check_grantee(
+    caller: &Caller,
+    instance: &InstanceName,
+    grantee: &UserKey,
+) -> Result<Handle, DomainError> {
+    if grantee.is_system() {
+        return Err(DomainError::invalid(
+            "grantee",
+            "the reserved user _system cannot be given a role",
+        ));
+    }
+    if grantee == &instance.owner {
+        return Err(DomainError::invalid(
+            "grantee",
+            format!("users/{grantee} owns {instance} and has every right already"),
+        ));
+    }
+    if caller.owns(grantee) {
+        return Err(DomainError::invalid(
+            "grantee",
+            "you cannot share an instance with yourself",
+        ));
+    }
+    Handle::parse("grantee", grantee.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{caller::UserPrincipal, names::Handle};
+    use crate::domain::caller::UserPrincipal;
 
     fn user(handle: &str) -> Caller {
         Caller::User(UserPrincipal {
@@ -65,13 +205,65 @@ mod tests {
     #[test]
     fn namespaces_are_private_but_system_is_public_to_read() {
         let alice = UserKey::parse("u", "alice").unwrap();
-        assert!(may_read_definitions_of(&user("bob"), &UserKey::system()));
-        assert!(!may_read_definitions_of(&user("bob"), &alice));
-        assert!(may_read_definitions_of(&user("alice"), &alice));
-        assert!(may_read_definitions_of(&Caller::Admin, &alice));
+        let system = UserKey::system();
+        assert!(check_definitions_read(&user("bob"), &system, "x").is_ok());
+        assert!(matches!(
+            check_definitions_read(&user("bob"), &alice, "x"),
+            Err(DomainError::NotFound(_))
+        ));
+        assert!(check_definitions_read(&user("alice"), &alice, "x").is_ok());
+        assert!(check_definitions_read(&Caller::Admin, &alice, "x").is_ok());
+        assert!(check_private_read(&user("bob"), &system, "x").is_err());
+        assert!(check_private_read(&user("alice"), &alice, "x").is_ok());
         assert!(check_namespace_write(&user("bob"), &alice).is_err());
-        assert!(check_namespace_write(&user("bob"), &UserKey::system()).is_err());
-        assert!(check_namespace_write(&Caller::Admin, &UserKey::system()).is_ok());
+        assert!(check_namespace_write(&user("bob"), &system).is_err());
+        assert!(check_namespace_write(&Caller::Admin, &system).is_ok());
         assert!(check_namespace_write(&user("alice"), &alice).is_ok());
+        assert!(check_user_changeable(&system).is_err());
+        assert!(check_user_changeable(&alice).is_ok());
+    }
+
+    #[test]
+    fn system_names_are_recognised_as_sent() {
+        for name in ["users/_system", "users/_system/instances/x"] {
+            assert!(names_system_namespace(name), "{name}");
+        }
+        for name in ["users/_systemx", "users/alice", "apiStandards/_system", ""] {
+            assert!(!names_system_namespace(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_authorization_table() {
+        let name = InstanceName::new(
+            UserKey::parse("u", "alice").unwrap(),
+            Handle::parse("h", "i").unwrap(),
+        );
+        use InstanceAction::*;
+        for (role, allowed) in [
+            (None, [false, false, false]),
+            (Some(Role::Reader), [true, false, false]),
+            (Some(Role::Writer), [true, true, false]),
+            (Some(Role::Owner), [true, true, true]),
+        ] {
+            for (action, ok) in [Use, Write, Manage].into_iter().zip(allowed) {
+                let result = authorize_instance(role, action, &name);
+                assert_eq!(result.is_ok(), ok, "{role:?} {action:?}");
+                if let Err(error) = result {
+                    let expect_not_found = role.is_none();
+                    assert_eq!(matches!(error, DomainError::NotFound(_)), expect_not_found);
+                }
+            }
+        }
+        let bob = user("bob");
+        assert_eq!(effective_role(&bob, &name.owner, None), None);
+        assert_eq!(
+            effective_role(&bob, &name.owner, Some(Role::Writer)),
+            Some(Role::Writer)
+        );
+        assert_eq!(
+            effective_role(&Caller::Admin, &name.owner, None),
+            Some(Role::Owner)
+        );
     }
 }

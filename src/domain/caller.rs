@@ -55,7 +55,7 @@ pub enum Credential {
     /// The caller, looked up (or the configured administrator).
     Caller(Caller),
     /// A user token not looked up yet. Only the read paths listed in
-    /// `auth::RESOLVED_IN_QUERY` get this: their store query resolves the token in the same
+    /// the method table (`grpc::methods`) marks resolved in their query get this: their store query resolves the token in the same
     /// statement, which saves a round trip and is exactly as fresh as a separate lookup.
     Token(UnresolvedToken),
 }

@@ -1,5 +1,5 @@
 //! The closed set of errors the service can answer with. Each variant maps to exactly one gRPC
-//! code and one stable `ErrorInfo` reason in `api::status`; messages never carry secrets.
+//! code and one stable `ErrorInfo` reason in `grpc::status`; messages never carry secrets.
 
 use std::fmt;
 
@@ -141,10 +141,6 @@ impl Violations {
                 None
             }
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     pub fn finish(self) -> Result<(), DomainError> {

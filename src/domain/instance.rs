@@ -5,10 +5,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     DomainError,
-    caller::Caller,
     definition::ServiceSpec,
-    error::PermissionReason,
-    names::{DefinitionName, InstanceName, UserKey},
+    names::{DefinitionName, InstanceName},
 };
 use crate::vault::ApiKey;
 
@@ -39,58 +37,6 @@ impl Role {
             "owner" => Some(Role::Owner),
             _ => None,
         }
-    }
-}
-
-/// What a caller wants to do with an instance (DESIGN.md's authorization table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InstanceAction {
-    /// Get, appear in lists, bind a project.
-    Use,
-    /// Update fields, replace the API key.
-    Write,
-    /// Delete, share, unshare, list shares.
-    Manage,
-}
-
-impl InstanceAction {
-    fn needs(self) -> Role {
-        match self {
-            InstanceAction::Use => Role::Reader,
-            InstanceAction::Write => Role::Writer,
-            InstanceAction::Manage => Role::Owner,
-        }
-    }
-}
-
-/// The caller's effective role on an instance of `owner`, given the role of a share to the
-/// caller if there is one. `None` means a stranger, who must not learn the instance exists.
-pub fn effective_role(caller: &Caller, owner: &UserKey, shared_role: Option<Role>) -> Option<Role> {
-    if caller.is_admin() || caller.owns(owner) {
-        Some(Role::Owner)
-    } else {
-        shared_role
-    }
-}
-
-/// Allows `action` for `role`, or answers as the table says: strangers NOT_FOUND, too-low roles
-/// PERMISSION_DENIED.
-pub fn authorize(
-    role: Option<Role>,
-    action: InstanceAction,
-    name: &InstanceName,
-) -> Result<Role, DomainError> {
-    match role {
-        None => Err(DomainError::NotFound(name.to_string())),
-        Some(role) if role >= action.needs() => Ok(role),
-        Some(role) => Err(DomainError::PermissionDenied {
-            reason: PermissionReason::InsufficientRole,
-            message: format!(
-                "your role on {name} is {}; this needs {}",
-                role.as_str(),
-                action.needs().as_str()
-            ),
-        }),
     }
 }
 
@@ -157,45 +103,6 @@ pub enum Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{caller::UserPrincipal, names::Handle};
-
-    #[test]
-    fn the_authorization_table() {
-        let name = InstanceName::new(
-            UserKey::parse("u", "alice").unwrap(),
-            Handle::parse("h", "i").unwrap(),
-        );
-        use InstanceAction::*;
-        for (role, allowed) in [
-            (None, [false, false, false]),
-            (Some(Role::Reader), [true, false, false]),
-            (Some(Role::Writer), [true, true, false]),
-            (Some(Role::Owner), [true, true, true]),
-        ] {
-            for (action, ok) in [Use, Write, Manage].into_iter().zip(allowed) {
-                let result = authorize(role, action, &name);
-                assert_eq!(result.is_ok(), ok, "{role:?} {action:?}");
-                if let Err(error) = result {
-                    let expect_not_found = role.is_none();
-                    assert_eq!(matches!(error, DomainError::NotFound(_)), expect_not_found);
-                }
-            }
-        }
-        let bob = Caller::User(UserPrincipal {
-            id: 2,
-            handle: Handle::parse("h", "bob").unwrap(),
-            is_admin: false,
-        });
-        assert_eq!(effective_role(&bob, &name.owner, None), None);
-        assert_eq!(
-            effective_role(&bob, &name.owner, Some(Role::Writer)),
-            Some(Role::Writer)
-        );
-        assert_eq!(
-            effective_role(&Caller::Admin, &name.owner, None),
-            Some(Role::Owner)
-        );
-    }
 
     #[test]
     fn api_keys_are_bounded_and_never_echoed() {

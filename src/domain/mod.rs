@@ -14,10 +14,34 @@ pub mod names;
 pub mod pagination;
 pub mod project;
 pub mod share;
+pub mod token;
 pub mod user;
 pub mod validate;
 
-pub use error::{DomainError, FieldViolation};
+pub use error::DomainError;
+
+/// A stored resource with an etag, which updates and deletes check before they change it.
+pub trait Versioned {
+    fn etag(&self) -> String;
+}
+
+macro_rules! versioned {
+    ($($resource:ty),*) => {
+        $(impl Versioned for $resource {
+            fn etag(&self) -> String {
+                <$resource>::etag(self)
+            }
+        })*
+    };
+}
+
+versioned!(
+    instance::Instance,
+    project::Project,
+    user::User,
+    definition::Definition,
+    api_standard::ApiStandard
+);
 
 /// The opaque version tag of a resource: its revision and last update time. The time makes a tag
 /// of a deleted and re-created resource differ from the old one's.

@@ -208,10 +208,6 @@ impl<C: Collection> OwnedName<C> {
             }
         }
     }
-
-    pub fn parent(&self) -> UserName {
-        UserName(self.owner.clone())
-    }
 }
 
 impl<C: Collection> fmt::Display for OwnedName<C> {
@@ -273,6 +269,24 @@ impl ApiStandardName {
 impl fmt::Display for ApiStandardName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "apiStandards/{}", self.0)
+    }
+}
+
+/// The name a Create request asks for, from its raw fields (`parent`, the id field's name and
+/// its value), before any validation: it labels refused calls in the audit trail, so it must be
+/// built even from malformed input. An empty id names the parent; an unknown id field names the
+/// parent too.
+pub fn requested_child(parent: &str, id_field: &str, id: &str) -> String {
+    if id.is_empty() {
+        return parent.to_owned();
+    }
+    match id_field {
+        "user_id" => format!("users/{id}"),
+        "api_standard_id" => format!("apiStandards/{id}"),
+        "definition_id" => format!("{parent}/{}/{id}", Definitions::COLLECTION),
+        "instance_id" => format!("{parent}/{}/{id}", Instances::COLLECTION),
+        "project_id" => format!("{parent}/{}/{id}", Projects::COLLECTION),
+        _ => parent.to_owned(),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Keyset pagination with opaque, tamper-evident page tokens.
 //!
-//! A token carries the sort key of the last item served, and an HMAC over that key and a
-//! description of the query (method, parent, filters). A token that was edited, or that is
-//! replayed against a different query, fails the HMAC and is INVALID_ARGUMENT. The HMAC key is
-//! derived from the encryption key, so every replica accepts every other replica's tokens.
-//! `page_size` may change from page to page (AIP-158).
+//! A token carries the store's cursor (where the next page starts; its type and text belong to
+//! the store, see `store::cursor`) and an HMAC over that cursor and the request's *binding*: its
+//! method and every field but `page_size` and `page_token`, as `api::paging` encodes them. A
+//! token that was edited, or that is replayed against a request whose other fields changed,
+//! fails the HMAC and is INVALID_ARGUMENT. The HMAC key is derived from the encryption key, so
+//! every replica accepts every other replica's tokens. `page_size` may change from page to page
+//! (AIP-158).
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
@@ -14,22 +16,24 @@ use super::DomainError;
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 1000;
-const TOKEN_VERSION: &str = "p1";
+/// Bumped whenever the binding or the cursors change shape, so that older tokens are refused.
+const TOKEN_VERSION: &str = "p2";
 
 /// Where a page starts and how long it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
     /// How many items to return.
     pub limit: usize,
-    /// Return items whose sort key is strictly greater than this.
+    /// The store's cursor of the last item served, from a verified token: the store reads it
+    /// back into its typed cursor, and refuses it when it cannot.
     pub after: Option<String>,
 }
 
-impl PageRequest {
-    /// How many rows to fetch: one more than the page, to learn whether another page follows.
-    pub fn fetch_limit(&self) -> i64 {
-        i64::try_from(self.limit + 1).unwrap_or(i64::MAX)
-    }
+/// One page, as the store found it: the items and, when more follow, the cursor of the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
 }
 
 /// Signs and checks page tokens.
@@ -49,12 +53,12 @@ impl Paginator {
         Self { key }
     }
 
-    /// Reads `page_size` and `page_token` of a request whose other fields are described by `query`.
+    /// Reads `page_size` and `page_token` of a request whose other fields are `binding`.
     pub fn start(
         &self,
         page_size: i32,
         page_token: &str,
-        query: &str,
+        binding: &[u8],
     ) -> Result<PageRequest, DomainError> {
         let limit = match usize::try_from(page_size) {
             Err(_) => return Err(DomainError::invalid("page_size", "must not be negative")),
@@ -64,43 +68,33 @@ impl Paginator {
         let after = if page_token.is_empty() {
             None
         } else {
-            Some(self.open(page_token, query)?)
+            Some(self.open(page_token, binding)?)
         };
         Ok(PageRequest { limit, after })
     }
 
-    /// Cuts the `limit + 1` fetched items to the page and makes the next token, if any.
-    pub fn finish<T>(
-        &self,
-        mut items: Vec<T>,
-        page: &PageRequest,
-        query: &str,
-        sort_key: impl Fn(&T) -> String,
-    ) -> (Vec<T>, String) {
-        if items.len() <= page.limit {
-            return (items, String::new());
-        }
-        items.truncate(page.limit);
-        let token = items
-            .last()
-            .map(|last| self.seal(&sort_key(last), query))
+    /// The page's items and the token of the next page (empty on the last page).
+    pub fn finish<T>(&self, page: Page<T>, binding: &[u8]) -> (Vec<T>, String) {
+        let token = page
+            .next_cursor
+            .map(|cursor| self.seal(&cursor, binding))
             .unwrap_or_default();
-        (items, token)
+        (page.items, token)
     }
 
-    fn mac(&self, cursor: &str, query: &str) -> Hmac<Sha256> {
+    fn mac(&self, cursor: &str, binding: &[u8]) -> Hmac<Sha256> {
         // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
-        for part in [TOKEN_VERSION, query, cursor] {
+        for part in [TOKEN_VERSION.as_bytes(), binding, cursor.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part.as_bytes());
+            mac.update(part);
         }
         mac
     }
 
-    fn seal(&self, cursor: &str, query: &str) -> String {
-        let tag = self.mac(cursor, query).finalize().into_bytes();
+    fn seal(&self, cursor: &str, binding: &[u8]) -> String {
+        let tag = self.mac(cursor, binding).finalize().into_bytes();
         format!(
             "{TOKEN_VERSION}.{}.{}",
             URL_SAFE_NO_PAD.encode(cursor),
@@ -108,7 +102,7 @@ impl Paginator {
         )
     }
 
-    fn open(&self, token: &str, query: &str) -> Result<String, DomainError> {
+    fn open(&self, token: &str, binding: &[u8]) -> Result<String, DomainError> {
         let invalid = || {
             DomainError::invalid(
                 "page_token",
@@ -125,7 +119,7 @@ impl Paginator {
         let cursor = String::from_utf8(cursor).map_err(|_| invalid())?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid())?;
         // verify_slice compares in constant time.
-        self.mac(&cursor, query)
+        self.mac(&cursor, binding)
             .verify_slice(&tag)
             .map_err(|_| invalid())?;
         Ok(cursor)
@@ -137,28 +131,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_round_trip_and_reject_tampering_and_other_queries() {
+    fn tokens_round_trip_and_reject_tampering_and_other_requests() {
         let paginator = Paginator::new([7; 32]);
-        let first = paginator.start(2, "", "q").unwrap();
-        let (page, token) = paginator.finish(vec!["a", "b", "c"], &first, "q", |s| s.to_string());
-        assert_eq!(page, vec!["a", "b"]);
-        let next = paginator.start(2, &token, "q").unwrap();
+        let first = paginator.start(2, "", b"q").unwrap();
+        assert_eq!(first.after, None);
+        let page = Page {
+            items: vec!["a", "b"],
+            next_cursor: Some("b".to_owned()),
+        };
+        let (items, token) = paginator.finish(page, b"q");
+        assert_eq!(items, vec!["a", "b"]);
+        let next = paginator.start(2, &token, b"q").unwrap();
         assert_eq!(next.after.as_deref(), Some("b"));
-        assert!(paginator.start(2, &token, "other").is_err());
+        assert!(paginator.start(2, &token, b"other").is_err());
         let mut tampered = token.clone().into_bytes();
         let i = tampered.len() / 2;
         tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
         assert!(
             paginator
-                .start(2, &String::from_utf8(tampered).unwrap(), "q")
+                .start(2, &String::from_utf8(tampered).unwrap(), b"q")
                 .is_err()
         );
-        assert!(Paginator::new([8; 32]).start(2, &token, "q").is_err());
-        assert!(paginator.start(-1, "", "q").is_err());
+        assert!(Paginator::new([8; 32]).start(2, &token, b"q").is_err());
+        assert!(paginator.start(-1, "", b"q").is_err());
         assert_eq!(
-            paginator.start(0, "", "q").unwrap().limit,
+            paginator.start(0, "", b"q").unwrap().limit,
             DEFAULT_PAGE_SIZE
         );
-        assert_eq!(paginator.start(5000, "", "q").unwrap().limit, MAX_PAGE_SIZE);
+        assert_eq!(
+            paginator.start(5000, "", b"q").unwrap().limit,
+            MAX_PAGE_SIZE
+        );
+        let last = Page::<&str> {
+            items: vec![],
+            next_cursor: None,
+        };
+        assert_eq!(paginator.finish(last, b"q").1, "");
     }
 }

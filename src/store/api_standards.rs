@@ -4,13 +4,18 @@ use chrono::{DateTime, Utc};
 
 use sqlx::AssertSqlSafe;
 
-use super::{Store, audit, errors};
+use super::{
+    Store,
+    change::Change,
+    cursor::{self, HandleKey},
+    errors,
+};
 use crate::domain::{
     DomainError,
     api_standard::{ApiStandard, ApiStandardFields},
     audit::Audit,
     names::ApiStandardName,
-    pagination::PageRequest,
+    pagination::{Page, PageRequest},
 };
 
 #[derive(sqlx::FromRow)]
@@ -50,7 +55,7 @@ impl Store {
         name: &ApiStandardName,
         fields: &ApiStandardFields,
     ) -> Result<ApiStandard, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let mut change = Change::begin(self, audit, name).await?;
         let created = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
             "INSERT INTO api_standards (handle, description, auth_header, auth_scheme) \
              VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
@@ -59,12 +64,11 @@ impl Store {
         .bind(&fields.description)
         .bind(&fields.auth_header)
         .bind(&fields.auth_scheme)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
         .map_err(|e| errors::on_insert(e, &name.to_string()))?
         .into_domain()?;
-        audit::record(&mut tx, audit, &name.to_string(), "created").await?;
-        tx.commit().await.map_err(errors::db)?;
+        change.commit("created").await?;
         Ok(created)
     }
 
@@ -86,18 +90,21 @@ impl Store {
     pub async fn list_api_standards(
         &self,
         page: &PageRequest,
-    ) -> Result<Vec<ApiStandard>, DomainError> {
-        sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
+    ) -> Result<Page<ApiStandard>, DomainError> {
+        let found = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM api_standards WHERE handle > $1 ORDER BY handle LIMIT $2"
         )))
-        .bind(page.after.as_deref().unwrap_or(""))
-        .bind(page.fetch_limit())
+        .bind(cursor::handle_after(page)?)
+        .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
         .await
         .map_err(errors::db)?
         .into_iter()
         .map(ApiStandardRow::into_domain)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(cursor::page_of(found, page, |standard| {
+            HandleKey(standard.handle.to_string())
+        }))
     }
 
     /// Read-modify-write: `change` sees the current standard (after the etag check).
@@ -106,20 +113,12 @@ impl Store {
         audit: &Audit,
         name: &ApiStandardName,
         etag: &str,
-        change: impl FnOnce(&ApiStandard) -> Result<ApiStandardFields, DomainError>,
+        change_fields: impl FnOnce(&ApiStandard) -> Result<ApiStandardFields, DomainError>,
     ) -> Result<ApiStandard, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let current = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM api_standards WHERE handle = $1 FOR UPDATE"
-        )))
-        .bind(name.0.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()?;
-        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
-        let fields = change(&current)?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let current = Self::lock_api_standard(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
+        let fields = change_fields(&current)?;
         let updated = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
             "UPDATE api_standards SET description = $2, auth_header = $3, auth_scheme = $4, \
              revision = revision + 1, update_time = clock_timestamp() WHERE handle = $1 RETURNING {COLUMNS}"
@@ -128,12 +127,11 @@ impl Store {
         .bind(&fields.description)
         .bind(&fields.auth_header)
         .bind(&fields.auth_scheme)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
         .map_err(errors::db)?
         .into_domain()?;
-        audit::record(&mut tx, audit, &name.to_string(), "").await?;
-        tx.commit().await.map_err(errors::db)?;
+        change.commit("").await?;
         Ok(updated)
     }
 
@@ -145,24 +143,16 @@ impl Store {
         etag: &str,
     ) -> Result<(), DomainError> {
         let resource = name.to_string();
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let current = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM api_standards WHERE handle = $1 FOR UPDATE"
-        )))
-        .bind(name.0.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(resource.clone()))?
-        .into_domain()?;
-        crate::domain::check_etag(etag, &current.etag(), &resource)?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let current = Self::lock_api_standard(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
         let (definitions, instances): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM definitions d WHERE d.api_standard_id = s.id), \
                     (SELECT count(*) FROM instances i WHERE i.api_standard_id = s.id) \
              FROM api_standards s WHERE s.handle = $1",
         )
         .bind(name.0.as_str())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
         .map_err(errors::db)?;
         if definitions > 0 || instances > 0 {
@@ -176,11 +166,26 @@ impl Store {
         }
         sqlx::query("DELETE FROM api_standards WHERE handle = $1")
             .bind(name.0.as_str())
-            .execute(&mut *tx)
+            .execute(&mut **change.tx())
             .await
             .map_err(|e| errors::on_delete(e, &resource))?;
-        audit::record(&mut tx, audit, &resource, "deleted").await?;
-        tx.commit().await.map_err(errors::db)?;
+        change.commit("deleted").await?;
         Ok(())
+    }
+
+    /// The standard's row, locked for the rest of the change.
+    async fn lock_api_standard(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        name: &ApiStandardName,
+    ) -> Result<ApiStandard, DomainError> {
+        sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM api_standards WHERE handle = $1 FOR UPDATE"
+        )))
+        .bind(name.0.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
+        .into_domain()
     }
 }

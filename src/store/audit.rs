@@ -5,11 +5,15 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::{Store, errors};
+use super::{
+    Store,
+    cursor::{self, RowId},
+    errors,
+};
 use crate::domain::{
     DomainError,
     audit::{Audit, AuditEvent, resource_owner},
-    pagination::PageRequest,
+    pagination::{Page, PageRequest},
 };
 
 /// Records the successful change `audit` made to `resource`, in the change's transaction.
@@ -101,12 +105,8 @@ impl Store {
         &self,
         filter: &AuditFilter,
         page: &PageRequest,
-    ) -> Result<Vec<AuditEvent>, DomainError> {
-        let before: i64 = page
-            .after
-            .as_deref()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(i64::MAX);
+    ) -> Result<Page<AuditEvent>, DomainError> {
+        let before = cursor::start_after::<RowId>(page)?.map_or(i64::MAX, |RowId(id)| id);
         let rows = sqlx::query_as::<_, EventRow>(
             "SELECT id, time, caller, method, resource, outcome, detail FROM audit_events \
              WHERE id < $1 \
@@ -120,11 +120,11 @@ impl Store {
         .bind(filter.resource.as_deref().map(like_prefix))
         .bind(filter.caller.as_deref())
         .bind(filter.owner.as_deref())
-        .bind(page.fetch_limit())
+        .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
         .await
         .map_err(errors::db)?;
-        Ok(rows
+        let found = rows
             .into_iter()
             .map(|row| AuditEvent {
                 id: row.id,
@@ -135,6 +135,9 @@ impl Store {
                 outcome: row.outcome,
                 detail: row.detail,
             })
-            .collect())
+            .collect();
+        Ok(cursor::page_of(found, page, |event: &AuditEvent| {
+            RowId(event.id)
+        }))
     }
 }

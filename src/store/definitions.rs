@@ -4,13 +4,18 @@ use chrono::{DateTime, Utc};
 
 use sqlx::AssertSqlSafe;
 
-use super::{Store, audit, errors};
+use super::{
+    Store,
+    change::Change,
+    cursor::{self, HandleKey},
+    errors,
+};
 use crate::domain::{
     DomainError,
     audit::Audit,
     definition::{Definition, ServiceSpec},
     names::{ApiStandardName, DefinitionName, UserKey, UserName},
-    pagination::PageRequest,
+    pagination::{Page, PageRequest},
 };
 
 #[derive(sqlx::FromRow)]
@@ -61,10 +66,10 @@ impl Store {
         name: &DefinitionName,
         spec: &ServiceSpec,
     ) -> Result<Definition, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let owner_id = Self::user_id(&mut *tx, name.owner.as_str()).await?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let owner_id = Self::user_id(&mut **change.tx(), name.owner.as_str()).await?;
         let standard_id = Self::api_standard_id(
-            &mut *tx,
+            &mut **change.tx(),
             "definition.api_standard",
             spec.api_standard.0.as_str(),
         )
@@ -82,15 +87,14 @@ impl Store {
         .bind(spec.dimensions)
         .bind(spec.context_limit)
         .bind(&spec.description)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
         .map_err(|e| match errors::sqlstate(&e).as_deref() {
             Some(errors::FOREIGN_KEY_VIOLATION) => errors::on_reference(e, "definition.api_standard"),
             _ => errors::on_insert(e, &name.to_string()),
         })?;
-        let created = Self::definition_by_id(&mut *tx, id).await?;
-        audit::record(&mut tx, audit, &name.to_string(), "created").await?;
-        tx.commit().await.map_err(errors::db)?;
+        let created = Self::definition_by_id(&mut **change.tx(), id).await?;
+        change.commit("created").await?;
         Ok(created)
     }
 
@@ -128,20 +132,23 @@ impl Store {
         &self,
         owner: &UserName,
         page: &PageRequest,
-    ) -> Result<Vec<Definition>, DomainError> {
+    ) -> Result<Page<Definition>, DomainError> {
         let owner_id = Self::user_id(&self.pool, owner.0.as_str()).await?;
-        sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!(
+        let found = sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!(
             "{SELECT} WHERE d.owner_id = $1 AND d.handle > $2 ORDER BY d.handle LIMIT $3"
         )))
         .bind(owner_id)
-        .bind(page.after.as_deref().unwrap_or(""))
-        .bind(page.fetch_limit())
+        .bind(cursor::handle_after(page)?)
+        .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
         .await
         .map_err(errors::db)?
         .into_iter()
         .map(DefinitionRow::into_domain)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(cursor::page_of(found, page, |definition| {
+            HandleKey(definition.name.handle.to_string())
+        }))
     }
 
     /// Read-modify-write: `change` sees the current definition (after the etag check) and returns
@@ -151,14 +158,14 @@ impl Store {
         audit: &Audit,
         name: &DefinitionName,
         etag: &str,
-        change: impl FnOnce(&Definition) -> Result<ServiceSpec, DomainError>,
+        change_spec: impl FnOnce(&Definition) -> Result<ServiceSpec, DomainError>,
     ) -> Result<Definition, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let current = Self::lock_definition(&mut tx, name).await?;
-        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
-        let spec = change(&current)?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let current = Self::lock_definition(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
+        let spec = change_spec(&current)?;
         let standard_id = Self::api_standard_id(
-            &mut *tx,
+            &mut **change.tx(),
             "definition.api_standard",
             spec.api_standard.0.as_str(),
         )
@@ -176,12 +183,11 @@ impl Store {
         .bind(spec.dimensions)
         .bind(spec.context_limit)
         .bind(&spec.description)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
         .map_err(|e| errors::on_reference(e, "definition.api_standard"))?;
-        let updated = Self::definition_by_id(&mut *tx, id).await?;
-        audit::record(&mut tx, audit, &name.to_string(), "").await?;
-        tx.commit().await.map_err(errors::db)?;
+        let updated = Self::definition_by_id(&mut **change.tx(), id).await?;
+        change.commit("").await?;
         Ok(updated)
     }
 
@@ -192,23 +198,18 @@ impl Store {
         name: &DefinitionName,
         etag: &str,
     ) -> Result<(), DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let current = Self::lock_definition(&mut tx, name).await?;
-        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let current = Self::lock_definition(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
         sqlx::query("DELETE FROM definitions d USING users u WHERE u.id = d.owner_id AND u.handle = $1 AND d.handle = $2")
             .bind(name.owner.as_str())
             .bind(name.handle.as_str())
-            .execute(&mut *tx)
+            .execute(&mut **change.tx())
             .await
             .map_err(|e| errors::on_delete(e, &name.to_string()))?;
-        audit::record(
-            &mut tx,
-            audit,
-            &name.to_string(),
-            "deleted; its instances keep their fields",
-        )
-        .await?;
-        tx.commit().await.map_err(errors::db)?;
+        change
+            .commit("deleted; its instances keep their fields")
+            .await?;
         Ok(())
     }
 

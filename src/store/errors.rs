@@ -2,7 +2,10 @@
 //! error (ALREADY_EXISTS, FAILED_PRECONDITION, INVALID_ARGUMENT); an unreachable database becomes
 //! UNAVAILABLE; anything else is INTERNAL, with the detail kept for the log only.
 
-use crate::domain::{DomainError, names::Handle};
+use crate::domain::{
+    DomainError,
+    names::{Handle, UserKey},
+};
 
 const UNIQUE_VIOLATION: &str = "23505";
 pub const FOREIGN_KEY_VIOLATION: &str = "23503";
@@ -85,4 +88,10 @@ pub fn on_reference(error: sqlx::Error, field: &str) -> DomainError {
 pub fn stored_handle(value: &str) -> Result<Handle, DomainError> {
     Handle::parse("stored", value)
         .map_err(|_| DomainError::Internal(format!("malformed stored handle {value:?}")))
+}
+
+/// A user handle (or `_system`) read back from the database.
+pub fn stored_user(value: &str) -> Result<UserKey, DomainError> {
+    UserKey::parse("stored", value)
+        .map_err(|_| DomainError::Internal(format!("malformed stored owner {value:?}")))
 }

@@ -1,10 +1,15 @@
 //! PostgreSQL access: every query and transaction of the service. Database errors are turned
 //! into domain errors here (by SQLSTATE), so nothing above this layer sees sqlx.
+//!
+//! Every write goes through [`change::Change`] (lock, policy, etag, write, audit, commit), except
+//! instance creates, which are group-committed ([`instances::create_batches`]). Lists page with
+//! the typed cursors of [`cursor`].
 
 mod api_standards;
 mod audit;
 mod blockers;
-mod create_batches;
+mod change;
+mod cursor;
 pub mod database;
 mod definitions;
 mod epoch_probe;
@@ -25,8 +30,8 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::domain::DomainError;
-use create_batches::CreateBatches;
 use epoch_probe::EpochProbe;
+use instances::create_batches::CreateBatches;
 use read_cache::ReadCache;
 
 /// The service's handle on the database; cheap to clone (the pool and the cache are shared).

@@ -5,12 +5,17 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use super::{Store, audit, errors};
+use super::{
+    Store,
+    change::Change,
+    cursor::{self, HandleKey},
+    errors,
+};
 use crate::domain::{
     DomainError,
     audit::Audit,
-    names::{InstanceName, ProjectName, UserKey, UserName},
-    pagination::PageRequest,
+    names::{InstanceName, ProjectName, UserName},
+    pagination::{Page, PageRequest},
     project::Project,
 };
 
@@ -31,18 +36,16 @@ const SELECT: &str = "SELECT u.handle AS owner, p.handle, p.description, iu.hand
     FROM projects p JOIN users u ON u.id = p.owner_id \
     JOIN instances i ON i.id = p.instance_id JOIN users iu ON iu.id = i.owner_id";
 
-fn user_key(value: &str) -> Result<UserKey, DomainError> {
-    UserKey::parse("stored", value)
-        .map_err(|_| DomainError::Internal(format!("malformed stored owner {value:?}")))
-}
-
 impl ProjectRow {
     fn into_domain(self) -> Result<Project, DomainError> {
         Ok(Project {
-            name: ProjectName::new(user_key(&self.owner)?, errors::stored_handle(&self.handle)?),
+            name: ProjectName::new(
+                errors::stored_user(&self.owner)?,
+                errors::stored_handle(&self.handle)?,
+            ),
             description: self.description,
             instance: InstanceName::new(
-                user_key(&self.instance_owner)?,
+                errors::stored_user(&self.instance_owner)?,
                 errors::stored_handle(&self.instance_handle)?,
             ),
             revision: self.revision,
@@ -97,9 +100,9 @@ impl Store {
         description: &str,
         instance: &InstanceName,
     ) -> Result<Project, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let owner_id = Self::user_id(&mut *tx, name.owner.as_str()).await?;
-        let instance_id = Self::usable_instance_id(&mut tx, instance, owner_id).await?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let owner_id = Self::user_id(&mut **change.tx(), name.owner.as_str()).await?;
+        let instance_id = Self::usable_instance_id(change.tx(), instance, owner_id).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO projects (owner_id, handle, description, instance_id) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -107,18 +110,11 @@ impl Store {
         .bind(name.handle.as_str())
         .bind(description)
         .bind(instance_id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
         .map_err(|e| errors::on_insert(e, &name.to_string()))?;
-        let created = Self::project_by_id(&mut tx, id).await?;
-        audit::record(
-            &mut tx,
-            audit,
-            &name.to_string(),
-            &format!("bound to {instance}"),
-        )
-        .await?;
-        tx.commit().await.map_err(errors::db)?;
+        let created = Self::project_by_id(change.tx(), id).await?;
+        change.commit(&format!("bound to {instance}")).await?;
         Ok(created)
     }
 
@@ -151,36 +147,41 @@ impl Store {
         &self,
         owner: &UserName,
         page: &PageRequest,
-    ) -> Result<Vec<Project>, DomainError> {
+    ) -> Result<Page<Project>, DomainError> {
         let owner_id = Self::user_id(&self.pool, owner.0.as_str()).await?;
-        sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!(
+        let found = sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!(
             "{SELECT} WHERE p.owner_id = $1 AND p.handle > $2 ORDER BY p.handle LIMIT $3"
         )))
         .bind(owner_id)
-        .bind(page.after.as_deref().unwrap_or(""))
-        .bind(page.fetch_limit())
+        .bind(cursor::handle_after(page)?)
+        .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
         .await
         .map_err(errors::db)?
         .into_iter()
         .map(ProjectRow::into_domain)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(cursor::page_of(found, page, |project| {
+            HandleKey(project.name.handle.to_string())
+        }))
     }
 
     /// Read-modify-write: `change` sees the current project (after the etag check) and returns
     /// the new description and instance; a new instance must be usable by the project's owner.
+    /// Read-modify-write: `change_fields` sees the current project (after the etag check) and
+    /// returns its new description and instance, which must be one its owner can use.
     pub async fn update_project(
         &self,
         audit: &Audit,
         name: &ProjectName,
         etag: &str,
-        change: impl FnOnce(&Project) -> Result<(String, InstanceName), DomainError>,
+        change_fields: impl FnOnce(&Project) -> Result<(String, InstanceName), DomainError>,
     ) -> Result<Project, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let (id, owner_id, current) = Self::lock_project(&mut tx, name).await?;
-        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
-        let (description, instance) = change(&current)?;
-        let instance_id = Self::usable_instance_id(&mut tx, &instance, owner_id).await?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let (id, owner_id, current) = Self::lock_project(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
+        let (description, instance) = change_fields(&current)?;
+        let instance_id = Self::usable_instance_id(change.tx(), &instance, owner_id).await?;
         sqlx::query(
             "UPDATE projects SET description = $2, instance_id = $3, revision = revision + 1, \
              update_time = clock_timestamp() WHERE id = $1",
@@ -188,18 +189,11 @@ impl Store {
         .bind(id)
         .bind(&description)
         .bind(instance_id)
-        .execute(&mut *tx)
+        .execute(&mut **change.tx())
         .await
         .map_err(errors::db)?;
-        let updated = Self::project_by_id(&mut tx, id).await?;
-        audit::record(
-            &mut tx,
-            audit,
-            &name.to_string(),
-            &format!("bound to {instance}"),
-        )
-        .await?;
-        tx.commit().await.map_err(errors::db)?;
+        let updated = Self::project_by_id(change.tx(), id).await?;
+        change.commit(&format!("bound to {instance}")).await?;
         Ok(updated)
     }
 
@@ -209,20 +203,17 @@ impl Store {
         name: &ProjectName,
         etag: &str,
     ) -> Result<(), DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let (id, _, current) = Self::lock_project(&mut tx, name).await?;
-        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let (id, _, current) = Self::lock_project(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
         sqlx::query("DELETE FROM projects WHERE id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut **change.tx())
             .await
             .map_err(errors::db)?;
-        audit::record(&mut tx, audit, &name.to_string(), "deleted").await?;
-        tx.commit().await.map_err(errors::db)?;
-        Ok(())
+        change.commit("deleted").await
     }
 
-    /// The project row locked for change: its id, its owner's id, and the project.
     async fn lock_project(
         tx: &mut Transaction<'_, Postgres>,
         name: &ProjectName,

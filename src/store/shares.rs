@@ -4,14 +4,20 @@
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::{Store, audit, blockers, errors};
+use super::{
+    Store, blockers,
+    change::Change,
+    cursor::{self, HandleKey},
+    errors,
+};
 use crate::domain::{
     DomainError,
+    access::{self, InstanceAction},
     audit::Audit,
     caller::Caller,
-    instance::{Instance, Role},
+    instance::Role,
     names::{Handle, InstanceName, ShareName},
-    pagination::PageRequest,
+    pagination::{Page, PageRequest},
     share::Share,
 };
 
@@ -42,8 +48,7 @@ impl ShareRow {
 }
 
 impl Store {
-    /// Grants `grantee` a role on the instance, or changes it. `authorize` sees the instance as
-    /// the caller does.
+    /// Grants `grantee` a role on the instance, or changes it; for those who may manage it.
     pub async fn share_instance(
         &self,
         audit: &Audit,
@@ -51,14 +56,19 @@ impl Store {
         instance: &InstanceName,
         grantee: &Handle,
         role: Role,
-        authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
     ) -> Result<Share, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let (instance_id, current) = Self::lock_visible(&mut tx, caller, instance).await?;
-        authorize(&current)?;
+        // The share's own name is known only once the grantee is checked; the event names it.
+        let share_name = ShareName {
+            instance: instance.clone(),
+            grantee: grantee.clone(),
+        };
+        let mut change = Change::begin(self, audit, &share_name).await?;
+        let (instance_id, _) =
+            Self::lock_for(change.tx(), caller, instance, InstanceAction::Manage).await?;
+        let tx = change.tx();
         let grantee_id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE handle = $1")
             .bind(grantee.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(errors::db)?
             .ok_or_else(|| {
@@ -75,18 +85,11 @@ impl Store {
         .bind(instance_id)
         .bind(grantee_id)
         .bind(role.as_str())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .map_err(errors::db)?;
         let share = row.into_domain(instance)?;
-        audit::record(
-            &mut tx,
-            audit,
-            &share.name.to_string(),
-            &format!("role {}", role.as_str()),
-        )
-        .await?;
-        tx.commit().await.map_err(errors::db)?;
+        change.commit(&format!("role {}", role.as_str())).await?;
         Ok(share)
     }
 
@@ -96,23 +99,22 @@ impl Store {
         audit: &Audit,
         caller: &Caller,
         share: &ShareName,
-        authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
     ) -> Result<(), DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let (instance_id, current) = Self::lock_visible(&mut tx, caller, &share.instance).await?;
-        authorize(&current)?;
+        let mut change = Change::begin(self, audit, share).await?;
+        let (instance_id, _) =
+            Self::lock_for(change.tx(), caller, &share.instance, InstanceAction::Manage).await?;
+        let tx = change.tx();
         let grantee_id: Option<i64> = sqlx::query_scalar(
             "SELECT s.grantee_id FROM shares s JOIN users g ON g.id = s.grantee_id \
              WHERE s.instance_id = $1 AND g.handle = $2",
         )
         .bind(instance_id)
         .bind(share.grantee.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(errors::db)?;
         let grantee_id = grantee_id.ok_or_else(|| DomainError::NotFound(share.to_string()))?;
-        let projects =
-            blockers::projects_using_instance(&mut tx, instance_id, Some(grantee_id)).await?;
+        let projects = blockers::projects_using_instance(tx, instance_id, Some(grantee_id)).await?;
         if !projects.is_empty() {
             return Err(blockers::blocked(
                 format!("{share} cannot be revoked while the grantee's projects use the instance"),
@@ -122,27 +124,25 @@ impl Store {
         sqlx::query("DELETE FROM shares WHERE instance_id = $1 AND grantee_id = $2")
             .bind(instance_id)
             .bind(grantee_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(errors::db)?;
-        audit::record(&mut tx, audit, &share.to_string(), "revoked").await?;
-        tx.commit().await.map_err(errors::db)?;
-        Ok(())
+        change.commit("revoked").await
     }
 
-    /// The shares of an instance in grantee order after the cursor.
+    /// The shares of an instance in grantee order after the cursor; for those who may manage it.
     pub async fn list_shares(
         &self,
         caller: &Caller,
         instance: &InstanceName,
         page: &PageRequest,
-        authorize: impl FnOnce(&Instance) -> Result<(), DomainError>,
-    ) -> Result<Vec<Share>, DomainError> {
-        let current = self
-            .find_instance(caller, instance)
-            .await?
-            .ok_or_else(|| DomainError::NotFound(instance.to_string()))?;
-        authorize(&current)?;
+    ) -> Result<Page<Share>, DomainError> {
+        let current = self.find_instance(caller, instance).await?;
+        access::authorize_instance(
+            current.map(|i| i.access_role),
+            InstanceAction::Manage,
+            instance,
+        )?;
         let rows = sqlx::query_as::<_, ShareRow>(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM shares s JOIN users g ON g.id = s.grantee_id \
              JOIN instances i ON i.id = s.instance_id JOIN users o ON o.id = i.owner_id \
@@ -150,13 +150,17 @@ impl Store {
         )))
         .bind(instance.owner.as_str())
         .bind(instance.handle.as_str())
-        .bind(page.after.as_deref().unwrap_or(""))
-        .bind(page.fetch_limit())
+        .bind(cursor::handle_after(page)?)
+        .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
         .await
         .map_err(errors::db)?;
-        rows.into_iter()
+        let found = rows
+            .into_iter()
             .map(|row| row.into_domain(instance))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(cursor::page_of(found, page, |share| {
+            HandleKey(share.name.grantee.to_string())
+        }))
     }
 }

@@ -2,15 +2,20 @@
 
 use chrono::{DateTime, Utc};
 
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use super::{Store, audit, blockers, errors};
+use super::{
+    Store, blockers,
+    change::Change,
+    cursor::{self, HandleKey},
+    errors,
+};
 use crate::domain::{
     DomainError,
     audit::Audit,
     caller::{Caller, Credential, UserPrincipal},
     names::{UserKey, UserName},
-    pagination::PageRequest,
+    pagination::{Page, PageRequest},
     user::{NewUser, User, UserFields},
 };
 
@@ -95,8 +100,8 @@ impl Store {
         new: &NewUser,
         token_hash: &[u8],
     ) -> Result<User, DomainError> {
-        let name = format!("users/{}", new.handle);
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let name = UserName(UserKey::from(new.handle.clone()));
+        let mut change = Change::begin(self, audit, &name).await?;
         let created = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
             "INSERT INTO users (handle, display_name, is_admin, token_hash) VALUES ($1, $2, $3, $4) \
              RETURNING {USER_COLUMNS}"
@@ -105,12 +110,11 @@ impl Store {
         .bind(&new.fields.display_name)
         .bind(new.fields.is_admin)
         .bind(token_hash)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
-        .map_err(|e| errors::on_insert(e, &name))?
+        .map_err(|e| errors::on_insert(e, &name.to_string()))?
         .into_domain()?;
-        audit::record(&mut tx, audit, &name, "created; token issued").await?;
-        tx.commit().await.map_err(errors::db)?;
+        change.commit("created; token issued").await?;
         Ok(created)
     }
 
@@ -127,18 +131,21 @@ impl Store {
     }
 
     /// Users in handle order, after the page cursor (the last handle served).
-    pub async fn list_users(&self, page: &PageRequest) -> Result<Vec<User>, DomainError> {
-        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+    pub async fn list_users(&self, page: &PageRequest) -> Result<Page<User>, DomainError> {
+        let found = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
             "SELECT {USER_COLUMNS} FROM users WHERE handle > $1 ORDER BY handle LIMIT $2"
         )))
-        .bind(page.after.as_deref().unwrap_or(""))
-        .bind(page.fetch_limit())
+        .bind(cursor::handle_after(page)?)
+        .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
         .await
         .map_err(errors::db)?
         .into_iter()
         .map(UserRow::into_domain)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(cursor::page_of(found, page, |user| {
+            HandleKey(user.handle.to_string())
+        }))
     }
 
     /// Read-modify-write of a user's fields: `change` sees the current user (after the etag check)
@@ -148,20 +155,12 @@ impl Store {
         audit: &Audit,
         name: &UserName,
         etag: &str,
-        change: impl FnOnce(&User) -> Result<UserFields, DomainError>,
+        change_fields: impl FnOnce(&User) -> Result<UserFields, DomainError>,
     ) -> Result<User, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let current = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE handle = $1 FOR UPDATE"
-        )))
-        .bind(name.0.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()?;
-        crate::domain::check_etag(etag, &current.etag(), &name.to_string())?;
-        let fields = change(&current)?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let current = Self::lock_user(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
+        let fields = change_fields(&current)?;
         let updated = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
             "UPDATE users SET display_name = $2, is_admin = $3, revision = revision + 1, \
              update_time = clock_timestamp() WHERE handle = $1 RETURNING {USER_COLUMNS}"
@@ -169,12 +168,11 @@ impl Store {
         .bind(name.0.as_str())
         .bind(&fields.display_name)
         .bind(fields.is_admin)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
         .map_err(errors::db)?
         .into_domain()?;
-        audit::record(&mut tx, audit, &name.to_string(), "").await?;
-        tx.commit().await.map_err(errors::db)?;
+        change.commit("").await?;
         Ok(updated)
     }
 
@@ -185,20 +183,19 @@ impl Store {
         name: &UserName,
         token_hash: &[u8],
     ) -> Result<User, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let mut change = Change::begin(self, audit, name).await?;
+        Self::lock_user(change.tx(), name).await?;
         let rotated = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
             "UPDATE users SET token_hash = $2, revision = revision + 1, update_time = clock_timestamp() \
              WHERE handle = $1 RETURNING {USER_COLUMNS}"
         )))
         .bind(name.0.as_str())
         .bind(token_hash)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut **change.tx())
         .await
         .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
         .into_domain()?;
-        audit::record(&mut tx, audit, &name.to_string(), "token rotated").await?;
-        tx.commit().await.map_err(errors::db)?;
+        change.commit("token rotated").await?;
         Ok(rotated)
     }
 
@@ -210,41 +207,38 @@ impl Store {
         name: &UserName,
         etag: &str,
     ) -> Result<(), DomainError> {
-        let resource = name.to_string();
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
-        let current = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE handle = $1 FOR UPDATE"
-        )))
-        .bind(name.0.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(resource.clone()))?
-        .into_domain()?;
-        crate::domain::check_etag(etag, &current.etag(), &resource)?;
-        let user_id = Self::user_id(&mut *tx, name.0.as_str()).await?;
-        let projects = blockers::foreign_projects_using_instances_of(&mut tx, user_id).await?;
+        let mut change = Change::begin(self, audit, name).await?;
+        let current = Self::lock_user(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
+        let user_id = Self::user_id(&mut **change.tx(), name.0.as_str()).await?;
+        let projects = blockers::foreign_projects_using_instances_of(change.tx(), user_id).await?;
         if !projects.is_empty() {
             return Err(blockers::blocked(
-                format!(
-                    "{resource} cannot be deleted while other users' projects use its instances"
-                ),
+                format!("{name} cannot be deleted while other users' projects use its instances"),
                 projects,
             ));
         }
         sqlx::query("DELETE FROM users WHERE handle = $1")
             .bind(name.0.as_str())
-            .execute(&mut *tx)
+            .execute(&mut **change.tx())
             .await
-            .map_err(|e| errors::on_delete(e, &resource))?;
-        audit::record(
-            &mut tx,
-            audit,
-            &resource,
-            "deleted with everything it owned",
-        )
-        .await?;
-        tx.commit().await.map_err(errors::db)?;
-        Ok(())
+            .map_err(|e| errors::on_delete(e, &name.to_string()))?;
+        change.commit("deleted with everything it owned").await
+    }
+
+    /// The user row, locked for the rest of the change.
+    async fn lock_user(
+        tx: &mut Transaction<'static, Postgres>,
+        name: &UserName,
+    ) -> Result<User, DomainError> {
+        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE handle = $1 FOR UPDATE"
+        )))
+        .bind(name.0.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
+        .into_domain()
     }
 }

@@ -1,7 +1,5 @@
 //! Logging set-up: human-readable lines by default, JSON on request; the filter comes from
-//! `--log-filter` / `RUST_LOG`. The per-RPC span lives in [`rpc_trace`].
-
-pub mod rpc_trace;
+//! `--log-filter` / `RUST_LOG`. The per-RPC span is opened by the edge, in `grpc::trace`.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

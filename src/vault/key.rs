@@ -6,7 +6,6 @@
 //! every replica given the same key agrees on them without extra configuration.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -84,14 +83,18 @@ impl MasterKey {
         ))
     }
 
-    /// A secret derived for one purpose (HMAC-SHA256 of `purpose` under the key), so that one
-    /// configured key can seed independent secrets.
+    /// A secret derived for one purpose (HKDF-SHA256, RFC 5869, with `purpose` as the info),
+    /// so that one configured key can seed independent secrets.
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
-        // HMAC takes keys of any length, so construction cannot fail for 32 bytes.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.bytes.as_slice())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
-        mac.update(purpose.as_bytes());
-        mac.finalize().into_bytes().into()
+        let mut derived = [0u8; 32];
+        // Expansion fails only past 255 hash lengths of output; 32 bytes is one.
+        if hkdf::Hkdf::<Sha256>::new(None, self.bytes.as_slice())
+            .expand(purpose.as_bytes(), &mut derived)
+            .is_err()
+        {
+            unreachable!("HKDF-SHA256 expands to 32 bytes");
+        }
+        derived
     }
 }
 

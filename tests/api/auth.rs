@@ -109,7 +109,7 @@ async fn tokens_are_stored_only_as_hashes() {
 }
 
 /// GetInstance resolves the token inside its own query (one round trip, see
-/// `auth::RESOLVED_IN_QUERY`); it must refuse exactly what the separate lookup refuses, and see a
+/// the method table's `resolved_in_query`); it must refuse exactly what the separate lookup refuses, and see a
 /// rotation, a deletion or a lost admin flag at once.
 #[tokio::test]
 async fn get_instance_resolves_tokens_as_strictly_as_the_authentication_layer() {

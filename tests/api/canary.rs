@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use llm_registry::{
-    auth::{system_guard::is_read_only_method, token::IssuedToken},
+    IssuedToken, is_read_only_method,
     pb::{FILE_DESCRIPTOR_SET, v1 as pb},
     vault::{KeyRing, MasterKey, Sealed},
 };

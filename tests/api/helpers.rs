@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use llm_registry::{
-    auth::token::IssuedToken,
+    IssuedToken,
     config::{Mode, ServeSettings},
     pb::v1::{
         self as pb, api_standard_service_client::ApiStandardServiceClient,

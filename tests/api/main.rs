@@ -1,6 +1,9 @@
 //! Integration tests: the real service on `127.0.0.1:0`, a real PostgreSQL, a fresh database per
 //! test. One test binary (so it builds once); one module per area.
 
+// Test and benchmark code may panic on the unexpected; the service may not (Cargo.toml [lints]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod binary;
 mod helpers;
 mod raw;

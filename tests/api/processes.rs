@@ -10,7 +10,7 @@ use std::{
 };
 
 use llm_registry::{
-    auth::token::IssuedToken,
+    IssuedToken,
     pb::v1::{
         self as pb, llm_definition_service_client::LlmDefinitionServiceClient,
         llm_instance_service_client::LlmInstanceServiceClient,

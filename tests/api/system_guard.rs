@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use llm_registry::{auth::system_guard::is_read_only_method, pb::FILE_DESCRIPTOR_SET};
+use llm_registry::{is_read_only_method, pb::FILE_DESCRIPTOR_SET};
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, Value};
 use tonic::{Code, client::Grpc, transport::Channel};
 use tonic_prost::ProstCodec;

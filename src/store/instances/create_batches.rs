@@ -12,6 +12,9 @@
 //! are written by the same statement, hence in the same transaction, and the caller is answered
 //! only after that transaction has committed.
 //!
+//! [`CREATE_BATCH`] is the only text that says what a create writes: a create its batch skipped
+//! runs the same statement again as a batch of one (see `create::create_alone`).
+//!
 //! A batch writes only the creates that certainly succeed. A create whose owner, API standard or
 //! definition does not exist, or whose handle is taken (also by another create of the same batch),
 //! is skipped by the statement (`ON CONFLICT DO NOTHING`), and when the statement fails as a whole
@@ -25,7 +28,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::errors;
+use crate::store::errors;
 
 /// How many batch statements may be in flight at once. Creates that arrive while all are busy
 /// queue up and form the next batch; a few in flight keep the database busy while one commits.
@@ -35,7 +38,7 @@ const MAX_BATCH_ROWS: usize = 64;
 
 /// Everything one create writes: the instance row (its references by handle) and its audit
 /// event. The key is already sealed; no plaintext is here.
-pub(super) struct CreateValues {
+pub(in crate::store) struct CreateValues {
     pub owner: String,
     pub standard: String,
     pub definition_owner: Option<String>,
@@ -58,7 +61,7 @@ pub(super) struct CreateValues {
 
 /// What the database assigned to a created instance.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Created {
+pub(in crate::store) struct Created {
     pub id: i64,
     pub revision: i64,
     pub create_time: DateTime<Utc>,
@@ -66,7 +69,7 @@ pub(super) struct Created {
 }
 
 /// The answer to one queued create.
-pub(super) enum BatchOutcome {
+pub(in crate::store) enum BatchOutcome {
     /// Written and committed.
     Created(Created),
     /// Not written; the caller runs the one-row statement with these values for its own answer.
@@ -91,7 +94,7 @@ struct Pending {
 
 /// The queue of creates and its dispatcher task.
 #[derive(Debug)]
-pub(super) struct CreateBatches {
+pub(in crate::store) struct CreateBatches {
     queue: mpsc::UnboundedSender<Pending>,
     /// The receiving end, until the first create starts the dispatcher (it needs the caller's
     /// runtime) and takes it.
@@ -235,46 +238,62 @@ struct InsertedRow {
     update_time: DateTime<Utc>,
 }
 
-/// One column of a batch, as an array parameter.
-fn column<'a, T>(batch: &'a [Pending], field: impl Fn(&'a CreateValues) -> T) -> Vec<T> {
-    batch.iter().map(|pending| field(&pending.values)).collect()
+/// One column of the creates, as an array parameter.
+fn column<'a, T>(rows: &[&'a CreateValues], field: impl Fn(&'a CreateValues) -> T) -> Vec<T> {
+    rows.iter().map(|values| field(values)).collect()
+}
+
+/// Runs [`CREATE_BATCH`] for `rows`: the position (0-based) and database values of each create it
+/// wrote. Creates it skipped are missing from the answer.
+pub(super) async fn insert(
+    pool: &PgPool,
+    rows: &[&CreateValues],
+) -> Result<Vec<(usize, Created)>, sqlx::Error> {
+    let written = sqlx::query_as::<_, InsertedRow>(CREATE_BATCH)
+        .bind(column(rows, |v| v.owner.as_str()))
+        .bind(column(rows, |v| v.standard.as_str()))
+        .bind(column(rows, |v| v.definition_owner.as_deref()))
+        .bind(column(rows, |v| v.definition_handle.as_deref()))
+        .bind(column(rows, |v| v.uid.as_str()))
+        .bind(column(rows, |v| v.handle.as_str()))
+        .bind(column(rows, |v| v.endpoint.as_str()))
+        .bind(column(rows, |v| v.model.as_str()))
+        .bind(column(rows, |v| v.dimensions))
+        .bind(column(rows, |v| v.context_limit))
+        .bind(column(rows, |v| v.description.as_str()))
+        .bind(column(rows, |v| v.ciphertext.as_deref()))
+        .bind(column(rows, |v| v.key_id.as_deref()))
+        .bind(column(rows, |v| v.audit_caller.as_str()))
+        .bind(column(rows, |v| v.audit_method.as_str()))
+        .bind(column(rows, |v| v.resource.as_str()))
+        .bind(column(rows, |v| v.resource_owner.as_deref()))
+        .bind(column(rows, |v| v.detail.as_str()))
+        .fetch_all(pool)
+        .await?;
+    Ok(written
+        .into_iter()
+        .filter_map(|row| {
+            let position = usize::try_from(row.position - 1).ok()?;
+            let created = Created {
+                id: row.id,
+                revision: row.revision,
+                create_time: row.create_time,
+                update_time: row.update_time,
+            };
+            Some((position, created))
+        })
+        .collect())
 }
 
 /// Writes a batch; one outcome per create, in order.
 async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<Written> {
-    let query = sqlx::query_as::<_, InsertedRow>(CREATE_BATCH)
-        .bind(column(batch, |v| v.owner.as_str()))
-        .bind(column(batch, |v| v.standard.as_str()))
-        .bind(column(batch, |v| v.definition_owner.as_deref()))
-        .bind(column(batch, |v| v.definition_handle.as_deref()))
-        .bind(column(batch, |v| v.uid.as_str()))
-        .bind(column(batch, |v| v.handle.as_str()))
-        .bind(column(batch, |v| v.endpoint.as_str()))
-        .bind(column(batch, |v| v.model.as_str()))
-        .bind(column(batch, |v| v.dimensions))
-        .bind(column(batch, |v| v.context_limit))
-        .bind(column(batch, |v| v.description.as_str()))
-        .bind(column(batch, |v| v.ciphertext.as_deref()))
-        .bind(column(batch, |v| v.key_id.as_deref()))
-        .bind(column(batch, |v| v.audit_caller.as_str()))
-        .bind(column(batch, |v| v.audit_method.as_str()))
-        .bind(column(batch, |v| v.resource.as_str()))
-        .bind(column(batch, |v| v.resource_owner.as_deref()))
-        .bind(column(batch, |v| v.detail.as_str()));
-    match query.fetch_all(pool).await {
-        Ok(rows) => {
+    let rows: Vec<&CreateValues> = batch.iter().map(|pending| &pending.values).collect();
+    match insert(pool, &rows).await {
+        Ok(created) => {
             let mut written = vec![Written::Skipped; batch.len()];
-            for row in rows {
-                let slot = usize::try_from(row.position - 1)
-                    .ok()
-                    .and_then(|index| written.get_mut(index));
-                if let Some(slot) = slot {
-                    *slot = Written::Created(Created {
-                        id: row.id,
-                        revision: row.revision,
-                        create_time: row.create_time,
-                        update_time: row.update_time,
-                    });
+            for (position, created) in created {
+                if let Some(slot) = written.get_mut(position) {
+                    *slot = Written::Created(created);
                 }
             }
             written

@@ -18,14 +18,15 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tonic::body::Body;
 
-use crate::{
-    api::status::to_status,
-    auth::is_public_path,
-    domain::DomainError,
-    middleware::{Middleware, Next},
+use super::{
+    layer::{Middleware, Next},
+    methods::{Method, MethodTable},
+    status::to_status,
 };
+use crate::domain::DomainError;
 
 pub struct Admission {
+    methods: Arc<MethodTable>,
     /// Kept by the health watcher: false while the database does not answer.
     database_up: Arc<AtomicBool>,
     running: Arc<Semaphore>,
@@ -34,8 +35,14 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(max_running: usize, max_queued: usize, database_up: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        methods: Arc<MethodTable>,
+        max_running: usize,
+        max_queued: usize,
+        database_up: Arc<AtomicBool>,
+    ) -> Self {
         Self {
+            methods,
             database_up,
             running: Arc::new(Semaphore::new(max_running.max(1))),
             waiting: AtomicUsize::new(0),
@@ -50,7 +57,7 @@ impl Middleware for Admission {
         request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        if is_public_path(request.uri().path()) {
+        if matches!(self.methods.lookup(request.uri().path()), Method::Public) {
             return Box::pin(next.run(request));
         }
         if !self.database_up.load(Ordering::SeqCst) {

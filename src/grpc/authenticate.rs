@@ -2,7 +2,8 @@
 //! request's extensions for the handlers and the `_system` guard. Anything else but health and
 //! reflection without a valid token is refused with UNAUTHENTICATED before it reaches a service.
 //!
-//! The exception is the hot read paths in [`super::RESOLVED_IN_QUERY`]: there the layer only
+//! The exception is the hot read paths that the method table marks resolved in their query
+//! ([`MethodFacts::resolved_in_query`](super::methods::MethodFacts)): there the layer only
 //! tells the admin token apart and leaves a user token as a [`Credential::Token`], which the
 //! handler's own query resolves in the same statement (one database round trip instead of two).
 //! A user token on those paths gets no `Caller` extension, so a handler that asked for one
@@ -15,27 +16,32 @@ use http::{HeaderMap, Request, Response};
 use subtle::ConstantTimeEq;
 use tonic::body::Body;
 
-use super::token;
+use super::{
+    layer::{Middleware, Next},
+    methods::{Method, MethodTable},
+    status::to_status,
+};
 use crate::{
-    api::status::to_status,
     domain::{
         DomainError,
         caller::{Caller, Credential, UnresolvedToken},
+        token,
     },
-    middleware::{Middleware, Next},
     store::Store,
 };
 
 /// Resolves tokens to callers.
 pub struct Authenticator {
+    methods: Arc<MethodTable>,
     store: Store,
     /// SHA-256 of the configured admin token; compared in constant time.
     admin_token_hash: [u8; 32],
 }
 
 impl Authenticator {
-    pub fn new(store: Store, admin_token: &str) -> Self {
+    pub fn new(methods: Arc<MethodTable>, store: Store, admin_token: &str) -> Self {
         Self {
+            methods,
             store,
             admin_token_hash: token::hash(admin_token),
         }
@@ -72,10 +78,12 @@ impl Middleware for Authenticator {
         mut request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        if super::is_public_path(request.uri().path()) {
-            return Box::pin(next.run(request));
-        }
-        if super::RESOLVED_IN_QUERY.contains(&request.uri().path()) {
+        let resolved_in_query = match self.methods.lookup(request.uri().path()) {
+            Method::Public => return Box::pin(next.run(request)),
+            Method::Ours(facts) => facts.resolved_in_query,
+            Method::Unknown => false,
+        };
+        if resolved_in_query {
             // The handler's query resolves the token; the layer only tells the admin apart.
             return match self.credential(request.headers()) {
                 Ok(credential) => {

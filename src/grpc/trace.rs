@@ -9,7 +9,7 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use tonic::{Code, body::Body};
 
-use crate::middleware::{Middleware, Next};
+use super::layer::{Middleware, Next};
 use tracing::{Instrument, Span, field::Empty};
 
 /// Opens the span of each RPC and logs its end.

@@ -1,0 +1,173 @@
+//! Instances in the database, split by job: reading them ([`read`]), reading them together with
+//! the caller's token in one statement ([`by_token`]), creating them ([`create`], group-committed
+//! by [`create_batches`]) and changing them ([`write`]). This file holds what they share: the row,
+//! the one SELECT of every column, and how a row becomes the instance a caller may see.
+//!
+//! API keys are sealed with the key ring before they reach SQL, with the row's immutable uid as
+//! associated data; no plaintext reaches the database.
+
+mod by_token;
+mod create;
+pub(super) mod create_batches;
+mod read;
+mod write;
+
+pub use create::NewInstance;
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+
+use super::{Store, errors};
+use crate::domain::{
+    DomainError,
+    access::{self, InstanceAction},
+    caller::Caller,
+    definition::ServiceSpec,
+    instance::{Instance, Role},
+    names::{ApiStandardName, DefinitionName, InstanceName},
+};
+
+#[derive(sqlx::FromRow)]
+struct InstanceRow {
+    id: i64,
+    uid: String,
+    owner: String,
+    handle: String,
+    definition_owner: Option<String>,
+    definition_handle: Option<String>,
+    endpoint: String,
+    api_standard: String,
+    model: String,
+    dimensions: Option<i32>,
+    context_limit: Option<i32>,
+    description: String,
+    has_api_key: bool,
+    revision: i64,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+    /// The role of a share of this instance to the caller ($1), if any.
+    shared_role: Option<String>,
+}
+
+/// Every column of an instance, plus the role of a share of it to `$grantee` (an SQL expression
+/// for a user id; NULL for the configured admin).
+macro_rules! select_instances {
+    ($grantee:literal) => {
+        concat!(
+            "SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
+             du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard, \
+             i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
+             i.revision, i.create_time, i.update_time, s.role AS shared_role \
+             FROM instances i \
+             JOIN users u ON u.id = i.owner_id \
+             JOIN api_standards st ON st.id = i.api_standard_id \
+             LEFT JOIN definitions d ON d.id = i.definition_id \
+             LEFT JOIN users du ON du.id = d.owner_id \
+             LEFT JOIN shares s ON s.instance_id = i.id AND s.grantee_id = ",
+            $grantee
+        )
+    };
+}
+
+/// [`select_instances`] for the caller whose user id is `$1`.
+const SELECT: &str = select_instances!("$1");
+
+// Path-based, so that the sibling modules can use the macro too.
+use select_instances;
+
+impl InstanceRow {
+    /// The instance as `caller` sees it, or `None` when the caller may not know it exists.
+    fn into_visible(self, caller: &Caller) -> Result<Option<Instance>, DomainError> {
+        let owner = errors::stored_user(&self.owner)?;
+        let shared =
+            match self.shared_role.as_deref() {
+                None => None,
+                Some(stored) => Some(Role::from_stored(stored).ok_or_else(|| {
+                    DomainError::Internal(format!("unknown stored role {stored:?}"))
+                })?),
+            };
+        let Some(access_role) = access::effective_role(caller, &owner, shared) else {
+            return Ok(None);
+        };
+        let definition = match (self.definition_owner, self.definition_handle) {
+            (Some(owner), Some(handle)) => Some(DefinitionName::new(
+                errors::stored_user(&owner)?,
+                errors::stored_handle(&handle)?,
+            )),
+            _ => None,
+        };
+        let instance = Instance {
+            sequence: self.id,
+            name: InstanceName::new(owner, errors::stored_handle(&self.handle)?),
+            uid: self.uid,
+            definition,
+            spec: ServiceSpec {
+                endpoint: self.endpoint,
+                api_standard: ApiStandardName(errors::stored_handle(&self.api_standard)?),
+                model: self.model,
+                dimensions: self.dimensions,
+                context_limit: self.context_limit,
+                description: self.description,
+            },
+            has_api_key: self.has_api_key,
+            access_role,
+            revision: self.revision,
+            create_time: self.create_time,
+            update_time: self.update_time,
+        };
+        Ok(Some(instance))
+    }
+}
+
+fn caller_id(caller: &Caller) -> Option<i64> {
+    match caller {
+        Caller::Admin => None,
+        Caller::User(user) => Some(user.id),
+    }
+}
+
+impl Store {
+    /// Locks the instance row for the rest of a change and reads it as the caller sees it;
+    /// refuses (as the policy says) a caller who may not do `action` with it.
+    pub(super) async fn lock_for(
+        tx: &mut Transaction<'static, Postgres>,
+        caller: &Caller,
+        name: &InstanceName,
+        action: InstanceAction,
+    ) -> Result<(i64, Instance), DomainError> {
+        let found = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE u.handle = $2 AND i.handle = $3 FOR UPDATE OF i"
+        )))
+        .bind(caller_id(caller))
+        .bind(name.owner.as_str())
+        .bind(name.handle.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(errors::db)?
+        .map(|row| row.into_visible(caller))
+        .transpose()?
+        .flatten();
+        access::authorize_instance(found.as_ref().map(|i| i.access_role), action, name)?;
+        found
+            .map(|instance| (instance.sequence, instance))
+            .ok_or_else(|| access::hidden(name))
+    }
+
+    /// The instance with row id `id`, as its writer sees it after the change.
+    async fn visible_by_id(
+        tx: &mut Transaction<'static, Postgres>,
+        caller: &Caller,
+        id: i64,
+    ) -> Result<Instance, DomainError> {
+        sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!("{SELECT} WHERE i.id = $2")))
+            .bind(caller_id(caller))
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(errors::db)?
+            .into_visible(caller)?
+            .ok_or_else(|| {
+                DomainError::Internal("a written instance is not visible to its writer".to_owned())
+            })
+    }
+}

@@ -1,0 +1,124 @@
+//! Changing instances: update (fields and key) and delete, each a [`Change`] that locks the row,
+//! asks the policy, checks the etag, writes and records its audit event in one transaction.
+
+use sqlx::{Postgres, Transaction};
+
+use crate::{
+    domain::{
+        DomainError,
+        access::InstanceAction,
+        audit::Audit,
+        caller::Caller,
+        definition::ServiceSpec,
+        instance::{ApiKeyChange, Instance},
+        names::InstanceName,
+    },
+    store::{Store, blockers, change::Change, errors},
+    vault::KeyRing,
+};
+
+impl Store {
+    /// Read-modify-write, for writers and up: `change_spec` sees the instance as the caller does
+    /// (after the etag check) and returns the new spec and what happens to the key.
+    pub async fn update_instance(
+        &self,
+        audit: &Audit,
+        caller: &Caller,
+        name: &InstanceName,
+        etag: &str,
+        ring: &KeyRing,
+        change_spec: impl FnOnce(&Instance) -> Result<(ServiceSpec, ApiKeyChange), DomainError>,
+    ) -> Result<Instance, DomainError> {
+        let mut change = Change::begin(self, audit, name).await?;
+        let (id, current) =
+            Self::lock_for(change.tx(), caller, name, InstanceAction::Write).await?;
+        change.check_etag(etag, &current)?;
+        let (spec, key_change) = change_spec(&current)?;
+        let detail = match &key_change {
+            ApiKeyChange::Keep => "",
+            ApiKeyChange::Replace(_) => "api_key replaced",
+            ApiKeyChange::Remove => "api_key removed",
+        };
+        let tx = change.tx();
+        let standard_id = Self::api_standard_id(
+            &mut **tx,
+            "instance.api_standard",
+            spec.api_standard.0.as_str(),
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE instances SET endpoint = $2, api_standard_id = $3, model = $4, dimensions = $5, \
+             context_limit = $6, description = $7, revision = revision + 1, update_time = clock_timestamp() \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&spec.endpoint)
+        .bind(standard_id)
+        .bind(&spec.model)
+        .bind(spec.dimensions)
+        .bind(spec.context_limit)
+        .bind(&spec.description)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| errors::on_reference(e, "instance.api_standard"))?;
+        Self::store_key(tx, id, &current.uid, key_change, ring).await?;
+        let updated = Self::visible_by_id(tx, caller, id).await?;
+        change.commit(detail).await?;
+        Ok(updated)
+    }
+
+    /// Deletes an instance (and its shares), for owners and co-owners. Refused, naming the
+    /// projects, while projects use it.
+    pub async fn delete_instance(
+        &self,
+        audit: &Audit,
+        caller: &Caller,
+        name: &InstanceName,
+        etag: &str,
+    ) -> Result<(), DomainError> {
+        let mut change = Change::begin(self, audit, name).await?;
+        let (id, current) =
+            Self::lock_for(change.tx(), caller, name, InstanceAction::Manage).await?;
+        change.check_etag(etag, &current)?;
+        let projects = blockers::projects_using_instance(change.tx(), id, None).await?;
+        if !projects.is_empty() {
+            return Err(blockers::blocked(
+                format!("{name} cannot be deleted while projects use it"),
+                projects,
+            ));
+        }
+        sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id)
+            .execute(&mut **change.tx())
+            .await
+            .map_err(|e| errors::on_delete(e, &name.to_string()))?;
+        change.commit("deleted with its shares").await
+    }
+
+    async fn store_key(
+        tx: &mut Transaction<'_, Postgres>,
+        id: i64,
+        uid: &str,
+        change: ApiKeyChange,
+        ring: &KeyRing,
+    ) -> Result<(), DomainError> {
+        let (ciphertext, key_id) = match change {
+            ApiKeyChange::Keep => return Ok(()),
+            ApiKeyChange::Remove => (None, None),
+            ApiKeyChange::Replace(api_key) => {
+                let sealed = ring.seal(&api_key, uid);
+                (Some(sealed.ciphertext), Some(sealed.key_id))
+            }
+        };
+        sqlx::query(
+            "UPDATE instances SET api_key_ciphertext = $2, api_key_key_id = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ciphertext)
+        .bind(key_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(errors::db)?;
+        Ok(())
+    }
+}
