@@ -9,7 +9,7 @@
 //! (AIP-158).
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::DomainError;
@@ -84,7 +84,7 @@ impl Paginator {
 
     fn mac(&self, cursor: &str, binding: &[u8]) -> Hmac<Sha256> {
         // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
         for part in [TOKEN_VERSION.as_bytes(), binding, cursor.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());

@@ -1,7 +1,7 @@
 //! Stored keys as a whole: which master keys made them (the start-up check), and re-encryption
 //! under the primary (`rotate-keys`).
 
-use super::{Store, audit, errors};
+use super::{Store, change::Change, errors};
 use crate::{
     domain::{DomainError, audit::Audit},
     vault::{KeyRing, Sealed},
@@ -73,7 +73,8 @@ impl Store {
             already_current: u64::try_from(already_current).unwrap_or_default(),
         };
         loop {
-            let mut tx = self.pool.begin().await.map_err(errors::db)?;
+            let mut change = Change::begin(self, audit, "instances").await?;
+            let tx = change.tx();
             let batch: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
                 "SELECT id, uid::text, api_key_key_id, api_key_ciphertext FROM instances \
                  WHERE api_key_key_id IS NOT NULL AND api_key_key_id <> $1 \
@@ -81,7 +82,7 @@ impl Store {
             )
             .bind(&primary)
             .bind(i64::from(batch_size.max(1)))
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await
             .map_err(errors::db)?;
             if batch.is_empty() {
@@ -97,14 +98,13 @@ impl Store {
                     .bind(id)
                     .bind(&sealed.ciphertext)
                     .bind(&sealed.key_id)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(errors::db)?;
                 report.reencrypted += 1;
             }
             let detail = format!("re-encrypted {batch_size} key(s) under key {primary}");
-            audit::record(&mut tx, audit, "instances", &detail).await?;
-            tx.commit().await.map_err(errors::db)?;
+            change.commit(&detail).await?;
         }
         Ok(report)
     }

@@ -13,6 +13,7 @@ mod audit;
 mod auth;
 mod authorization;
 mod canary;
+mod compression;
 mod create_batches;
 mod definitions;
 mod dev_mode;
