@@ -140,16 +140,20 @@ def render():
                     paragraph(notes.get((6, s_index, 2, m_index))),
                     "",
                 ]
-                row = rows.get(f"{service.name}/{method.name}")
+                name = f"{service.name}/{method.name}"
+                row = rows.get(name)
                 if row:
+                    # Variant rows (`Method?variant`) are further cases of the same RPC.
+                    variants = [(k.split("?")[1], v) for k, v in rows.items() if k.startswith(name + "?")]
                     out += [
                         "Who may call (status code per caller):",
                         "",
-                        "| " + " | ".join(header) + " |",
-                        "|" + " --- |" * len(header),
-                        "| " + " | ".join(row[c] for c in header) + " |",
-                        "",
+                        "| case | " + " | ".join(header) + " |",
+                        "| --- |" + " --- |" * len(header),
+                        "| plain | " + " | ".join(row[c] for c in header) + " |",
                     ]
+                    out += ["| " + case + " | " + " | ".join(v[c] for c in header) + " |" for case, v in variants]
+                    out += [""]
         out += ["### Messages", ""]
         for m_index, message in enumerate(file.message_type):
             out += [f"#### {message.name}", "", paragraph(notes.get((4, m_index))), ""]
@@ -166,7 +170,7 @@ def render():
                 text = paragraph(notes.get((5, e_index, 2, v_index))).replace("|", "\\|")
                 out.append(f"| `{value.name}` | {value.number} | {text} |")
             out.append("")
-    missing = set(rows) - {
+    missing = {row.split("?")[0] for row in rows} - {
         f"{s.name}/{m.name}" for f in files.values() for s in f.service for m in s.method
     }
     if missing:

@@ -252,7 +252,11 @@ impl LlmInstanceService for InstancesApi {
                 &name,
                 &instance.etag,
                 &self.0.key_ring,
-                |current| Ok((patch.apply("instance", &current.spec)?, key_change)),
+                |current| {
+                    let spec = patch.apply("instance", &current.spec)?;
+                    access::check_key_destination(current, &spec, &key_change)?;
+                    Ok((spec, key_change))
+                },
             )
             .await?;
         Ok(Response::new(to_pb(updated)))
@@ -272,6 +276,7 @@ impl LlmInstanceService for InstancesApi {
                 &caller,
                 &name,
                 &request.etag,
+                request.force,
             )
             .await?;
         Ok(Response::new(()))

@@ -11,9 +11,9 @@ use crate::{
         DomainError, access,
         audit::Audit,
         caller::Caller,
-        error::both,
+        error::{PreconditionReason, both},
         names::{Handle, InstanceName, ProjectName, UserKey, UserName},
-        project::Project,
+        project::{Project, ProjectBinding},
         validate,
     },
     pb::v1::{self as pb, project_service_server::ProjectService},
@@ -28,7 +28,16 @@ fn to_pb(project: Project) -> pb::Project {
     pb::Project {
         name: project.name.to_string(),
         description: project.description,
-        instance: project.instance.to_string(),
+        instance: project
+            .instance
+            .map(|instance| instance.to_string())
+            .unwrap_or_default(),
+        detach_reason: project
+            .detached
+            .as_ref()
+            .map(|d| d.reason.clone())
+            .unwrap_or_default(),
+        detach_time: project.detached.and_then(|d| convert::timestamp(d.time)),
         create_time: convert::timestamp(project.create_time),
         update_time: convert::timestamp(project.update_time),
         etag,
@@ -143,7 +152,7 @@ impl ProjectService for ProjectsApi {
                 |current| {
                     Ok((
                         description.unwrap_or_else(|| current.description.clone()),
-                        instance.unwrap_or_else(|| current.instance.clone()),
+                        instance.or_else(|| current.instance.clone()),
                     ))
                 },
             )
@@ -192,11 +201,20 @@ impl ProjectService for ProjectsApi {
         tracing::Span::current().record("caller", caller.label());
         access::check_private_read(&caller, &name.owner, &name)?;
         // The caller is the project's owner (who can use the bound instance) or an admin.
-        let instance = found.ok_or_else(|| access::hidden(&name))?.ok_or_else(|| {
-            DomainError::Internal(format!(
+        match found.ok_or_else(|| access::hidden(&name))? {
+            ProjectBinding::Bound(Some(instance)) => Ok(Response::new(instances::to_pb(instance))),
+            ProjectBinding::Bound(None) => Err(DomainError::Internal(format!(
                 "{name} is bound to an instance its owner cannot see"
             ))
-        })?;
-        Ok(Response::new(instances::to_pb(instance)))
+            .into()),
+            ProjectBinding::Detached(detachment) => Err(DomainError::FailedPrecondition {
+                reason: PreconditionReason::InstanceRevoked,
+                message: format!(
+                    "{name} has no instance: {}; its owner must bind it to an instance again",
+                    detachment.reason
+                ),
+            }
+            .into()),
+        }
     }
 }

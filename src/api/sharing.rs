@@ -81,6 +81,7 @@ impl SharingService for SharingApi {
                 &Audit::new(&caller, "SharingService/UnshareInstance"),
                 &caller,
                 &share,
+                request.get_ref().force,
             )
             .await?;
         Ok(Response::new(()))

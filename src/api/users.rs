@@ -137,8 +137,10 @@ impl UserService for UsersApi {
             .store
             .delete_user(
                 &Audit::new(&caller, "UserService/DeleteUser"),
+                &caller,
                 &name,
                 &request.etag,
+                request.force,
             )
             .await?;
         Ok(Response::new(()))

@@ -12,6 +12,7 @@
 //! - definitions: [`check_definitions_read`];
 //! - private resources (projects, user records, instance lists): [`check_private_read`];
 //! - instances, by role: [`effective_role`], [`authorize_instance`] with an [`InstanceAction`];
+//! - keys: [`check_key_destination`] (a key is never moved to a new destination);
 //! - shares: [`check_grantee`];
 //! - users: [`check_admin`], [`check_user_changeable`] (the reserved `_system` user).
 
@@ -19,8 +20,9 @@ use std::fmt::Display;
 
 use super::{
     caller::Caller,
-    error::{DomainError, PermissionReason},
-    instance::Role,
+    definition::ServiceSpec,
+    error::{DomainError, PermissionReason, PreconditionReason},
+    instance::{ApiKeyChange, Instance, Role},
     names::{Handle, InstanceName, SYSTEM_USER, UserKey},
 };
 
@@ -158,6 +160,32 @@ pub fn authorize_instance(
                 action.needs().as_str()
             ),
         }),
+    }
+}
+
+/// A key is never moved to a new destination: on an instance holding a key, an update that
+/// changes the endpoint (any part of it: a path on the same host can be another tenant behind a
+/// gateway) or the API standard (which decides the header the key travels in) must supply the
+/// key in the same request. Otherwise a writer could point the owner's key at a host of their
+/// own, and the next provider call would send it there.
+pub fn check_key_destination(
+    current: &Instance,
+    new: &ServiceSpec,
+    key: &ApiKeyChange,
+) -> Result<(), DomainError> {
+    let moves =
+        current.spec.endpoint != new.endpoint || current.spec.api_standard != new.api_standard;
+    if current.has_api_key && moves && matches!(key, ApiKeyChange::Keep) {
+        Err(DomainError::FailedPrecondition {
+            reason: PreconditionReason::KeyRebindRequired,
+            message: format!(
+                "{} holds an API key: changing its endpoint or api_standard needs api_key in the \
+                 same update (the stored key is never sent to a new destination)",
+                current.name
+            ),
+        })
+    } else {
+        Ok(())
     }
 }
 

@@ -48,6 +48,12 @@ pub enum DomainError {
         message: String,
         blockers: Vec<String>,
     },
+    /// The resource is not in the state the operation needs; the reason says which.
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: PreconditionReason,
+        message: String,
+    },
     /// Too many calls are running and waiting; the caller should back off and retry.
     #[error("the service is at capacity; retry with backoff")]
     Overloaded,
@@ -66,6 +72,15 @@ pub enum DomainError {
     /// A fault of ours. The detail is logged, never sent to the caller.
     #[error("internal error")]
     Internal(String),
+}
+
+/// Why an operation cannot run in the resource's present state; each a stable `ErrorInfo` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreconditionReason {
+    /// An update would move a stored key to a new endpoint or API standard without the key.
+    KeyRebindRequired,
+    /// The project's instance was revoked; it must be bound again.
+    InstanceRevoked,
 }
 
 /// Why a known caller was refused; each becomes a distinct, stable `ErrorInfo` reason.

@@ -6,7 +6,10 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::{DomainError, error::PermissionReason};
+use crate::domain::{
+    DomainError,
+    error::{PermissionReason, PreconditionReason},
+};
 
 /// The `ErrorInfo.domain` of every error.
 pub const ERROR_DOMAIN: &str = "llm-registry";
@@ -28,6 +31,13 @@ pub fn to_status(error: DomainError) -> Status {
         ),
         DomainError::EtagMismatch(_) => (Code::Aborted, "ETAG_MISMATCH"),
         DomainError::InUse { .. } => (Code::FailedPrecondition, "RESOURCE_IN_USE"),
+        DomainError::FailedPrecondition { reason, .. } => (
+            Code::FailedPrecondition,
+            match reason {
+                PreconditionReason::KeyRebindRequired => "KEY_REBIND_REQUIRED",
+                PreconditionReason::InstanceRevoked => "INSTANCE_REVOKED",
+            },
+        ),
         DomainError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
         DomainError::TooLarge(_) => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
         DomainError::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),

@@ -50,6 +50,16 @@ impl<'a> Change<'a> {
         check_etag(expected, &current.etag(), &self.resource)
     }
 
+    /// Records one more event of this change, about another resource that it changed too (a
+    /// project detached by a revocation), in the same transaction.
+    pub(super) async fn record_also(
+        &mut self,
+        resource: impl Display,
+        detail: &str,
+    ) -> Result<(), DomainError> {
+        audit::record(&mut self.tx, self.audit, &resource.to_string(), detail).await
+    }
+
     /// Records the audit event (with `detail`) and commits both with the change.
     pub(super) async fn commit(mut self, detail: &str) -> Result<(), DomainError> {
         audit::record(&mut self.tx, self.audit, &self.resource, detail).await?;

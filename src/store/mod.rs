@@ -7,11 +7,11 @@
 
 mod api_standards;
 mod audit;
-mod blockers;
 mod change;
 mod cursor;
 pub mod database;
 mod definitions;
+mod dependents;
 mod epoch_probe;
 mod errors;
 mod instances;

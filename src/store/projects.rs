@@ -16,7 +16,7 @@ use crate::domain::{
     audit::Audit,
     names::{InstanceName, ProjectName, UserName},
     pagination::{Page, PageRequest},
-    project::Project,
+    project::{Detachment, Project},
 };
 
 #[derive(sqlx::FromRow)]
@@ -24,17 +24,20 @@ struct ProjectRow {
     owner: String,
     handle: String,
     description: String,
-    instance_owner: String,
-    instance_handle: String,
+    instance_owner: Option<String>,
+    instance_handle: Option<String>,
+    detach_reason: String,
+    detach_time: Option<DateTime<Utc>>,
     revision: i64,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
 }
 
 const SELECT: &str = "SELECT u.handle AS owner, p.handle, p.description, iu.handle AS instance_owner, \
-    i.handle AS instance_handle, p.revision, p.create_time, p.update_time \
+    i.handle AS instance_handle, p.detach_reason, p.detach_time, p.revision, p.create_time, \
+    p.update_time \
     FROM projects p JOIN users u ON u.id = p.owner_id \
-    JOIN instances i ON i.id = p.instance_id JOIN users iu ON iu.id = i.owner_id";
+    LEFT JOIN instances i ON i.id = p.instance_id LEFT JOIN users iu ON iu.id = i.owner_id";
 
 impl ProjectRow {
     fn into_domain(self) -> Result<Project, DomainError> {
@@ -44,10 +47,17 @@ impl ProjectRow {
                 errors::stored_handle(&self.handle)?,
             ),
             description: self.description,
-            instance: InstanceName::new(
-                errors::stored_user(&self.instance_owner)?,
-                errors::stored_handle(&self.instance_handle)?,
-            ),
+            instance: match (self.instance_owner, self.instance_handle) {
+                (Some(owner), Some(handle)) => Some(InstanceName::new(
+                    errors::stored_user(&owner)?,
+                    errors::stored_handle(&handle)?,
+                )),
+                _ => None,
+            },
+            detached: self.detach_time.map(|time| Detachment {
+                reason: self.detach_reason,
+                time,
+            }),
             revision: self.revision,
             create_time: self.create_time,
             update_time: self.update_time,
@@ -169,22 +179,31 @@ impl Store {
     /// Read-modify-write: `change` sees the current project (after the etag check) and returns
     /// the new description and instance; a new instance must be usable by the project's owner.
     /// Read-modify-write: `change_fields` sees the current project (after the etag check) and
-    /// returns its new description and instance, which must be one its owner can use.
+    /// returns its new description and instance, which must be one its owner can use. A detached
+    /// project stays detached until an instance is given; binding it clears the detachment.
     pub async fn update_project(
         &self,
         audit: &Audit,
         name: &ProjectName,
         etag: &str,
-        change_fields: impl FnOnce(&Project) -> Result<(String, InstanceName), DomainError>,
+        change_fields: impl FnOnce(&Project) -> Result<(String, Option<InstanceName>), DomainError>,
     ) -> Result<Project, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         let (id, owner_id, current) = Self::lock_project(change.tx(), name).await?;
         change.check_etag(etag, &current)?;
         let (description, instance) = change_fields(&current)?;
-        let instance_id = Self::usable_instance_id(change.tx(), &instance, owner_id).await?;
+        let instance_id = match &instance {
+            Some(instance) => {
+                Some(Self::usable_instance_id(change.tx(), instance, owner_id).await?)
+            }
+            None => None,
+        };
+        // Binding clears the detachment; leaving a detached project unbound keeps it.
         sqlx::query(
-            "UPDATE projects SET description = $2, instance_id = $3, revision = revision + 1, \
-             update_time = clock_timestamp() WHERE id = $1",
+            "UPDATE projects SET description = $2, instance_id = $3, \
+             detach_reason = CASE WHEN $3 IS NULL THEN detach_reason ELSE '' END, \
+             detach_time = CASE WHEN $3 IS NULL THEN detach_time END, \
+             revision = revision + 1, update_time = clock_timestamp() WHERE id = $1",
         )
         .bind(id)
         .bind(&description)
@@ -193,7 +212,11 @@ impl Store {
         .await
         .map_err(errors::db)?;
         let updated = Self::project_by_id(change.tx(), id).await?;
-        change.commit(&format!("bound to {instance}")).await?;
+        let detail = match &instance {
+            Some(instance) => format!("bound to {instance}"),
+            None => "still detached".to_owned(),
+        };
+        change.commit(&detail).await?;
         Ok(updated)
     }
 

@@ -5,9 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
 use super::{
-    Store, blockers,
+    Store,
     change::Change,
     cursor::{self, HandleKey},
+    dependents::{self, Revoked},
     errors,
 };
 use crate::domain::{
@@ -93,12 +94,14 @@ impl Store {
         Ok(share)
     }
 
-    /// Revokes a share; refused, naming them, while the grantee's projects use the instance.
+    /// Revokes a share. While the grantee's projects use the instance it is refused, or with
+    /// `force` they are detached (see [`dependents`]).
     pub async fn unshare_instance(
         &self,
         audit: &Audit,
         caller: &Caller,
         share: &ShareName,
+        force: bool,
     ) -> Result<(), DomainError> {
         let mut change = Change::begin(self, audit, share).await?;
         let (instance_id, _) =
@@ -114,13 +117,27 @@ impl Store {
         .await
         .map_err(errors::db)?;
         let grantee_id = grantee_id.ok_or_else(|| DomainError::NotFound(share.to_string()))?;
-        let projects = blockers::projects_using_instance(tx, instance_id, Some(grantee_id)).await?;
-        if !projects.is_empty() {
-            return Err(blockers::blocked(
-                format!("{share} cannot be revoked while the grantee's projects use the instance"),
-                projects,
-            ));
-        }
+        let dependents = dependents::dependents(
+            tx,
+            Revoked::Share {
+                instance_id,
+                grantee_id,
+            },
+        )
+        .await?;
+        dependents::refuse_or_detach(
+            &mut change,
+            caller,
+            dependents,
+            force,
+            &format!("{share} cannot be revoked"),
+            &format!(
+                "the share of {} to users/{} was revoked",
+                share.instance, share.grantee
+            ),
+        )
+        .await?;
+        let tx = change.tx();
         sqlx::query("DELETE FROM shares WHERE instance_id = $1 AND grantee_id = $2")
             .bind(instance_id)
             .bind(grantee_id)

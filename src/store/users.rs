@@ -5,9 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
 use super::{
-    Store, blockers,
+    Store,
     change::Change,
     cursor::{self, HandleKey},
+    dependents::{self, Revoked},
     errors,
 };
 use crate::domain::{
@@ -199,25 +200,37 @@ impl Store {
         Ok(rotated)
     }
 
-    /// Deletes a user and (by cascade) everything the user owns. Refused, naming a blocker, while
-    /// another user's project uses one of the user's instances.
+    /// Deletes a user and (by cascade) everything the user owns. While other users' projects use
+    /// one of the user's instances it is refused, or with `force` they are detached.
     pub async fn delete_user(
         &self,
         audit: &Audit,
+        caller: &Caller,
         name: &UserName,
         etag: &str,
+        force: bool,
     ) -> Result<(), DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         let current = Self::lock_user(change.tx(), name).await?;
         change.check_etag(etag, &current)?;
         let user_id = Self::user_id(&mut **change.tx(), name.0.as_str()).await?;
-        let projects = blockers::foreign_projects_using_instances_of(change.tx(), user_id).await?;
-        if !projects.is_empty() {
-            return Err(blockers::blocked(
-                format!("{name} cannot be deleted while other users' projects use its instances"),
-                projects,
-            ));
-        }
+        // The user's instances are locked first, so that a concurrent bind to one of them waits
+        // and then finds it gone, instead of slipping in after the dependents were read.
+        sqlx::query("SELECT id FROM instances WHERE owner_id = $1 ORDER BY id FOR UPDATE")
+            .bind(user_id)
+            .execute(&mut **change.tx())
+            .await
+            .map_err(errors::db)?;
+        let dependents = dependents::dependents(change.tx(), Revoked::InstancesOf(user_id)).await?;
+        dependents::refuse_or_detach(
+            &mut change,
+            caller,
+            dependents,
+            force,
+            &format!("{name} cannot be deleted"),
+            &format!("{name}, who owned its instance, was deleted"),
+        )
+        .await?;
         sqlx::query("DELETE FROM users WHERE handle = $1")
             .bind(name.0.as_str())
             .execute(&mut **change.tx())

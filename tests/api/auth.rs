@@ -76,6 +76,7 @@ async fn missing_wrong_rotated_and_deleted_tokens_are_unauthenticated() {
             pb::DeleteUserRequest {
                 name: "users/doomed".to_owned(),
                 etag: String::new(),
+                force: false,
             },
             &app.admin_token,
         ))
@@ -224,6 +225,7 @@ async fn get_instance_resolves_tokens_as_strictly_as_the_authentication_layer() 
             pb::DeleteUserRequest {
                 name: "users/boss".to_owned(),
                 etag: String::new(),
+                force: false,
             },
             &app.admin_token,
         ))

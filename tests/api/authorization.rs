@@ -97,6 +97,31 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
         ..Default::default()
     };
     match rpc {
+        // Variants of an RPC (rows `Service/Method?variant`): deleting the instance that the
+        // owner's project is bound to, without and with `force`, and the other revocations forced.
+        "LlmInstanceService/DeleteInstance?bound" => pb::DeleteInstanceRequest {
+            name: t.instance(&t.inst),
+            etag: String::new(),
+            force: false,
+        }
+        .encode_to_vec(),
+        "LlmInstanceService/DeleteInstance?force" => pb::DeleteInstanceRequest {
+            name: t.instance(&t.inst),
+            etag: String::new(),
+            force: true,
+        }
+        .encode_to_vec(),
+        "SharingService/UnshareInstance?force" => pb::UnshareInstanceRequest {
+            name: format!("{}/shares/{}", t.instance(&t.inst), t.grantee),
+            force: true,
+        }
+        .encode_to_vec(),
+        "UserService/DeleteUser?force" => pb::DeleteUserRequest {
+            name: format!("users/{}", t.user),
+            etag: String::new(),
+            force: true,
+        }
+        .encode_to_vec(),
         "UserService/CreateUser" => pb::CreateUserRequest {
             user_id: format!("new-{}", t.suffix),
             user: Some(pb::User::default()),
@@ -119,6 +144,7 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
         "UserService/DeleteUser" => pb::DeleteUserRequest {
             name: format!("users/{}", t.user),
             etag: String::new(),
+            force: false,
         }
         .encode_to_vec(),
         "UserService/RotateUserToken" => pb::RotateUserTokenRequest {
@@ -223,6 +249,7 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
         "LlmInstanceService/DeleteInstance" => pb::DeleteInstanceRequest {
             name: t.instance(&t.inst2),
             etag: String::new(),
+            force: false,
         }
         .encode_to_vec(),
         "SharingService/ShareInstance" => pb::ShareInstanceRequest {
@@ -233,6 +260,7 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
         .encode_to_vec(),
         "SharingService/UnshareInstance" => pb::UnshareInstanceRequest {
             name: format!("{}/shares/{}", t.instance(&t.inst2), t.grantee),
+            force: false,
         }
         .encode_to_vec(),
         "SharingService/ListInstanceShares" => pb::ListInstanceSharesRequest {
@@ -366,7 +394,8 @@ async fn call(
         Some(token) => authed(body, token),
         None => Request::new(body),
     };
-    let path = http::uri::PathAndQuery::from_str(&format!("/llmregistry.v1.{rpc}")).unwrap();
+    let method = rpc.split_once('?').map_or(rpc, |(method, _)| method);
+    let path = http::uri::PathAndQuery::from_str(&format!("/llmregistry.v1.{method}")).unwrap();
     grpc.unary(request, path, RawCodec)
         .await
         .map(tonic::Response::into_inner)
@@ -422,10 +451,20 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_matrix_says() {
             "{rpc} has no row in tests/authorization_matrix.tsv"
         );
     }
+    // Variant rows (`Service/Method?variant`) are extra cases of an RPC that exists.
+    for row in &rows {
+        let method = row
+            .split_once('?')
+            .map_or(row.as_str(), |(method, _)| method);
+        assert!(
+            rpcs.iter().any(|rpc| rpc == method),
+            "the matrix names an RPC that does not exist: {row}"
+        );
+    }
     assert_eq!(
-        rows.len(),
+        rows.iter().filter(|row| !row.contains('?')).count(),
         rpcs.len(),
-        "the matrix names RPCs that do not exist: {rows:?}"
+        "every RPC has exactly one plain row: {rows:?}"
     );
 
     let app = TestApp::spawn().await;

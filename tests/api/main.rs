@@ -26,6 +26,7 @@ mod projects;
 mod properties;
 mod read_cache;
 mod reliability;
+mod revocation;
 mod rotation;
 mod seed;
 mod sharing;

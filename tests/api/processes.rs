@@ -166,6 +166,7 @@ async fn two_replicas_share_one_database_without_stale_state() {
             pb::DeleteUserRequest {
                 name: "users/alice".into(),
                 etag: String::new(),
+                force: false,
             },
             &admin,
         ))

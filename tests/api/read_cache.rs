@@ -249,6 +249,7 @@ async fn no_replica_answers_from_a_stale_cache() {
         .unshare_instance(authed(
             pb::UnshareInstanceRequest {
                 name: format!("{NAME}/shares/bob"),
+                force: false,
             },
             &alice,
         ))
@@ -266,6 +267,7 @@ async fn no_replica_answers_from_a_stale_cache() {
             pb::DeleteInstanceRequest {
                 name: NAME.into(),
                 etag: String::new(),
+                force: false,
             },
             &alice,
         ))
@@ -283,6 +285,7 @@ async fn no_replica_answers_from_a_stale_cache() {
             pb::DeleteUserRequest {
                 name: "users/bob".into(),
                 etag: String::new(),
+                force: false,
             },
             &a.admin_token,
         ))

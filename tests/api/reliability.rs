@@ -210,14 +210,18 @@ async fn races_have_exactly_one_winner_and_leave_nothing_dangling() {
             create_project(&app, &bob, "bob", &project, instance),
             sharing.unshare_instance(authed(
                 pb::UnshareInstanceRequest {
-                    name: format!("{instance}/shares/bob")
+                    name: format!("{instance}/shares/bob"),
+                    // Every other round the revocations are forced: they detach instead of
+                    // waiting for the grantee, and must still never strand a binding.
+                    force: round % 2 == 0,
                 },
                 &alice2
             )),
             instances.delete_instance(authed(
                 pb::DeleteInstanceRequest {
                     name: instance.into(),
-                    etag: String::new()
+                    etag: String::new(),
+                    force: round % 2 == 0,
                 },
                 &alice
             )),

@@ -184,8 +184,15 @@ async fn grant_change_revoke_and_list() {
     );
 
     // Revoking removes access at once.
-    let unshare =
-        |name: &str, token: &str| authed(pb::UnshareInstanceRequest { name: name.into() }, token);
+    let unshare = |name: &str, token: &str| {
+        authed(
+            pb::UnshareInstanceRequest {
+                name: name.into(),
+                force: false,
+            },
+            token,
+        )
+    };
     assert_code(
         sharing
             .unshare_instance(unshare("users/owner/instances/shared/shares/cat", ann))

@@ -66,6 +66,7 @@ async fn admin_manages_users_and_users_see_only_themselves() {
                 pb::DeleteUserRequest {
                     name: "users/bob".into(),
                     etag: String::new(),
+                    force: false,
                 },
                 &alice,
             ))
@@ -144,6 +145,7 @@ async fn admin_manages_users_and_users_see_only_themselves() {
                 pb::DeleteUserRequest {
                     name: "users/_system".into(),
                     etag: String::new(),
+                    force: false,
                 },
                 &app.admin_token,
             ))
@@ -208,6 +210,7 @@ async fn admin_manages_users_and_users_see_only_themselves() {
             pb::DeleteUserRequest {
                 name: "users/bob".into(),
                 etag: String::new(),
+                force: false,
             },
             &app.admin_token,
         ))
@@ -225,6 +228,7 @@ async fn admin_manages_users_and_users_see_only_themselves() {
                 pb::DeleteUserRequest {
                     name: "users/bob".into(),
                     etag: String::new(),
+                    force: false,
                 },
                 &app.admin_token,
             ))
@@ -245,6 +249,7 @@ async fn deleting_a_user_removes_what_the_user_owns() {
             pb::DeleteUserRequest {
                 name: "users/alice".into(),
                 etag: String::new(),
+                force: false,
             },
             &app.admin_token,
         ))

@@ -2,7 +2,8 @@
 //! (GetInstance, GetProjectInstance; see `Credential::Token`), with the read cache in front of
 //! GetInstance.
 
-use sqlx::{FromRow, Row};
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, Row, postgres::PgRow};
 
 use super::{InstanceRow, select_instances};
 use crate::{
@@ -11,6 +12,7 @@ use crate::{
         caller::{Caller, Credential, UnresolvedToken, UserPrincipal},
         instance::Instance,
         names::{InstanceName, ProjectName},
+        project::{Detachment, Project, ProjectBinding},
     },
     store::{Store, errors},
 };
@@ -39,11 +41,15 @@ const FIND_BY_TOKEN: &str = with_caller_by_token!(concat!(
     " WHERE u.handle = $2 AND i.handle = $3"
 ));
 
-/// The instance bound to project `$2`/`$3`, with the caller.
+/// Project `$2`/`$3` (its detachment columns, never NULL when it exists) and the instance bound
+/// to it (none while detached), with the caller.
 const FIND_PROJECT_INSTANCE_BY_TOKEN: &str = with_caller_by_token!(concat!(
+    "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, bound.* \
+     FROM projects p JOIN users pu ON pu.id = p.owner_id \
+     LEFT JOIN LATERAL (",
     select_instances!("c.id"),
-    " JOIN projects p ON p.instance_id = i.id JOIN users pu ON pu.id = p.owner_id \
-      WHERE pu.handle = $2 AND p.handle = $3"
+    " WHERE i.id = p.instance_id) bound ON true \
+     WHERE pu.handle = $2 AND p.handle = $3"
 ));
 
 impl Store {
@@ -79,7 +85,7 @@ impl Store {
             )
             .await?;
         let caller = Caller::User(principal.clone());
-        let found = match row {
+        let found = match instance_in(&row)? {
             None => None,
             Some(row) => row.into_visible(&caller)?,
         };
@@ -91,20 +97,29 @@ impl Store {
         Ok((caller, found))
     }
 
-    /// The instance bound to a project, for a credential that may be an unresolved token, and
-    /// who the caller is. `None`: no such project. `Some(None)`: the project exists but its
-    /// instance is not visible to the caller. The caller's right to see the project itself is
-    /// for the handler to check.
+    /// What is behind a project, for a credential that may be an unresolved token, and who the
+    /// caller is. `None`: no such project. The caller's right to see the project itself is for
+    /// the handler to check.
     pub async fn find_project_instance_as(
         &self,
         credential: &Credential,
         project: &ProjectName,
-    ) -> Result<(Caller, Option<Option<Instance>>), DomainError> {
+    ) -> Result<(Caller, Option<ProjectBinding<Instance>>), DomainError> {
         let token = match credential {
             Credential::Caller(caller) => {
                 let found = match self.find_project(project).await? {
                     None => None,
-                    Some(found) => Some(self.find_instance(caller, &found.instance).await?),
+                    Some(Project {
+                        detached: Some(detachment),
+                        ..
+                    }) => Some(ProjectBinding::Detached(detachment)),
+                    Some(Project {
+                        instance: Some(instance),
+                        ..
+                    }) => Some(ProjectBinding::Bound(
+                        self.find_instance(caller, &instance).await?,
+                    )),
+                    Some(_) => Some(ProjectBinding::Bound(None)),
                 };
                 return Ok((caller.clone(), found));
             }
@@ -119,23 +134,31 @@ impl Store {
             )
             .await?;
         let caller = Caller::User(principal);
-        let found = match row {
-            None => None,
-            Some(row) => Some(row.into_visible(&caller)?),
+        let reason: Option<String> = row.try_get("project_detach_reason").map_err(errors::db)?;
+        let time: Option<DateTime<Utc>> = row.try_get("project_detach_time").map_err(errors::db)?;
+        let found = match (reason, time) {
+            (None, _) => None,
+            (Some(reason), Some(time)) => {
+                Some(ProjectBinding::Detached(Detachment { reason, time }))
+            }
+            (Some(_), None) => Some(ProjectBinding::Bound(match instance_in(&row)? {
+                None => None,
+                Some(instance) => instance.into_visible(&caller)?,
+            })),
         };
         Ok((caller, found))
     }
 
     /// Runs one of the `*_BY_TOKEN` statements: the caller whose token hash is `$1` (or
-    /// UNAUTHENTICATED), the instance row the statement found for `$2`, `$3`, if any, and the
-    /// read cache's epoch they were read at.
+    /// UNAUTHENTICATED), the row the statement found for `$2`, `$3` (see [`instance_in`]), and
+    /// the read cache's epoch they were read at.
     async fn with_caller(
         &self,
         statement: &'static str,
         token: &UnresolvedToken,
         owner: &str,
         handle: &str,
-    ) -> Result<(UserPrincipal, Option<InstanceRow>, i64), DomainError> {
+    ) -> Result<(UserPrincipal, PgRow, i64), DomainError> {
         let row = sqlx::query(statement)
             .bind(token.hash().as_slice())
             .bind(owner)
@@ -153,10 +176,14 @@ impl Store {
             is_admin: row.try_get("caller_is_admin").map_err(errors::db)?,
         };
         let epoch = row.try_get("cache_epoch").map_err(errors::db)?;
-        let instance = match row.try_get::<Option<i64>, _>("id").map_err(errors::db)? {
-            None => None,
-            Some(_) => Some(InstanceRow::from_row(&row).map_err(errors::db)?),
-        };
-        Ok((principal, instance, epoch))
+        Ok((principal, row, epoch))
+    }
+}
+
+/// The instance columns of a `*_BY_TOKEN` row, if it found an instance.
+fn instance_in(row: &PgRow) -> Result<Option<InstanceRow>, DomainError> {
+    match row.try_get::<Option<i64>, _>("id").map_err(errors::db)? {
+        None => Ok(None),
+        Some(_) => InstanceRow::from_row(row).map(Some).map_err(errors::db),
     }
 }

@@ -13,7 +13,12 @@ use crate::{
         instance::{ApiKeyChange, Instance},
         names::InstanceName,
     },
-    store::{Store, blockers, change::Change, errors},
+    store::{
+        Store,
+        change::Change,
+        dependents::{self, Revoked},
+        errors,
+    },
     vault::KeyRing,
 };
 
@@ -67,26 +72,30 @@ impl Store {
         Ok(updated)
     }
 
-    /// Deletes an instance (and its shares), for owners and co-owners. Refused, naming the
-    /// projects, while projects use it.
+    /// Deletes an instance (and its shares), for owners and co-owners. While projects use it,
+    /// refused, or with `force` they are detached.
     pub async fn delete_instance(
         &self,
         audit: &Audit,
         caller: &Caller,
         name: &InstanceName,
         etag: &str,
+        force: bool,
     ) -> Result<(), DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         let (id, current) =
             Self::lock_for(change.tx(), caller, name, InstanceAction::Manage).await?;
         change.check_etag(etag, &current)?;
-        let projects = blockers::projects_using_instance(change.tx(), id, None).await?;
-        if !projects.is_empty() {
-            return Err(blockers::blocked(
-                format!("{name} cannot be deleted while projects use it"),
-                projects,
-            ));
-        }
+        let dependents = dependents::dependents(change.tx(), Revoked::Instance(id)).await?;
+        dependents::refuse_or_detach(
+            &mut change,
+            caller,
+            dependents,
+            force,
+            &format!("{name} cannot be deleted"),
+            &format!("{name} was deleted"),
+        )
+        .await?;
         sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id)
             .execute(&mut **change.tx())
