@@ -106,6 +106,32 @@ pub struct ServeArgs {
     /// Calls that may wait for a turn; beyond that, calls are shed with RESOURCE_EXHAUSTED.
     #[arg(long, env = "MAX_QUEUED_REQUESTS", default_value_t = 256)]
     pub max_queued_requests: usize,
+    /// How long a request's body may take to arrive after its headers, in milliseconds. A call
+    /// whose body is late is refused (DEADLINE_EXCEEDED) before it takes an admission slot.
+    #[arg(long, env = "REQUEST_BODY_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_body_timeout_ms: u64,
+    /// The share of the running and queued slots (percent) that one connection may hold.
+    #[arg(long, env = "MAX_SHARE_PER_CONNECTION_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_share_per_connection_percent: u8,
+    /// The share of the running and queued slots (percent) that one caller may hold.
+    #[arg(long, env = "MAX_SHARE_PER_CALLER_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_share_per_caller_percent: u8,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 128)]
+    pub http2_max_concurrent_streams: u32,
+    /// Largest HTTP/2 header list a request may send, in bytes.
+    #[arg(long, env = "HTTP2_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024)]
+    pub http2_max_header_list_bytes: u32,
+    /// How often an idle connection is pinged (HTTP/2 keep-alive), in seconds; a peer that does
+    /// not answer within 20 seconds is disconnected.
+    #[arg(long, env = "HTTP2_KEEPALIVE_SECS", default_value_t = 60)]
+    pub http2_keepalive_secs: u64,
+    /// Refused calls of one caller that the audit trail records one by one per minute; further
+    /// ones are counted in one summary row.
+    #[arg(long, env = "REFUSALS_PER_MINUTE", default_value_t = 20)]
+    pub refusals_per_minute: u32,
     /// Size of the database connection pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -159,6 +185,38 @@ pub struct ServeSettings {
     pub read_cache_entries: usize,
     pub health_check_interval: Duration,
     pub shutdown_grace: Duration,
+    pub edge: EdgeLimits,
+}
+
+/// What one connection or caller may hold at the edge, and the HTTP/2 limits (see
+/// docs/operations.md, "Limits").
+#[derive(Debug, Clone)]
+pub struct EdgeLimits {
+    pub request_body_timeout: Duration,
+    pub max_share_per_connection_percent: u8,
+    pub max_share_per_caller_percent: u8,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_header_list_bytes: u32,
+    pub http2_keepalive: Duration,
+    /// Refusals of one caller recorded one by one per window; the rest are counted in one row.
+    pub refusals_per_window: u32,
+    pub refusal_window: Duration,
+}
+
+impl Default for EdgeLimits {
+    /// The defaults of the command line.
+    fn default() -> Self {
+        Self {
+            request_body_timeout: Duration::from_millis(5000),
+            max_share_per_connection_percent: 50,
+            max_share_per_caller_percent: 50,
+            http2_max_concurrent_streams: 128,
+            http2_max_header_list_bytes: 16 * 1024,
+            http2_keepalive: Duration::from_secs(60),
+            refusals_per_window: 20,
+            refusal_window: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Where development secrets live unless told otherwise.
@@ -225,6 +283,16 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         max_message_bytes: serve.max_message_bytes.max(1024),
         max_concurrent_requests: serve.max_concurrent_requests.max(1),
         max_queued_requests: serve.max_queued_requests,
+        edge: EdgeLimits {
+            request_body_timeout: Duration::from_millis(serve.request_body_timeout_ms.max(1)),
+            max_share_per_connection_percent: serve.max_share_per_connection_percent,
+            max_share_per_caller_percent: serve.max_share_per_caller_percent,
+            http2_max_concurrent_streams: serve.http2_max_concurrent_streams.max(1),
+            http2_max_header_list_bytes: serve.http2_max_header_list_bytes.max(1024),
+            http2_keepalive: Duration::from_secs(serve.http2_keepalive_secs.max(1)),
+            refusals_per_window: serve.refusals_per_minute,
+            refusal_window: Duration::from_secs(60),
+        },
         db_max_connections: serve.db_max_connections.max(1),
         read_cache_entries: serve.read_cache_entries,
         health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),

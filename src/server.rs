@@ -1,5 +1,5 @@
 //! Start-up and serving: database (created in development mode), migrations, the layers of the
-//! edge (trace -> admission -> authentication -> refusal audit -> `_system` guard, see
+//! edge (trace -> authentication -> body gate -> admission -> refusal audit -> `_system` guard, see
 //! [`crate::grpc`]), the seven services, health, reflection, and a graceful shutdown that turns
 //! health NOT_SERVING before draining calls.
 
@@ -27,8 +27,13 @@ use crate::{
     config::{Mode, ServeSettings},
     domain::{audit::Audit, pagination::Paginator},
     grpc::{
-        admission::Admission, authenticate::Authenticator, layer::MiddlewareLayer,
-        methods::MethodTable, refusal_audit::RefusalAudit, system_guard::SystemGuard,
+        admission::{Admission, FairShares},
+        authenticate::Authenticator,
+        body::BodyGate,
+        layer::MiddlewareLayer,
+        methods::MethodTable,
+        refusal_audit::{RefusalAudit, RefusalRecorder},
+        system_guard::SystemGuard,
         trace::RpcTrace,
     },
     pb::{
@@ -150,23 +155,40 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let methods = Arc::new(MethodTable::from_descriptor_set(pb::FILE_DESCRIPTOR_SET)?);
+    let refusals = RefusalRecorder::new(
+        store.clone(),
+        settings.edge.refusals_per_window,
+        settings.edge.refusal_window,
+    );
+    let edge = &settings.edge;
+    // The order of the edge (see `grpc`): nothing is held for a caller before it is known, and
+    // no admission slot before its request body has arrived.
     let layers = ServiceBuilder::new()
         .layer(MiddlewareLayer::new(RpcTrace))
-        .layer(MiddlewareLayer::new(Admission::new(
-            methods.clone(),
-            settings.max_concurrent_requests,
-            settings.max_queued_requests,
-            database_up.clone(),
-        )))
         .layer(MiddlewareLayer::new(Authenticator::new(
             methods.clone(),
             store.clone(),
             &settings.admin_token,
         )))
+        .layer(MiddlewareLayer::new(BodyGate::new(
+            methods.clone(),
+            refusals.clone(),
+            max_message,
+            edge.request_body_timeout,
+        )))
+        .layer(MiddlewareLayer::new(Admission::new(
+            methods.clone(),
+            settings.max_concurrent_requests,
+            settings.max_queued_requests,
+            FairShares {
+                per_connection_percent: edge.max_share_per_connection_percent,
+                per_caller_percent: edge.max_share_per_caller_percent,
+            },
+            database_up.clone(),
+        )))
         .layer(MiddlewareLayer::new(RefusalAudit::new(
             methods.clone(),
-            store.clone(),
-            max_message,
+            refusals,
         )))
         .layer(MiddlewareLayer::new(SystemGuard::new(methods, max_message)))
         .into_inner();
@@ -185,6 +207,11 @@ pub async fn serve(
 
     let server = tonic::transport::Server::builder()
         .timeout(settings.request_timeout)
+        // HTTP/2 limits, set deliberately (docs/operations.md, "Limits").
+        .max_concurrent_streams(edge.http2_max_concurrent_streams)
+        .http2_max_header_list_size(edge.http2_max_header_list_bytes)
+        .http2_keepalive_interval(Some(edge.http2_keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(layers)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -57,6 +57,9 @@ pub enum DomainError {
     /// Too many calls are running and waiting; the caller should back off and retry.
     #[error("the service is at capacity; retry with backoff")]
     Overloaded,
+    /// The request's body did not arrive within the body deadline after its headers.
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u128),
     /// The request is larger than the service accepts.
     #[error("the request is larger than {0} bytes")]
     TooLarge(usize),

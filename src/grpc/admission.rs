@@ -4,26 +4,34 @@
 //! their latency and the rest learn immediately to back off. Health and reflection are exempt, so
 //! that probes still answer under overload.
 //!
+//! Fairness: one connection, and one caller, may hold at most a set share of the running and
+//! queued slots together; beyond it their calls are shed while others still get in. And since
+//! authentication and the request body come before this layer (see [`super`]), nothing here is
+//! ever held by a caller who is not known or whose body has not arrived.
+//!
 //! It is also the circuit breaker for database outages: while the health watcher finds the
 //! database down, calls fail at once with UNAVAILABLE instead of each waiting out the pool's
 //! connect timeout; the watcher's next good ping closes the circuit again.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
 };
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use tokio::sync::Semaphore;
-use tonic::body::Body;
+use tonic::{body::Body, transport::server::TcpConnectInfo};
 
 use super::{
     layer::{Middleware, Next},
     methods::{Method, MethodTable},
     status::to_status,
 };
-use crate::domain::DomainError;
+use crate::domain::{DomainError, caller::Caller};
 
 pub struct Admission {
     methods: Arc<MethodTable>,
@@ -32,6 +40,69 @@ pub struct Admission {
     running: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_queued: usize,
+    per_connection: Arc<Shares>,
+    per_caller: Arc<Shares>,
+}
+
+/// How many slots (running or queued) each key holds, against a cap per key.
+struct Shares {
+    cap: usize,
+    held: Mutex<HashMap<String, usize>>,
+}
+
+impl Shares {
+    fn new(total: usize, percent: u8) -> Arc<Self> {
+        Arc::new(Self {
+            cap: (total * usize::from(percent) / 100).max(1),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One more slot for `key`, or `None` when it holds its whole share already.
+    fn take(self: &Arc<Self>, key: String) -> Option<Held> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = held.entry(key.clone()).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            shares: self.clone(),
+            key,
+        })
+    }
+}
+
+/// A slot of one key's share; given back on drop.
+struct Held {
+    shares: Arc<Shares>,
+    key: String,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self
+            .shares
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The shares of one connection and one caller (in percent of the running and queued slots).
+#[derive(Debug, Clone, Copy)]
+pub struct FairShares {
+    pub per_connection_percent: u8,
+    pub per_caller_percent: u8,
 }
 
 impl Admission {
@@ -39,9 +110,13 @@ impl Admission {
         methods: Arc<MethodTable>,
         max_running: usize,
         max_queued: usize,
+        fair: FairShares,
         database_up: Arc<AtomicBool>,
     ) -> Self {
+        let total = max_running.max(1) + max_queued;
         Self {
+            per_connection: Shares::new(total, fair.per_connection_percent),
+            per_caller: Shares::new(total, fair.per_caller_percent),
             methods,
             database_up,
             running: Arc::new(Semaphore::new(max_running.max(1))),
@@ -63,6 +138,23 @@ impl Middleware for Admission {
         if !self.database_up.load(Ordering::SeqCst) {
             return Box::pin(async { to_status(DomainError::Unavailable).into_http() });
         }
+        let connection = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .map(|addr| addr.to_string())
+            .unwrap_or_default();
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .map(Caller::label)
+            .unwrap_or_default();
+        let (Some(connection_share), Some(caller_share)) = (
+            self.per_connection.take(connection),
+            self.per_caller.take(caller),
+        ) else {
+            return Box::pin(async { to_status(DomainError::Overloaded).into_http() });
+        };
         Box::pin(async move {
             let permit = match self.running.clone().try_acquire_owned() {
                 Ok(permit) => permit,
@@ -82,6 +174,7 @@ impl Middleware for Admission {
             };
             let response = next.run(request).await;
             drop(permit);
+            drop((connection_share, caller_share));
             response
         })
     }

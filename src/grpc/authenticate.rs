@@ -2,12 +2,11 @@
 //! request's extensions for the handlers and the `_system` guard. Anything else but health and
 //! reflection without a valid token is refused with UNAUTHENTICATED before it reaches a service.
 //!
-//! The exception is the hot read paths that the method table marks resolved in their query
-//! ([`MethodFacts::resolved_in_query`](super::methods::MethodFacts)): there the layer only
-//! tells the admin token apart and leaves a user token as a [`Credential::Token`], which the
-//! handler's own query resolves in the same statement (one database round trip instead of two).
-//! A user token on those paths gets no `Caller` extension, so a handler that asked for one
-//! would answer UNAUTHENTICATED: the shortcut fails closed.
+//! It runs first, before the body is read and before an admission slot is taken, so that nothing
+//! is held for a caller who is not known: an unknown token costs one lookup (the read cache
+//! answers known ones). The hot read paths that the method table marks resolved in their query
+//! ([`MethodFacts::resolved_in_query`](super::methods::MethodFacts)) also get the
+//! [`Credential`], with which the handler reads its answer (and its cached answers) by token.
 
 use std::sync::Arc;
 
@@ -47,13 +46,6 @@ impl Authenticator {
         }
     }
 
-    /// The caller behind the request's token. The lookup is by hash through a unique index:
-    /// its timing reveals nothing about any stored token, since nobody can choose hash prefixes.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, DomainError> {
-        let credential = self.credential(headers)?;
-        self.store.caller_for(&credential).await
-    }
-
     /// The admin, or a user token still to be looked up; no database work.
     fn credential(&self, headers: &HeaderMap) -> Result<Credential, DomainError> {
         let presented = bearer_token(headers).ok_or(DomainError::Unauthenticated)?;
@@ -83,29 +75,24 @@ impl Middleware for Authenticator {
             Method::Ours(facts) => facts.resolved_in_query,
             Method::Unknown => false,
         };
-        if resolved_in_query {
-            // The handler's query resolves the token; the layer only tells the admin apart.
-            return match self.credential(request.headers()) {
-                Ok(credential) => {
-                    if let Credential::Caller(caller) = &credential {
-                        tracing::Span::current().record("caller", caller.label());
-                        request.extensions_mut().insert(caller.clone());
-                    }
-                    request.extensions_mut().insert(credential);
-                    Box::pin(next.run(request))
-                }
-                Err(error) => Box::pin(std::future::ready(to_status(error).into_http())),
-            };
-        }
         Box::pin(async move {
-            match self.authenticate(request.headers()).await {
-                Ok(caller) => {
-                    tracing::Span::current().record("caller", caller.label());
-                    request.extensions_mut().insert(caller);
-                    next.run(request).await
-                }
-                Err(error) => to_status(error).into_http(),
+            // Every caller is known before anything is held for it (body, admission slot): an
+            // unknown token costs this one lookup, usually answered by the read cache.
+            let credential = match self.credential(request.headers()) {
+                Ok(credential) => credential,
+                Err(error) => return to_status(error).into_http(),
+            };
+            let caller = match self.store.caller_for(&credential).await {
+                Ok(caller) => caller,
+                Err(error) => return to_status(error).into_http(),
+            };
+            tracing::Span::current().record("caller", caller.label());
+            request.extensions_mut().insert(caller);
+            if resolved_in_query {
+                // The handler's own statement reads with the token (and its cached answers).
+                request.extensions_mut().insert(credential);
             }
+            next.run(request).await
         })
     }
 }

@@ -1,18 +1,94 @@
-//! Request bodies at the edge: the layers that must see a request message (the refusal audit and
-//! the `_system` guard) buffer its one unary frame, decode it generically, and hand the same bytes
-//! on to tonic. A gzip-compressed frame (`grpc-encoding: gzip`) is inflated for the look, under the
+//! Request bodies at the edge. [`BodyGate`] reads the one unary frame of every call of ours, under
+//! its own short deadline and before an admission slot is taken, so that a stream whose body
+//! never comes holds nothing but its own task and is refused (DEADLINE_EXCEEDED) when the deadline
+//! passes. A write's message is decoded here, once, for the layers that must look into it (the
+//! refusal audit and the `_system` guard); the same bytes go on to tonic. A gzip-compressed frame (`grpc-encoding: gzip`) is inflated for the look, under the
 //! same size limit as an uncompressed one, so a small compressed bomb cannot inflate past it; the
 //! handler still receives the frame as sent and tonic inflates it again.
 
-use std::io::Read;
+use std::{io::Read, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request};
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::body::Body;
 
-use crate::domain::DomainError;
+use super::{
+    layer::{Middleware, Next},
+    methods::{Method, MethodTable},
+    refusal_audit::RefusalRecorder,
+    status::to_status,
+};
+use crate::domain::{DomainError, caller::Caller};
+
+/// Reads every request body of ours before admission, under the body deadline.
+pub struct BodyGate {
+    methods: Arc<MethodTable>,
+    recorder: Arc<RefusalRecorder>,
+    max_message_bytes: usize,
+    deadline: Duration,
+}
+
+impl BodyGate {
+    pub fn new(
+        methods: Arc<MethodTable>,
+        recorder: Arc<RefusalRecorder>,
+        max_message_bytes: usize,
+        deadline: Duration,
+    ) -> Self {
+        Self {
+            methods,
+            recorder,
+            max_message_bytes,
+            deadline,
+        }
+    }
+}
+
+impl Middleware for BodyGate {
+    fn call(
+        self: Arc<Self>,
+        request: Request<Body>,
+        next: Next,
+    ) -> BoxFuture<'static, Response<Body>> {
+        let Method::Ours(method) = self.methods.lookup(request.uri().path()) else {
+            return Box::pin(next.run(request));
+        };
+        Box::pin(async move {
+            let encoding = Encoding::of(request.headers());
+            let (parts, body) = request.into_parts();
+            let read = tokio::time::timeout(self.deadline, read_body(body, self.max_message_bytes))
+                .await
+                .unwrap_or(Err(DomainError::BodyTimeout(self.deadline.as_millis())));
+            let bytes = match read {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    let status = to_status(error);
+                    if !method.read_only
+                        && let Some(caller) = parts.extensions.get::<Caller>()
+                    {
+                        self.recorder
+                            .record(caller, &method.short_name, "", status.code())
+                            .await;
+                    }
+                    return status.into_http();
+                }
+            };
+            // Writes are decoded once, here; a body that does not decode is left for the
+            // `_system` guard to refuse with the precise error.
+            let decoded = (!method.read_only)
+                .then(|| decode_frame(&method.input, encoding, &bytes, self.max_message_bytes).ok())
+                .flatten();
+            let mut request = with_body(parts, bytes);
+            if let Some(message) = decoded {
+                request.extensions_mut().insert(DecodedRequest(message));
+            }
+            next.run(request).await
+        })
+    }
+}
 
 /// gRPC frames start with a 1-byte compression flag and a 4-byte big-endian length.
 pub const FRAME_HEADER_LEN: usize = 5;

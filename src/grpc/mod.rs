@@ -3,10 +3,13 @@
 //! [`crate::server`] stacks the layers:
 //!
 //! 1. [`trace`]: a span per RPC (method, caller, status, latency).
-//! 2. [`admission`]: running and queued call limits, and the database circuit breaker.
-//! 3. [`authenticate`]: bearer token -> [`Caller`](crate::domain::caller::Caller).
-//! 4. [`refusal_audit`]: refused writes go into the audit trail.
-//! 5. [`system_guard`]: writes under `users/_system` are the admin's alone.
+//! 2. [`authenticate`]: bearer token -> [`Caller`](crate::domain::caller::Caller); nothing is
+//!    held for a caller before this.
+//! 3. [`body::BodyGate`]: the request body, under its own short deadline, before any slot.
+//! 4. [`admission`]: running and queued call limits, fair shares per connection and caller, and
+//!    the database circuit breaker.
+//! 5. [`refusal_audit`]: refused writes go into the audit trail (bounded, rate-limited).
+//! 6. [`system_guard`]: writes under `users/_system` are the admin's alone.
 //!
 //! Every layer asks [`methods::MethodTable`] what a path is (public, read-only, resolved in its
 //! query, which field names its target); [`layer`] is the tower plumbing they share, [`body`]

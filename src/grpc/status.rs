@@ -39,6 +39,7 @@ pub fn to_status(error: DomainError) -> Status {
             },
         ),
         DomainError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
+        DomainError::BodyTimeout(_) => (Code::DeadlineExceeded, "REQUEST_BODY_TIMEOUT"),
         DomainError::TooLarge(_) => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
         DomainError::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
         DomainError::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED"),

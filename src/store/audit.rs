@@ -96,8 +96,9 @@ impl Store {
         method: &str,
         resource: &str,
         outcome: &str,
+        detail: &str,
     ) -> Result<(), DomainError> {
-        insert(&self.pool, caller, method, resource, outcome, "").await
+        insert(&self.pool, caller, method, resource, outcome, detail).await
     }
 
     /// Events newest first, before the cursor (an event id).

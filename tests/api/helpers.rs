@@ -5,7 +5,7 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use llm_registry::{
     IssuedToken,
-    config::{Mode, ServeSettings},
+    config::{EdgeLimits, Mode, ServeSettings},
     pb::v1::{
         self as pb, api_standard_service_client::ApiStandardServiceClient,
         llm_definition_service_client::LlmDefinitionServiceClient,
@@ -95,6 +95,7 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
         read_cache_entries: 10_000,
         health_check_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(1),
+        edge: EdgeLimits::default(),
     }
 }
 

@@ -17,6 +17,7 @@ mod compression;
 mod create_batches;
 mod definitions;
 mod dev_mode;
+mod flood;
 mod hostile_input;
 mod instances;
 mod pagination;

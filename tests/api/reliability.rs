@@ -47,6 +47,10 @@ async fn overload_is_shed_at_once_and_admitted_calls_complete() {
     let app = TestApp::spawn_with(|s| {
         s.max_concurrent_requests = 2;
         s.max_queued_requests = 2;
+        // One caller on one connection may use every slot here: this test is about the totals
+        // (the fair shares have their own test in `flood`).
+        s.edge.max_share_per_connection_percent = 100;
+        s.edge.max_share_per_caller_percent = 100;
     })
     .await;
     let alice = app.create_user("alice").await;
