@@ -52,7 +52,7 @@ async fn header_only_streams(
                 .unwrap();
             open.push((response, body));
         }
-        let answers = join_all(open.into_iter().map(|(response, body)| async move {
+        join_all(open.into_iter().map(|(response, body)| async move {
             // The send half stays open (no body, no end of stream) until the answer comes.
             let answer = response.await;
             drop(body);
@@ -64,8 +64,7 @@ async fn header_only_streams(
             });
             (status, started.elapsed())
         }))
-        .await;
-        answers
+        .await
     })
 }
 
