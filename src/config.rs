@@ -132,6 +132,10 @@ pub struct ServeArgs {
     /// ones are counted in one summary row.
     #[arg(long, env = "REFUSALS_PER_MINUTE", default_value_t = 20)]
     pub refusals_per_minute: u32,
+    /// Longest time one SQL statement of a call may run before PostgreSQL cancels it, in
+    /// milliseconds (migrations are exempt).
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_statement_timeout_ms: u64,
     /// Size of the database connection pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -182,6 +186,7 @@ pub struct ServeSettings {
     pub max_concurrent_requests: usize,
     pub max_queued_requests: usize,
     pub db_max_connections: u32,
+    pub db_statement_timeout: Duration,
     pub read_cache_entries: usize,
     pub health_check_interval: Duration,
     pub shutdown_grace: Duration,
@@ -294,6 +299,7 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
             refusal_window: Duration::from_secs(60),
         },
         db_max_connections: serve.db_max_connections.max(1),
+        db_statement_timeout: Duration::from_millis(serve.db_statement_timeout_ms.max(100)),
         read_cache_entries: serve.read_cache_entries,
         health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),
         shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),

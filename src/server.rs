@@ -73,24 +73,30 @@ pub(crate) async fn prepare_database(
     database_url: &str,
     max_connections: u32,
     read_cache_entries: usize,
+    statement_timeout: Option<Duration>,
 ) -> anyhow::Result<Store> {
     if mode == Mode::Development && database::create_database_if_missing(database_url).await.context(
         "development mode could not reach PostgreSQL to create its database (is it running on 127.0.0.1:5432?)",
     )? {
         tracing::info!("created the development database");
     }
-    let pool = database::connect(database_url, max_connections)
+    // Migrations run on a connection of their own, without the statement timeout of serving.
+    let migrations = database::connect(database_url, 1, None)
         .await
         .context("connecting to PostgreSQL")?;
-    database::migrate(&pool)
+    database::migrate(&migrations)
         .await
         .context("applying migrations")?;
+    migrations.close().await;
+    let pool = database::connect(database_url, max_connections, statement_timeout)
+        .await
+        .context("connecting to PostgreSQL")?;
     Ok(Store::new(pool, read_cache_entries))
 }
 
 /// The `migrate` command: connects (creating the development database) and applies migrations.
 pub async fn migrate(mode: Mode, database_url: &str) -> anyhow::Result<()> {
-    prepare_database(mode, database_url, 1, 0).await?;
+    prepare_database(mode, database_url, 1, 0, None).await?;
     Ok(())
 }
 
@@ -102,7 +108,7 @@ pub async fn rotate_keys(
     ring: &KeyRing,
     batch_size: u32,
 ) -> anyhow::Result<RotationReport> {
-    let store = prepare_database(mode, database_url, 2, 0).await?;
+    let store = prepare_database(mode, database_url, 2, 0, None).await?;
     store.check_key_ring_covers_database(ring).await?;
     store
         .rotate_keys(&Audit::operator("rotate-keys"), ring, batch_size)
@@ -121,6 +127,7 @@ pub async fn serve(
         &settings.database_url,
         settings.db_max_connections,
         settings.read_cache_entries,
+        Some(settings.db_statement_timeout),
     )
     .await?;
     store

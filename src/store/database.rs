@@ -12,9 +12,19 @@ use sqlx::{
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens a pool. Acquiring a connection waits at most `acquire_timeout`, so an outage turns into
-/// UNAVAILABLE answers rather than requests that hang.
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug);
+/// UNAVAILABLE answers rather than requests that hang; with a `statement_timeout`, PostgreSQL
+/// cancels (and rolls back) any statement that runs longer, so a stuck statement (a lock held
+/// elsewhere) cannot hold a connection or a create batch's slot forever.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    statement_timeout: Option<Duration>,
+) -> anyhow::Result<PgPool> {
+    let mut options =
+        PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug);
+    if let Some(timeout) = statement_timeout {
+        options = options.options([("statement_timeout", format!("{}", timeout.as_millis()))]);
+    }
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))

@@ -10,6 +10,8 @@ use crate::domain::{
 const UNIQUE_VIOLATION: &str = "23505";
 pub const FOREIGN_KEY_VIOLATION: &str = "23503";
 const CHECK_VIOLATION: &str = "23514";
+/// A statement cancelled, here by `statement_timeout`: the database did not finish in time.
+const QUERY_CANCELED: &str = "57014";
 /// Class 22: data exceptions (value too long, out of range, bad encoding).
 const DATA_EXCEPTION_CLASS: &str = "22";
 /// Class 08 (connection exception), 57P01..03 (admin shutdown, crash, cannot connect now),
@@ -48,6 +50,10 @@ pub fn db(error: sqlx::Error) -> DomainError {
         return DomainError::Unavailable;
     }
     match sqlstate(&error).as_deref() {
+        Some(QUERY_CANCELED) => {
+            tracing::warn!(error = %error, "statement cancelled by its timeout");
+            DomainError::Unavailable
+        }
         Some(code) if code.starts_with(DATA_EXCEPTION_CLASS) || code == CHECK_VIOLATION => {
             // Validation should have caught this first; still the caller's input, not our fault.
             DomainError::invalid("", "a value is out of the range the registry can store")

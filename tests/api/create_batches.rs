@@ -1,7 +1,10 @@
 //! Group commit of instance creates: creates sent together are written by shared statements,
 //! yet each gets exactly the answer it would get alone, its own key, and its own audit event.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use futures_util::future::join_all;
 use llm_registry::pb::v1 as pb;
@@ -279,4 +282,58 @@ async fn a_create_that_fails_its_batch_leaves_the_others_written() {
     .await
     .unwrap();
     assert_eq!((instances, audited), (23, 23));
+}
+
+#[tokio::test]
+async fn a_stuck_batch_statement_is_cancelled_and_frees_its_slot() {
+    let app = TestApp::spawn_with(|s| s.db_statement_timeout = Duration::from_millis(800)).await;
+    app.create_user("alice").await;
+    // A statement that would hang (as one waiting on a lock held elsewhere would): inserting
+    // this handle sleeps far longer than the statement timeout.
+    let mut db = app.db().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.handle LIKE 'stuck-%' THEN PERFORM pg_sleep(30); END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER stall BEFORE INSERT ON instances FOR EACH ROW EXECUTE FUNCTION stall();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let create = |handle: String| Create {
+        parent: "users/alice",
+        handle,
+        standard: "openai",
+        api_key: Some(random_api_key()),
+        from_definition: false,
+        expected: Expected::Created,
+    };
+    // More stuck creates than batch slots: without the timeout they would hold every slot.
+    let stuck: Vec<Create> = (0..6).map(|n| create(format!("stuck-{n}"))).collect();
+    let started = Instant::now();
+    let stuck_answers = join_all(stuck.iter().map(|c| send(&app, c)));
+    let healthy: Vec<Create> = (0..8).map(|n| create(format!("healthy-{n}"))).collect();
+    let healthy_answers = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        join_all(healthy.iter().map(|c| send(&app, c))).await
+    };
+    let (stuck_answers, healthy_answers) = tokio::join!(stuck_answers, healthy_answers);
+    for answer in stuck_answers {
+        // Cancelled by the database and rolled back: retryable, never INTERNAL.
+        assert_code(answer, Code::Unavailable);
+    }
+    for answer in healthy_answers {
+        answer.expect("creates beside stuck ones go through");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let stuck_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM instances WHERE handle LIKE 'stuck-%'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(stuck_rows, 0);
 }

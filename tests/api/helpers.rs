@@ -92,6 +92,7 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
         max_concurrent_requests: 64,
         max_queued_requests: 256,
         db_max_connections: 5,
+        db_statement_timeout: Duration::from_secs(10),
         read_cache_entries: 10_000,
         health_check_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(1),
