@@ -64,7 +64,7 @@ const HEALTH_SERVICES: &[&str] = &[
 ];
 
 /// Purpose label for the page-token HMAC key derived from the master key.
-const PAGE_TOKEN_KEY_PURPOSE: &str = "llm-registry page tokens v1";
+const PAGE_TOKEN_KEY_PURPOSE: &str = "llm-registry page tokens v2";
 
 /// Connects (creating the database in development mode) and applies migrations. The store's read
 /// cache holds at most `read_cache_entries` answers (0 for commands that serve no calls).
@@ -135,7 +135,17 @@ pub async fn serve(
         .await?;
     let context = ApiContext {
         store: store.clone(),
-        paginator: Paginator::new(settings.key_ring.primary().derive(PAGE_TOKEN_KEY_PURPOSE)),
+        // Page tokens seal under the primary and open under any configured key, so they survive
+        // a key rotation and a rollout in which replicas' primaries differ.
+        paginator: Paginator::new(
+            settings.key_ring.primary().derive(PAGE_TOKEN_KEY_PURPOSE),
+            settings
+                .key_ring
+                .keys()
+                .skip(1)
+                .map(|key| key.derive(PAGE_TOKEN_KEY_PURPOSE))
+                .collect(),
+        ),
         key_ring: Arc::new(settings.key_ring.clone()),
     };
     let max_message = settings.max_message_bytes;

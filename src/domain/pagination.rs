@@ -1,23 +1,31 @@
 //! Keyset pagination with opaque, tamper-evident page tokens.
 //!
 //! A token carries the store's cursor (where the next page starts; its type and text belong to
-//! the store, see `store::cursor`) and an HMAC over that cursor and the request's *binding*: its
-//! method and every field but `page_size` and `page_token`, as `api::paging` encodes them. A
-//! token that was edited, or that is replayed against a request whose other fields changed,
-//! fails the HMAC and is INVALID_ARGUMENT. The HMAC key is derived from the encryption key, so
-//! every replica accepts every other replica's tokens. `page_size` may change from page to page
-//! (AIP-158).
+//! the store, see `store::cursor`) *encrypted* with AES-256-GCM, so it reveals nothing (not even
+//! the row ids of a list ordered by creation, which would show activity across tenants). The
+//! associated data is the request's *binding*: its method, its caller and every field but
+//! `page_size` and `page_token`, as `api::paging` encodes them. A token that was edited, or that
+//! is replayed against a request whose other fields changed, fails authentication and is
+//! INVALID_ARGUMENT.
+//!
+//! The keys are derived from every configured master key: the primary's seals, and any of them
+//! opens, so tokens survive a key rotation and a rollout in which replicas' primaries differ.
+//! `page_size` may change from page to page (AIP-158).
 
+use aes_gcm::{
+    Aes256Gcm, KeyInit, Nonce,
+    aead::{Aead, Payload},
+};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use rand::RngCore;
 
 use super::DomainError;
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Bumped whenever the binding or the cursors change shape, so that older tokens are refused.
-const TOKEN_VERSION: &str = "p2";
+const TOKEN_VERSION: &str = "p3";
+const NONCE_LEN: usize = 12;
 
 /// Where a page starts and how long it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +44,11 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Signs and checks page tokens.
+/// Seals and opens page tokens.
 #[derive(Clone)]
 pub struct Paginator {
-    key: [u8; 32],
+    /// The first seals; every one opens.
+    keys: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Paginator {
@@ -49,8 +58,11 @@ impl std::fmt::Debug for Paginator {
 }
 
 impl Paginator {
-    pub fn new(key: [u8; 32]) -> Self {
-        Self { key }
+    /// A paginator sealing with `primary` and opening with it or any of `previous`.
+    pub fn new(primary: [u8; 32], previous: Vec<[u8; 32]>) -> Self {
+        let mut keys = vec![primary];
+        keys.extend(previous);
+        Self { keys }
     }
 
     /// Reads `page_size` and `page_token` of a request whose other fields are `binding`.
@@ -82,23 +94,32 @@ impl Paginator {
         (page.items, token)
     }
 
-    fn mac(&self, cursor: &str, binding: &[u8]) -> Hmac<Sha256> {
-        // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
-        for part in [TOKEN_VERSION.as_bytes(), binding, cursor.as_bytes()] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
-        }
-        mac
+    /// The associated data of a token: its version and the request's binding.
+    fn aad(binding: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(TOKEN_VERSION.len() + 8 + binding.len());
+        aad.extend_from_slice(TOKEN_VERSION.as_bytes());
+        aad.extend_from_slice(&(binding.len() as u64).to_be_bytes());
+        aad.extend_from_slice(binding);
+        aad
     }
 
     fn seal(&self, cursor: &str, binding: &[u8]) -> String {
-        let tag = self.mac(cursor, binding).finalize().into_bytes();
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let aad = Self::aad(binding);
+        let Ok(body) = Aes256Gcm::new((&self.keys[0]).into()).encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: cursor.as_bytes(),
+                aad: &aad,
+            },
+        ) else {
+            // Only inputs beyond GCM's 64 GiB limit fail; a cursor is a few bytes.
+            unreachable!("AES-GCM encrypts a cursor");
+        };
         format!(
-            "{TOKEN_VERSION}.{}.{}",
-            URL_SAFE_NO_PAD.encode(cursor),
-            URL_SAFE_NO_PAD.encode(tag)
+            "{TOKEN_VERSION}.{}",
+            URL_SAFE_NO_PAD.encode([nonce.as_slice(), &body].concat())
         )
     }
 
@@ -109,20 +130,32 @@ impl Paginator {
                 "is not a token issued for this request (tampered, or the other request fields changed)",
             )
         };
-        let mut parts = token.split('.');
-        let (Some(TOKEN_VERSION), Some(cursor), Some(tag), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let sealed = token
+            .strip_prefix(TOKEN_VERSION)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .ok_or_else(invalid)?;
+        let sealed = URL_SAFE_NO_PAD.decode(sealed).map_err(|_| invalid())?;
+        if sealed.len() < NONCE_LEN + 16 {
             return Err(invalid());
-        };
-        let cursor = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-        let cursor = String::from_utf8(cursor).map_err(|_| invalid())?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid())?;
-        // verify_slice compares in constant time.
-        self.mac(&cursor, binding)
-            .verify_slice(&tag)
-            .map_err(|_| invalid())?;
-        Ok(cursor)
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let aad = Self::aad(binding);
+        let cursor = self
+            .keys
+            .iter()
+            .find_map(|key| {
+                Aes256Gcm::new(key.into())
+                    .decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: body,
+                            aad: &aad,
+                        },
+                    )
+                    .ok()
+            })
+            .ok_or_else(invalid)?;
+        String::from_utf8(cursor).map_err(|_| invalid())
     }
 }
 
@@ -132,7 +165,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_reject_tampering_and_other_requests() {
-        let paginator = Paginator::new([7; 32]);
+        let paginator = Paginator::new([7; 32], vec![]);
         let first = paginator.start(2, "", b"q").unwrap();
         assert_eq!(first.after, None);
         let page = Page {
@@ -152,7 +185,19 @@ mod tests {
                 .start(2, &String::from_utf8(tampered).unwrap(), b"q")
                 .is_err()
         );
-        assert!(Paginator::new([8; 32]).start(2, &token, b"q").is_err());
+        assert!(
+            Paginator::new([8; 32], vec![])
+                .start(2, &token, b"q")
+                .is_err()
+        );
+        // A rotation: the new primary still opens tokens of the old one, which stays configured.
+        let rotated = Paginator::new([8; 32], vec![[7; 32]]);
+        assert_eq!(
+            rotated.start(2, &token, b"q").unwrap().after.as_deref(),
+            Some("b")
+        );
+        // The cursor is not readable in the token.
+        assert!(!token.contains(&URL_SAFE_NO_PAD.encode("b")));
         assert!(paginator.start(-1, "", b"q").is_err());
         assert_eq!(
             paginator.start(0, "", b"q").unwrap().limit,

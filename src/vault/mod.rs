@@ -110,6 +110,11 @@ impl KeyRing {
         self.primary.id()
     }
 
+    /// Every key in the ring, primary first.
+    pub fn keys(&self) -> impl Iterator<Item = &MasterKey> {
+        std::iter::once(&self.primary).chain(&self.previous)
+    }
+
     /// The ids of every key in the ring, primary first.
     pub fn key_ids(&self) -> Vec<String> {
         std::iter::once(&self.primary)

@@ -4,7 +4,10 @@
 use std::collections::BTreeSet;
 
 use crate::helpers::{TestApp, assert_invalid_field, authed, create_definition};
-use llm_registry::pb::v1 as pb;
+use llm_registry::{
+    pb::v1 as pb,
+    vault::{KeyRing, MasterKey},
+};
 
 fn page(parent: &str, size: i32, token: &str) -> pb::ListDefinitionsRequest {
     pb::ListDefinitionsRequest {
@@ -115,4 +118,48 @@ async fn list_walks_120_definitions_in_pages_of_50() {
         .into_inner();
     assert_eq!(all.definitions.len(), 120);
     assert!(all.next_page_token.is_empty());
+}
+
+#[tokio::test]
+async fn page_tokens_are_opaque_and_survive_a_key_rotation() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.create_user("alice").await;
+    for i in 0..3 {
+        create_definition(&app, &alice, "alice", &format!("def-{i}"))
+            .await
+            .unwrap();
+    }
+    let first = app
+        .definitions()
+        .list_definitions(authed(page("users/alice", 1, ""), &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.definitions[0].name, "users/alice/definitions/def-0");
+    let token = first.next_page_token;
+    // The cursor (the last handle served) cannot be read out of the token.
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    assert!(!token.contains("def-0") && !token.contains(&URL_SAFE_NO_PAD.encode("def-0")));
+
+    // A new primary key, with the old one kept to decrypt: the token still opens.
+    let old = app.key_ring.primary().clone();
+    app.restart_with(KeyRing::new(MasterKey::generate(), vec![old]).unwrap())
+        .await
+        .unwrap();
+    let second = app
+        .definitions()
+        .list_definitions(authed(page("users/alice", 1, &token), &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.definitions[0].name, "users/alice/definitions/def-1");
+    // A server that has only other keys refuses it as any forged token.
+    let only_new = KeyRing::new(app.key_ring.primary().clone(), vec![]).unwrap();
+    app.restart_with(only_new).await.unwrap();
+    assert_invalid_field(
+        app.definitions()
+            .list_definitions(authed(page("users/alice", 1, &token), &alice))
+            .await,
+        "page_token",
+    );
 }
