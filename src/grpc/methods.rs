@@ -22,10 +22,10 @@ const PUBLIC_PREFIXES: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
-/// Read paths whose store query resolves a user's token itself, in the same statement as the
-/// read (see [`Credential::Token`](crate::domain::caller::Credential::Token)). They are the hot
-/// paths: a service reading its instance on every request pays one round trip, not two, and
-/// GetInstance none of its own when the read cache has the answer.
+/// Read paths whose handler reads by token, in the same statement as the read (see
+/// [`Credential::Token`](crate::domain::caller::Credential::Token)), after the edge has checked
+/// the token. They are the hot paths: GetInstance answers from the read cache, keyed by token,
+/// without a query of its own when nothing changed.
 const RESOLVED_IN_QUERY: &[&str] = &[
     "/llmregistry.v1.LlmInstanceService/GetInstance",
     "/llmregistry.v1.ProjectService/GetProjectInstance",
