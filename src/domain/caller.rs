@@ -60,17 +60,38 @@ pub enum Credential {
     Token(UnresolvedToken),
 }
 
-/// The SHA-256 of a presented user token; redacted in `Debug`.
+/// The SHA-256 of a presented user token; redacted in `Debug`. Once the edge has checked it, it
+/// also carries the read cache's epoch read for this call, so that the handler's cached read
+/// need not read the epoch a second time.
 #[derive(Clone)]
-pub struct UnresolvedToken([u8; 32]);
+pub struct UnresolvedToken {
+    hash: [u8; 32],
+    fresh_epoch: Option<i64>,
+}
 
 impl UnresolvedToken {
     pub fn new(hash: [u8; 32]) -> Self {
-        Self(hash)
+        Self {
+            hash,
+            fresh_epoch: None,
+        }
     }
 
     pub fn hash(&self) -> &[u8; 32] {
-        &self.0
+        &self.hash
+    }
+
+    /// The same token, checked at `epoch` (read after the call arrived).
+    pub fn checked_at(self, epoch: i64) -> Self {
+        Self {
+            fresh_epoch: Some(epoch),
+            ..self
+        }
+    }
+
+    /// The epoch the token was checked at in this call, if it was.
+    pub fn fresh_epoch(&self) -> Option<i64> {
+        self.fresh_epoch
     }
 }
 

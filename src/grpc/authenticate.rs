@@ -82,8 +82,8 @@ impl Middleware for Authenticator {
                 Ok(credential) => credential,
                 Err(error) => return to_status(error).into_http(),
             };
-            let caller = match self.store.caller_for(&credential).await {
-                Ok(caller) => caller,
+            let (caller, credential) = match self.store.authenticate(credential).await {
+                Ok(checked) => checked,
                 Err(error) => return to_status(error).into_http(),
             };
             tracing::Span::current().record("caller", caller.label());

@@ -2,9 +2,11 @@
 //! its own short deadline and before an admission slot is taken, so that a stream whose body
 //! never comes holds nothing but its own task and is refused (DEADLINE_EXCEEDED) when the deadline
 //! passes. A write's message is decoded here, once, for the layers that must look into it (the
-//! refusal audit and the `_system` guard); the same bytes go on to tonic. A gzip-compressed frame (`grpc-encoding: gzip`) is inflated for the look, under the
-//! same size limit as an uncompressed one, so a small compressed bomb cannot inflate past it; the
-//! handler still receives the frame as sent and tonic inflates it again.
+//! refusal audit and the `_system` guard); the same bytes go on to tonic.
+//!
+//! A gzip-compressed frame (`grpc-encoding: gzip`) is inflated for the look, under the same size
+//! limit as an uncompressed one, so a small compressed bomb cannot inflate past it; the handler
+//! still receives the frame as sent and tonic inflates it again.
 
 use std::{io::Read, sync::Arc, time::Duration};
 

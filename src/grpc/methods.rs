@@ -68,25 +68,21 @@ pub struct MethodFacts {
 impl MethodFacts {
     /// The resource a request asks to act on, as requested (not validated: it labels refusals).
     pub fn requested_target(&self, message: &DynamicMessage) -> String {
-        let text = |field: &str| match message.get_field_by_name(field).as_deref() {
-            Some(Value::String(s)) => s.clone(),
-            _ => String::new(),
-        };
         match &self.target {
-            Target::Field(field) => text(field),
+            Target::Field(field) => text_of(message, field),
             Target::ResourceName(field) => match message.get_field_by_name(field).as_deref() {
-                Some(Value::Message(resource)) => match resource.get_field_by_name("name") {
-                    Some(value) => value.as_str().unwrap_or_default().to_owned(),
-                    None => String::new(),
-                },
+                Some(Value::Message(resource)) => text_of(resource, "name"),
                 _ => String::new(),
             },
             Target::NewChild {
                 parent_field,
                 id_field,
             } => {
-                let parent = parent_field.as_deref().map(text).unwrap_or_default();
-                names::requested_child(&parent, id_field, &text(id_field))
+                let parent = parent_field
+                    .as_deref()
+                    .map(|field| text_of(message, field))
+                    .unwrap_or_default();
+                names::requested_child(&parent, id_field, &text_of(message, id_field))
             }
             Target::None => String::new(),
         }
@@ -119,6 +115,14 @@ impl MethodFacts {
             }
         }
         found
+    }
+}
+
+/// A string field of a decoded message, or "" when it is missing or not a string.
+fn text_of(message: &DynamicMessage, field: &str) -> String {
+    match message.get_field_by_name(field).as_deref() {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
     }
 }
 

@@ -73,7 +73,9 @@ impl Middleware for SystemGuard {
             .extensions()
             .get::<Caller>()
             .is_some_and(Caller::is_admin);
-        // The refusal-audit layer above has usually decoded the message already.
+        // The body gate above decoded every write that decodes; reads, and writes that do not
+        // decode, are decoded here from the already buffered body (a malformed message is then
+        // INVALID_ARGUMENT with its reason, rather than INTERNAL from tonic).
         if let Some(DecodedRequest(message)) = request.extensions().get::<DecodedRequest>() {
             let verdict = check(&method, enforce, message);
             return Box::pin(async move {

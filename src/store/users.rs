@@ -51,23 +51,40 @@ impl UserRow {
 impl Store {
     /// The caller a credential stands for; UNAUTHENTICATED for an unknown token.
     pub async fn caller_for(&self, credential: &Credential) -> Result<Caller, DomainError> {
-        match credential {
-            Credential::Caller(caller) => Ok(caller.clone()),
-            Credential::Token(token) => {
-                if let Some(epoch) = self.fresh_epoch().await
-                    && let Some(principal) = self.cache.principal(epoch, token.hash())
-                {
-                    return Ok(Caller::User(principal));
-                }
-                let (principal, epoch) = self
-                    .principal_by_token_hash(token.hash())
-                    .await?
-                    .ok_or(DomainError::Unauthenticated)?;
-                self.cache
-                    .remember_principal(epoch, *token.hash(), principal.clone());
-                Ok(Caller::User(principal))
-            }
+        self.authenticate(credential.clone())
+            .await
+            .map(|(caller, _)| caller)
+    }
+
+    /// The caller a credential stands for, and the credential marked with the epoch it was
+    /// checked at (both the cache's answer and the lookup read one after the call arrived), for
+    /// the handler's own cached read by token; UNAUTHENTICATED for an unknown token.
+    pub async fn authenticate(
+        &self,
+        credential: Credential,
+    ) -> Result<(Caller, Credential), DomainError> {
+        let token = match credential {
+            Credential::Caller(caller) => return Ok((caller.clone(), Credential::Caller(caller))),
+            Credential::Token(token) => token,
+        };
+        if let Some(epoch) = self.fresh_epoch().await
+            && let Some(principal) = self.cache.principal(epoch, token.hash())
+        {
+            return Ok((
+                Caller::User(principal),
+                Credential::Token(token.checked_at(epoch)),
+            ));
         }
+        let (principal, epoch) = self
+            .principal_by_token_hash(token.hash())
+            .await?
+            .ok_or(DomainError::Unauthenticated)?;
+        self.cache
+            .remember_principal(epoch, *token.hash(), principal.clone());
+        Ok((
+            Caller::User(principal),
+            Credential::Token(token.checked_at(epoch)),
+        ))
     }
 
     /// The user holding a token with this hash, if any, and the read cache's epoch in the same

@@ -71,7 +71,12 @@ impl Store {
             name.owner.as_str().to_owned(),
             name.handle.as_str().to_owned(),
         );
-        if let Some(epoch) = self.fresh_epoch().await
+        // The edge checked the token in this call and read a fresh epoch doing so.
+        let epoch = match token.fresh_epoch() {
+            Some(epoch) if self.cache.enabled() => Some(epoch),
+            _ => self.fresh_epoch().await,
+        };
+        if let Some(epoch) = epoch
             && let Some((principal, instance)) = self.cache.instance(epoch, &question)
         {
             return Ok((Caller::User(principal), Some(instance)));
