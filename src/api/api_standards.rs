@@ -5,9 +5,10 @@ use tonic::{Request, Response, Status};
 use super::{ApiContext, caller_of, convert, paging, required};
 use crate::{
     domain::{
-        access,
+        DomainError, access,
         api_standard::{ApiStandard, ApiStandardFields},
         audit::Audit,
+        embedding::EmbeddingProtocol,
         error::both,
         names::{ApiStandardName, Handle},
     },
@@ -16,7 +17,7 @@ use crate::{
 
 pub struct ApiStandardsApi(pub ApiContext);
 
-const UPDATABLE: &[&str] = &["description", "auth_header", "auth_scheme"];
+const UPDATABLE: &[&str] = &["description", "auth_header", "auth_scheme", "protocol"];
 
 fn to_pb(standard: ApiStandard) -> pb::ApiStandard {
     let etag = standard.etag();
@@ -25,18 +26,30 @@ fn to_pb(standard: ApiStandard) -> pb::ApiStandard {
         description: standard.fields.description,
         auth_header: standard.fields.auth_header,
         auth_scheme: standard.fields.auth_scheme,
+        protocol: standard.fields.protocol.number(),
         create_time: convert::timestamp(standard.create_time),
         update_time: convert::timestamp(standard.update_time),
         etag,
     }
 }
 
-fn raw_fields(standard: &pb::ApiStandard) -> ApiStandardFields {
-    ApiStandardFields {
+fn raw_fields(standard: &pb::ApiStandard) -> Result<ApiStandardFields, DomainError> {
+    Ok(ApiStandardFields {
         description: standard.description.clone(),
         auth_header: standard.auth_header.clone(),
         auth_scheme: standard.auth_scheme.clone(),
-    }
+        protocol: protocol_of(standard.protocol)?,
+    })
+}
+
+/// The protocol a request names; a number outside the enum is the caller's mistake.
+fn protocol_of(number: i32) -> Result<EmbeddingProtocol, DomainError> {
+    EmbeddingProtocol::from_number(number).ok_or_else(|| {
+        DomainError::invalid(
+            "api_standard.protocol",
+            format!("{number} is not an EmbeddingProtocol"),
+        )
+    })
 }
 
 #[tonic::async_trait]
@@ -51,7 +64,8 @@ impl ApiStandardService for ApiStandardsApi {
         let (handle, fields) = both(
             Handle::parse("api_standard_id", &request.api_standard_id),
             required(request.api_standard.as_ref(), "api_standard").and_then(|standard| {
-                ApiStandardFields::parse("api_standard", raw_fields(standard))
+                raw_fields(standard)
+                    .and_then(|raw| ApiStandardFields::parse("api_standard", raw))
             }),
         )?;
         let created = self
@@ -136,6 +150,11 @@ impl ApiStandardService for ApiStandardsApi {
                                 &standard.auth_scheme,
                                 &old.auth_scheme,
                             ),
+                            protocol: if mask.touches("protocol", standard.protocol != 0) {
+                                protocol_of(standard.protocol)?
+                            } else {
+                                old.protocol
+                            },
                         },
                     )
                 },

@@ -14,6 +14,7 @@ use crate::{
         access::{self, InstanceAction},
         audit::Audit,
         definition::ServiceSpec,
+        embedding::InstanceTest,
         error::both,
         instance::{self, ApiKeyChange, Instance, Role, Scope},
         mask::UpdateMask,
@@ -68,6 +69,19 @@ pub fn to_pb(instance: Instance) -> pb::Instance {
         create_time: convert::timestamp(instance.create_time),
         update_time: convert::timestamp(instance.update_time),
         etag,
+        last_test: instance.last_test.map(test_to_pb),
+    }
+}
+
+/// An instance's last test as the API shows it.
+pub fn test_to_pb(test: InstanceTest) -> pb::InstanceTestResult {
+    pb::InstanceTestResult {
+        test_time: convert::timestamp(test.time),
+        succeeded: test.succeeded(),
+        code: test.code,
+        message: test.message,
+        observed_dimensions: test.observed_dimensions,
+        latency_ms: i64::try_from(test.latency.as_millis()).unwrap_or(i64::MAX),
     }
 }
 

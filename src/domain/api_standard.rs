@@ -1,8 +1,11 @@
-//! API standards: how a provider takes its key (header name and scheme).
+//! API standards: how a provider takes its key (header name and scheme) and the wire format of
+//! its embedding call.
 
 use chrono::{DateTime, Utc};
 
-use super::{DomainError, error::Violations, names::Handle, validate};
+use super::{
+    DomainError, embedding::EmbeddingProtocol, error::Violations, names::Handle, validate,
+};
 
 const MAX_HEADER_LEN: usize = 100;
 const MAX_SCHEME_LEN: usize = 50;
@@ -29,6 +32,8 @@ pub struct ApiStandardFields {
     pub description: String,
     pub auth_header: String,
     pub auth_scheme: String,
+    /// The wire format of the standard's embedding call.
+    pub protocol: EmbeddingProtocol,
 }
 
 impl ApiStandardFields {

@@ -57,6 +57,26 @@ pub enum DomainError {
     /// Too many calls are running and waiting; the caller should back off and retry.
     #[error("the service is at capacity; retry with backoff")]
     Overloaded,
+    /// A per-instance limit of provider calls (concurrency here, or the rate shared by every
+    /// replica) is reached; retry after `retry_after`.
+    #[error("{message}")]
+    InstanceLimited {
+        reason: LimitReason,
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// The provider returned vectors that do not match the instance (count, dimensions, or not
+    /// finite): its definition is wrong, and nothing is returned.
+    #[error("{0}")]
+    DimensionsMismatch(String),
+    /// The outbound call to the provider failed; `message` is ours plus, where the provider gave
+    /// one, its own text shortened and scrubbed of the key.
+    #[error("{message}")]
+    Provider {
+        failure: ProviderFailure,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// The request's body did not arrive within the body deadline after its headers.
     #[error("the request body did not arrive within {0} ms")]
     BodyTimeout(u128),
@@ -84,6 +104,46 @@ pub enum PreconditionReason {
     KeyRebindRequired,
     /// The project's instance was revoked; it must be bound again.
     InstanceRevoked,
+    /// The instance's API standard has no embedding protocol, so it cannot be called.
+    NoEmbeddingProtocol,
+    /// The instance holds no API key to call its provider with.
+    NoApiKey,
+}
+
+/// Which per-instance limit refused a provider call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    /// Too many calls of this instance are running on this replica.
+    Concurrency,
+    /// The instance's requests per minute, counted across replicas, are used up.
+    Rate,
+}
+
+/// How an outbound provider call failed; each maps to one gRPC code and `ErrorInfo` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderFailure {
+    /// The provider refused the request as malformed (400, 422).
+    RejectedRequest,
+    /// The provider refused the instance's key (401, 403).
+    RejectedKey,
+    /// The endpoint or model does not exist at the provider (404).
+    NotFound,
+    /// The provider answered with a redirect, which is never followed (it would carry the key
+    /// to another place).
+    Redirected,
+    /// The provider is rate limiting (429 after the retries allowed).
+    RateLimited,
+    /// 5xx, reset, refused connection or a per-attempt timeout, after the retries allowed.
+    Unavailable,
+    /// The reply was not the documented JSON, or larger than allowed.
+    BadReply,
+    /// The caller's deadline passed before the provider answered.
+    DeadlineExceeded,
+    /// The endpoint resolves to an address the egress policy forbids (loopback, link-local,
+    /// private), checked on the resolved address before connecting.
+    EgressRefused,
+    /// The endpoint is plain http and its host is not one the operator allows.
+    InsecureEndpoint,
 }
 
 /// Why a known caller was refused; each becomes a distinct, stable `ErrorInfo` reason.

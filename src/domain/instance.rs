@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use super::{
     DomainError,
     definition::ServiceSpec,
+    embedding::InstanceTest,
     names::{DefinitionName, InstanceName},
 };
 use crate::vault::ApiKey;
@@ -84,6 +85,8 @@ pub struct Instance {
     pub revision: i64,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    /// What the last TestInstance found, if it ever ran.
+    pub last_test: Option<InstanceTest>,
 }
 
 impl Instance {

@@ -7,6 +7,7 @@ pub mod api_standard;
 pub mod audit;
 pub mod caller;
 pub mod definition;
+pub mod embedding;
 pub mod error;
 pub mod instance;
 pub mod mask;

@@ -8,7 +8,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::{
     DomainError,
-    error::{PermissionReason, PreconditionReason},
+    error::{LimitReason, PermissionReason, PreconditionReason, ProviderFailure},
 };
 
 /// The `ErrorInfo.domain` of every error.
@@ -36,9 +36,35 @@ pub fn to_status(error: DomainError) -> Status {
             match reason {
                 PreconditionReason::KeyRebindRequired => "KEY_REBIND_REQUIRED",
                 PreconditionReason::InstanceRevoked => "INSTANCE_REVOKED",
+                PreconditionReason::NoEmbeddingProtocol => "NO_EMBEDDING_PROTOCOL",
+                PreconditionReason::NoApiKey => "NO_API_KEY",
             },
         ),
         DomainError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
+        DomainError::InstanceLimited { reason, .. } => (
+            Code::ResourceExhausted,
+            match reason {
+                LimitReason::Concurrency => "INSTANCE_CONCURRENCY_LIMITED",
+                LimitReason::Rate => "INSTANCE_RATE_LIMITED",
+            },
+        ),
+        DomainError::DimensionsMismatch(_) => (Code::FailedPrecondition, "DIMENSIONS_MISMATCH"),
+        DomainError::Provider { failure, .. } => match failure {
+            ProviderFailure::RejectedRequest => {
+                (Code::InvalidArgument, "PROVIDER_REJECTED_REQUEST")
+            }
+            ProviderFailure::RejectedKey => (Code::FailedPrecondition, "PROVIDER_REJECTED_KEY"),
+            ProviderFailure::NotFound => (Code::FailedPrecondition, "PROVIDER_NOT_FOUND"),
+            ProviderFailure::Redirected => (Code::FailedPrecondition, "PROVIDER_REDIRECTED"),
+            ProviderFailure::RateLimited => (Code::ResourceExhausted, "PROVIDER_RATE_LIMITED"),
+            ProviderFailure::Unavailable => (Code::Unavailable, "PROVIDER_UNAVAILABLE"),
+            ProviderFailure::BadReply => (Code::Unavailable, "PROVIDER_BAD_REPLY"),
+            ProviderFailure::DeadlineExceeded => (Code::DeadlineExceeded, "PROVIDER_TIMEOUT"),
+            ProviderFailure::EgressRefused => (Code::FailedPrecondition, "EGRESS_REFUSED"),
+            ProviderFailure::InsecureEndpoint => {
+                (Code::FailedPrecondition, "PLAIN_HTTP_REFUSED")
+            }
+        },
         DomainError::BodyTimeout(_) => (Code::DeadlineExceeded, "REQUEST_BODY_TIMEOUT"),
         DomainError::TooLarge(_) => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
         DomainError::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
@@ -69,6 +95,15 @@ pub fn to_status(error: DomainError) -> Status {
                 );
             }
         }
+        DomainError::InstanceLimited { retry_after, .. } => {
+            details.set_retry_info(Some(*retry_after));
+        }
+        DomainError::Provider {
+            retry_after: Some(retry_after),
+            ..
+        } => {
+            details.set_retry_info(Some(*retry_after));
+        }
         _ => {}
     }
     Status::with_error_details(code, error.to_string(), details)
@@ -79,3 +114,4 @@ impl From<DomainError> for Status {
         to_status(error)
     }
 }
+

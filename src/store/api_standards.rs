@@ -13,6 +13,7 @@ use super::{
 use crate::domain::{
     DomainError,
     api_standard::{ApiStandard, ApiStandardFields},
+    embedding::EmbeddingProtocol,
     audit::Audit,
     names::ApiStandardName,
     pagination::{Page, PageRequest},
@@ -24,13 +25,14 @@ struct ApiStandardRow {
     description: String,
     auth_header: String,
     auth_scheme: String,
+    protocol: i16,
     revision: i64,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
 }
 
 const COLUMNS: &str =
-    "handle, description, auth_header, auth_scheme, revision, create_time, update_time";
+    "handle, description, auth_header, auth_scheme, protocol, revision, create_time, update_time";
 
 impl ApiStandardRow {
     fn into_domain(self) -> Result<ApiStandard, DomainError> {
@@ -40,6 +42,9 @@ impl ApiStandardRow {
                 description: self.description,
                 auth_header: self.auth_header,
                 auth_scheme: self.auth_scheme,
+                protocol: EmbeddingProtocol::from_number(i32::from(self.protocol)).ok_or_else(
+                    || DomainError::Internal(format!("unknown stored protocol {}", self.protocol)),
+                )?,
             },
             revision: self.revision,
             create_time: self.create_time,
@@ -57,13 +62,14 @@ impl Store {
     ) -> Result<ApiStandard, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         let created = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
-            "INSERT INTO api_standards (handle, description, auth_header, auth_scheme) \
-             VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+            "INSERT INTO api_standards (handle, description, auth_header, auth_scheme, protocol) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
         )))
         .bind(name.0.as_str())
         .bind(&fields.description)
         .bind(&fields.auth_header)
         .bind(&fields.auth_scheme)
+        .bind(stored_protocol(fields.protocol))
         .fetch_one(&mut **change.tx())
         .await
         .map_err(|e| errors::on_insert(e, &name.to_string()))?
@@ -121,12 +127,13 @@ impl Store {
         let fields = change_fields(&current)?;
         let updated = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
             "UPDATE api_standards SET description = $2, auth_header = $3, auth_scheme = $4, \
-             revision = revision + 1, update_time = clock_timestamp() WHERE handle = $1 RETURNING {COLUMNS}"
+             protocol = $5, revision = revision + 1, update_time = clock_timestamp() WHERE handle = $1 RETURNING {COLUMNS}"
         )))
         .bind(name.0.as_str())
         .bind(&fields.description)
         .bind(&fields.auth_header)
         .bind(&fields.auth_scheme)
+        .bind(stored_protocol(fields.protocol))
         .fetch_one(&mut **change.tx())
         .await
         .map_err(errors::db)?
@@ -188,4 +195,10 @@ impl Store {
         .ok_or_else(|| DomainError::NotFound(name.to_string()))?
         .into_domain()
     }
+}
+
+/// The `api_standards.protocol` number of a protocol (the proto enum's, always 0..=3).
+fn stored_protocol(protocol: EmbeddingProtocol) -> i16 {
+    // The numbers are small constants; the fallback is unreachable.
+    i16::try_from(protocol.number()).unwrap_or_default()
 }

@@ -99,6 +99,8 @@ impl Store {
             revision: created.revision,
             create_time: created.create_time,
             update_time: created.update_time,
+            // A new instance was never tested.
+            last_test: None,
         })
     }
 

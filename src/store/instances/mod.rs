@@ -14,6 +14,8 @@ mod write;
 
 pub use create::NewInstance;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
@@ -23,6 +25,7 @@ use crate::domain::{
     access::{self, InstanceAction},
     caller::Caller,
     definition::ServiceSpec,
+    embedding::InstanceTest,
     instance::{Instance, Role},
     names::{ApiStandardName, DefinitionName, InstanceName},
 };
@@ -47,6 +50,11 @@ struct InstanceRow {
     update_time: DateTime<Utc>,
     /// The role of a share of this instance to the caller ($1), if any.
     shared_role: Option<String>,
+    last_test_time: Option<DateTime<Utc>>,
+    last_test_code: Option<String>,
+    last_test_message: Option<String>,
+    last_test_dimensions: Option<i32>,
+    last_test_latency_ms: Option<i64>,
 }
 
 /// Every column of an instance, plus the role of a share of it to `$grantee` (an SQL expression
@@ -57,7 +65,9 @@ macro_rules! select_instances {
             "SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
              du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard, \
              i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
-             i.revision, i.create_time, i.update_time, s.role AS shared_role \
+             i.revision, i.create_time, i.update_time, s.role AS shared_role, \
+             i.last_test_time, i.last_test_code, i.last_test_message, i.last_test_dimensions, \
+             i.last_test_latency_ms \
              FROM instances i \
              JOIN users u ON u.id = i.owner_id \
              JOIN api_standards st ON st.id = i.api_standard_id \
@@ -96,6 +106,18 @@ impl InstanceRow {
             )),
             _ => None,
         };
+        let last_test = match (self.last_test_time, self.last_test_code) {
+            (Some(time), Some(code)) => Some(InstanceTest {
+                time,
+                code,
+                message: self.last_test_message.unwrap_or_default(),
+                observed_dimensions: self.last_test_dimensions.unwrap_or_default(),
+                latency: Duration::from_millis(
+                    u64::try_from(self.last_test_latency_ms.unwrap_or_default()).unwrap_or(0),
+                ),
+            }),
+            _ => None,
+        };
         let instance = Instance {
             sequence: self.id,
             name: InstanceName::new(owner, errors::stored_handle(&self.handle)?),
@@ -114,6 +136,7 @@ impl InstanceRow {
             revision: self.revision,
             create_time: self.create_time,
             update_time: self.update_time,
+            last_test,
         };
         Ok(Some(instance))
     }
