@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "proto/llmregistry/v1/sharing.proto",
     "proto/llmregistry/v1/projects.proto",
     "proto/llmregistry/v1/audit.proto",
+    "proto/llmregistry/v1/embeddings.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     domain::token::IssuedToken,
+    providers::{ProviderSettings, egress::EgressPolicy},
     telemetry::LogFormat,
     vault::{KeyRing, MasterKey},
 };
@@ -149,6 +150,56 @@ pub struct ServeArgs {
     /// How often health probes the database, in milliseconds.
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
     pub health_check_interval_ms: u64,
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+}
+
+/// Outbound provider calls (Embed, TestInstance): where keys may go, and how calls are bounded.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// Non-public address classes provider endpoints may resolve to, comma-separated:
+    /// `loopback`, `private`, `link-local`. Default: `loopback` in development, none in
+    /// production. Public addresses are always allowed; 0.0.0.0, multicast and reserved never.
+    #[arg(long, env = "PROVIDER_EGRESS_ALLOW")]
+    pub provider_egress_allow: Option<String>,
+    /// Hosts a key may be sent to over plain http (e.g. `127.0.0.1,models.internal`),
+    /// comma-separated; every other endpoint must be https.
+    #[arg(long, env = "PROVIDER_PLAIN_HTTP_HOSTS", default_value = "")]
+    pub provider_plain_http_hosts: String,
+    /// A PEM file of CA certificates trusted for provider endpoints besides the public roots.
+    #[arg(long, env = "PROVIDER_CA_FILE")]
+    pub provider_ca_file: Option<PathBuf>,
+    /// Longest wait for one provider request (one attempt), in milliseconds.
+    #[arg(long, env = "PROVIDER_ATTEMPT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub provider_attempt_timeout_ms: u64,
+    /// Longest wait for a connection to a provider, in milliseconds.
+    #[arg(long, env = "PROVIDER_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub provider_connect_timeout_ms: u64,
+    /// Attempts per provider request, the first included (429, 408, 5xx and connection errors
+    /// are retried).
+    #[arg(long, env = "PROVIDER_MAX_ATTEMPTS", default_value_t = 3)]
+    pub provider_max_attempts: u32,
+    /// The first retry's backoff, in milliseconds; it doubles per attempt, with jitter.
+    #[arg(long, env = "PROVIDER_BACKOFF_BASE_MS", default_value_t = 250)]
+    pub provider_backoff_base_ms: u64,
+    /// Largest provider reply read, in bytes.
+    #[arg(long, env = "PROVIDER_MAX_REPLY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub provider_max_reply_bytes: usize,
+    /// Batches of one Embed call sent at once.
+    #[arg(long, env = "PROVIDER_BATCHES_IN_FLIGHT", default_value_t = 4)]
+    pub provider_batches_in_flight: usize,
+    /// Provider calls of one instance running at once on this replica.
+    #[arg(long, env = "PROVIDER_CONCURRENCY_PER_INSTANCE", default_value_t = 32)]
+    pub provider_concurrency_per_instance: usize,
+    /// Provider calls per instance per minute, counted across all replicas; 0 means no limit.
+    #[arg(long, env = "PROVIDER_REQUESTS_PER_MINUTE", default_value_t = 0)]
+    pub provider_requests_per_minute: u32,
+    /// Texts per Embed call.
+    #[arg(long, env = "PROVIDER_MAX_INPUTS", default_value_t = 512)]
+    pub provider_max_inputs: usize,
+    /// Bytes per text of an Embed call.
+    #[arg(long, env = "PROVIDER_MAX_INPUT_BYTES", default_value_t = 32 * 1024)]
+    pub provider_max_input_bytes: usize,
 }
 
 /// The master keys, shared by `serve` and `rotate-keys`.
@@ -191,6 +242,7 @@ pub struct ServeSettings {
     pub health_check_interval: Duration,
     pub shutdown_grace: Duration,
     pub edge: EdgeLimits,
+    pub providers: ProviderSettings,
 }
 
 /// What one connection or caller may hold at the edge, and the HTTP/2 limits (see
@@ -303,6 +355,55 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         read_cache_entries: serve.read_cache_entries,
         health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),
         shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),
+        providers: provider_settings(global.mode, &serve.providers)?,
+    })
+}
+
+/// The settings of outbound provider calls; a CA file that cannot be read refuses the start.
+pub fn provider_settings(mode: Mode, args: &ProviderArgs) -> anyhow::Result<ProviderSettings> {
+    let allowed = match (&args.provider_egress_allow, mode) {
+        (Some(list), _) => list.clone(),
+        (None, Mode::Development) => "loopback".to_owned(),
+        (None, Mode::Production) => String::new(),
+    };
+    let mut egress = EgressPolicy::default();
+    for class in allowed.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        match class {
+            "loopback" => egress.allow_loopback = true,
+            "private" => egress.allow_private = true,
+            "link-local" => egress.allow_link_local = true,
+            other => bail!(
+                "PROVIDER_EGRESS_ALLOW: unknown address class {other:?}; use loopback, private or link-local"
+            ),
+        }
+    }
+    egress.plain_http_hosts = args
+        .provider_plain_http_hosts
+        .split(',')
+        .map(|host| host.trim().trim_matches(['[', ']']).to_ascii_lowercase())
+        .filter(|host| !host.is_empty())
+        .collect();
+    let extra_ca_pem = match &args.provider_ca_file {
+        None => None,
+        Some(path) => Some(
+            fs::read(path)
+                .with_context(|| format!("PROVIDER_CA_FILE {} cannot be read", path.display()))?,
+        ),
+    };
+    Ok(ProviderSettings {
+        egress,
+        extra_ca_pem,
+        attempt_timeout: Duration::from_millis(args.provider_attempt_timeout_ms.max(1)),
+        connect_timeout: Duration::from_millis(args.provider_connect_timeout_ms.max(1)),
+        max_attempts: args.provider_max_attempts.max(1),
+        backoff_base: Duration::from_millis(args.provider_backoff_base_ms),
+        max_reply_bytes: args.provider_max_reply_bytes.max(1024),
+        batches_in_flight: args.provider_batches_in_flight.max(1),
+        concurrency_per_instance: args.provider_concurrency_per_instance.max(1),
+        requests_per_minute: (args.provider_requests_per_minute > 0)
+            .then_some(args.provider_requests_per_minute),
+        max_inputs: args.provider_max_inputs.max(1),
+        max_input_bytes: args.provider_max_input_bytes.max(1),
     })
 }
 

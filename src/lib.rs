@@ -12,6 +12,7 @@ pub mod config;
 mod domain;
 mod grpc;
 pub mod pb;
+pub mod providers;
 pub mod server;
 mod store;
 pub mod telemetry;

@@ -22,7 +22,8 @@ use tower::ServiceBuilder;
 use crate::{
     api::{
         ApiContext, api_standards::ApiStandardsApi, audit::AuditApi, definitions::DefinitionsApi,
-        instances::InstancesApi, projects::ProjectsApi, sharing::SharingApi, users::UsersApi,
+        embeddings::EmbeddingApi, instances::InstancesApi, projects::ProjectsApi,
+        sharing::SharingApi, users::UsersApi,
     },
     config::{Mode, ServeSettings},
     domain::{audit::Audit, pagination::Paginator},
@@ -41,12 +42,14 @@ use crate::{
         v1::{
             api_standard_service_server::ApiStandardServiceServer,
             audit_service_server::AuditServiceServer,
+            embedding_service_server::EmbeddingServiceServer,
             llm_definition_service_server::LlmDefinitionServiceServer,
             llm_instance_service_server::LlmInstanceServiceServer,
             project_service_server::ProjectServiceServer,
             sharing_service_server::SharingServiceServer, user_service_server::UserServiceServer,
         },
     },
+    providers::Providers,
     store::{RotationReport, Store, database},
     vault::KeyRing,
 };
@@ -61,6 +64,7 @@ const HEALTH_SERVICES: &[&str] = &[
     <SharingServiceServer<SharingApi> as NamedService>::NAME,
     <ProjectServiceServer<ProjectsApi> as NamedService>::NAME,
     <AuditServiceServer<AuditApi> as NamedService>::NAME,
+    <EmbeddingServiceServer<EmbeddingApi> as NamedService>::NAME,
 ];
 
 /// Purpose label for the page-token HMAC key derived from the master key.
@@ -147,6 +151,8 @@ pub async fn serve(
                 .collect(),
         ),
         key_ring: Arc::new(settings.key_ring.clone()),
+        providers: Providers::new(settings.providers.clone())?,
+        request_timeout: settings.request_timeout,
     };
     let max_message = settings.max_message_bytes;
 
@@ -272,6 +278,14 @@ pub async fn serve(
             SharingServiceServer::new(SharingApi(context.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            // Answers are as large as their vectors (bounded by PROVIDER_MAX_INPUTS and the
+            // dimensions), so only requests are held to MAX_MESSAGE_BYTES.
+            EmbeddingServiceServer::new(EmbeddingApi(context.clone()))
+                .max_decoding_message_size(max_message)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
         )

@@ -64,8 +64,7 @@ impl ApiStandardService for ApiStandardsApi {
         let (handle, fields) = both(
             Handle::parse("api_standard_id", &request.api_standard_id),
             required(request.api_standard.as_ref(), "api_standard").and_then(|standard| {
-                raw_fields(standard)
-                    .and_then(|raw| ApiStandardFields::parse("api_standard", raw))
+                raw_fields(standard).and_then(|raw| ApiStandardFields::parse("api_standard", raw))
             }),
         )?;
         let created = self

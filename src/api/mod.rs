@@ -5,13 +5,15 @@ pub mod api_standards;
 pub mod audit;
 pub mod convert;
 pub mod definitions;
+pub mod embeddings;
+mod instance_use;
 pub mod instances;
 pub mod paging;
 pub mod projects;
 pub mod sharing;
 pub mod users;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tonic::Request;
 
@@ -21,6 +23,7 @@ use crate::{
         caller::{Caller, Credential},
         pagination::Paginator,
     },
+    providers::Providers,
     store::Store,
     vault::KeyRing,
 };
@@ -30,8 +33,12 @@ use crate::{
 pub struct ApiContext {
     pub store: Store,
     pub paginator: Paginator,
-    /// Seals API keys on write.
+    /// Seals API keys on write; opens them only for a provider call.
     pub key_ring: Arc<KeyRing>,
+    /// The outbound client and its limits.
+    pub providers: Providers,
+    /// The server's limit on any call; provider calls end before it.
+    pub request_timeout: Duration,
 }
 
 /// The caller that the authentication layer attached to the request.

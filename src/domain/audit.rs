@@ -29,6 +29,22 @@ impl Audit {
     }
 }
 
+/// Set by a handler that writes its own audit event for a call, whatever its outcome (Embed and
+/// TestInstance record counts and latency), so that the refusal layer does not record the call
+/// a second time. The refusal layer puts one in every write's request extensions.
+#[derive(Debug, Clone, Default)]
+pub struct SelfAudited(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl SelfAudited {
+    pub fn claim(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn claimed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// How a caller appears in the trail.
 pub fn caller_label(caller: &Caller) -> String {
     match caller {

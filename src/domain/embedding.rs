@@ -6,7 +6,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{DomainError, error::Violations};
+use super::{
+    DomainError,
+    error::Violations,
+    instance::Instance,
+    names::{InstanceName, ProjectName},
+};
+use crate::vault::Sealed;
 
 /// The wire format of a standard's embedding call. The numbers are the proto enum's and the
 /// database's (`api_standards.protocol`).
@@ -47,6 +53,48 @@ impl EmbeddingProtocol {
             Self::OpenAiEmbeddings => "openai-embeddings",
             Self::CohereV2Embed => "cohere-v2-embed",
             Self::GeminiEmbedContent => "gemini-embed-content",
+        }
+    }
+}
+
+/// What an Embed call names: an instance, or a project standing for the instance bound to it.
+#[derive(Debug, Clone)]
+pub enum CallTarget {
+    Instance(InstanceName),
+    Project(ProjectName),
+}
+
+impl CallTarget {
+    /// The project, if the call named one.
+    pub fn project(&self) -> Option<&ProjectName> {
+        match self {
+            Self::Project(project) => Some(project),
+            Self::Instance(_) => None,
+        }
+    }
+}
+
+/// An instance as a call needs it: what the caller may see, plus what only the outbound call
+/// may use (the sealed key and the standard's header), read from the instance's own row.
+#[derive(Debug, Clone)]
+pub struct InstanceForCall {
+    pub instance: Instance,
+    pub sealed_key: Option<Sealed>,
+    pub protocol: EmbeddingProtocol,
+    pub auth_header: String,
+    pub auth_scheme: String,
+    /// The dimensions of the definition it was made from (the model's own size), if any.
+    pub definition_dimensions: Option<i32>,
+}
+
+impl InstanceForCall {
+    /// The smaller size to ask the provider for: only when the instance wants fewer dimensions
+    /// than its definition names. Sending a size to a model that has only one is refused by
+    /// several providers, and the model's own size is known only from a definition.
+    pub fn reduced_dimensions(&self) -> Option<i32> {
+        match (self.instance.spec.dimensions, self.definition_dimensions) {
+            (Some(wanted), Some(native)) if wanted < native => Some(wanted),
+            _ => None,
         }
     }
 }
@@ -211,7 +259,10 @@ mod tests {
             check_vectors(&of(vec![vec![0.1, 0.2], vec![0.3, 0.4]]), 2, Some(2)).ok(),
             Some(2)
         );
-        assert_eq!(check_vectors(&of(vec![vec![0.1; 5]]), 1, None).ok(), Some(5));
+        assert_eq!(
+            check_vectors(&of(vec![vec![0.1; 5]]), 1, None).ok(),
+            Some(5)
+        );
         assert!(check_vectors(&of(vec![vec![0.1, 0.2]]), 2, Some(2)).is_err());
         assert!(check_vectors(&of(vec![vec![0.1, 0.2, 0.3]]), 1, Some(2)).is_err());
         assert!(check_vectors(&of(vec![vec![0.1, 0.2], vec![0.1]]), 2, None).is_err());

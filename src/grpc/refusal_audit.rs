@@ -3,7 +3,9 @@
 //! the handler (or the `_system` guard below it) has answered with an error. Calls without a valid
 //! token are not recorded: they have no caller, and recording them would let anyone fill the trail.
 //! The target recorded is the one the request names in the fields the handler acts on (the
-//! method table's target: parent and id for a Create), never an output-only field.
+//! method table's target: parent and id for a Create), never an output-only field. A handler
+//! that records its calls itself (Embed, TestInstance) claims the request's [`SelfAudited`] once
+//! it has, and the call is not recorded twice.
 
 use std::{
     collections::HashMap,
@@ -21,7 +23,10 @@ use super::{
     methods::{Method, MethodTable},
 };
 use crate::{
-    domain::{audit::caller_label, caller::Caller},
+    domain::{
+        audit::{SelfAudited, caller_label},
+        caller::Caller,
+    },
     store::Store,
 };
 
@@ -227,12 +232,16 @@ impl Middleware for RefusalAudit {
             .get::<DecodedRequest>()
             .map(|DecodedRequest(message)| method.requested_target(message))
             .unwrap_or_default();
+        let self_audited = SelfAudited::default();
+        let mut request = request;
+        request.extensions_mut().insert(self_audited.clone());
         Box::pin(async move {
             let response = next.run(request).await;
-            if let Some(code) = response
-                .headers()
-                .get("grpc-status")
-                .map(|v| Code::from_bytes(v.as_bytes()))
+            if !self_audited.claimed()
+                && let Some(code) = response
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| Code::from_bytes(v.as_bytes()))
                 && code != Code::Ok
             {
                 self.recorder

@@ -61,9 +61,7 @@ pub fn to_status(error: DomainError) -> Status {
             ProviderFailure::BadReply => (Code::Unavailable, "PROVIDER_BAD_REPLY"),
             ProviderFailure::DeadlineExceeded => (Code::DeadlineExceeded, "PROVIDER_TIMEOUT"),
             ProviderFailure::EgressRefused => (Code::FailedPrecondition, "EGRESS_REFUSED"),
-            ProviderFailure::InsecureEndpoint => {
-                (Code::FailedPrecondition, "PLAIN_HTTP_REFUSED")
-            }
+            ProviderFailure::InsecureEndpoint => (Code::FailedPrecondition, "PLAIN_HTTP_REFUSED"),
         },
         DomainError::BodyTimeout(_) => (Code::DeadlineExceeded, "REQUEST_BODY_TIMEOUT"),
         DomainError::TooLarge(_) => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
@@ -114,4 +112,3 @@ impl From<DomainError> for Status {
         to_status(error)
     }
 }
-

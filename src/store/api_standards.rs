@@ -13,8 +13,8 @@ use super::{
 use crate::domain::{
     DomainError,
     api_standard::{ApiStandard, ApiStandardFields},
-    embedding::EmbeddingProtocol,
     audit::Audit,
+    embedding::EmbeddingProtocol,
     names::ApiStandardName,
     pagination::{Page, PageRequest},
 };

@@ -34,6 +34,26 @@ pub(super) async fn record(
     .await
 }
 
+/// Records a call's event with its own outcome (a gRPC code name), in a transaction of the
+/// caller's.
+pub(super) async fn record_outcome(
+    tx: &mut Transaction<'_, Postgres>,
+    audit: &Audit,
+    resource: &str,
+    outcome: &str,
+    detail: &str,
+) -> Result<(), DomainError> {
+    insert(
+        &mut **tx,
+        &audit.caller,
+        audit.method,
+        resource,
+        outcome,
+        detail,
+    )
+    .await
+}
+
 async fn insert<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     caller: &str,
@@ -91,6 +111,19 @@ fn like_prefix(prefix: &str) -> String {
 impl Store {
     /// Records a refused mutation (its own transaction: there is no change to join).
     pub async fn record_refusal(
+        &self,
+        caller: &str,
+        method: &str,
+        resource: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<(), DomainError> {
+        insert(&self.pool, caller, method, resource, outcome, detail).await
+    }
+
+    /// Records one use of an instance (Embed, TestInstance) with its counts and outcome, on its
+    /// own: a use changes nothing to join.
+    pub async fn record_use(
         &self,
         caller: &str,
         method: &str,

@@ -12,6 +12,7 @@ use llm_registry::{
         llm_instance_service_client::LlmInstanceServiceClient,
         user_service_client::UserServiceClient,
     },
+    providers::ProviderSettings,
     vault::{KeyRing, MasterKey},
 };
 use rand::Rng;
@@ -97,7 +98,23 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
         health_check_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(1),
         edge: EdgeLimits::default(),
+        // Production's egress policy: no loopback, so fakes must be opted into (`trust_fakes`).
+        providers: ProviderSettings::default(),
     }
+}
+
+/// Lets the server call the fake providers of `fake_provider`: loopback allowed, their test CA
+/// trusted, short backoffs and timeouts so that retries do not slow the suite.
+pub fn trust_fakes(settings: &mut ServeSettings) {
+    settings.providers.egress.allow_loopback = true;
+    settings.providers.extra_ca_pem = Some(
+        crate::fake_provider::TestCa::get()
+            .ca_pem
+            .clone()
+            .into_bytes(),
+    );
+    settings.providers.backoff_base = Duration::from_millis(5);
+    settings.providers.attempt_timeout = Duration::from_secs(5);
 }
 
 /// Shows the server's logs in failing tests' output (filter with RUST_LOG; default warn).
@@ -206,6 +223,28 @@ impl TestApp {
         .expect("the replica starts");
         replica.database = String::new();
         replica
+    }
+
+    /// Another replica on this one's database, with settings `configure` adjusts.
+    pub async fn replica_with(&self, configure: impl FnOnce(&mut ServeSettings)) -> Self {
+        let mut replica = Self::start_with(
+            self.database.clone(),
+            self.admin_token.clone(),
+            self.key_ring.clone(),
+            configure,
+        )
+        .await
+        .expect("the replica starts");
+        replica.database = String::new();
+        replica
+    }
+
+    pub fn embeddings(
+        &self,
+    ) -> llm_registry::pb::v1::embedding_service_client::EmbeddingServiceClient<Channel> {
+        llm_registry::pb::v1::embedding_service_client::EmbeddingServiceClient::new(
+            self.channel.clone(),
+        )
     }
 
     /// Stops the server (draining calls) and returns once it has exited.

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod binary;
+mod fake_provider;
 mod helpers;
 mod raw;
 
@@ -17,6 +18,9 @@ mod compression;
 mod create_batches;
 mod definitions;
 mod dev_mode;
+mod embed;
+mod embed_canary;
+mod embed_policy;
 mod flood;
 mod hostile_input;
 mod instances;

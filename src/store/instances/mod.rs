@@ -9,6 +9,7 @@
 mod by_token;
 mod create;
 pub(super) mod create_batches;
+mod for_call;
 mod read;
 mod write;
 

@@ -1,0 +1,270 @@
+//! `EmbeddingService`: proto <-> domain for using an instance (Embed, TestInstance). The steps
+//! are in `instance_use`; this file parses, audits every call that reached an instance (counts,
+//! tokens, outcome, latency; never texts, vectors or keys) and maps back.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt as _;
+
+use super::{ApiContext, caller_of, instance_use, instances};
+use crate::{
+    domain::{
+        DomainError,
+        access::InstanceAction,
+        audit::{Audit, SelfAudited},
+        caller::Caller,
+        embedding::{
+            CallTarget, InputLimits, InputType, InstanceTest, PROBE_TEXT, check_inputs,
+            check_vectors,
+        },
+        error::both,
+        names::{InstanceName, ProjectName},
+    },
+    grpc::{deadline, refusal_audit::code_name},
+    pb::v1::{self as pb, embedding_service_server::EmbeddingService},
+};
+
+pub struct EmbeddingApi(pub ApiContext);
+
+const EMBED: &str = "EmbeddingService/Embed";
+const TEST: &str = "EmbeddingService/TestInstance";
+
+/// Time kept back from the call's budget for our own answer and audit event, so that the
+/// provider call ends first and the caller hears why.
+const RESERVE_MAX: Duration = Duration::from_millis(250);
+
+#[tonic::async_trait]
+impl EmbeddingService for EmbeddingApi {
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let started = Instant::now();
+        let deadline = call_deadline(&request, self.0.request_timeout, started);
+        let caller = caller_of(&request)?;
+        let self_audited = request.extensions().get::<SelfAudited>().cloned();
+        let request = request.into_inner();
+        let settings = self.0.providers.settings();
+        let limits = InputLimits {
+            max_inputs: settings.max_inputs,
+            max_input_bytes: settings.max_input_bytes,
+        };
+        let (target, input_type) = both(
+            call_target(&caller, "name", &request.name),
+            input_type(request.input_type),
+        )?;
+        check_inputs(&request.inputs, limits)?;
+        let found = instance_use::resolve(&self.0, &caller, &target, InstanceAction::Use).await?;
+        // From here on the call is on the instance's record, whatever its outcome.
+        if let Some(self_audited) = &self_audited {
+            self_audited.claim();
+        }
+        let name = found.instance.name.clone();
+        let mut usage = Usage::new(&target, request.inputs.len());
+        let result = async {
+            let call = instance_use::ready(&self.0, &found).await?;
+            let answer =
+                instance_use::send(&self.0, call, &request.inputs, input_type, deadline).await?;
+            usage.retries = answer.retries;
+            usage.input_tokens = answer.embeddings.input_tokens;
+            let dimensions = check_vectors(
+                &answer.embeddings,
+                request.inputs.len(),
+                found.instance.spec.dimensions,
+            )?;
+            Ok::<_, DomainError>(pb::EmbedResponse {
+                instance: name.to_string(),
+                model: answer
+                    .model
+                    .unwrap_or_else(|| found.instance.spec.model.clone()),
+                dimensions: i32::try_from(dimensions).unwrap_or(i32::MAX),
+                embeddings: answer
+                    .embeddings
+                    .vectors
+                    .into_iter()
+                    .map(|values| pb::Embedding { values })
+                    .collect(),
+                input_tokens: answer.embeddings.input_tokens,
+            })
+        }
+        .await;
+        let result = result.map_err(Status::from);
+        usage.latency = started.elapsed();
+        self.0
+            .store
+            .record_use(
+                &Audit::new(&caller, EMBED).caller,
+                EMBED,
+                &name.to_string(),
+                outcome_of(&result),
+                &usage.detail(&result),
+            )
+            .await?;
+        result.map(Response::new)
+    }
+
+    async fn test_instance(
+        &self,
+        request: Request<pb::TestInstanceRequest>,
+    ) -> Result<Response<pb::TestInstanceResponse>, Status> {
+        let started = Instant::now();
+        let deadline = call_deadline(&request, self.0.request_timeout, started);
+        let caller = caller_of(&request)?;
+        let self_audited = request.extensions().get::<SelfAudited>().cloned();
+        let request = request.into_inner();
+        let name =
+            InstanceName::parse_reference("name", &request.name, caller.namespace().as_ref())?;
+        let target = CallTarget::Instance(name);
+        let found = instance_use::resolve(&self.0, &caller, &target, InstanceAction::Write).await?;
+        if let Some(self_audited) = &self_audited {
+            self_audited.claim();
+        }
+        let name = found.instance.name.to_string();
+        let audit = Audit::new(&caller, TEST);
+        let mut usage = Usage::new(&target, 1);
+        // Refusals before the call (no key, no protocol, limits) are errors, not test results.
+        let call = match instance_use::ready(&self.0, &found).await {
+            Ok(call) => call,
+            Err(refused) => {
+                let refused = Err(Status::from(refused));
+                usage.latency = started.elapsed();
+                let detail = usage.detail(&refused);
+                self.0
+                    .store
+                    .record_use(&audit.caller, TEST, &name, outcome_of(&refused), &detail)
+                    .await?;
+                return refused;
+            }
+        };
+        let probe = [PROBE_TEXT.to_owned()];
+        let sent = instance_use::send(&self.0, call, &probe, InputType::Document, deadline).await;
+        let latency = started.elapsed();
+        let (observed, checked) = match sent {
+            Ok(answer) => {
+                usage.retries = answer.retries;
+                usage.input_tokens = answer.embeddings.input_tokens;
+                let observed = answer.embeddings.vectors.first().map_or(0, Vec::len);
+                let checked = check_vectors(&answer.embeddings, 1, found.instance.spec.dimensions)
+                    .map(|_| ());
+                (observed, checked)
+            }
+            Err(failed) => (0, Err(failed)),
+        };
+        let checked = checked.map_err(Status::from);
+        let test = InstanceTest {
+            time: Utc::now(),
+            code: outcome_of(&checked).to_owned(),
+            message: match &checked {
+                Ok(()) => format!(
+                    "the provider answered with a vector of {observed} dimensions in {} ms",
+                    latency.as_millis()
+                ),
+                Err(status) => status.message().to_owned(),
+            },
+            observed_dimensions: i32::try_from(observed).unwrap_or(i32::MAX),
+            latency,
+        };
+        usage.latency = latency;
+        self.0
+            .store
+            .record_test(
+                &audit,
+                found.instance.sequence,
+                found.instance.revision,
+                &name,
+                &test,
+                &usage.detail(&checked),
+            )
+            .await?;
+        Ok(Response::new(pb::TestInstanceResponse {
+            instance: name,
+            result: Some(instances::test_to_pb(test)),
+        }))
+    }
+}
+
+/// The instance or project a request names: a full project name, or an instance as a full
+/// name, `{owner}/{instance}` or a bare handle of the caller's own.
+fn call_target(caller: &Caller, field: &str, value: &str) -> Result<CallTarget, DomainError> {
+    if value.starts_with("users/") && value.split('/').nth(2) == Some("projects") {
+        return ProjectName::parse(field, value).map(CallTarget::Project);
+    }
+    if value.is_empty() {
+        return Err(DomainError::invalid(field, "is required"));
+    }
+    InstanceName::parse_reference(field, value, caller.namespace().as_ref())
+        .map(CallTarget::Instance)
+}
+
+fn input_type(number: i32) -> Result<InputType, DomainError> {
+    match pb::EmbeddingInputType::try_from(number) {
+        Ok(pb::EmbeddingInputType::Unspecified | pb::EmbeddingInputType::Document) => {
+            Ok(InputType::Document)
+        }
+        Ok(pb::EmbeddingInputType::Query) => Ok(InputType::Query),
+        Err(_) => Err(DomainError::invalid(
+            "input_type",
+            format!("{number} is not an EmbeddingInputType"),
+        )),
+    }
+}
+
+/// When the provider call must have ended: the call's budget (the caller's `grpc-timeout`,
+/// capped by the server's request timeout) less a small reserve for our own answer.
+fn call_deadline<T>(request: &Request<T>, server_limit: Duration, started: Instant) -> Instant {
+    let budget = deadline::budget(request.metadata(), server_limit);
+    let reserve = (budget / 10).min(RESERVE_MAX);
+    started + budget.saturating_sub(reserve)
+}
+
+/// The gRPC code name of a call's outcome.
+fn outcome_of<T>(result: &Result<T, Status>) -> &'static str {
+    match result {
+        Ok(_) => code_name(Code::Ok),
+        Err(status) => code_name(status.code()),
+    }
+}
+
+/// What the audit trail records of one use.
+struct Usage {
+    project: Option<String>,
+    inputs: usize,
+    input_tokens: Option<i64>,
+    retries: u32,
+    latency: Duration,
+}
+
+impl Usage {
+    fn new(target: &CallTarget, inputs: usize) -> Self {
+        Self {
+            project: target.project().map(ToString::to_string),
+            inputs,
+            input_tokens: None,
+            retries: 0,
+            latency: Duration::ZERO,
+        }
+    }
+
+    /// `key=value` pairs: counts, the error's stable reason; never texts, vectors or keys.
+    fn detail<T>(&self, result: &Result<T, Status>) -> String {
+        let mut parts = Vec::new();
+        if let Some(project) = &self.project {
+            parts.push(format!("project={project}"));
+        }
+        parts.push(format!("inputs={}", self.inputs));
+        if let Some(tokens) = self.input_tokens {
+            parts.push(format!("input_tokens={tokens}"));
+        }
+        parts.push(format!("retries={}", self.retries));
+        parts.push(format!("latency_ms={}", self.latency.as_millis()));
+        if let Err(status) = result
+            && let Some(info) = status.get_details_error_info()
+        {
+            parts.push(format!("reason={}", info.reason));
+        }
+        parts.join(" ")
+    }
+}

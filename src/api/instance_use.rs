@@ -1,0 +1,148 @@
+//! Using an instance through the registry: the steps Embed and TestInstance share, in the order
+//! they must happen.
+//!
+//! 1. [`resolve`]: find the instance the call names (a project stands for the instance bound to
+//!    it, resolved in the same statement) and ask the policy whether the caller may do this
+//!    with it; strangers get the NOT_FOUND of a missing instance.
+//! 2. [`ready`]: everything that can refuse before a byte leaves: a stored key, a known wire
+//!    protocol, the per-instance concurrency and rate limits, then the key is opened.
+//! 3. [`send`]: the provider call, to the instance's own endpoint, within the deadline.
+//!
+//! The key exists in plaintext only inside [`ReadyCall`], which is dropped (and the key
+//! zeroized) as soon as the call ends.
+
+use tokio::time::Instant;
+
+use super::ApiContext;
+use crate::{
+    domain::{
+        DomainError, access,
+        access::InstanceAction,
+        caller::Caller,
+        embedding::{CallTarget, EmbeddingProtocol, InputType, InstanceForCall},
+        error::{LimitReason, PreconditionReason},
+        project::ProjectBinding,
+    },
+    providers::{Destination, ProviderAnswer, gate::GatePass},
+    vault::ApiKey,
+};
+
+/// The instance behind `target`, if `caller` may do `action` with it.
+pub async fn resolve(
+    context: &ApiContext,
+    caller: &Caller,
+    target: &CallTarget,
+    action: InstanceAction,
+) -> Result<InstanceForCall, DomainError> {
+    if let CallTarget::Project(project) = target {
+        // Projects are private to their owner (and admins): whoever may read the project may
+        // use its instance.
+        access::check_private_read(caller, &project.owner, project)?;
+    }
+    let found = context.store.find_for_call(caller, target).await?;
+    let found = match (found, target) {
+        (Some(ProjectBinding::Bound(Some(found))), _) => found,
+        (Some(ProjectBinding::Detached(detachment)), CallTarget::Project(project)) => {
+            return Err(DomainError::FailedPrecondition {
+                reason: PreconditionReason::InstanceRevoked,
+                message: format!(
+                    "{project} has no instance: {}; its owner must bind it to an instance again",
+                    detachment.reason
+                ),
+            });
+        }
+        (_, CallTarget::Project(project)) => return Err(access::hidden(project)),
+        (_, CallTarget::Instance(name)) => return Err(access::hidden(name)),
+    };
+    access::authorize_instance(
+        Some(found.instance.access_role),
+        action,
+        &found.instance.name,
+    )?;
+    Ok(found)
+}
+
+/// A call that passed every check before sending: the opened key, the destination, and a place
+/// in the instance's concurrency limit (held until the call ends).
+pub struct ReadyCall {
+    pub destination: Destination,
+    key: ApiKey,
+    _pass: GatePass,
+}
+
+/// Checks what can refuse a call before it is sent, takes its places in the limits, and opens
+/// the key.
+pub async fn ready(
+    context: &ApiContext,
+    found: &InstanceForCall,
+) -> Result<ReadyCall, DomainError> {
+    let name = &found.instance.name;
+    let Some(sealed) = &found.sealed_key else {
+        return Err(DomainError::FailedPrecondition {
+            reason: PreconditionReason::NoApiKey,
+            message: format!("{name} holds no API key; set one with UpdateInstance"),
+        });
+    };
+    if found.protocol == EmbeddingProtocol::Unspecified {
+        return Err(DomainError::FailedPrecondition {
+            reason: PreconditionReason::NoEmbeddingProtocol,
+            message: format!(
+                "the API standard {} names no embedding protocol, so {name} cannot be called \
+                 through the registry; an administrator must set the standard's `protocol`",
+                found.instance.spec.api_standard
+            ),
+        });
+    }
+    let providers = &context.providers;
+    let pass = providers
+        .gate
+        .enter(found.instance.sequence, &name.to_string())?;
+    if let Some(limit) = providers.settings().requests_per_minute
+        && let Some(retry_after) = context
+            .store
+            .take_rate_slot(found.instance.sequence, limit)
+            .await?
+    {
+        return Err(DomainError::InstanceLimited {
+            reason: LimitReason::Rate,
+            message: format!(
+                "{name} has used its {limit} provider calls of this minute \
+                 (PROVIDER_REQUESTS_PER_MINUTE, counted across replicas)"
+            ),
+            retry_after,
+        });
+    }
+    // The vault's errors name key ids, never key material; a key that does not open is our
+    // fault (a ring without its key), not the caller's.
+    let key = context
+        .key_ring
+        .open(sealed, &found.instance.uid)
+        .map_err(|e| DomainError::Internal(format!("opening the key of {name}: {e}")))?;
+    Ok(ReadyCall {
+        destination: Destination {
+            endpoint: found.instance.spec.endpoint.clone(),
+            protocol: found.protocol,
+            auth_header: found.auth_header.clone(),
+            auth_scheme: found.auth_scheme.clone(),
+            model: found.instance.spec.model.clone(),
+            reduced_dimensions: found.reduced_dimensions(),
+        },
+        key,
+        _pass: pass,
+    })
+}
+
+/// Sends the texts and answers what the provider returned (not yet checked against the
+/// instance). Consumes the ready call: the key is zeroized when this returns.
+pub async fn send(
+    context: &ApiContext,
+    call: ReadyCall,
+    inputs: &[String],
+    input_type: InputType,
+    deadline: Instant,
+) -> Result<ProviderAnswer, DomainError> {
+    context
+        .providers
+        .embed(&call.destination, &call.key, inputs, input_type, deadline)
+        .await
+}

@@ -1,0 +1,200 @@
+//! Reading an instance for a provider call (Embed, TestInstance), and what such a call writes:
+//! the shared per-instance rate window and the outcome of a test.
+//!
+//! The call's destination comes only from here: the instance's own row (endpoint, model, sealed
+//! key) and its API standard (header, scheme, protocol). A definition contributes nothing but
+//! its dimensions, to tell whether the instance asks for a reduced size.
+
+use std::{sync::LazyLock, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, Row, postgres::PgRow};
+
+use super::{InstanceRow, caller_id, select_instances};
+use crate::{
+    domain::{
+        DomainError,
+        audit::Audit,
+        caller::Caller,
+        embedding::{CallTarget, EmbeddingProtocol, InstanceForCall, InstanceTest},
+        project::{Detachment, ProjectBinding},
+    },
+    store::{Store, audit, errors},
+    vault::Sealed,
+};
+
+/// What a call needs beyond the instance's visible columns, for the instance `x` found.
+const CALL_COLUMNS: &str = "k.api_key_ciphertext AS call_ciphertext, \
+     k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
+     kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
+     kd.dimensions AS call_definition_dimensions";
+
+/// The joins behind [`CALL_COLUMNS`] (primary-key lookups on the found instance).
+const CALL_JOINS: &str = "LEFT JOIN instances k ON k.id = x.id \
+     LEFT JOIN api_standards kst ON kst.id = k.api_standard_id \
+     LEFT JOIN definitions kd ON kd.id = k.definition_id";
+
+/// Instance `$2`/`$3` as caller `$1` sees it, with what a call needs.
+static FIND_INSTANCE: LazyLock<String> = LazyLock::new(|| {
+    with_call_columns(concat!(
+        "SELECT x.*, {CALL} FROM (",
+        select_instances!("$1"),
+        " WHERE u.handle = $2 AND i.handle = $3) x {JOINS}"
+    ))
+});
+
+/// Project `$2`/`$3` (its detachment columns) and the instance bound to it, in one statement.
+static FIND_PROJECT_INSTANCE: LazyLock<String> = LazyLock::new(|| {
+    with_call_columns(concat!(
+        "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, \
+     x.*, {CALL} FROM projects p JOIN users pu ON pu.id = p.owner_id \
+     LEFT JOIN LATERAL (",
+        select_instances!("$1"),
+        " WHERE i.id = p.instance_id) x ON true {JOINS} \
+     WHERE pu.handle = $2 AND p.handle = $3"
+    ))
+});
+
+fn with_call_columns(statement: &str) -> String {
+    statement
+        .replace("{CALL}", CALL_COLUMNS)
+        .replace("{JOINS}", CALL_JOINS)
+}
+
+impl Store {
+    /// The instance a call names, as `caller` sees it, with its destination: `None` when it
+    /// does not exist or the caller may not know it does; for a project, also whether it is
+    /// detached. Whether the caller may see a named project is the handler's to check first.
+    pub async fn find_for_call(
+        &self,
+        caller: &Caller,
+        target: &CallTarget,
+    ) -> Result<Option<ProjectBinding<InstanceForCall>>, DomainError> {
+        let (statement, owner, handle) = match target {
+            CallTarget::Instance(name) => (&*FIND_INSTANCE, &name.owner, &name.handle),
+            CallTarget::Project(name) => (&*FIND_PROJECT_INSTANCE, &name.owner, &name.handle),
+        };
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+            .bind(caller_id(caller))
+            .bind(owner.as_str())
+            .bind(handle.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(errors::db)?
+        else {
+            return Ok(None);
+        };
+        if target.project().is_some() {
+            let reason: Option<String> =
+                row.try_get("project_detach_reason").map_err(errors::db)?;
+            let time: Option<DateTime<Utc>> =
+                row.try_get("project_detach_time").map_err(errors::db)?;
+            if let (Some(reason), Some(time)) = (reason, time) {
+                return Ok(Some(ProjectBinding::Detached(Detachment { reason, time })));
+            }
+        }
+        Ok(Some(ProjectBinding::Bound(for_call(&row, caller)?)))
+    }
+
+    /// Counts one call of instance `instance_id` in the current minute, shared by every
+    /// replica; answers how long until the window ends when the call is over `limit`. A fixed
+    /// window: at most `limit` calls start in any calendar minute.
+    pub async fn take_rate_slot(
+        &self,
+        instance_id: i64,
+        limit: u32,
+    ) -> Result<Option<Duration>, DomainError> {
+        let row = sqlx::query(
+            "INSERT INTO provider_rate_windows AS w (instance_id, window_start, used) \
+             VALUES ($1, date_trunc('minute', now()), 1) \
+             ON CONFLICT (instance_id) DO UPDATE SET \
+               used = CASE WHEN w.window_start = EXCLUDED.window_start THEN w.used + 1 ELSE 1 END, \
+               window_start = EXCLUDED.window_start \
+             RETURNING used, \
+               EXTRACT(EPOCH FROM (window_start + interval '1 minute' - clock_timestamp()))::float8 \
+               AS seconds_left",
+        )
+        .bind(instance_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(errors::db)?;
+        let used: i32 = row.try_get("used").map_err(errors::db)?;
+        let seconds_left: f64 = row.try_get("seconds_left").map_err(errors::db)?;
+        if u32::try_from(used).unwrap_or(u32::MAX) <= limit {
+            return Ok(None);
+        }
+        Ok(Some(Duration::from_secs_f64(
+            seconds_left.clamp(0.001, 60.0),
+        )))
+    }
+
+    /// Records a test's outcome on instance `instance_id` and its audit event, together, if the
+    /// instance is still at `revision` (a test of a configuration since replaced says nothing
+    /// about the new one, so it is not recorded). Not an edit: the revision and etag stay.
+    /// Answers whether it was recorded.
+    pub async fn record_test(
+        &self,
+        audit: &Audit,
+        instance_id: i64,
+        revision: i64,
+        resource: &str,
+        test: &InstanceTest,
+        detail: &str,
+    ) -> Result<bool, DomainError> {
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let updated = sqlx::query(
+            "UPDATE instances SET last_test_time = $3, last_test_code = $4, \
+             last_test_message = $5, last_test_dimensions = $6, last_test_latency_ms = $7 \
+             WHERE id = $1 AND revision = $2",
+        )
+        .bind(instance_id)
+        .bind(revision)
+        .bind(test.time)
+        .bind(&test.code)
+        .bind(&test.message)
+        .bind(test.observed_dimensions)
+        .bind(i64::try_from(test.latency.as_millis()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(errors::db)?
+        .rows_affected();
+        audit::record_outcome(&mut tx, audit, resource, &test.code, detail).await?;
+        tx.commit().await.map_err(errors::db)?;
+        Ok(updated == 1)
+    }
+}
+
+/// The instance of a `FIND_*` row with what a call needs, if the row found one the caller may
+/// see.
+fn for_call(row: &PgRow, caller: &Caller) -> Result<Option<InstanceForCall>, DomainError> {
+    if row
+        .try_get::<Option<i64>, _>("id")
+        .map_err(errors::db)?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let visible = InstanceRow::from_row(row)
+        .map_err(errors::db)?
+        .into_visible(caller)?;
+    let Some(instance) = visible else {
+        return Ok(None);
+    };
+    let ciphertext: Option<Vec<u8>> = row.try_get("call_ciphertext").map_err(errors::db)?;
+    let key_id: Option<String> = row.try_get("call_key_id").map_err(errors::db)?;
+    let protocol: i16 = row.try_get("call_protocol").map_err(errors::db)?;
+    Ok(Some(InstanceForCall {
+        instance,
+        sealed_key: match (key_id, ciphertext) {
+            (Some(key_id), Some(ciphertext)) => Some(Sealed { key_id, ciphertext }),
+            _ => None,
+        },
+        protocol: EmbeddingProtocol::from_number(i32::from(protocol))
+            .ok_or_else(|| DomainError::Internal(format!("unknown stored protocol {protocol}")))?,
+        auth_header: row.try_get("call_auth_header").map_err(errors::db)?,
+        auth_scheme: row.try_get("call_auth_scheme").map_err(errors::db)?,
+        definition_dimensions: row
+            .try_get("call_definition_dimensions")
+            .map_err(errors::db)?,
+    }))
+}
