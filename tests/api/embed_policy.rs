@@ -1,1 +1,555 @@
+//! Who may use an instance and on what terms: roles and existence hiding, projects as targets,
+//! TestInstance's record on the instance, refusals before any byte is sent (no key, no protocol,
+//! the egress guard), the per-instance limits (concurrency here, the rate across two server
+//! processes), and the audit trail of every use.
 
+use std::time::Duration;
+
+use llm_registry::pb::v1::{
+    self as pb, audit_service_client::AuditServiceClient,
+    sharing_service_client::SharingServiceClient,
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::{
+    binary::{bare_command, start_server, temp_home, terminate},
+    embed::{Fixture, texts},
+    fake_provider::{Behaviour, FakeProvider, Flavor, TestCa, error_body},
+    helpers::{
+        TestApp, assert_code, authed, create_database, create_project, database_url,
+        drop_database_blocking, random_api_key, reason, share, unique_name, wait_until_serving,
+    },
+};
+
+/// Alice's instance shared with bob (reader) and carol (writer); dave is a stranger.
+async fn shared_fixture() -> (Fixture, String, String, String) {
+    let f = Fixture::start(Flavor::OpenAi, 8).await;
+    let bob = f.app.create_user("bob").await;
+    let carol = f.app.create_user("carol").await;
+    let dave = f.app.create_user("dave").await;
+    share(&f.app, &f.alice, &f.instance, "bob", pb::Role::Reader)
+        .await
+        .unwrap();
+    share(&f.app, &f.alice, &f.instance, "carol", pb::Role::Writer)
+        .await
+        .unwrap();
+    (f, bob, carol, dave)
+}
+
+async fn test_instance(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+) -> Result<pb::TestInstanceResponse, tonic::Status> {
+    app.embeddings()
+        .test_instance(authed(
+            pb::TestInstanceRequest {
+                name: name.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn get_instance(app: &TestApp, token: &str, name: &str) -> pb::Instance {
+    app.instances()
+        .get_instance(authed(
+            pb::GetInstanceRequest {
+                name: name.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn events(app: &TestApp, token: &str, resource: &str) -> Vec<pb::AuditEvent> {
+    AuditServiceClient::new(app.channel.clone())
+        .list_audit_events(authed(
+            pb::ListAuditEventsRequest {
+                page_size: 100,
+                resource: resource.to_owned(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
+#[tokio::test]
+async fn readers_embed_writers_test_and_strangers_learn_nothing() {
+    let (f, bob, carol, dave) = shared_fixture().await;
+    let doc = pb::EmbeddingInputType::Document;
+    let one = texts(1);
+    f.embed(&bob, &f.instance, &one, doc).await.unwrap();
+    f.embed(&carol, "alice/emb", &one, doc).await.unwrap();
+    f.embed(&f.app.admin_token, &f.instance, &one, doc)
+        .await
+        .unwrap();
+    let denied = assert_code(
+        test_instance(&f.app, &bob, &f.instance).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&denied), "INSUFFICIENT_ROLE");
+    test_instance(&f.app, &carol, &f.instance).await.unwrap();
+    test_instance(&f.app, &f.app.admin_token, &f.instance)
+        .await
+        .unwrap();
+
+    // A stranger's answer about the existing instance is the answer about a missing one.
+    for (existing, missing) in [
+        ("users/alice/instances/emb", "users/alice/instances/emx"),
+        ("alice/emb", "alice/emx"),
+    ] {
+        let hidden = assert_code(f.embed(&dave, existing, &one, doc).await, Code::NotFound);
+        let absent = assert_code(f.embed(&dave, missing, &one, doc).await, Code::NotFound);
+        assert_eq!(
+            hidden.message().replace("emb", "emx"),
+            absent.message(),
+            "same answer apart from the name"
+        );
+        let hidden = assert_code(test_instance(&f.app, &dave, existing).await, Code::NotFound);
+        let absent = assert_code(test_instance(&f.app, &dave, missing).await, Code::NotFound);
+        assert_eq!(hidden.message().replace("emb", "emx"), absent.message());
+    }
+    // Every allowed call reached the provider; no refused one did.
+    assert_eq!(f.fake.request_count(), 5);
+}
+
+#[tokio::test]
+async fn a_project_stands_for_its_instance_and_stays_private_to_its_owner() {
+    let (f, bob, _carol, _dave) = shared_fixture().await;
+    create_project(&f.app, &f.alice, "alice", "search", "emb")
+        .await
+        .unwrap();
+    let inputs = texts(2);
+    let doc = pb::EmbeddingInputType::Document;
+    let response = f
+        .embed(&f.alice, "users/alice/projects/search", &inputs, doc)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.instance, f.instance,
+        "resolved to the bound instance"
+    );
+    assert_eq!(response.embeddings.len(), 2);
+    // Bob may use the instance, but alice's project is hers: the same NOT_FOUND as a missing one.
+    let hidden = assert_code(
+        f.embed(&bob, "users/alice/projects/search", &inputs, doc)
+            .await,
+        Code::NotFound,
+    );
+    let absent = assert_code(
+        f.embed(&bob, "users/alice/projects/searcx", &inputs, doc)
+            .await,
+        Code::NotFound,
+    );
+    assert_eq!(
+        hidden.message().replace("search", "searcx"),
+        absent.message()
+    );
+
+    // Bob's own project on alice's instance works until alice revokes his share with force.
+    create_project(&f.app, &bob, "bob", "mine", "alice/emb")
+        .await
+        .unwrap();
+    f.embed(&bob, "users/bob/projects/mine", &inputs, doc)
+        .await
+        .unwrap();
+    SharingServiceClient::new(f.app.channel.clone())
+        .unshare_instance(authed(
+            pb::UnshareInstanceRequest {
+                name: format!("{}/shares/bob", f.instance),
+                force: true,
+            },
+            &f.alice,
+        ))
+        .await
+        .unwrap();
+    let revoked = assert_code(
+        f.embed(&bob, "users/bob/projects/mine", &inputs, doc).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&revoked), "INSTANCE_REVOKED");
+    assert_eq!(f.fake.request_count(), 2);
+}
+
+#[tokio::test]
+async fn test_instance_records_its_outcome_for_every_reader_without_changing_the_etag() {
+    let (f, bob, carol, _dave) = shared_fixture().await;
+    let before = get_instance(&f.app, &f.alice, &f.instance).await;
+    assert!(before.last_test.is_none(), "never tested");
+
+    let passed = test_instance(&f.app, &carol, &f.instance).await.unwrap();
+    assert_eq!(passed.instance, f.instance);
+    let result = passed.result.unwrap();
+    assert!(result.succeeded, "{result:?}");
+    assert_eq!(result.code, "OK");
+    assert_eq!(result.observed_dimensions, 8);
+    let probe = &f.fake.recorded()[0];
+    assert_eq!(
+        probe.body["input"],
+        serde_json::json!(["llm-registry connectivity test"])
+    );
+
+    let seen = get_instance(&f.app, &bob, &f.instance).await;
+    assert_eq!(seen.last_test, Some(result));
+    assert_eq!(seen.etag, before.etag, "a test is not an edit");
+
+    // A failing provider is an answer, recorded as such, with the provider's reason.
+    f.fake.script([Behaviour::Status {
+        status: 401,
+        body: error_body(Flavor::OpenAi, "Invalid API key").to_string(),
+        retry_after: None,
+    }]);
+    let failed = test_instance(&f.app, &f.alice, &f.instance)
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    assert!(!failed.succeeded);
+    assert_eq!(failed.code, "FAILED_PRECONDITION");
+    assert!(
+        failed.message.contains("refused this instance's key"),
+        "{failed:?}"
+    );
+    assert_eq!(failed.observed_dimensions, 0);
+    assert_eq!(
+        get_instance(&f.app, &bob, &f.instance).await.last_test,
+        Some(failed)
+    );
+
+    // Wrong dimensions: recorded with what was observed.
+    f.fake.script([Behaviour::WrongDimensions(5)]);
+    let mismatch = test_instance(&f.app, &f.alice, &f.instance)
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    assert_eq!(mismatch.code, "FAILED_PRECONDITION");
+    assert_eq!(mismatch.observed_dimensions, 5);
+    assert!(
+        mismatch.message.contains("expects 8 dimensions"),
+        "{mismatch:?}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_sent_without_a_key_a_protocol_or_an_allowed_destination() {
+    let f = Fixture::start(Flavor::OpenAi, 8).await;
+    let create = |id: &str, endpoint: String, standard: &str, key: Option<String>| {
+        let mut instances = f.app.instances();
+        let request = authed(
+            pb::CreateInstanceRequest {
+                parent: "users/alice".into(),
+                instance_id: id.to_owned(),
+                instance: Some(pb::Instance {
+                    endpoint,
+                    api_standard: standard.to_owned(),
+                    model: "m".into(),
+                    api_key: key.unwrap_or_default(),
+                    ..Default::default()
+                }),
+            },
+            &f.alice,
+        );
+        async move { instances.create_instance(request).await.unwrap() }
+    };
+    let one = texts(1);
+    let doc = pb::EmbeddingInputType::Document;
+
+    create("keyless", f.fake.endpoint(), "openai", None).await;
+    let refused = assert_code(
+        f.embed(&f.alice, "keyless", &one, doc).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&refused), "NO_API_KEY");
+    // Refusals before the call are errors of TestInstance too, not test results.
+    let refused = assert_code(
+        test_instance(&f.app, &f.alice, "users/alice/instances/keyless").await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&refused), "NO_API_KEY");
+
+    f.app
+        .standards()
+        .create_api_standard(authed(
+            pb::CreateApiStandardRequest {
+                api_standard_id: "custom".into(),
+                api_standard: Some(pb::ApiStandard {
+                    auth_header: "X-Key".into(),
+                    ..Default::default()
+                }),
+            },
+            &f.app.admin_token,
+        ))
+        .await
+        .unwrap();
+    create(
+        "custom",
+        f.fake.endpoint(),
+        "custom",
+        Some(random_api_key()),
+    )
+    .await;
+    let refused = assert_code(
+        f.embed(&f.alice, "custom", &one, doc).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&refused), "NO_EMBEDDING_PROTOCOL");
+
+    // Plain http to a host the operator did not list.
+    let plain = format!("http://localhost:{}/v1/embeddings", f.fake.addr.port());
+    create("plain", plain, "openai", Some(random_api_key())).await;
+    let refused = assert_code(
+        f.embed(&f.alice, "plain", &one, doc).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&refused), "PLAIN_HTTP_REFUSED");
+
+    // The cloud metadata address, refused before any connection.
+    create(
+        "metadata",
+        "https://169.254.169.254/v1/embeddings".into(),
+        "openai",
+        Some(random_api_key()),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let refused = assert_code(
+        f.embed(&f.alice, "metadata", &one, doc).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&refused), "EGRESS_REFUSED");
+    assert!(refused.message().contains("169.254.169.254"), "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no connection was tried"
+    );
+    assert_eq!(f.fake.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_name_resolving_to_loopback_is_refused_when_loopback_is_not_allowed() {
+    // Production's default policy: no loopback. The fake listens on 127.0.0.1, reached as
+    // `localhost`, which the guard sees only after resolution.
+    let f = Fixture::start_with(Flavor::OpenAi, 8, |settings| {
+        settings.providers.egress.allow_loopback = false;
+    })
+    .await;
+    let refused = assert_code(f.embed_own(&texts(1)).await, Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "EGRESS_REFUSED");
+    assert!(refused.message().contains("loopback"), "{refused:?}");
+    assert_eq!(
+        f.fake.request_count(),
+        0,
+        "no connection reached the provider"
+    );
+}
+
+#[tokio::test]
+async fn one_instance_runs_at_most_its_concurrency_limit() {
+    let f = Fixture::start_with(Flavor::OpenAi, 8, |settings| {
+        settings.providers.concurrency_per_instance = 1;
+    })
+    .await;
+    f.fake
+        .script([Behaviour::Slow(Duration::from_millis(1500))]);
+    let slow = {
+        let mut client = f.app.embeddings();
+        let request = authed(
+            pb::EmbedRequest {
+                name: f.instance.clone(),
+                inputs: texts(1),
+                input_type: 0,
+            },
+            &f.alice,
+        );
+        tokio::spawn(async move { client.embed(request).await })
+    };
+    while f.fake.request_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limited = assert_code(f.embed_own(&texts(1)).await, Code::ResourceExhausted);
+    assert_eq!(reason(&limited), "INSTANCE_CONCURRENCY_LIMITED");
+    assert!(limited.get_details_retry_info().is_some());
+    slow.await.unwrap().unwrap();
+    f.embed_own(&texts(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_across_two_server_processes() {
+    let fake = FakeProvider::start(Flavor::OpenAi, 8).await;
+    let database = unique_name("llmr_test");
+    create_database(&database).await;
+    let admin = llm_registry::IssuedToken::generate().reveal().to_owned();
+    let master = llm_registry::vault::MasterKey::generate();
+    let home = temp_home();
+    let ca_file = home.join("provider-ca.pem");
+    std::fs::write(&ca_file, &TestCa::get().ca_pem).unwrap();
+    let start = || {
+        let mut command = bare_command(&home);
+        command
+            .env("LLM_REGISTRY_MODE", "production")
+            .env("DATABASE_URL", database_url(&database))
+            .env("ADMIN_TOKEN", &admin)
+            .env("ENCRYPTION_KEY", master.to_base64().as_str())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("PROVIDER_EGRESS_ALLOW", "loopback")
+            .env("PROVIDER_CA_FILE", &ca_file)
+            .env("PROVIDER_REQUESTS_PER_MINUTE", "3");
+        start_server(command)
+    };
+    let (first, first_addr, _first_log) = start().await;
+    let (second, second_addr, _second_log) = start().await;
+    let first_channel = wait_until_serving(first_addr).await;
+    let second_channel = wait_until_serving(second_addr).await;
+
+    let mut users = pb::user_service_client::UserServiceClient::new(first_channel.clone());
+    let alice = users
+        .create_user(authed(
+            pb::CreateUserRequest {
+                user_id: "alice".into(),
+                user: Some(pb::User::default()),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    pb::llm_instance_service_client::LlmInstanceServiceClient::new(first_channel.clone())
+        .create_instance(authed(
+            pb::CreateInstanceRequest {
+                parent: "users/alice".into(),
+                instance_id: "emb".into(),
+                instance: Some(pb::Instance {
+                    endpoint: fake.endpoint(),
+                    api_standard: "openai".into(),
+                    model: "m".into(),
+                    api_key: random_api_key(),
+                    ..Default::default()
+                }),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    // The windows are calendar minutes: start early in one, so all calls share it.
+    let second_of_minute = chrono::Utc::now().timestamp() % 60;
+    if second_of_minute > 50 {
+        tokio::time::sleep(Duration::from_secs((61 - second_of_minute) as u64)).await;
+    }
+    let embed = |channel: &tonic::transport::Channel| {
+        let mut client = pb::embedding_service_client::EmbeddingServiceClient::new(channel.clone());
+        let request = authed(
+            pb::EmbedRequest {
+                name: "users/alice/instances/emb".into(),
+                inputs: vec!["hello".into()],
+                input_type: 0,
+            },
+            &alice,
+        );
+        async move { client.embed(request).await }
+    };
+    embed(&first_channel).await.unwrap();
+    embed(&second_channel).await.unwrap();
+    embed(&first_channel).await.unwrap();
+    // The fourth call of the minute is refused, on the process that has seen only one.
+    let limited = assert_code(embed(&second_channel).await, Code::ResourceExhausted);
+    assert_eq!(reason(&limited), "INSTANCE_RATE_LIMITED");
+    let retry = limited
+        .get_details_retry_info()
+        .unwrap()
+        .retry_delay
+        .unwrap();
+    assert!(
+        retry <= Duration::from_secs(60) && retry > Duration::ZERO,
+        "{retry:?}"
+    );
+    assert_code(embed(&first_channel).await, Code::ResourceExhausted);
+    assert_eq!(
+        fake.request_count(),
+        3,
+        "refused calls never reached the provider"
+    );
+
+    terminate(first).await;
+    terminate(second).await;
+    drop_database_blocking(database);
+}
+
+#[tokio::test]
+async fn every_use_is_audited_once_with_counts_but_never_texts_or_vectors() {
+    let (f, bob, carol, dave) = shared_fixture().await;
+    create_project(&f.app, &f.alice, "alice", "search", "emb")
+        .await
+        .unwrap();
+    let doc = pb::EmbeddingInputType::Document;
+    f.embed(&bob, &f.instance, &texts(3), doc).await.unwrap();
+    f.embed(&f.alice, "users/alice/projects/search", &texts(2), doc)
+        .await
+        .unwrap();
+    f.fake.script([Behaviour::Status {
+        status: 401,
+        body: error_body(Flavor::OpenAi, "Invalid API key").to_string(),
+        retry_after: None,
+    }]);
+    assert_code(
+        f.embed(&bob, &f.instance, &texts(1), doc).await,
+        Code::FailedPrecondition,
+    );
+    test_instance(&f.app, &carol, &f.instance).await.unwrap();
+    assert_code(
+        f.embed(&dave, &f.instance, &texts(1), doc).await,
+        Code::NotFound,
+    );
+
+    // The owner sees who used her instance, how much, and how it ended.
+    let trail = events(&f.app, &f.alice, &f.instance).await;
+    let uses: Vec<&pb::AuditEvent> = trail
+        .iter()
+        .filter(|e| e.method.starts_with("EmbeddingService/"))
+        .collect();
+    assert_eq!(uses.len(), 5, "one event per call: {uses:#?}");
+    // Newest first.
+    let (stranger, test, failed, by_project, by_bob) =
+        (uses[0], uses[1], uses[2], uses[3], uses[4]);
+    assert_eq!(by_bob.caller, "users/bob");
+    assert_eq!(by_bob.method, "EmbeddingService/Embed");
+    assert_eq!(by_bob.outcome, "OK");
+    assert!(by_bob.detail.contains("inputs=3"), "{by_bob:?}");
+    assert!(by_bob.detail.contains("input_tokens=9"), "{by_bob:?}");
+    assert!(by_bob.detail.contains("latency_ms="), "{by_bob:?}");
+    assert_eq!(by_project.caller, "users/alice");
+    assert!(
+        by_project
+            .detail
+            .contains("project=users/alice/projects/search"),
+        "{by_project:?}"
+    );
+    assert_eq!(failed.outcome, "FAILED_PRECONDITION");
+    assert!(
+        failed.detail.contains("reason=PROVIDER_REJECTED_KEY"),
+        "{failed:?}"
+    );
+    assert_eq!(test.method, "EmbeddingService/TestInstance");
+    assert_eq!(test.caller, "users/carol");
+    assert_eq!(test.outcome, "OK");
+    assert_eq!(stranger.caller, "users/dave");
+    assert_eq!(stranger.outcome, "NOT_FOUND");
+    for event in &uses {
+        assert!(!event.detail.contains("text number"), "no texts: {event:?}");
+        assert!(!event.detail.contains("0.25"), "no vectors: {event:?}");
+        assert!(!event.detail.contains(&f.key), "no key: {event:?}");
+    }
+    // Bob sees nothing of alice's trail.
+    let bobs_view = events(&f.app, &bob, &f.instance).await;
+    assert!(bobs_view.is_empty(), "{bobs_view:#?}");
+}
