@@ -59,8 +59,26 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// For `provider-direct`: the PEM of the CA that signed the fake provider's certificate.
+        #[arg(long)]
+        provider_ca: Option<std::path::PathBuf>,
+        /// For `provider-direct`: the API key sent to the fake provider.
+        #[arg(long, default_value = "")]
+        provider_key: String,
+    },
+    /// Creates `users/bench/instances/embed`, holding `key`, at `endpoint` (the fake provider).
+    CreateEmbedInstance {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        key: String,
     },
 }
+
+/// The text every Embed of the benchmark sends (also sent directly to the fake provider).
+const BENCH_TEXT: &str = "the quick brown fox jumps over the lazy dog";
 
 fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
@@ -248,9 +266,130 @@ fn scenario_request(
             }
             .encode_to_vec(),
         ),
+        "embed" => (
+            "/llmregistry.v1.EmbeddingService/Embed",
+            pb::EmbedRequest {
+                name: "users/bench/instances/embed".into(),
+                inputs: vec![BENCH_TEXT.into()],
+                input_type: 0,
+            }
+            .encode_to_vec(),
+        ),
         other => anyhow::bail!("unknown scenario {other}"),
     };
     Ok(request)
+}
+
+/// The same embedding request, sent straight to the fake provider over HTTPS and HTTP/2: the
+/// rate and latency the registry's Embed is compared with.
+struct DirectCaller {
+    sender: h2::client::SendRequest<Bytes>,
+    authority: String,
+    authorization: http::HeaderValue,
+    body: Bytes,
+}
+
+impl DirectCaller {
+    async fn connect(addr: &str, ca: &std::path::Path, key: &str) -> anyhow::Result<Self> {
+        use tokio_rustls::rustls::{
+            ClientConfig, RootCertStore,
+            pki_types::{CertificateDer, ServerName, pem::PemObject},
+        };
+        let mut roots = RootCertStore::empty();
+        for certificate in CertificateDer::pem_file_iter(ca)? {
+            roots.add(certificate?)?;
+        }
+        let mut config = ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 24)
+            .handshake(tls)
+            .await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let port = addr.rsplit(':').next().unwrap_or_default();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "model": "text-embedding-3-small",
+            "input": [BENCH_TEXT],
+            "encoding_format": "float",
+        }))?;
+        Ok(Self {
+            sender,
+            authority: format!("localhost:{port}"),
+            authorization: format!("Bearer {key}").parse()?,
+            body: Bytes::from(body),
+        })
+    }
+
+    async fn call(&self) -> anyhow::Result<()> {
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("https://{}/v1/embeddings", self.authority))
+            .header("content-type", "application/json")
+            .header("authorization", self.authorization.clone())
+            .body(())?;
+        let (response, mut body_out) = self
+            .sender
+            .clone()
+            .ready()
+            .await?
+            .send_request(request, false)?;
+        body_out.send_data(self.body.clone(), true)?;
+        let response = response.await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        anyhow::ensure!(status == http::StatusCode::OK, "HTTP {status}");
+        Ok(())
+    }
+}
+
+/// Whom a measurement calls: the registry over gRPC, or the fake provider directly.
+enum Caller {
+    Registry(RawCaller),
+    Provider(DirectCaller),
+}
+
+async fn create_embed_instance(
+    addr: &str,
+    token: &str,
+    endpoint: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    let channel = channels(addr, 1).await?.remove(0);
+    LlmInstanceServiceClient::new(channel)
+        .create_instance(authed(
+            pb::CreateInstanceRequest {
+                parent: "users/bench".into(),
+                instance_id: "embed".into(),
+                instance: Some(pb::Instance {
+                    endpoint: endpoint.to_owned(),
+                    api_standard: "openai".into(),
+                    model: "text-embedding-3-small".into(),
+                    dimensions: Some(1536),
+                    api_key: key.to_owned(),
+                    ..Default::default()
+                }),
+            },
+            token,
+        ))
+        .await?;
+    Ok(())
 }
 
 /// A gRPC unary call as a bare HTTP/2 POST (as h2load sends them): the length-prefixed message
@@ -348,6 +487,7 @@ async fn measure(
     scenario: &str,
     concurrency: usize,
     seconds: u64,
+    provider: Option<(&std::path::Path, &str)>,
 ) -> anyhow::Result<()> {
     // One HTTP/2 connection carries all the streams, as one gRPC channel does (and as h2load
     // does with `-c 1 -m N`); the concurrency is the number of streams in flight on it.
@@ -356,7 +496,13 @@ async fn measure(
     } else {
         String::new()
     };
-    let caller = Arc::new(RawCaller::connect(addr, token).await?);
+    let caller = Arc::new(match (scenario, provider) {
+        ("provider-direct", Some((ca, key))) => {
+            Caller::Provider(DirectCaller::connect(addr, ca, key).await?)
+        }
+        ("provider-direct", None) => anyhow::bail!("provider-direct needs --provider-ca"),
+        _ => Caller::Registry(RawCaller::connect(addr, token).await?),
+    });
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let streams = (0..concurrency).map(|s| {
         let (caller, deep) = (Arc::clone(&caller), deep.clone());
@@ -366,9 +512,19 @@ async fn measure(
             let mut errors = 0usize;
             let mut i = s * 1_000_000;
             while Instant::now() < deadline {
-                let (path, message) = scenario_request(&scenario, i, &deep)?;
+                let request = match &*caller {
+                    Caller::Registry(_) => Some(scenario_request(&scenario, i, &deep)?),
+                    Caller::Provider(_) => None,
+                };
                 let started = Instant::now();
-                match caller.call(path, &message).await {
+                let result = match (&*caller, &request) {
+                    (Caller::Provider(direct), _) => direct.call().await,
+                    (Caller::Registry(registry), Some((path, message))) => {
+                        registry.call(path, message).await
+                    }
+                    (Caller::Registry(_), None) => anyhow::bail!("no request was made"),
+                };
+                match result {
                     Ok(()) => latencies.push(started.elapsed()),
                     Err(_) => errors += 1,
                 }
@@ -444,6 +600,24 @@ async fn main() -> anyhow::Result<()> {
             scenario,
             concurrency,
             seconds,
-        } => measure(&args.addr, &token, &scenario, concurrency, seconds).await,
+            provider_ca,
+            provider_key,
+        } => {
+            let provider = provider_ca.as_deref().map(|ca| (ca, provider_key.as_str()));
+            measure(
+                &args.addr,
+                &token,
+                &scenario,
+                concurrency,
+                seconds,
+                provider,
+            )
+            .await
+        }
+        Command::CreateEmbedInstance {
+            token,
+            endpoint,
+            key,
+        } => create_embed_instance(&args.addr, &token, &endpoint, &key).await,
     }
 }

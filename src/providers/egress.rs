@@ -153,7 +153,7 @@ impl EgressPolicy {
         let host = endpoint.host_str().unwrap_or_default().to_ascii_lowercase();
         match endpoint.scheme() {
             "https" => {}
-            "http" if self.plain_http_hosts.iter().any(|allowed| *allowed == host) => {}
+            "http" if self.plain_http_hosts.contains(&host) => {}
             "http" => {
                 return Err(EgressRefusal::Insecure(format!(
                     "the endpoint is plain http and {host} is not a host allowed plain http \

@@ -13,7 +13,11 @@ use prost_types::FieldMask;
 use tonic::{Code, Request, Status, client::Grpc};
 
 use crate::{
-    helpers::{TestApp, authed, create_definition, create_instance_from, create_project, share},
+    fake_provider::{FakeProvider, Flavor},
+    helpers::{
+        TestApp, authed, create_definition, create_instance_from, create_project, random_api_key,
+        share, trust_fakes,
+    },
     raw::RawCodec,
 };
 
@@ -300,6 +304,22 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
         "ProjectService/GetProjectInstance" => {
             pb::GetProjectInstanceRequest { name: project }.encode_to_vec()
         }
+        "EmbeddingService/Embed" => pb::EmbedRequest {
+            name: t.instance(&t.inst),
+            inputs: vec!["hello".into()],
+            input_type: 0,
+        }
+        .encode_to_vec(),
+        "EmbeddingService/Embed?project" => pb::EmbedRequest {
+            name: project,
+            inputs: vec!["hello".into()],
+            input_type: 0,
+        }
+        .encode_to_vec(),
+        "EmbeddingService/TestInstance" => pb::TestInstanceRequest {
+            name: t.instance(&t.inst),
+        }
+        .encode_to_vec(),
         "AuditService/ListAuditEvents" => pb::ListAuditEventsRequest {
             resource: owner,
             ..Default::default()
@@ -312,7 +332,19 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
 }
 
 /// Builds world `n` and returns each caller's token (`None` for anonymous).
-async fn world(app: &TestApp, n: usize) -> BTreeMap<&'static str, Option<String>> {
+/// A server that may call the fake provider behind every world's instances.
+async fn spawn_with_provider() -> (TestApp, FakeProvider) {
+    // The worlds' definition is an OpenAI-format model of 256 dimensions.
+    let fake = FakeProvider::start(Flavor::OpenAi, 256).await;
+    let app = TestApp::spawn_with(trust_fakes).await;
+    (app, fake)
+}
+
+async fn world(
+    app: &TestApp,
+    provider: &FakeProvider,
+    n: usize,
+) -> BTreeMap<&'static str, Option<String>> {
     let t = Targets::existing(n);
     let mut tokens = BTreeMap::from([
         ("anonymous", None),
@@ -343,7 +375,12 @@ async fn world(app: &TestApp, n: usize) -> BTreeMap<&'static str, Option<String>
             &t.owner,
             handle,
             &source,
-            pb::Instance::default(),
+            // Usable (a key, at the fake), so that Embed answers OK where it is allowed.
+            pb::Instance {
+                endpoint: provider.endpoint(),
+                api_key: random_api_key(),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -467,7 +504,7 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_matrix_says() {
         "every RPC has exactly one plain row: {rows:?}"
     );
 
-    let app = TestApp::spawn().await;
+    let (app, provider) = spawn_with_provider().await;
     // One cell per (rpc, caller), numbered so that each gets a world of its own.
     let cells: Vec<(usize, &str, usize, &str)> = matrix
         .iter()
@@ -483,13 +520,14 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_matrix_says() {
     for chunk in cells.chunks(12) {
         let results = join_all(chunk.iter().map(|&(n, rpc, c, caller)| {
             let app = &app;
+            let provider = &provider;
             let expected = matrix
                 .iter()
                 .find(|(r, _)| r == rpc)
                 .map(|(_, codes)| codes[c].clone())
                 .unwrap_or_default();
             async move {
-                let tokens = world(app, n).await;
+                let tokens = world(app, provider, n).await;
                 let result = call(
                     app,
                     rpc,
@@ -529,10 +567,10 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_matrix_says() {
 
 #[tokio::test]
 async fn strangers_cannot_tell_private_resources_from_missing_ones() {
-    let app = TestApp::spawn().await;
+    let (app, provider) = spawn_with_provider().await;
     let mut compared = 0;
     for (n, (rpc, _)) in matrix().iter().enumerate() {
-        let tokens = world(&app, n).await;
+        let tokens = world(&app, &provider, n).await;
         let stranger = tokens["stranger"].clone();
         let existing = call(
             &app,

@@ -29,7 +29,7 @@ use crate::{
 
 /// Calls `path` with raw request bytes; returns the raw response bytes, or the error's message
 /// and encoded details.
-async fn call_raw(
+pub async fn call_raw(
     channel: &Channel,
     path: &str,
     request: Vec<u8>,
@@ -57,7 +57,7 @@ fn status_bytes(status: &Status) -> Vec<u8> {
     bytes
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle)

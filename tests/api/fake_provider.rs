@@ -126,6 +126,8 @@ impl Recorded {
 }
 
 struct State {
+    /// Off in the benchmark, where millions of requests would fill memory.
+    recording: bool,
     recorded: Vec<Recorded>,
     script: VecDeque<Behaviour>,
     /// The native size of the model the fake serves.
@@ -167,6 +169,7 @@ impl FakeProvider {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State {
+            recording: true,
             recorded: Vec::new(),
             script: VecDeque::new(),
             dimensions,
@@ -216,6 +219,11 @@ impl FakeProvider {
         self.state.lock().expect("state").script.extend(behaviours);
     }
 
+    /// Stops keeping requests (the benchmark sends millions).
+    pub fn stop_recording(&self) {
+        self.state.lock().expect("state").recording = false;
+    }
+
     pub fn recorded(&self) -> Vec<Recorded> {
         self.state.lock().expect("state").recorded.clone()
     }
@@ -241,14 +249,16 @@ async fn handle(
     let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let (behaviour, native) = {
         let mut state = state.lock().expect("state");
-        state.recorded.push(Recorded {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            headers: parts.headers.clone(),
-            body: json.clone(),
-            version: parts.version,
-        });
+        if state.recording {
+            state.recorded.push(Recorded {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().map(str::to_owned),
+                headers: parts.headers.clone(),
+                body: json.clone(),
+                version: parts.version,
+            });
+        }
         (
             state.script.pop_front().unwrap_or(Behaviour::Answer),
             state.dimensions,
