@@ -16,18 +16,31 @@ PG="psql -h 127.0.0.1 -U postgres -d postgres -Atqc"
 DB=llmr_bench
 PGB_DB=llmr_pgbench
 WORK=$(mktemp -d)
-trap 'kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill "${SERVER_PID:-}" "${FAKE_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 echo "== building (release)"
-cargo build --release --locked --bin llm-registry --example loadgen 2>&1 | tail -n 1
+cargo build --release --locked --bin llm-registry --example loadgen --example fake_provider 2>&1 | tail -n 1
 BIN=target/release/llm-registry
 LOADGEN=target/release/examples/loadgen
+FAKE=target/release/examples/fake_provider
 
 ADMIN_TOKEN="llmr_bench_$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
 export LLM_REGISTRY_MODE=production ADMIN_TOKEN ENCRYPTION_KEY
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export MAX_CONCURRENT_REQUESTS=64 DB_MAX_CONNECTIONS=16 RUST_LOG=warn,llm_registry::server=info
+
+# The fake provider Embed calls (OpenAI format, 1536 dimensions, answering at once over HTTPS
+# with a CA made at run time), and the registry's permission to reach it on loopback.
+"$FAKE" --ca-out "$WORK/provider-ca.pem" > "$WORK/fake.log" 2>&1 &
+FAKE_PID=$!
+for _ in $(seq 1 1000); do
+    FAKE_ADDR=$(grep -o 'address=[0-9.:]*' "$WORK/fake.log" | head -n 1 | cut -d= -f2 || true)
+    [ -n "$FAKE_ADDR" ] && break
+    sleep 0.005
+done
+PROVIDER_KEY="sk-bench-$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+export PROVIDER_EGRESS_ALLOW=loopback PROVIDER_CA_FILE="$WORK/provider-ca.pem"
 
 $PG "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 $PG "CREATE DATABASE $DB"
@@ -63,6 +76,8 @@ echo "populated in $(( $(date +%s) - POP_START )) s"
 # with a bitmap scan and a sort of all 10,000 instead of an index range of 51.
 psql -h 127.0.0.1 -U postgres -d "$DB" -qc "VACUUM ANALYZE"
 IDLE_RSS=$(rss_kib "$SERVER_PID" VmRSS)
+"$LOADGEN" --addr "$ADDR" create-embed-instance --token "$BENCH_TOKEN" \
+    --endpoint "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" --key "$PROVIDER_KEY"
 
 declare -A RESULT
 for scenario in health get-instance list-first list-deep project-instance create-instance; do
@@ -70,6 +85,18 @@ for scenario in health get-instance list-first list-deep project-instance create
     [ "$scenario" = create-instance ] && token=$OWNER_TOKEN
     for c in $CONCURRENCIES; do
         line=$("$LOADGEN" --addr "$ADDR" measure --token "$token" --scenario "$scenario" --concurrency "$c" --seconds "$SECONDS_PER_RUN")
+        RESULT["$scenario,$c"]=$line
+        echo "$line"
+    done
+done
+for scenario in embed provider-direct; do
+    for c in $CONCURRENCIES; do
+        if [ "$scenario" = provider-direct ]; then
+            line=$("$LOADGEN" --addr "$FAKE_ADDR" measure --token unused --scenario provider-direct \
+                --provider-ca "$WORK/provider-ca.pem" --provider-key "$PROVIDER_KEY" --concurrency "$c" --seconds "$SECONDS_PER_RUN")
+        else
+            line=$("$LOADGEN" --addr "$ADDR" measure --token "$BENCH_TOKEN" --scenario embed --concurrency "$c" --seconds "$SECONDS_PER_RUN")
+        fi
         RESULT["$scenario,$c"]=$line
         echo "$line"
     done
@@ -123,7 +150,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "| scenario | streams | req/s | p50 ms | p99 ms | errors |"
     echo "| --- | --- | --- | --- | --- | --- |"
-    for scenario in health get-instance list-first list-deep project-instance create-instance; do
+    for scenario in health get-instance list-first list-deep project-instance create-instance embed provider-direct; do
         for c in $CONCURRENCIES; do
             echo "| $scenario | $c | $(field "$scenario" "$c" 3) | $(field "$scenario" "$c" 4) | $(field "$scenario" "$c" 5) | $(field "$scenario" "$c" 6) |"
         done
@@ -142,6 +169,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
         echo "| pgbench CreateInstance's rows / pgbench INSERT (the database's own ceiling for the ratio above) | $c | $(ratio "${PGB["registry,$c"]}" "${PGB["insert,$c"]}") |"
         echo "| GetInstance / Health.Check | $c | $(ratio "$(field get-instance "$c" 3)" "$(field health "$c" 3)") |"
         echo "| ListInstances page 100 p50 / first page p50 | $c | $(ratio "$(field list-deep "$c" 4)" "$(field list-first "$c" 4)") |"
+        echo "| Embed / the same request straight to the provider (throughput; goal ≥ 0.5 at 32) | $c | $(ratio "$(field embed "$c" 3)" "$(field provider-direct "$c" 3)") |"
+        echo "| Embed p50 − direct p50, ms (latency the registry adds; goal < 1 at 1) | $c | $(awk -v a="$(field embed "$c" 4)" -v b="$(field provider-direct "$c" 4)" 'BEGIN { printf "%.3f", a - b }') |"
     done
     echo
     echo "| other | value |"

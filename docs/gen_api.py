@@ -20,7 +20,7 @@ PROTO = ROOT / "proto"
 MATRIX = ROOT / "tests" / "authorization_matrix.tsv"
 OUT = ROOT / "docs" / "api.md"
 # The order a reader meets the resources in.
-FILES = ["users", "api_standards", "definitions", "instances", "sharing", "projects", "audit"]
+FILES = ["users", "api_standards", "definitions", "instances", "sharing", "projects", "audit", "embeddings"]
 CALLERS_HELP = {
     "anonymous": "no token",
     "stranger": "a user the instance is not shared with",
