@@ -26,3 +26,17 @@ CREATE TABLE provider_rate_windows (
     window_start timestamptz NOT NULL,
     used         integer     NOT NULL
 );
+
+-- The read cache also keeps what an Embed needs of an instance (see src/store/read_cache.rs),
+-- which depends on the instance's API standard (header, scheme, protocol), on the definition it
+-- came from (its dimensions) and, for a project target, on the project's binding: changes to
+-- those bump the epoch too. Creating one cannot change a cached answer, so inserts do not.
+CREATE CONSTRAINT TRIGGER api_standards_bump_read_cache_epoch
+    AFTER UPDATE OR DELETE ON api_standards DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION bump_read_cache_epoch();
+CREATE CONSTRAINT TRIGGER definitions_bump_read_cache_epoch
+    AFTER UPDATE OR DELETE ON definitions DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION bump_read_cache_epoch();
+CREATE CONSTRAINT TRIGGER projects_bump_read_cache_epoch
+    AFTER UPDATE OR DELETE ON projects DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION bump_read_cache_epoch();

@@ -9,13 +9,13 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt as _;
 
-use super::{ApiContext, caller_of, instance_use, instances};
+use super::{ApiContext, caller_of, credential_of, instance_use, instances};
 use crate::{
     domain::{
         DomainError,
         access::InstanceAction,
         audit::{Audit, SelfAudited},
-        caller::Caller,
+        caller::{Caller, Credential},
         embedding::{
             CallTarget, InputLimits, InputType, InstanceTest, PROBE_TEXT, check_inputs,
             check_vectors,
@@ -32,9 +32,10 @@ pub struct EmbeddingApi(pub ApiContext);
 const EMBED: &str = "EmbeddingService/Embed";
 const TEST: &str = "EmbeddingService/TestInstance";
 
-/// Time kept back from the call's budget for our own answer and audit event, so that the
-/// provider call ends first and the caller hears why.
-const RESERVE_MAX: Duration = Duration::from_millis(250);
+/// Time kept back from the call's budget (a quarter of it, at most this) for the time the call
+/// spent reaching the handler, our own answer and the audit event, so that the provider call
+/// ends first and the caller hears why rather than a bare cancellation.
+const RESERVE_MAX: Duration = Duration::from_millis(500);
 
 #[tonic::async_trait]
 impl EmbeddingService for EmbeddingApi {
@@ -45,6 +46,11 @@ impl EmbeddingService for EmbeddingApi {
         let started = Instant::now();
         let deadline = call_deadline(&request, self.0.request_timeout, started);
         let caller = caller_of(&request)?;
+        // The epoch at which the edge checked the token: cached answers as fresh as that serve.
+        let checked_epoch = match credential_of(&request) {
+            Ok(Credential::Token(token)) => token.fresh_epoch(),
+            _ => None,
+        };
         let self_audited = request.extensions().get::<SelfAudited>().cloned();
         let request = request.into_inner();
         let settings = self.0.providers.settings();
@@ -57,7 +63,14 @@ impl EmbeddingService for EmbeddingApi {
             input_type(request.input_type),
         )?;
         check_inputs(&request.inputs, limits)?;
-        let found = instance_use::resolve(&self.0, &caller, &target, InstanceAction::Use).await?;
+        let found = instance_use::resolve(
+            &self.0,
+            &caller,
+            checked_epoch,
+            &target,
+            InstanceAction::Use,
+        )
+        .await?;
         // From here on the call is on the instance's record, whatever its outcome.
         if let Some(self_audited) = &self_audited {
             self_audited.claim();
@@ -118,7 +131,9 @@ impl EmbeddingService for EmbeddingApi {
         let name =
             InstanceName::parse_reference("name", &request.name, caller.namespace().as_ref())?;
         let target = CallTarget::Instance(name);
-        let found = instance_use::resolve(&self.0, &caller, &target, InstanceAction::Write).await?;
+        // Not cached: a test reads the instance as it is now.
+        let found =
+            instance_use::resolve(&self.0, &caller, None, &target, InstanceAction::Write).await?;
         if let Some(self_audited) = &self_audited {
             self_audited.claim();
         }
@@ -214,10 +229,10 @@ fn input_type(number: i32) -> Result<InputType, DomainError> {
 }
 
 /// When the provider call must have ended: the call's budget (the caller's `grpc-timeout`,
-/// capped by the server's request timeout) less a small reserve for our own answer.
+/// capped by the server's request timeout) less the reserve for our own answer.
 fn call_deadline<T>(request: &Request<T>, server_limit: Duration, started: Instant) -> Instant {
     let budget = deadline::budget(request.metadata(), server_limit);
-    let reserve = (budget / 10).min(RESERVE_MAX);
+    let reserve = (budget / 4).min(RESERVE_MAX);
     started + budget.saturating_sub(reserve)
 }
 

@@ -2,8 +2,9 @@
 //! they must happen.
 //!
 //! 1. [`resolve`]: find the instance the call names (a project stands for the instance bound to
-//!    it, resolved in the same statement) and ask the policy whether the caller may do this
-//!    with it; strangers get the NOT_FOUND of a missing instance.
+//!    it, resolved in the same statement; the read cache answers when nothing changed since the
+//!    token was checked) and ask the policy whether the caller may do this with it; strangers
+//!    get the NOT_FOUND of a missing instance.
 //! 2. [`ready`]: everything that can refuse before a byte leaves: a stored key, a known wire
 //!    protocol, the per-instance concurrency and rate limits, then the key is opened.
 //! 3. [`send`]: the provider call, to the instance's own endpoint, within the deadline.
@@ -31,6 +32,7 @@ use crate::{
 pub async fn resolve(
     context: &ApiContext,
     caller: &Caller,
+    checked_epoch: Option<i64>,
     target: &CallTarget,
     action: InstanceAction,
 ) -> Result<InstanceForCall, DomainError> {
@@ -39,7 +41,10 @@ pub async fn resolve(
         // use its instance.
         access::check_private_read(caller, &project.owner, project)?;
     }
-    let found = context.store.find_for_call(caller, target).await?;
+    let found = context
+        .store
+        .find_for_call(caller, target, checked_epoch)
+        .await?;
     let found = match (found, target) {
         (Some(ProjectBinding::Bound(Some(found))), _) => found,
         (Some(ProjectBinding::Detached(detachment)), CallTarget::Project(project)) => {

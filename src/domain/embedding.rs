@@ -64,6 +64,15 @@ pub enum CallTarget {
     Project(ProjectName),
 }
 
+impl std::fmt::Display for CallTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Instance(name) => name.fmt(f),
+            Self::Project(name) => name.fmt(f),
+        }
+    }
+}
+
 impl CallTarget {
     /// The project, if the call named one.
     pub fn project(&self) -> Option<&ProjectName> {

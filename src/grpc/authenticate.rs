@@ -4,9 +4,10 @@
 //!
 //! It runs first, before the body is read and before an admission slot is taken, so that nothing
 //! is held for a caller who is not known: an unknown token costs one lookup (the read cache
-//! answers known ones). The hot read paths that the method table marks resolved in their query
-//! ([`MethodFacts::resolved_in_query`](super::methods::MethodFacts)) also get the
-//! [`Credential`], with which the handler reads its answer (and its cached answers) by token.
+//! answers known ones). The paths whose method facts say so
+//! ([`MethodFacts::gets_credential`](super::methods::MethodFacts)) also get the checked
+//! [`Credential`]: the hot reads resolved in their query read their answer with it by token, and
+//! Embed keeps its cached answers under the epoch it was checked at.
 
 use std::sync::Arc;
 
@@ -70,9 +71,9 @@ impl Middleware for Authenticator {
         mut request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        let resolved_in_query = match self.methods.lookup(request.uri().path()) {
+        let gets_credential = match self.methods.lookup(request.uri().path()) {
             Method::Public => return Box::pin(next.run(request)),
-            Method::Ours(facts) => facts.resolved_in_query,
+            Method::Ours(facts) => facts.gets_credential,
             Method::Unknown => false,
         };
         Box::pin(async move {
@@ -88,8 +89,8 @@ impl Middleware for Authenticator {
             };
             tracing::Span::current().record("caller", caller.label());
             request.extensions_mut().insert(caller);
-            if resolved_in_query {
-                // The handler's own statement reads with the token (and its cached answers).
+            if gets_credential {
+                // The handler reads with the token, or with the epoch it was checked at.
                 request.extensions_mut().insert(credential);
             }
             next.run(request).await

@@ -31,6 +31,11 @@ const RESOLVED_IN_QUERY: &[&str] = &[
     "/llmregistry.v1.ProjectService/GetProjectInstance",
 ];
 
+/// Paths whose handler keeps answers in the read cache under the epoch at which the edge checked
+/// the caller's token (Embed: what it needs of an instance), so the edge hands it the checked
+/// [`Credential`](crate::domain::caller::Credential) too.
+const CACHED_UNDER_CHECKED_EPOCH: &[&str] = &["/llmregistry.v1.EmbeddingService/Embed"];
+
 /// Method names that only read; everything else is treated as a write (deny by default).
 pub fn is_read_only_method(method: &str) -> bool {
     method.starts_with("Get") || method.starts_with("List")
@@ -61,7 +66,10 @@ pub struct MethodFacts {
     pub short_name: String,
     pub input: MessageDescriptor,
     pub read_only: bool,
-    pub resolved_in_query: bool,
+    /// The handler reads with the caller's checked credential: by token in its own query
+    /// ([`RESOLVED_IN_QUERY`]) or for the epoch it was checked at
+    /// ([`CACHED_UNDER_CHECKED_EPOCH`]).
+    pub gets_credential: bool,
     pub target: Target,
 }
 
@@ -147,8 +155,9 @@ pub struct MethodTable {
 }
 
 impl MethodTable {
-    /// Reads the contract's descriptor set. Fails if a path listed in [`RESOLVED_IN_QUERY`] is
-    /// not in it, so a renamed method cannot silently lose its shortcut's fail-closed check.
+    /// Reads the contract's descriptor set. Fails if a path listed in [`RESOLVED_IN_QUERY`] or
+    /// [`CACHED_UNDER_CHECKED_EPOCH`] is not in it, so a renamed method cannot silently lose its
+    /// shortcut's fail-closed check.
     pub fn from_descriptor_set(descriptor_set: &[u8]) -> anyhow::Result<Self> {
         let pool = DescriptorPool::decode(descriptor_set)?;
         let mut by_path = HashMap::new();
@@ -158,14 +167,15 @@ impl MethodTable {
                 let facts = MethodFacts {
                     short_name: format!("{}/{}", service.name(), method.name()),
                     read_only: is_read_only_method(method.name()),
-                    resolved_in_query: RESOLVED_IN_QUERY.contains(&path.as_str()),
+                    gets_credential: RESOLVED_IN_QUERY.contains(&path.as_str())
+                        || CACHED_UNDER_CHECKED_EPOCH.contains(&path.as_str()),
                     target: target_of(method.name(), &method.input()),
                     input: method.input(),
                 };
                 by_path.insert(path, Arc::new(facts));
             }
         }
-        for path in RESOLVED_IN_QUERY {
+        for path in RESOLVED_IN_QUERY.iter().chain(CACHED_UNDER_CHECKED_EPOCH) {
             anyhow::ensure!(
                 by_path.contains_key(*path),
                 "{path} is listed as resolved in its query but is not in the contract"
@@ -250,7 +260,7 @@ mod tests {
         else {
             panic!("GetInstance is ours");
         };
-        assert!(get.read_only && get.resolved_in_query);
+        assert!(get.read_only && get.gets_credential);
         let Method::Ours(update) = table.lookup("/llmregistry.v1.ProjectService/UpdateProject")
         else {
             panic!("UpdateProject is ours");

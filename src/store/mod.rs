@@ -34,6 +34,9 @@ use epoch_probe::EpochProbe;
 use instances::create_batches::CreateBatches;
 use read_cache::ReadCache;
 
+/// Connections for usage events: each insert is one short statement.
+const USAGE_CONNECTIONS: u32 = 4;
+
 /// The service's handle on the database; cheap to clone (the pool and the cache are shared).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -42,13 +45,25 @@ pub struct Store {
     epoch_probe: Arc<EpochProbe>,
     /// Concurrent instance creates, written together.
     create_batches: Arc<CreateBatches>,
+    /// Usage events (Embed, TestInstance): its own few connections, committing without waiting
+    /// for the WAL flush (see [`Store::record_use`]).
+    usage_pool: PgPool,
 }
 
 impl Store {
     /// A store on `pool` whose read cache holds at most `cache_capacity` answers (0: no cache).
     pub fn new(pool: PgPool, cache_capacity: usize) -> Self {
         let epoch_probe = EpochProbe::new((*pool.connect_options()).clone());
+        let usage_options = (*pool.connect_options())
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        let usage_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(USAGE_CONNECTIONS)
+            .acquire_timeout(std::time::Duration::from_secs(3))
+            .test_before_acquire(false)
+            .connect_lazy_with(usage_options);
         Self {
+            usage_pool,
             create_batches: CreateBatches::new(pool.clone()),
             pool,
             cache: Arc::new(ReadCache::new(cache_capacity)),
@@ -68,6 +83,7 @@ impl Store {
     /// Closes the pool and the read cache's own connection (on shutdown).
     pub async fn close(&self) {
         self.epoch_probe.close();
+        self.usage_pool.close().await;
         self.pool.close().await;
     }
 

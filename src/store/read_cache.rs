@@ -1,5 +1,6 @@
-//! The read cache: who a token belongs to, and GetInstance answers, kept in memory so that the
-//! hottest calls need no query of their own, without ever answering from stale data.
+//! The read cache: who a token belongs to, GetInstance answers, and what an Embed needs of its
+//! instance, kept in memory so that the hottest calls need no query of their own, without ever
+//! answering from stale data.
 //!
 //! Why it is never stale, even with several replicas: every transaction that could change a
 //! cached answer bumps a counter in the database, the epoch, as it commits (migration
@@ -10,13 +11,15 @@
 //! committed before that read, so the read sees its bump and no entry from before it survives.
 //! An entry tagged with a newer epoch than that read comes from an even newer snapshot, which is
 //! fine. Only answers that found something are cached, so creating a user or an instance, which
-//! cannot change such an answer, needs no bump.
+//! cannot change such an answer, needs no bump. An Embed's answer also depends on the instance's
+//! API standard, the definition it came from and, for a project, the project's binding: those
+//! tables bump the epoch too (migration `embeddings`).
 //!
 //! The cache is bounded: when it is full it starts over (no eviction bookkeeping on the hot path).
 
 use std::{collections::HashMap, sync::Mutex};
 
-use crate::domain::{caller::UserPrincipal, instance::Instance};
+use crate::domain::{caller::UserPrincipal, embedding::InstanceForCall, instance::Instance};
 
 /// The answers the cache holds, at one epoch.
 #[derive(Debug, Default)]
@@ -26,7 +29,13 @@ struct Entries {
     principals: HashMap<[u8; 32], UserPrincipal>,
     /// (token hash, owner, handle) → the instance as that token's user sees it.
     instances: HashMap<InstanceKey, (UserPrincipal, Instance)>,
+    /// (caller's user id, instance or project name) → what an Embed needs of the instance (its
+    /// sealed key, never the opened one).
+    call_targets: HashMap<CallKey, InstanceForCall>,
 }
+
+/// An Embed question: who asks (user id) and which instance or project it names.
+pub type CallKey = (i64, String);
 
 /// A GetInstance question: who asks (by token hash) and for which instance.
 pub type InstanceKey = ([u8; 32], String, String);
@@ -37,14 +46,19 @@ impl Entries {
     fn observe(&mut self, epoch: i64) -> bool {
         if epoch > self.epoch {
             self.epoch = epoch;
-            self.principals.clear();
-            self.instances.clear();
+            self.clear();
         }
         epoch == self.epoch
     }
 
+    fn clear(&mut self) {
+        self.principals.clear();
+        self.instances.clear();
+        self.call_targets.clear();
+    }
+
     fn len(&self) -> usize {
-        self.principals.len() + self.instances.len()
+        self.principals.len() + self.instances.len() + self.call_targets.len()
     }
 }
 
@@ -87,6 +101,20 @@ impl ReadCache {
         entries.instances.get(key).cloned()
     }
 
+    /// What an Embed of `key` needs, if known at `fresh_epoch` or later.
+    pub fn call_target(&self, fresh_epoch: i64, key: &CallKey) -> Option<InstanceForCall> {
+        let mut entries = self.lock()?;
+        entries.observe(fresh_epoch);
+        entries.call_targets.get(key).cloned()
+    }
+
+    /// Remembers what an Embed found (an instance the caller may use), as read at `epoch`.
+    pub fn remember_call_target(&self, epoch: i64, key: CallKey, found: InstanceForCall) {
+        if let Some(mut entries) = self.room_at(epoch) {
+            entries.call_targets.insert(key, found);
+        }
+    }
+
     /// Remembers who holds a token, as read at `epoch` (in the same snapshot).
     pub fn remember_principal(&self, epoch: i64, token_hash: [u8; 32], principal: UserPrincipal) {
         if let Some(mut entries) = self.room_at(epoch) {
@@ -117,8 +145,7 @@ impl ReadCache {
             return None;
         }
         if entries.len() + 2 > self.capacity {
-            entries.principals.clear();
-            entries.instances.clear();
+            entries.clear();
         }
         Some(entries)
     }

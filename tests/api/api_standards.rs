@@ -199,3 +199,78 @@ async fn admin_writes_standards_users_read_them_and_used_ones_stay() {
         Code::NotFound,
     );
 }
+
+#[tokio::test]
+async fn standards_carry_the_wire_protocol_of_their_embedding_call() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    let mut client = app.standards();
+    // The seeded standards know their formats.
+    for (handle, protocol) in [
+        ("openai", pb::EmbeddingProtocol::OpenaiEmbeddings),
+        ("cohere", pb::EmbeddingProtocol::CohereV2Embed),
+        ("gemini", pb::EmbeddingProtocol::GeminiEmbedContent),
+    ] {
+        let seeded = client
+            .get_api_standard(authed(
+                pb::GetApiStandardRequest {
+                    name: format!("apiStandards/{handle}"),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(seeded.protocol(), protocol, "{handle}");
+    }
+    // A new one may name one; without, it has none.
+    let mut local = standard("Authorization", "Bearer");
+    local.protocol = pb::EmbeddingProtocol::OpenaiEmbeddings as i32;
+    let created = client
+        .create_api_standard(authed(
+            pb::CreateApiStandardRequest {
+                api_standard_id: "vllm".into(),
+                api_standard: Some(local),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.protocol(), pb::EmbeddingProtocol::OpenaiEmbeddings);
+    // Changed through the mask like any field; other fields stay.
+    let updated = client
+        .update_api_standard(authed(
+            pb::UpdateApiStandardRequest {
+                api_standard: Some(pb::ApiStandard {
+                    name: "apiStandards/vllm".into(),
+                    protocol: pb::EmbeddingProtocol::CohereV2Embed as i32,
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["protocol".into()],
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.protocol(), pb::EmbeddingProtocol::CohereV2Embed);
+    assert_eq!(updated.auth_header, "Authorization");
+    // A number outside the enum is the caller's mistake, named.
+    let mut unknown = standard("X-Key", "");
+    unknown.protocol = 9;
+    assert_invalid_field(
+        client
+            .create_api_standard(authed(
+                pb::CreateApiStandardRequest {
+                    api_standard_id: "odd".into(),
+                    api_standard: Some(unknown),
+                },
+                &admin,
+            ))
+            .await,
+        "api_standard.protocol",
+    );
+}

@@ -18,7 +18,8 @@ use crate::{
     fake_provider::{Behaviour, FakeProvider, Flavor, TestCa, error_body},
     helpers::{
         TestApp, assert_code, authed, create_database, create_project, database_url,
-        drop_database_blocking, random_api_key, reason, share, unique_name, wait_until_serving,
+        drop_database_blocking, random_api_key, reason, share, trust_fakes, unique_name,
+        wait_until_serving,
     },
 };
 
@@ -552,4 +553,146 @@ async fn every_use_is_audited_once_with_counts_but_never_texts_or_vectors() {
     // Bob sees nothing of alice's trail.
     let bobs_view = events(&f.app, &bob, &f.instance).await;
     assert!(bobs_view.is_empty(), "{bobs_view:#?}");
+}
+
+#[tokio::test]
+async fn cached_call_targets_are_never_stale_on_any_replica() {
+    let (f, bob, _carol, _dave) = shared_fixture().await;
+    let replica = f.app.replica_with(trust_fakes).await;
+    let doc = pb::EmbeddingInputType::Document;
+    let one = texts(1);
+    let embed_on = |app: &TestApp, token: &str, name: &str| {
+        let mut client = app.embeddings();
+        let request = authed(
+            pb::EmbedRequest {
+                name: name.to_owned(),
+                inputs: one.clone(),
+                input_type: doc as i32,
+            },
+            token,
+        );
+        async move { client.embed(request).await.map(tonic::Response::into_inner) }
+    };
+    let last_auth = || {
+        f.fake
+            .recorded()
+            .last()
+            .and_then(|r| r.header("authorization"))
+    };
+
+    // Warm both replicas' caches.
+    embed_on(&f.app, &bob, &f.instance).await.unwrap();
+    embed_on(&replica, &bob, &f.instance).await.unwrap();
+
+    // A new key written on one replica is the key the other sends next.
+    let new_key = random_api_key();
+    f.app
+        .instances()
+        .update_instance(authed(
+            pb::UpdateInstanceRequest {
+                instance: Some(pb::Instance {
+                    name: f.instance.clone(),
+                    api_key: new_key.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["api_key".into()],
+                }),
+            },
+            &f.alice,
+        ))
+        .await
+        .unwrap();
+    embed_on(&replica, &bob, &f.instance).await.unwrap();
+    assert_eq!(last_auth(), Some(format!("Bearer {new_key}")));
+
+    // The standard's scheme changed by the admin: the next call uses it.
+    f.app
+        .standards()
+        .update_api_standard(authed(
+            pb::UpdateApiStandardRequest {
+                api_standard: Some(pb::ApiStandard {
+                    name: "apiStandards/openai".into(),
+                    auth_scheme: "Token".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["auth_scheme".into()],
+                }),
+            },
+            &f.app.admin_token,
+        ))
+        .await
+        .unwrap();
+    embed_on(&replica, &bob, &f.instance).await.unwrap();
+    assert_eq!(last_auth(), Some(format!("Token {new_key}")));
+
+    // A project rebound to another instance: the next Embed of the project calls that one.
+    create_project(&f.app, &f.alice, "alice", "search", "emb")
+        .await
+        .unwrap();
+    let other = FakeProvider::start(Flavor::OpenAi, 8).await;
+    f.app
+        .instances()
+        .create_instance(authed(
+            pb::CreateInstanceRequest {
+                parent: "users/alice".into(),
+                instance_id: "other".into(),
+                instance: Some(pb::Instance {
+                    endpoint: other.endpoint(),
+                    api_standard: "openai".into(),
+                    model: "m".into(),
+                    api_key: random_api_key(),
+                    ..Default::default()
+                }),
+            },
+            &f.alice,
+        ))
+        .await
+        .unwrap();
+    let project = "users/alice/projects/search";
+    assert_eq!(
+        embed_on(&replica, &f.alice, project)
+            .await
+            .unwrap()
+            .instance,
+        f.instance
+    );
+    pb::project_service_client::ProjectServiceClient::new(f.app.channel.clone())
+        .update_project(authed(
+            pb::UpdateProjectRequest {
+                project: Some(pb::Project {
+                    name: project.into(),
+                    instance: "other".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["instance".into()],
+                }),
+            },
+            &f.alice,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        embed_on(&replica, &f.alice, project)
+            .await
+            .unwrap()
+            .instance,
+        "users/alice/instances/other"
+    );
+    assert_eq!(other.request_count(), 1);
+
+    // A revoked share: the reader's next call on the other replica is NOT_FOUND.
+    SharingServiceClient::new(f.app.channel.clone())
+        .unshare_instance(authed(
+            pb::UnshareInstanceRequest {
+                name: format!("{}/shares/bob", f.instance),
+                force: false,
+            },
+            &f.alice,
+        ))
+        .await
+        .unwrap();
+    assert_code(embed_on(&replica, &bob, &f.instance).await, Code::NotFound);
 }

@@ -225,6 +225,20 @@ impl TestApp {
         replica
     }
 
+    /// Another replica on this one's database, with settings `configure` adjusts.
+    pub async fn replica_with(&self, configure: impl FnOnce(&mut ServeSettings)) -> Self {
+        let mut replica = Self::start_with(
+            self.database.clone(),
+            self.admin_token.clone(),
+            self.key_ring.clone(),
+            configure,
+        )
+        .await
+        .expect("the replica starts");
+        replica.database = String::new();
+        replica
+    }
+
     pub fn embeddings(
         &self,
     ) -> llm_registry::pb::v1::embedding_service_client::EmbeddingServiceClient<Channel> {

@@ -24,7 +24,8 @@ use crate::{
 };
 
 /// What a call needs beyond the instance's visible columns, for the instance `x` found.
-const CALL_COLUMNS: &str = "k.api_key_ciphertext AS call_ciphertext, \
+const CALL_COLUMNS: &str = "(SELECT value FROM read_cache_epoch) AS cache_epoch, \
+     k.api_key_ciphertext AS call_ciphertext, \
      k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
      kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
      kd.dimensions AS call_definition_dimensions";
@@ -65,11 +66,25 @@ impl Store {
     /// The instance a call names, as `caller` sees it, with its destination: `None` when it
     /// does not exist or the caller may not know it does; for a project, also whether it is
     /// detached. Whether the caller may see a named project is the handler's to check first.
+    ///
+    /// Found instances are kept in the read cache under the epoch read with them, and answered
+    /// from it when `fresh_epoch` (the epoch at which the edge checked this call's token) shows
+    /// nothing changed since: an Embed then needs no query before the provider call.
     pub async fn find_for_call(
         &self,
         caller: &Caller,
         target: &CallTarget,
+        fresh_epoch: Option<i64>,
     ) -> Result<Option<ProjectBinding<InstanceForCall>>, DomainError> {
+        let key = match caller {
+            Caller::User(user) if self.cache.enabled() => Some((user.id, target.to_string())),
+            _ => None,
+        };
+        if let (Some(key), Some(epoch)) = (&key, fresh_epoch)
+            && let Some(found) = self.cache.call_target(epoch, key)
+        {
+            return Ok(Some(ProjectBinding::Bound(Some(found))));
+        }
         let (statement, owner, handle) = match target {
             CallTarget::Instance(name) => (&*FIND_INSTANCE, &name.owner, &name.handle),
             CallTarget::Project(name) => (&*FIND_PROJECT_INSTANCE, &name.owner, &name.handle),
@@ -93,7 +108,12 @@ impl Store {
                 return Ok(Some(ProjectBinding::Detached(Detachment { reason, time })));
             }
         }
-        Ok(Some(ProjectBinding::Bound(for_call(&row, caller)?)))
+        let found = for_call(&row, caller)?;
+        if let (Some(key), Some(found)) = (key, &found) {
+            let epoch: i64 = row.try_get("cache_epoch").map_err(errors::db)?;
+            self.cache.remember_call_target(epoch, key, found.clone());
+        }
+        Ok(Some(ProjectBinding::Bound(found)))
     }
 
     /// Counts one call of instance `instance_id` in the current minute, shared by every
