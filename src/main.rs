@@ -9,6 +9,12 @@ use llm_registry::{
 };
 use tokio::net::TcpListener;
 
+/// mimalloc instead of the system allocator: Embed allocates and frees a vector per input and
+/// a JSON reply per call, and glibc's malloc took about a sixth of the server's time in the
+/// Embed benchmark (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(error) = telemetry::init(cli.global.log_format, &cli.global.log_filter) {

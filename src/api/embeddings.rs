@@ -25,6 +25,7 @@ use crate::{
     },
     grpc::{deadline, refusal_audit::code_name},
     pb::v1::{self as pb, embedding_service_server::EmbeddingService},
+    store::UsageEvent,
 };
 
 pub struct EmbeddingApi(pub ApiContext);
@@ -108,13 +109,13 @@ impl EmbeddingService for EmbeddingApi {
         usage.latency = started.elapsed();
         self.0
             .store
-            .record_use(
-                &Audit::new(&caller, EMBED).caller,
-                EMBED,
-                &name.to_string(),
-                outcome_of(&result),
-                &usage.detail(&result),
-            )
+            .record_use(UsageEvent {
+                caller: Audit::new(&caller, EMBED).caller,
+                method: EMBED,
+                resource: name.to_string(),
+                outcome: outcome_of(&result),
+                detail: usage.detail(&result),
+            })
             .await?;
         result.map(Response::new)
     }
@@ -149,7 +150,13 @@ impl EmbeddingService for EmbeddingApi {
                 let detail = usage.detail(&refused);
                 self.0
                     .store
-                    .record_use(&audit.caller, TEST, &name, outcome_of(&refused), &detail)
+                    .record_use(UsageEvent {
+                        caller: audit.caller.clone(),
+                        method: TEST,
+                        resource: name.clone(),
+                        outcome: outcome_of(&refused),
+                        detail,
+                    })
                     .await?;
                 return refused;
             }

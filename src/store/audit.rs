@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::{
-    Store,
+    Store, UsageEvent,
     cursor::{self, RowId},
     errors,
 };
@@ -122,20 +122,10 @@ impl Store {
     }
 
     /// Records one use of an instance (Embed, TestInstance) with its counts and outcome, on its
-    /// own: a use changes nothing to join. Committed before the call answers, but without
-    /// waiting for the WAL to reach the disk (`synchronous_commit = off` on these connections):
-    /// the event survives a crash of this process, and only a crash of PostgreSQL itself in the
-    /// following fraction of a second (3 × `wal_writer_delay` at most) could lose it. That halves
-    /// Embed's added latency; changes and their events stay fully synchronous.
-    pub async fn record_use(
-        &self,
-        caller: &str,
-        method: &str,
-        resource: &str,
-        outcome: &str,
-        detail: &str,
-    ) -> Result<(), DomainError> {
-        insert(&self.usage_pool, caller, method, resource, outcome, detail).await
+    /// own (a use changes nothing to join), group-committed with other uses: see
+    /// [`usage_events`](super::usage_events). Returns once the event is committed.
+    pub async fn record_use(&self, event: UsageEvent) -> Result<(), DomainError> {
+        self.usage.record(event).await
     }
 
     /// Events newest first, before the cursor (an event id).

@@ -19,11 +19,13 @@ mod keys;
 mod projects;
 mod read_cache;
 mod shares;
+mod usage_events;
 mod users;
 
 pub use audit::AuditFilter;
 pub use instances::NewInstance;
 pub use keys::RotationReport;
+pub use usage_events::UsageEvent;
 
 use std::sync::Arc;
 
@@ -33,6 +35,7 @@ use crate::domain::DomainError;
 use epoch_probe::EpochProbe;
 use instances::create_batches::CreateBatches;
 use read_cache::ReadCache;
+use usage_events::UsageEvents;
 
 /// Connections for usage events: each insert is one short statement.
 const USAGE_CONNECTIONS: u32 = 4;
@@ -45,9 +48,8 @@ pub struct Store {
     epoch_probe: Arc<EpochProbe>,
     /// Concurrent instance creates, written together.
     create_batches: Arc<CreateBatches>,
-    /// Usage events (Embed, TestInstance): its own few connections, committing without waiting
-    /// for the WAL flush (see [`Store::record_use`]).
-    usage_pool: PgPool,
+    /// Usage events (Embed, TestInstance), group-committed on their own connections.
+    usage: Arc<UsageEvents>,
 }
 
 impl Store {
@@ -63,7 +65,7 @@ impl Store {
             .test_before_acquire(false)
             .connect_lazy_with(usage_options);
         Self {
-            usage_pool,
+            usage: UsageEvents::new(usage_pool),
             create_batches: CreateBatches::new(pool.clone()),
             pool,
             cache: Arc::new(ReadCache::new(cache_capacity)),
@@ -83,7 +85,7 @@ impl Store {
     /// Closes the pool and the read cache's own connection (on shutdown).
     pub async fn close(&self) {
         self.epoch_probe.close();
-        self.usage_pool.close().await;
+        self.usage.close().await;
         self.pool.close().await;
     }
 
