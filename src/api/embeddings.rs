@@ -1,6 +1,8 @@
 //! `EmbeddingService`: proto <-> domain for using an instance (Embed, TestInstance). The steps
-//! are in `instance_use`; this file parses, audits every call that reached an instance (counts,
-//! tokens, outcome, latency; never texts, vectors or keys) and maps back.
+//! are in `instance_use`; this file parses, and once a call is authorized runs the rest in a
+//! task of its own ([`Use`]), so that a caller who hangs up cannot cut a provider call short
+//! before it is audited. Every call that reached an instance is audited once (counts, tokens,
+//! outcome, latency; never texts, vectors or keys).
 
 use std::time::Duration;
 
@@ -14,11 +16,11 @@ use crate::{
     domain::{
         DomainError,
         access::InstanceAction,
-        audit::{Audit, SelfAudited},
+        audit::{Audit, SelfAudited, caller_label},
         caller::{Caller, Credential},
         embedding::{
-            CallTarget, InputLimits, InputType, InstanceTest, PROBE_TEXT, check_inputs,
-            check_vectors,
+            CallTarget, InputLimits, InputType, InstanceForCall, InstanceTest, PROBE_TEXT,
+            check_inputs, check_vectors,
         },
         error::both,
         names::{InstanceName, ProjectName},
@@ -72,52 +74,21 @@ impl EmbeddingService for EmbeddingApi {
             InstanceAction::Use,
         )
         .await?;
-        // From here on the call is on the instance's record, whatever its outcome.
+        // From here on the call is on the instance's record, whatever its outcome; it runs in a
+        // task of its own, so that a caller who goes away does not cut it short unrecorded.
         if let Some(self_audited) = &self_audited {
             self_audited.claim();
         }
-        let name = found.instance.name.clone();
-        let mut usage = Usage::new(&target, request.inputs.len());
-        let result = async {
-            let call = instance_use::ready(&self.0, &found).await?;
-            let answer =
-                instance_use::send(&self.0, call, &request.inputs, input_type, deadline).await?;
-            usage.retries = answer.retries;
-            usage.input_tokens = answer.embeddings.input_tokens;
-            let dimensions = check_vectors(
-                &answer.embeddings,
-                request.inputs.len(),
-                found.instance.spec.dimensions,
-            )?;
-            Ok::<_, DomainError>(pb::EmbedResponse {
-                instance: name.to_string(),
-                model: answer
-                    .model
-                    .unwrap_or_else(|| found.instance.spec.model.clone()),
-                dimensions: i32::try_from(dimensions).unwrap_or(i32::MAX),
-                embeddings: answer
-                    .embeddings
-                    .vectors
-                    .into_iter()
-                    .map(|values| pb::Embedding { values })
-                    .collect(),
-                input_tokens: answer.embeddings.input_tokens,
-            })
-        }
-        .await;
-        let result = result.map_err(Status::from);
-        usage.latency = started.elapsed();
-        self.0
-            .store
-            .record_use(UsageEvent {
-                caller: Audit::new(&caller, EMBED).caller,
-                method: EMBED,
-                resource: name.to_string(),
-                outcome: outcome_of(&result),
-                detail: usage.detail(&result),
-            })
-            .await?;
-        result.map(Response::new)
+        let call = Use {
+            context: self.0.clone(),
+            caller,
+            found,
+            usage: Usage::new(&target, request.inputs.len()),
+            started,
+            deadline,
+        };
+        let answer = tokio::spawn(call.embed(request.inputs, input_type)).await;
+        finished(answer).map(Response::new)
     }
 
     async fn test_instance(
@@ -138,39 +109,98 @@ impl EmbeddingService for EmbeddingApi {
         if let Some(self_audited) = &self_audited {
             self_audited.claim();
         }
-        let name = found.instance.name.to_string();
-        let audit = Audit::new(&caller, TEST);
-        let mut usage = Usage::new(&target, 1);
-        // Refusals before the call (no key, no protocol, limits) are errors, not test results.
-        let call = match instance_use::ready(&self.0, &found).await {
+        let call = Use {
+            context: self.0.clone(),
+            caller,
+            found,
+            usage: Usage::new(&target, 1),
+            started,
+            deadline,
+        };
+        let answer = tokio::spawn(call.test()).await;
+        finished(answer).map(Response::new)
+    }
+}
+
+/// The answer of a call's task; a task that panicked is our fault, reported as such.
+fn finished<T>(joined: Result<Result<T, Status>, tokio::task::JoinError>) -> Result<T, Status> {
+    joined.unwrap_or_else(|_| {
+        Err(DomainError::Internal("an embedding call's task ended abnormally".to_owned()).into())
+    })
+}
+
+/// One authorized use of an instance, from the checks before sending to its audit event.
+struct Use {
+    context: ApiContext,
+    caller: Caller,
+    found: InstanceForCall,
+    usage: Usage,
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Use {
+    /// Embeds `inputs`, checks the vectors, records the use; answers once it is recorded.
+    async fn embed(
+        mut self,
+        inputs: Vec<String>,
+        input_type: InputType,
+    ) -> Result<pb::EmbedResponse, Status> {
+        let context = &self.context;
+        let instance = &self.found.instance;
+        let result = async {
+            let call = instance_use::ready(context, &self.found).await?;
+            let answer =
+                instance_use::send(context, call, &inputs, input_type, self.deadline).await?;
+            self.usage.retries = answer.retries;
+            self.usage.input_tokens = answer.embeddings.input_tokens;
+            let dimensions =
+                check_vectors(&answer.embeddings, inputs.len(), instance.spec.dimensions)?;
+            Ok::<_, DomainError>(pb::EmbedResponse {
+                instance: instance.name.to_string(),
+                model: answer.model.unwrap_or_else(|| instance.spec.model.clone()),
+                dimensions: i32::try_from(dimensions).unwrap_or(i32::MAX),
+                embeddings: answer
+                    .embeddings
+                    .vectors
+                    .into_iter()
+                    .map(|values| pb::Embedding { values })
+                    .collect(),
+                input_tokens: answer.embeddings.input_tokens,
+            })
+        }
+        .await
+        .map_err(Status::from);
+        self.usage.latency = self.started.elapsed();
+        self.record(EMBED, &result).await?;
+        result
+    }
+
+    /// Embeds the probe text and records the outcome on the instance (a refusal before the
+    /// call, such as no key or a limit, is an error, not a test result).
+    async fn test(mut self) -> Result<pb::TestInstanceResponse, Status> {
+        let context = &self.context;
+        let call = match instance_use::ready(context, &self.found).await {
             Ok(call) => call,
             Err(refused) => {
                 let refused = Err(Status::from(refused));
-                usage.latency = started.elapsed();
-                let detail = usage.detail(&refused);
-                self.0
-                    .store
-                    .record_use(UsageEvent {
-                        caller: audit.caller.clone(),
-                        method: TEST,
-                        resource: name.clone(),
-                        outcome: outcome_of(&refused),
-                        detail,
-                    })
-                    .await?;
+                self.usage.latency = self.started.elapsed();
+                self.record(TEST, &refused).await?;
                 return refused;
             }
         };
         let probe = [PROBE_TEXT.to_owned()];
-        let sent = instance_use::send(&self.0, call, &probe, InputType::Document, deadline).await;
-        let latency = started.elapsed();
+        let sent =
+            instance_use::send(context, call, &probe, InputType::Document, self.deadline).await;
+        let latency = self.started.elapsed();
+        let instance = &self.found.instance;
         let (observed, checked) = match sent {
             Ok(answer) => {
-                usage.retries = answer.retries;
-                usage.input_tokens = answer.embeddings.input_tokens;
+                self.usage.retries = answer.retries;
+                self.usage.input_tokens = answer.embeddings.input_tokens;
                 let observed = answer.embeddings.vectors.first().map_or(0, Vec::len);
-                let checked = check_vectors(&answer.embeddings, 1, found.instance.spec.dimensions)
-                    .map(|_| ());
+                let checked =
+                    check_vectors(&answer.embeddings, 1, instance.spec.dimensions).map(|_| ());
                 (observed, checked)
             }
             Err(failed) => (0, Err(failed)),
@@ -190,22 +220,42 @@ impl EmbeddingService for EmbeddingApi {
             observed_dimensions: i32::try_from(observed).unwrap_or(i32::MAX),
             latency,
         };
-        usage.latency = latency;
-        self.0
+        self.usage.latency = latency;
+        let name = instance.name.to_string();
+        context
             .store
             .record_test(
-                &audit,
-                found.instance.sequence,
-                found.instance.revision,
+                &Audit::new(&self.caller, TEST),
+                instance.sequence,
+                instance.revision,
                 &name,
                 &test,
-                &usage.detail(&checked),
+                &self.usage.detail(&checked),
             )
             .await?;
-        Ok(Response::new(pb::TestInstanceResponse {
+        Ok(pb::TestInstanceResponse {
             instance: name,
             result: Some(instances::test_to_pb(test)),
-        }))
+        })
+    }
+
+    /// The use's audit event (see `store::usage_events`); the call fails if it cannot be written.
+    async fn record<T>(
+        &self,
+        method: &'static str,
+        result: &Result<T, Status>,
+    ) -> Result<(), Status> {
+        self.context
+            .store
+            .record_use(UsageEvent {
+                caller: caller_label(&self.caller),
+                method,
+                resource: self.found.instance.name.to_string(),
+                outcome: outcome_of(result),
+                detail: self.usage.detail(result),
+            })
+            .await
+            .map_err(Status::from)
     }
 }
 

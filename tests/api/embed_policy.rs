@@ -696,3 +696,44 @@ async fn cached_call_targets_are_never_stale_on_any_replica() {
         .unwrap();
     assert_code(embed_on(&replica, &bob, &f.instance).await, Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_caller_who_hangs_up_does_not_cut_an_embed_short_of_its_record() {
+    let f = Fixture::start(Flavor::OpenAi, 8).await;
+    f.fake.script([Behaviour::Slow(Duration::from_millis(800))]);
+    let call = {
+        let mut client = f.app.embeddings();
+        let request = authed(
+            pb::EmbedRequest {
+                name: f.instance.clone(),
+                inputs: texts(2),
+                input_type: 0,
+            },
+            &f.alice,
+        );
+        tokio::spawn(async move { client.embed(request).await })
+    };
+    while f.fake.request_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The caller goes away while the provider is answering.
+    call.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let uses: Vec<pb::AuditEvent> = events(&f.app, &f.alice, &f.instance)
+            .await
+            .into_iter()
+            .filter(|e| e.method == "EmbeddingService/Embed")
+            .collect();
+        if let [used] = uses.as_slice() {
+            assert_eq!(used.outcome, "OK", "{used:?}");
+            assert!(used.detail.contains("inputs=2"), "{used:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the use was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

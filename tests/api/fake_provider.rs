@@ -181,6 +181,8 @@ impl FakeProvider {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                // As real providers' front ends do: small answers are not held back by Nagle.
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let state = served.clone();
                 tokio::spawn(async move {
