@@ -311,14 +311,7 @@ impl DirectCaller {
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost")?, tcp)
             .await?;
-        let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(1 << 24)
-            .handshake(tls)
-            .await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let sender = h2_client(tls).await?;
         let port = addr.rsplit(':').next().unwrap_or_default();
         let body = serde_json::to_vec(&serde_json::json!({
             "model": "text-embedding-3-small",
@@ -357,6 +350,23 @@ impl DirectCaller {
         anyhow::ensure!(status == http::StatusCode::OK, "HTTP {status}");
         Ok(())
     }
+}
+
+/// An HTTP/2 client on `io` with large windows (the client must not be what limits a run); its
+/// connection is driven by a task of its own.
+async fn h2_client<T>(io: T) -> anyhow::Result<h2::client::SendRequest<Bytes>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 24)
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 /// Whom a measurement calls: the registry over gRPC, or the fake provider directly.
@@ -405,14 +415,7 @@ impl RawCaller {
     async fn connect(addr: &str, token: &str) -> anyhow::Result<Self> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(1 << 24)
-            .handshake(tcp)
-            .await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let sender = h2_client(tcp).await?;
         Ok(Self {
             sender,
             authority: addr.to_owned(),

@@ -23,15 +23,7 @@ pub(super) async fn record(
     resource: &str,
     detail: &str,
 ) -> Result<(), DomainError> {
-    insert(
-        &mut **tx,
-        &audit.caller,
-        audit.method,
-        resource,
-        "OK",
-        detail,
-    )
-    .await
+    record_outcome(tx, audit, resource, "OK", detail).await
 }
 
 /// Records a call's event with its own outcome (a gRPC code name), in a transaction of the

@@ -32,6 +32,28 @@ pub fn bare_command(home: &Path) -> Command {
     command
 }
 
+/// The binary in production mode on `database`, allowed to call the fake providers: loopback
+/// egress, and their test CA (written under `home`) trusted.
+pub fn production_with_fakes(
+    home: &Path,
+    database: &str,
+    admin_token: &str,
+    master: &llm_registry::vault::MasterKey,
+) -> Command {
+    let ca_file = home.join("provider-ca.pem");
+    std::fs::write(&ca_file, &crate::fake_provider::TestCa::get().ca_pem).unwrap();
+    let mut command = bare_command(home);
+    command
+        .env("LLM_REGISTRY_MODE", "production")
+        .env("DATABASE_URL", crate::helpers::database_url(database))
+        .env("ADMIN_TOKEN", admin_token)
+        .env("ENCRYPTION_KEY", master.to_base64().as_str())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("PROVIDER_EGRESS_ALLOW", "loopback")
+        .env("PROVIDER_CA_FILE", &ca_file);
+    command
+}
+
 pub fn temp_home() -> PathBuf {
     let dir = std::env::temp_dir().join(unique_name("llmr_home"));
     std::fs::create_dir_all(&dir).unwrap();

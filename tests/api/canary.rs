@@ -63,6 +63,28 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|window| window == needle)
 }
 
+/// Every row of every table of the database, as JSON text (bytea columns as hex).
+pub async fn every_row(db: &mut sqlx::PgConnection) -> Vec<String> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .unwrap();
+    let mut rows = Vec::new();
+    for table in &tables {
+        let dump: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT row_to_json(t)::text FROM \"{table}\" t"
+        )))
+        .fetch_all(&mut *db)
+        .await
+        .unwrap();
+        rows.extend(dump);
+    }
+    rows
+}
+
 #[tokio::test]
 async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
     let database = unique_name("llmr_test");
@@ -328,22 +350,7 @@ async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
     );
 
     // The database: every column of every table, as text (bytea columns as hex).
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    let mut rows = Vec::new();
-    for table in &tables {
-        let dump: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT row_to_json(t)::text FROM \"{table}\" t"
-        )))
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-        rows.extend(dump);
-    }
+    let rows = every_row(&mut db).await;
     assert!(rows.len() > 10);
 
     for key in &keys {

@@ -9,9 +9,9 @@ use prost::Message;
 use sqlx::Connection;
 
 use crate::{
-    binary::{bare_command, start_server, temp_home, terminate},
-    canary::{call_raw, contains},
-    fake_provider::{Behaviour, FakeProvider, Flavor, TestCa, error_body},
+    binary::{production_with_fakes, start_server, temp_home, terminate},
+    canary::{call_raw, contains, every_row},
+    fake_provider::{Behaviour, FakeProvider, Flavor, error_body},
     helpers::{
         create_database, database_url, drop_database_blocking, random_api_key, unique_name,
         wait_until_serving,
@@ -39,17 +39,8 @@ async fn keys_reach_their_provider_and_nothing_else() {
     let admin = IssuedToken::generate().reveal().to_owned();
     let master = MasterKey::generate();
     let home = temp_home();
-    let ca_file = home.join("provider-ca.pem");
-    std::fs::write(&ca_file, &TestCa::get().ca_pem).unwrap();
-    let mut command = bare_command(&home);
+    let mut command = production_with_fakes(&home, &database, &admin, &master);
     command
-        .env("LLM_REGISTRY_MODE", "production")
-        .env("DATABASE_URL", database_url(&database))
-        .env("ADMIN_TOKEN", &admin)
-        .env("ENCRYPTION_KEY", master.to_base64().as_str())
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("PROVIDER_EGRESS_ALLOW", "loopback")
-        .env("PROVIDER_CA_FILE", &ca_file)
         .env("PROVIDER_BACKOFF_BASE_MS", "5")
         .env("RUST_LOG", "trace");
     let (child, addr, mut log) = start_server(command).await;
@@ -238,23 +229,7 @@ async fn keys_reach_their_provider_and_nothing_else() {
     let mut db = sqlx::PgConnection::connect(&database_url(&database))
         .await
         .unwrap();
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables \
-         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    let mut rows = Vec::new();
-    for table in &tables {
-        let dump: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT row_to_json(t)::text FROM \"{table}\" t"
-        )))
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-        rows.extend(dump);
-    }
+    let rows = every_row(&mut db).await;
     assert!(
         rows.iter().any(|r| r.contains("EmbeddingService/Embed")),
         "uses were audited"

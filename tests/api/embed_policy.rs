@@ -13,13 +13,12 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::{
-    binary::{bare_command, start_server, temp_home, terminate},
+    binary::{production_with_fakes, start_server, temp_home, terminate},
     embed::{Fixture, texts},
-    fake_provider::{Behaviour, FakeProvider, Flavor, TestCa, error_body},
+    fake_provider::{Behaviour, FakeProvider, Flavor, error_body},
     helpers::{
-        TestApp, assert_code, authed, create_database, create_project, database_url,
-        drop_database_blocking, random_api_key, reason, share, trust_fakes, unique_name,
-        wait_until_serving,
+        TestApp, assert_code, authed, create_database, create_project, drop_database_blocking,
+        random_api_key, reason, share, trust_fakes, unique_name, wait_until_serving,
     },
 };
 
@@ -392,19 +391,9 @@ async fn the_rate_limit_holds_across_two_server_processes() {
     let admin = llm_registry::IssuedToken::generate().reveal().to_owned();
     let master = llm_registry::vault::MasterKey::generate();
     let home = temp_home();
-    let ca_file = home.join("provider-ca.pem");
-    std::fs::write(&ca_file, &TestCa::get().ca_pem).unwrap();
     let start = || {
-        let mut command = bare_command(&home);
-        command
-            .env("LLM_REGISTRY_MODE", "production")
-            .env("DATABASE_URL", database_url(&database))
-            .env("ADMIN_TOKEN", &admin)
-            .env("ENCRYPTION_KEY", master.to_base64().as_str())
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("PROVIDER_EGRESS_ALLOW", "loopback")
-            .env("PROVIDER_CA_FILE", &ca_file)
-            .env("PROVIDER_REQUESTS_PER_MINUTE", "3");
+        let mut command = production_with_fakes(&home, &database, &admin, &master);
+        command.env("PROVIDER_REQUESTS_PER_MINUTE", "3");
         start_server(command)
     };
     let (first, first_addr, _first_log) = start().await;
