@@ -63,6 +63,26 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|window| window == needle)
 }
 
+/// Asserts that `needle` (a secret, in some encoding) is in no response, log line or row.
+#[track_caller]
+pub fn assert_nowhere(needle: &str, responses: &[Vec<u8>], log_lines: &[String], rows: &[String]) {
+    for response in responses {
+        assert!(
+            !contains(response, needle.as_bytes()),
+            "a secret leaked into a response"
+        );
+    }
+    for line in log_lines {
+        assert!(
+            !line.contains(needle),
+            "a secret leaked into the log: {line}"
+        );
+    }
+    for row in rows {
+        assert!(!row.contains(needle), "a secret is in the database: {row}");
+    }
+}
+
 /// Every row of every table of the database, as JSON text (bytea columns as hex).
 pub async fn every_row(db: &mut sqlx::PgConnection) -> Vec<String> {
     let tables: Vec<String> = sqlx::query_scalar(
@@ -360,24 +380,7 @@ async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
             key.as_bytes().iter().map(|b| format!("{b:02x}")).collect(),
         ];
         for needle in &encodings {
-            for response in &responses {
-                assert!(
-                    !contains(response, needle.as_bytes()),
-                    "a key leaked into a response"
-                );
-            }
-            for line in &log_lines {
-                assert!(
-                    !line.contains(needle.as_str()),
-                    "a key leaked into the log: {line}"
-                );
-            }
-            for row in &rows {
-                assert!(
-                    !row.contains(needle.as_str()),
-                    "a key is stored in plaintext: {row}"
-                );
-            }
+            assert_nowhere(needle, &responses, &log_lines, &rows);
         }
     }
 

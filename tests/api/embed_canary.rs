@@ -10,7 +10,7 @@ use sqlx::Connection;
 
 use crate::{
     binary::{production_with_fakes, start_server, temp_home, terminate},
-    canary::{call_raw, contains, every_row},
+    canary::{assert_nowhere, call_raw, contains, every_row},
     fake_provider::{Behaviour, FakeProvider, Flavor, error_body},
     helpers::{
         create_database, database_url, drop_database_blocking, random_api_key, unique_name,
@@ -244,24 +244,7 @@ async fn keys_reach_their_provider_and_nothing_else() {
             key.trim_start_matches("sk-test-")[..16].to_owned(),
         ];
         for needle in &needles {
-            for response in &responses {
-                assert!(
-                    !contains(response, needle.as_bytes()),
-                    "a key leaked into a response"
-                );
-            }
-            for line in &log_lines {
-                assert!(
-                    !line.contains(needle.as_str()),
-                    "a key leaked into the log: {line}"
-                );
-            }
-            for row in &rows {
-                assert!(
-                    !row.contains(needle.as_str()),
-                    "a key is in the database: {row}"
-                );
-            }
+            assert_nowhere(needle, &responses, &log_lines, &rows);
         }
     }
     drop(db);
