@@ -36,8 +36,12 @@ struct Reply {
 
 #[derive(Deserialize)]
 struct Embeddings {
-    float: Vec<Vec<f32>>,
+    float: Vec<Vector>,
 }
+
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Vector(#[serde(deserialize_with = "super::floats")] Vec<f32>);
 
 #[derive(Deserialize)]
 struct Meta {
@@ -52,7 +56,7 @@ struct BilledUnits {
 pub fn reply(body: &[u8]) -> Result<BatchReply, String> {
     let reply: Reply = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     Ok(BatchReply {
-        vectors: reply.embeddings.float,
+        vectors: reply.embeddings.float.into_iter().map(|v| v.0).collect(),
         // Cohere documents billed units as numbers; whole tokens in practice.
         input_tokens: reply
             .meta

@@ -68,6 +68,7 @@ struct Reply {
 
 #[derive(Deserialize)]
 struct ContentEmbedding {
+    #[serde(deserialize_with = "super::floats")]
     values: Vec<f32>,
 }
 

@@ -76,6 +76,34 @@ pub fn reply(protocol: EmbeddingProtocol, body: &[u8]) -> Result<BatchReply, Str
     .map_err(|e| format!("the provider's reply is not the documented JSON: {e}"))
 }
 
+/// A JSON array of numbers read straight into a vector sized for embeddings, instead of one
+/// grown from empty (a dozen reallocations and copies per 1,536-dimension vector).
+pub fn floats<'de, D>(deserializer: D) -> Result<Vec<f32>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Floats;
+    impl<'de> serde::de::Visitor<'de> for Floats {
+        type Value = Vec<f32>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of numbers")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+            let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(TYPICAL_DIMENSIONS));
+            while let Some(value) = seq.next_element::<f32>()? {
+                values.push(value);
+            }
+            Ok(values)
+        }
+    }
+    deserializer.deserialize_seq(Floats)
+}
+
+/// Room reserved for a vector whose length the reply does not announce.
+const TYPICAL_DIMENSIONS: usize = 1536;
+
 /// The provider's own message in an error reply (`error.message` for OpenAI and Gemini,
 /// `message` for Cohere), else the body as text.
 pub fn error_text(body: &[u8]) -> String {

@@ -32,6 +32,7 @@ struct Reply {
 
 #[derive(Deserialize)]
 struct Item {
+    #[serde(deserialize_with = "super::floats")]
     embedding: Vec<f32>,
     index: usize,
 }
