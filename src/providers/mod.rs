@@ -225,9 +225,15 @@ impl Providers {
                 *answer.embeddings.input_tokens.get_or_insert(0) += tokens;
             }
             if answer.model.is_none() {
-                answer.model = reply
-                    .model
-                    .map(|model| scrub::shorten(&scrub::redact(&model, key.expose()), 200));
+                answer.model = reply.model.map(|model| {
+                    // Usually the instance's own model name, which needs no scrubbing; any other
+                    // text from the provider is scrubbed like its error messages.
+                    if model == destination.model {
+                        model
+                    } else {
+                        scrub::shorten(&scrub::redact(&model, key.expose()), 200)
+                    }
+                });
             }
             answer.retries += retries;
         }

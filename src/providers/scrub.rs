@@ -70,14 +70,23 @@ fn encodings(key: &str) -> Vec<String> {
         STANDARD_NO_PAD.encode(raw),
         URL_SAFE.encode(raw),
         URL_SAFE_NO_PAD.encode(raw),
-        raw.iter().map(|b| format!("{b:02x}")).collect(),
-        raw.iter().map(|b| format!("{b:02X}")).collect(),
+        hex(raw, b"0123456789abcdef"),
+        hex(raw, b"0123456789ABCDEF"),
         url::form_urlencoded::byte_serialize(raw).collect(),
     ];
     if let Ok(json) = serde_json::to_string(key) {
         forms.push(json.trim_matches('"').to_owned());
     }
     forms
+}
+
+fn hex(raw: &[u8], digits: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(raw.len() * 2);
+    for byte in raw {
+        out.push(char::from(digits[usize::from(byte >> 4)]));
+        out.push(char::from(digits[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 /// At most `limit` characters of `text`, with an ellipsis when cut.

@@ -165,6 +165,16 @@ async fn keys_reach_their_provider_and_nothing_else() {
                 .await
                 .unwrap(),
         );
+        // A reply whose `model` is the key: the vectors come back, the model name scrubbed.
+        if fake.flavor == Flavor::OpenAi {
+            fake.script([Behaviour::EchoKeyAsModel]);
+            let answer = call_raw(&channel, EMBED, embed_request(name), &bob)
+                .await
+                .unwrap();
+            let decoded = pb::EmbedResponse::decode(answer.as_slice()).unwrap();
+            assert!(decoded.model.contains("[REDACTED]"), "{}", decoded.model);
+            responses.push(answer);
+        }
         // TestInstance stores the (scrubbed) provider text on the instance: read it back.
         fake.script([Behaviour::EchoKey]);
         let test = pb::TestInstanceRequest { name: name.into() };

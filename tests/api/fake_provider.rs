@@ -101,6 +101,8 @@ pub enum Behaviour {
     Redirect(String),
     /// 401 whose error message quotes the auth header it received (as some providers do).
     EchoKey,
+    /// The documented success reply, naming as its `model` the auth header it received.
+    EchoKeyAsModel,
     /// Drops the connection without answering.
     Reset,
 }
@@ -308,15 +310,14 @@ async fn handle(
             reply
         }
         Behaviour::EchoKey => {
-            let received = parts
-                .headers
-                .get("authorization")
-                .or_else(|| parts.headers.get("x-goog-api-key"))
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let received = received_auth(&parts.headers);
             let message = format!("Incorrect API key provided: {received}. Check your key.");
             json_reply(401, &error_body(flavor, &message))
+        }
+        Behaviour::EchoKeyAsModel => {
+            let mut reply = success(flavor, &texts, asked);
+            reply["model"] = json!(received_auth(&parts.headers));
+            json_reply(200, &reply)
         }
         Behaviour::Reset => {
             return Err(std::io::Error::new(
@@ -326,6 +327,16 @@ async fn handle(
         }
     };
     Ok(reply)
+}
+
+/// The key-carrying header the fake received, as it received it.
+fn received_auth(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .or_else(|| headers.get("x-goog-api-key"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A provider's error body in its own shape.
