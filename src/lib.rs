@@ -3,8 +3,9 @@
 
 //!
 //! Layers, bottom up (no module imports from one above it): [`pb`] (generated), [`vault`],
-//! `domain` (no tonic, no sqlx), `store` (sqlx), `api` (handlers) and `grpc` (the edge, in
-//! front of the handlers), then [`server`], [`config`] and [`telemetry`] that wire them. Only what
+//! `domain` (no tonic, no sqlx), `store` (sqlx) and [`providers`] (outbound calls to LLM
+//! providers), `api` (handlers) and `grpc` (the edge, in front of the handlers), then
+//! [`server`], [`config`] and [`telemetry`] that wire them. Only what
 //! the binary, the tests and the benchmarks use is public.
 
 mod api;
