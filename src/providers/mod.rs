@@ -5,10 +5,10 @@
 //! time) through one shared HTTP client, and reassembles the vectors in input order.
 //!
 //! Safety rails, each in its own file: the egress guard ([`egress`]: https only, no internal
-//! addresses, checked on the resolved address), retries and status mapping ([`exchange`]: no
+//! addresses, checked on the resolved address), retries and status mapping (`exchange`: no
 //! redirects, bounded retries inside the deadline, bounded replies), scrubbing of provider text
 //! ([`scrub`]), the per-instance concurrency limit ([`gate`]), and one adapter per wire format
-//! ([`wire`]).
+//! (`wire`).
 
 pub mod egress;
 mod exchange;
