@@ -21,8 +21,8 @@ use tonic_types::StatusExt;
 use crate::{
     binary::{bare_command, start_server, temp_home, terminate},
     helpers::{
-        authed, create_database, database_url, drop_database_blocking, random_api_key, unique_name,
-        wait_until_serving,
+        authed, create_database, create_user_on, database_url, drop_database_blocking,
+        random_api_key, unique_name, wait_until_serving,
     },
     raw::RawCodec,
 };
@@ -124,27 +124,7 @@ async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
     let (child, addr, mut log) = start_server(command).await;
     let channel = wait_until_serving(addr).await;
 
-    let create_user = |handle: &'static str| {
-        let channel = channel.clone();
-        let admin_token = admin_token.clone();
-        async move {
-            let request = pb::CreateUserRequest {
-                user_id: handle.into(),
-                user: Some(pb::User::default()),
-            };
-            let bytes = call_raw(
-                &channel,
-                "/llmregistry.v1.UserService/CreateUser",
-                request.encode_to_vec(),
-                &admin_token,
-            )
-            .await
-            .unwrap();
-            pb::CreateUserResponse::decode(bytes.as_slice())
-                .unwrap()
-                .token
-        }
-    };
+    let create_user = |handle: &'static str| create_user_on(&channel, &admin_token, handle);
     let alice = create_user("alice").await;
     let bob = create_user("bob").await;
 

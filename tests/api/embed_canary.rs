@@ -13,8 +13,8 @@ use crate::{
     canary::{assert_nowhere, call_raw, contains, every_row},
     fake_provider::{Behaviour, FakeProvider, Flavor, error_body},
     helpers::{
-        create_database, database_url, drop_database_blocking, random_api_key, unique_name,
-        wait_until_serving,
+        create_database, create_user_on, database_url, drop_database_blocking, random_api_key,
+        unique_name, wait_until_serving,
     },
 };
 
@@ -47,27 +47,8 @@ async fn keys_reach_their_provider_and_nothing_else() {
     let channel = wait_until_serving(addr).await;
     let mut responses: Vec<Vec<u8>> = Vec::new();
 
-    let mut tokens = Vec::new();
-    for handle in ["alice", "bob"] {
-        let request = pb::CreateUserRequest {
-            user_id: handle.into(),
-            user: Some(pb::User::default()),
-        };
-        let bytes = call_raw(
-            &channel,
-            "/llmregistry.v1.UserService/CreateUser",
-            request.encode_to_vec(),
-            &admin,
-        )
-        .await
-        .unwrap();
-        tokens.push(
-            pb::CreateUserResponse::decode(bytes.as_slice())
-                .unwrap()
-                .token,
-        );
-    }
-    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
+    let alice = create_user_on(&channel, &admin, "alice").await;
+    let bob = create_user_on(&channel, &admin, "bob").await;
 
     let openai_key = random_api_key();
     let gemini_key = random_api_key();

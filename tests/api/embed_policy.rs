@@ -5,10 +5,7 @@
 
 use std::time::Duration;
 
-use llm_registry::pb::v1::{
-    self as pb, audit_service_client::AuditServiceClient,
-    sharing_service_client::SharingServiceClient,
-};
+use llm_registry::pb::v1::{self as pb, sharing_service_client::SharingServiceClient};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -17,8 +14,9 @@ use crate::{
     embed::{Fixture, texts},
     fake_provider::{Behaviour, FakeProvider, Flavor, error_body},
     helpers::{
-        TestApp, assert_code, authed, create_database, create_project, drop_database_blocking,
-        random_api_key, reason, share, trust_fakes, unique_name, wait_until_serving,
+        TestApp, assert_code, audit_events, authed, create_database, create_project,
+        create_user_on, drop_database_blocking, get_instance, random_api_key, reason, share,
+        trust_fakes, unique_name, wait_until_serving,
     },
 };
 
@@ -51,35 +49,6 @@ async fn test_instance(
         ))
         .await
         .map(tonic::Response::into_inner)
-}
-
-async fn get_instance(app: &TestApp, token: &str, name: &str) -> pb::Instance {
-    app.instances()
-        .get_instance(authed(
-            pb::GetInstanceRequest {
-                name: name.to_owned(),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn events(app: &TestApp, token: &str, resource: &str) -> Vec<pb::AuditEvent> {
-    AuditServiceClient::new(app.channel.clone())
-        .list_audit_events(authed(
-            pb::ListAuditEventsRequest {
-                page_size: 100,
-                resource: resource.to_owned(),
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events
 }
 
 #[tokio::test]
@@ -183,7 +152,7 @@ async fn a_project_stands_for_its_instance_and_stays_private_to_its_owner() {
 #[tokio::test]
 async fn test_instance_records_its_outcome_for_every_reader_without_changing_the_etag() {
     let (f, bob, carol, _dave) = shared_fixture().await;
-    let before = get_instance(&f.app, &f.alice, &f.instance).await;
+    let before = get_instance(&f.app, &f.alice, &f.instance).await.unwrap();
     assert!(before.last_test.is_none(), "never tested");
 
     let passed = test_instance(&f.app, &carol, &f.instance).await.unwrap();
@@ -198,7 +167,7 @@ async fn test_instance_records_its_outcome_for_every_reader_without_changing_the
         serde_json::json!(["llm-registry connectivity test"])
     );
 
-    let seen = get_instance(&f.app, &bob, &f.instance).await;
+    let seen = get_instance(&f.app, &bob, &f.instance).await.unwrap();
     assert_eq!(seen.last_test, Some(result));
     assert_eq!(seen.etag, before.etag, "a test is not an edit");
 
@@ -221,7 +190,10 @@ async fn test_instance_records_its_outcome_for_every_reader_without_changing_the
     );
     assert_eq!(failed.observed_dimensions, 0);
     assert_eq!(
-        get_instance(&f.app, &bob, &f.instance).await.last_test,
+        get_instance(&f.app, &bob, &f.instance)
+            .await
+            .unwrap()
+            .last_test,
         Some(failed)
     );
 
@@ -401,19 +373,7 @@ async fn the_rate_limit_holds_across_two_server_processes() {
     let first_channel = wait_until_serving(first_addr).await;
     let second_channel = wait_until_serving(second_addr).await;
 
-    let mut users = pb::user_service_client::UserServiceClient::new(first_channel.clone());
-    let alice = users
-        .create_user(authed(
-            pb::CreateUserRequest {
-                user_id: "alice".into(),
-                user: Some(pb::User::default()),
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let alice = create_user_on(&first_channel, &admin, "alice").await;
     pb::llm_instance_service_client::LlmInstanceServiceClient::new(first_channel.clone())
         .create_instance(authed(
             pb::CreateInstanceRequest {
@@ -502,7 +462,7 @@ async fn every_use_is_audited_once_with_counts_but_never_texts_or_vectors() {
     );
 
     // The owner sees who used her instance, how much, and how it ended.
-    let trail = events(&f.app, &f.alice, &f.instance).await;
+    let trail = audit_events(&f.app, &f.alice, &f.instance).await;
     let uses: Vec<&pb::AuditEvent> = trail
         .iter()
         .filter(|e| e.method.starts_with("EmbeddingService/"))
@@ -540,7 +500,7 @@ async fn every_use_is_audited_once_with_counts_but_never_texts_or_vectors() {
         assert!(!event.detail.contains(&f.key), "no key: {event:?}");
     }
     // Bob sees nothing of alice's trail.
-    let bobs_view = events(&f.app, &bob, &f.instance).await;
+    let bobs_view = audit_events(&f.app, &bob, &f.instance).await;
     assert!(bobs_view.is_empty(), "{bobs_view:#?}");
 }
 
@@ -709,7 +669,7 @@ async fn a_caller_who_hangs_up_does_not_cut_an_embed_short_of_its_record() {
     call.abort();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let uses: Vec<pb::AuditEvent> = events(&f.app, &f.alice, &f.instance)
+        let uses: Vec<pb::AuditEvent> = audit_events(&f.app, &f.alice, &f.instance)
             .await
             .into_iter()
             .filter(|e| e.method == "EmbeddingService/Embed")

@@ -11,7 +11,9 @@ use llm_registry::pb::v1::{self as pb, audit_service_client::AuditServiceClient}
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{TestApp, assert_code, authed, create_definition, create_instance_from};
+use crate::helpers::{
+    TestApp, assert_code, audit_events, authed, create_definition, create_instance_from,
+};
 
 fn instance_fields() -> pb::Instance {
     pb::Instance {
@@ -235,22 +237,6 @@ async fn one_caller_gets_a_bounded_share_of_the_slots() {
     );
 }
 
-async fn events_for(app: &TestApp, token: &str, resource: &str) -> Vec<pb::AuditEvent> {
-    AuditServiceClient::new(app.channel.clone())
-        .list_audit_events(authed(
-            pb::ListAuditEventsRequest {
-                resource: resource.into(),
-                page_size: 1000,
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-}
-
 #[tokio::test]
 async fn refused_calls_are_audited_against_their_real_target_bounded() {
     let app = TestApp::spawn().await;
@@ -275,16 +261,16 @@ async fn refused_calls_are_audited_against_their_real_target_bounded() {
             .await,
         Code::PermissionDenied,
     );
-    let bobs = events_for(&app, &bob, "users/bob/instances/intrusion").await;
+    let bobs = audit_events(&app, &bob, "users/bob/instances/intrusion").await;
     assert_eq!(bobs.len(), 1, "{bobs:?}");
     assert_eq!(bobs[0].caller, "users/alice");
     assert!(
-        events_for(&app, &carol, "users/carol/instances")
+        audit_events(&app, &carol, "users/carol/instances")
             .await
             .is_empty()
     );
     assert!(
-        events_for(&app, &app.admin_token, "users/carol/instances/decoy")
+        audit_events(&app, &app.admin_token, "users/carol/instances/decoy")
             .await
             .is_empty()
     );
@@ -307,13 +293,13 @@ async fn refused_calls_are_audited_against_their_real_target_bounded() {
             .await,
         Code::PermissionDenied,
     );
-    let bobs = events_for(&app, &bob, "users/bob/instances").await;
+    let bobs = audit_events(&app, &bob, "users/bob/instances").await;
     let cut: Vec<_> = bobs.iter().filter(|e| e.resource.ends_with('…')).collect();
     assert_eq!(cut.len(), 1, "{bobs:?}");
     assert!(cut[0].resource.starts_with("users/bob/instances/xxx"));
     assert!(cut[0].resource.chars().count() <= 257);
     assert!(
-        events_for(&app, &carol, "users/carol/instances")
+        audit_events(&app, &carol, "users/carol/instances")
             .await
             .is_empty()
     );
@@ -341,7 +327,7 @@ async fn a_flood_of_refusals_is_recorded_up_to_a_limit_then_counted() {
             Code::PermissionDenied,
         );
     }
-    let recorded = events_for(&app, &bob, "users/bob/instances").await;
+    let recorded = audit_events(&app, &bob, "users/bob/instances").await;
     assert_eq!(recorded.len(), 5, "{recorded:?}");
     // The window ends; the summary of the rest appears without any further call.
     let deadline = Instant::now() + Duration::from_secs(15);

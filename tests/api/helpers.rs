@@ -277,21 +277,7 @@ impl TestApp {
 
     /// Creates a user through the API and returns its token.
     pub async fn create_user(&self, handle: &str) -> String {
-        let response = self
-            .users()
-            .create_user(authed(
-                pb::CreateUserRequest {
-                    user_id: handle.to_owned(),
-                    user: Some(pb::User {
-                        display_name: format!("Test user {handle}"),
-                        ..Default::default()
-                    }),
-                },
-                &self.admin_token,
-            ))
-            .await
-            .expect("admin creates a user");
-        response.into_inner().token
+        create_user_on(&self.channel, &self.admin_token, handle).await
     }
 
     /// Rotates `users/{handle}`'s token with `token` (the user's own) and returns the new one.
@@ -359,6 +345,57 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
         format!("Bearer {token}").parse().expect("ascii token"),
     );
     request
+}
+
+/// Creates `users/{handle}` as the admin on any server (an in-process one or the binary) and
+/// returns its token.
+pub async fn create_user_on(channel: &Channel, admin_token: &str, handle: &str) -> String {
+    UserServiceClient::new(channel.clone())
+        .create_user(authed(
+            pb::CreateUserRequest {
+                user_id: handle.to_owned(),
+                user: Some(pb::User {
+                    display_name: format!("Test user {handle}"),
+                    ..Default::default()
+                }),
+            },
+            admin_token,
+        ))
+        .await
+        .expect("admin creates a user")
+        .into_inner()
+        .token
+}
+
+/// GetInstance of `name` as the holder of `token`.
+pub async fn get_instance(app: &TestApp, token: &str, name: &str) -> Result<pb::Instance, Status> {
+    app.instances()
+        .get_instance(authed(
+            pb::GetInstanceRequest {
+                name: name.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The audit events of `resource` (and what lies under it) that the holder of `token` may read,
+/// newest first, up to 1000.
+pub async fn audit_events(app: &TestApp, token: &str, resource: &str) -> Vec<pb::AuditEvent> {
+    llm_registry::pb::v1::audit_service_client::AuditServiceClient::new(app.channel.clone())
+        .list_audit_events(authed(
+            pb::ListAuditEventsRequest {
+                resource: resource.to_owned(),
+                page_size: 1000,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("audit events")
+        .into_inner()
+        .events
 }
 
 /// Asserts the status code, that ErrorInfo is present, and returns the status.

@@ -26,7 +26,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::{
     binary::{bare_command, start_server, temp_home},
     helpers::{
-        authed, create_database, database_url, drop_database_blocking, unique_name,
+        authed, create_database, create_user_on, database_url, drop_database_blocking, unique_name,
         wait_until_serving,
     },
 };
@@ -73,18 +73,7 @@ async fn two_replicas_share_one_database_without_stale_state() {
         wait_until_serving(addr_b).await,
     );
 
-    let created = UserServiceClient::new(channel_a.clone())
-        .create_user(authed(
-            pb::CreateUserRequest {
-                user_id: "alice".into(),
-                user: Some(pb::User::default()),
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let token = created.token;
+    let token = create_user_on(&channel_a, &admin, "alice").await;
     // A write through A is read through B at once, and page tokens of A work on B.
     LlmDefinitionServiceClient::new(channel_a.clone())
         .create_definition(authed(definition("d1"), &token))
@@ -217,18 +206,7 @@ async fn sigterm_under_load_drains_and_exits_cleanly() {
     let key = MasterKey::generate();
     let (mut child, addr, _) = start_server(replica(&home, &database, &admin, &key)).await;
     let channel: Channel = wait_until_serving(addr).await;
-    let token = UserServiceClient::new(channel.clone())
-        .create_user(authed(
-            pb::CreateUserRequest {
-                user_id: "alice".into(),
-                user: Some(pb::User::default()),
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = create_user_on(&channel, &admin, "alice").await;
 
     // Load: 8 streams of creates on their own connections.
     let running = Arc::new(AtomicBool::new(true));

@@ -12,21 +12,9 @@ use llm_registry::pb::v1 as pb;
 use prost_types::FieldMask;
 use tonic::{Code, Status};
 
-use crate::helpers::{TestApp, authed, random_api_key, share};
+use crate::helpers::{TestApp, authed, get_instance, random_api_key, share};
 
 const NAME: &str = "users/alice/instances/i1";
-
-async fn get(app: &TestApp, token: &str, name: &str) -> Result<pb::Instance, Status> {
-    app.instances()
-        .get_instance(authed(
-            pb::GetInstanceRequest {
-                name: name.to_owned(),
-            },
-            token,
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
 
 /// A call that resolves its token through the authentication layer (not in its own query).
 async fn list(app: &TestApp, token: &str) -> Result<usize, Status> {
@@ -111,7 +99,7 @@ async fn answers_come_from_memory_until_the_epoch_moves() {
     let alice = app.create_user("alice").await;
     let bob = app.create_user("bob").await;
     alice_shares_with_bob(&app, &alice).await;
-    let before = get(&app, &bob, NAME).await.unwrap();
+    let before = get_instance(&app, &bob, NAME).await.unwrap();
 
     // Change the row behind the service's back with triggers off, so the epoch does not move:
     // only a cache can still answer the old description.
@@ -124,7 +112,7 @@ async fn answers_come_from_memory_until_the_epoch_moves() {
         .execute(&mut db)
         .await
         .unwrap();
-    let cached = get(&app, &bob, NAME).await.unwrap();
+    let cached = get_instance(&app, &bob, NAME).await.unwrap();
     assert_eq!(
         cached.description, before.description,
         "served from the cache"
@@ -135,7 +123,7 @@ async fn answers_come_from_memory_until_the_epoch_moves() {
         .execute(&mut db)
         .await
         .unwrap();
-    let fresh = get(&app, &bob, NAME).await.unwrap();
+    let fresh = get_instance(&app, &bob, NAME).await.unwrap();
     assert_eq!(fresh.description, "changed behind the cache");
 
     // The same for who holds a token: a hash swapped behind the cache still works until then.
@@ -153,7 +141,7 @@ async fn answers_come_from_memory_until_the_epoch_moves() {
         Code::Unauthenticated
     );
     assert_eq!(
-        get(&app, &bob, NAME).await.unwrap_err().code(),
+        get_instance(&app, &bob, NAME).await.unwrap_err().code(),
         Code::Unauthenticated
     );
 }
@@ -170,10 +158,10 @@ async fn no_replica_answers_from_a_stale_cache() {
     // Quiet first: b's last epoch read is older than each update, so b must read the epoch
     // afresh rather than trust the last one.
     for round in 0..5 {
-        get(&b, &bob, NAME).await.unwrap();
+        get_instance(&b, &bob, NAME).await.unwrap();
         let updated = set_description(&a, &alice, &format!("quiet {round}")).await;
         assert_eq!(
-            get(&b, &bob, NAME).await.unwrap().etag,
+            get_instance(&b, &bob, NAME).await.unwrap().etag,
             updated.etag,
             "quiet {round}"
         );
@@ -198,7 +186,7 @@ async fn no_replica_answers_from_a_stale_cache() {
 
     for round in 0..30 {
         let updated = set_description(&a, &alice, &format!("round {round}")).await;
-        let seen = get(&b, &bob, NAME).await.unwrap();
+        let seen = get_instance(&b, &bob, NAME).await.unwrap();
         assert_eq!(seen.description, format!("round {round}"), "round {round}");
         assert_eq!(seen.etag, updated.etag, "round {round}");
     }
@@ -208,22 +196,22 @@ async fn no_replica_answers_from_a_stale_cache() {
         .await
         .unwrap();
     assert_eq!(
-        get(&b, &bob, NAME).await.unwrap().access_role,
+        get_instance(&b, &bob, NAME).await.unwrap().access_role,
         pb::Role::Writer as i32
     );
 
     // An admin flag granted and revoked through a counts at once on b.
     assert_eq!(
-        get(&b, &carol, NAME).await.unwrap_err().code(),
+        get_instance(&b, &carol, NAME).await.unwrap_err().code(),
         Code::NotFound
     );
     set_admin(&a, "carol", true).await;
-    get(&b, &carol, NAME)
+    get_instance(&b, &carol, NAME)
         .await
         .expect("an admin sees every instance");
     set_admin(&a, "carol", false).await;
     assert_eq!(
-        get(&b, &carol, NAME).await.unwrap_err().code(),
+        get_instance(&b, &carol, NAME).await.unwrap_err().code(),
         Code::NotFound
     );
 
@@ -231,7 +219,7 @@ async fn no_replica_answers_from_a_stale_cache() {
     assert_eq!(list(&b, &bob).await.unwrap(), 1);
     let rotated = a.rotate_token("bob", &bob).await;
     assert_eq!(
-        get(&b, &bob, NAME).await.unwrap_err().code(),
+        get_instance(&b, &bob, NAME).await.unwrap_err().code(),
         Code::Unauthenticated
     );
     assert_eq!(
@@ -239,12 +227,12 @@ async fn no_replica_answers_from_a_stale_cache() {
         Code::Unauthenticated
     );
     assert_eq!(
-        get(&b, &rotated, NAME).await.unwrap().description,
+        get_instance(&b, &rotated, NAME).await.unwrap().description,
         "round 29"
     );
 
     // A share removed through a hides the instance at once on b.
-    get(&b, &rotated, NAME).await.unwrap();
+    get_instance(&b, &rotated, NAME).await.unwrap();
     pb::sharing_service_client::SharingServiceClient::new(a.channel.clone())
         .unshare_instance(authed(
             pb::UnshareInstanceRequest {
@@ -256,12 +244,12 @@ async fn no_replica_answers_from_a_stale_cache() {
         .await
         .expect("alice unshares");
     assert_eq!(
-        get(&b, &rotated, NAME).await.unwrap_err().code(),
+        get_instance(&b, &rotated, NAME).await.unwrap_err().code(),
         Code::NotFound
     );
 
     // An instance deleted through a is gone at once on b.
-    get(&b, &alice, NAME).await.unwrap();
+    get_instance(&b, &alice, NAME).await.unwrap();
     a.instances()
         .delete_instance(authed(
             pb::DeleteInstanceRequest {
@@ -274,7 +262,7 @@ async fn no_replica_answers_from_a_stale_cache() {
         .await
         .expect("alice deletes i1");
     assert_eq!(
-        get(&b, &alice, NAME).await.unwrap_err().code(),
+        get_instance(&b, &alice, NAME).await.unwrap_err().code(),
         Code::NotFound
     );
 
