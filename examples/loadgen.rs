@@ -333,21 +333,8 @@ impl DirectCaller {
             .header("content-type", "application/json")
             .header("authorization", self.authorization.clone())
             .body(())?;
-        let (response, mut body_out) = self
-            .sender
-            .clone()
-            .ready()
-            .await?
-            .send_request(request, false)?;
-        body_out.send_data(self.body.clone(), true)?;
-        let response = response.await?;
-        let status = response.status();
-        let mut body = response.into_body();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-        }
-        anyhow::ensure!(status == http::StatusCode::OK, "HTTP {status}");
+        let (head, _) = exchange(&self.sender, request, self.body.clone()).await?;
+        anyhow::ensure!(head.status == http::StatusCode::OK, "HTTP {}", head.status);
         Ok(())
     }
 }
@@ -435,26 +422,31 @@ impl RawCaller {
         frame.push(0);
         frame.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
         frame.extend_from_slice(message);
-        let (response, mut body_out) = self
-            .sender
-            .clone()
-            .ready()
-            .await?
-            .send_request(request, false)?;
-        body_out.send_data(Bytes::from(frame), true)?;
-        let response = response.await?;
-        let header_status = grpc_status(response.headers());
-        let mut body = response.into_body();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-        }
-        let trailer_status = body.trailers().await?.as_ref().and_then(grpc_status);
-        match trailer_status.or(header_status) {
+        let (head, trailers) = exchange(&self.sender, request, Bytes::from(frame)).await?;
+        let trailer_status = trailers.as_ref().and_then(grpc_status);
+        match trailer_status.or(grpc_status(&head.headers)) {
             Some(0) => Ok(()),
             status => anyhow::bail!("grpc-status {status:?}"),
         }
     }
+}
+
+/// Sends one request with `body` on a stream of its own and reads the whole answer (the body is
+/// drained, not kept): its head and its trailers, if any.
+async fn exchange(
+    sender: &h2::client::SendRequest<Bytes>,
+    request: http::Request<()>,
+    body: Bytes,
+) -> anyhow::Result<(http::response::Parts, Option<http::HeaderMap>)> {
+    let (response, mut body_out) = sender.clone().ready().await?.send_request(request, false)?;
+    body_out.send_data(body, true)?;
+    let (head, mut body) = response.await?.into_parts();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await?;
+    Ok((head, trailers))
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {

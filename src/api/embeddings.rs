@@ -46,15 +46,12 @@ impl EmbeddingService for EmbeddingApi {
         &self,
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let started = Instant::now();
-        let deadline = call_deadline(&request, self.0.request_timeout, started);
-        let caller = caller_of(&request)?;
+        let arrival = Arrival::of(&request, &self.0)?;
         // The epoch at which the edge checked the token: cached answers as fresh as that serve.
         let checked_epoch = match credential_of(&request) {
             Ok(Credential::Token(token)) => token.fresh_epoch(),
             _ => None,
         };
-        let self_audited = request.extensions().get::<SelfAudited>().cloned();
         let request = request.into_inner();
         let settings = self.0.providers.settings();
         let limits = InputLimits {
@@ -62,31 +59,19 @@ impl EmbeddingService for EmbeddingApi {
             max_input_bytes: settings.max_input_bytes,
         };
         let (target, input_type) = both(
-            call_target(&caller, "name", &request.name),
+            call_target(&arrival.caller, "name", &request.name),
             input_type(request.input_type),
         )?;
         check_inputs(&request.inputs, limits)?;
         let found = instance_use::resolve(
             &self.0,
-            &caller,
+            &arrival.caller,
             checked_epoch,
             &target,
             InstanceAction::Use,
         )
         .await?;
-        // From here on the call is on the instance's record, whatever its outcome; it runs in a
-        // task of its own, so that a caller who goes away does not cut it short unrecorded.
-        if let Some(self_audited) = &self_audited {
-            self_audited.claim();
-        }
-        let call = Use {
-            context: self.0.clone(),
-            caller,
-            found,
-            usage: Usage::new(&target, request.inputs.len()),
-            started,
-            deadline,
-        };
+        let call = arrival.authorized(&self.0, found, Usage::new(&target, request.inputs.len()));
         let answer = tokio::spawn(call.embed(request.inputs, input_type)).await;
         finished(answer).map(Response::new)
     }
@@ -95,30 +80,61 @@ impl EmbeddingService for EmbeddingApi {
         &self,
         request: Request<pb::TestInstanceRequest>,
     ) -> Result<Response<pb::TestInstanceResponse>, Status> {
-        let started = Instant::now();
-        let deadline = call_deadline(&request, self.0.request_timeout, started);
-        let caller = caller_of(&request)?;
-        let self_audited = request.extensions().get::<SelfAudited>().cloned();
+        let arrival = Arrival::of(&request, &self.0)?;
         let request = request.into_inner();
-        let name =
-            InstanceName::parse_reference("name", &request.name, caller.namespace().as_ref())?;
+        let namespace = arrival.caller.namespace();
+        let name = InstanceName::parse_reference("name", &request.name, namespace.as_ref())?;
         let target = CallTarget::Instance(name);
         // Not cached: a test reads the instance as it is now.
-        let found =
-            instance_use::resolve(&self.0, &caller, None, &target, InstanceAction::Write).await?;
-        if let Some(self_audited) = &self_audited {
-            self_audited.claim();
-        }
-        let call = Use {
-            context: self.0.clone(),
-            caller,
-            found,
-            usage: Usage::new(&target, 1),
-            started,
-            deadline,
-        };
+        let found = instance_use::resolve(
+            &self.0,
+            &arrival.caller,
+            None,
+            &target,
+            InstanceAction::Write,
+        )
+        .await?;
+        let call = arrival.authorized(&self.0, found, Usage::new(&target, 1));
         let answer = tokio::spawn(call.test()).await;
         finished(answer).map(Response::new)
+    }
+}
+
+/// What is known of a call as it reaches its handler: when it started, when its provider call
+/// must end, who calls, and its claim on the audit trail.
+struct Arrival {
+    started: Instant,
+    deadline: Instant,
+    caller: Caller,
+    self_audited: Option<SelfAudited>,
+}
+
+impl Arrival {
+    fn of<T>(request: &Request<T>, context: &ApiContext) -> Result<Self, Status> {
+        let started = Instant::now();
+        Ok(Self {
+            started,
+            deadline: call_deadline(request, context.request_timeout, started),
+            caller: caller_of(request)?,
+            self_audited: request.extensions().get::<SelfAudited>().cloned(),
+        })
+    }
+
+    /// The call once the policy allowed it: from here on it is on the instance's record,
+    /// whatever its outcome (the refusal layer leaves it to us), and it runs in a task of its
+    /// own, so that a caller who goes away does not cut it short unrecorded.
+    fn authorized(self, context: &ApiContext, found: InstanceForCall, usage: Usage) -> Use {
+        if let Some(self_audited) = &self.self_audited {
+            self_audited.claim();
+        }
+        Use {
+            context: context.clone(),
+            caller: self.caller,
+            found,
+            usage,
+            started: self.started,
+            deadline: self.deadline,
+        }
     }
 }
 

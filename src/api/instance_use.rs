@@ -99,9 +99,7 @@ pub async fn ready(
         });
     }
     let providers = &context.providers;
-    let pass = providers
-        .gate
-        .enter(found.instance.sequence, &name.to_string())?;
+    let pass = providers.gate.enter(found.instance.sequence, name)?;
     if let Some(limit) = providers.settings().requests_per_minute
         && let Some(retry_after) = context
             .store

@@ -36,8 +36,12 @@ impl InstanceGate {
         })
     }
 
-    /// A place for one call of `instance` (its row id), or RESOURCE_EXHAUSTED.
-    pub fn enter(self: &Arc<Self>, instance: i64, name: &str) -> Result<GatePass, DomainError> {
+    /// A place for one call of `instance` (its row id), or RESOURCE_EXHAUSTED naming `name`.
+    pub fn enter(
+        self: &Arc<Self>,
+        instance: i64,
+        name: &dyn std::fmt::Display,
+    ) -> Result<GatePass, DomainError> {
         let mut running = self
             .running
             .lock()
@@ -91,19 +95,19 @@ mod tests {
     #[test]
     fn the_limit_holds_per_instance_and_frees_on_drop() {
         let gate = InstanceGate::new(2);
-        let first = gate.enter(1, "a");
-        let second = gate.enter(1, "a");
+        let first = gate.enter(1, &"a");
+        let second = gate.enter(1, &"a");
         assert!(first.is_ok() && second.is_ok());
         assert!(matches!(
-            gate.enter(1, "a"),
+            gate.enter(1, &"a"),
             Err(DomainError::InstanceLimited { .. })
         ));
         assert!(
-            gate.enter(2, "b").is_ok(),
+            gate.enter(2, &"b").is_ok(),
             "another instance has its own places"
         );
         drop(first);
-        assert!(gate.enter(1, "a").is_ok());
+        assert!(gate.enter(1, &"a").is_ok());
         drop(second);
         assert_eq!(gate.tracked(), 0);
     }

@@ -61,8 +61,18 @@ impl<'a> Change<'a> {
     }
 
     /// Records the audit event (with `detail`) and commits both with the change.
-    pub(super) async fn commit(mut self, detail: &str) -> Result<(), DomainError> {
-        audit::record(&mut self.tx, self.audit, &self.resource, detail).await?;
+    pub(super) async fn commit(self, detail: &str) -> Result<(), DomainError> {
+        self.commit_as("OK", detail).await
+    }
+
+    /// [`Change::commit`] for a change whose event has an outcome of its own (a gRPC code name):
+    /// an instance's test records what the test found.
+    pub(super) async fn commit_as(
+        mut self,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<(), DomainError> {
+        audit::record_outcome(&mut self.tx, self.audit, &self.resource, outcome, detail).await?;
         self.tx.commit().await.map_err(errors::db)
     }
 }

@@ -19,7 +19,7 @@ use crate::{
         embedding::{CallTarget, EmbeddingProtocol, InstanceForCall, InstanceTest},
         project::{Detachment, ProjectBinding},
     },
-    store::{Store, audit, errors},
+    store::{Store, change::Change, errors},
     vault::Sealed,
 };
 
@@ -161,7 +161,7 @@ impl Store {
         test: &InstanceTest,
         detail: &str,
     ) -> Result<bool, DomainError> {
-        let mut tx = self.pool.begin().await.map_err(errors::db)?;
+        let mut change = Change::begin(self, audit, resource).await?;
         let updated = sqlx::query(
             "UPDATE instances SET last_test_time = $3, last_test_code = $4, \
              last_test_message = $5, last_test_dimensions = $6, last_test_latency_ms = $7 \
@@ -174,12 +174,11 @@ impl Store {
         .bind(&test.message)
         .bind(test.observed_dimensions)
         .bind(i64::try_from(test.latency.as_millis()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
+        .execute(&mut **change.tx())
         .await
         .map_err(errors::db)?
         .rows_affected();
-        audit::record_outcome(&mut tx, audit, resource, &test.code, detail).await?;
-        tx.commit().await.map_err(errors::db)?;
+        change.commit_as(&test.code, detail).await?;
         Ok(updated == 1)
     }
 }
