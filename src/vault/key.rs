@@ -27,6 +27,8 @@ pub enum KeyError {
 #[derive(Clone)]
 pub struct MasterKey {
     bytes: Zeroizing<[u8; KEY_LEN]>,
+    /// [`MasterKey::id`], computed once: every opened API key looks its master key up by id.
+    id: String,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -48,16 +50,19 @@ impl MasterKey {
             .as_slice()
             .try_into()
             .map_err(|_| KeyError::WrongLength(decoded.len()))?;
-        Ok(Self {
-            bytes: Zeroizing::new(bytes),
-        })
+        Ok(Self::from_bytes(Zeroizing::new(bytes)))
     }
 
     /// A fresh random key (development mode).
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         rand::rng().fill_bytes(bytes.as_mut_slice());
-        Self { bytes }
+        Self::from_bytes(bytes)
+    }
+
+    fn from_bytes(bytes: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        let id = id_of(&bytes);
+        Self { bytes, id }
     }
 
     /// The base64 form, for the development secrets file only.
@@ -68,11 +73,12 @@ impl MasterKey {
     /// A public, stable identifier: the first 8 bytes of SHA-256 over a label and the key, in hex.
     /// It reveals nothing usable about the key.
     pub fn id(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(b"llm-registry key id v1\0");
-        hasher.update(self.bytes.as_slice());
-        let digest = hasher.finalize();
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        self.id.clone()
+    }
+
+    /// [`MasterKey::id`] without a copy.
+    pub fn id_str(&self) -> &str {
+        &self.id
     }
 
     /// The AES-256-GCM cipher under this key.
@@ -96,6 +102,15 @@ impl MasterKey {
         }
         derived
     }
+}
+
+/// The id of a key: the first 8 bytes of SHA-256 over a label and the key, in hex.
+fn id_of(bytes: &[u8; KEY_LEN]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"llm-registry key id v1\0");
+    hasher.update(bytes.as_slice());
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

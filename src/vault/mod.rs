@@ -143,7 +143,7 @@ impl KeyRing {
     pub fn open(&self, sealed: &Sealed, instance_uid: &str) -> Result<ApiKey, VaultError> {
         let key = std::iter::once(&self.primary)
             .chain(&self.previous)
-            .find(|key| key.id() == sealed.key_id)
+            .find(|key| key.id_str() == sealed.key_id)
             .ok_or_else(|| VaultError::UnknownKey(sealed.key_id.clone()))?;
         if sealed.ciphertext.len() < NONCE_LEN + 16 {
             return Err(VaultError::Malformed);
