@@ -16,17 +16,19 @@ PG="psql -h 127.0.0.1 -U postgres -d postgres -Atqc"
 DB=llmr_bench
 PGB_DB=llmr_pgbench
 WORK=$(mktemp -d)
-trap 'kill "${SERVER_PID:-}" "${FAKE_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill "${SERVER_PID:-}" "${FAKE_PID:-}" "${FLOOR_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 echo "== building (release)"
-cargo build --release --locked --bin llm-registry --example loadgen --example fake_provider 2>&1 | tail -n 1
+cargo build --release --locked --bin llm-registry --example loadgen --example fake_provider --example embed_floor 2>&1 | tail -n 1
 BIN=target/release/llm-registry
 LOADGEN=target/release/examples/loadgen
 FAKE=target/release/examples/fake_provider
+FLOOR=target/release/examples/embed_floor
 
 ADMIN_TOKEN="llmr_bench_$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
-export LLM_REGISTRY_MODE=production ADMIN_TOKEN ENCRYPTION_KEY
+# Plaintext, as behind a mesh sidecar that ends TLS: the figures are the service's own.
+export LLM_REGISTRY_MODE=production ADMIN_TOKEN ENCRYPTION_KEY TLS_TERMINATED_UPSTREAM=true
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export MAX_CONCURRENT_REQUESTS=64 DB_MAX_CONNECTIONS=16 RUST_LOG=warn,llm_registry::server=info
 
@@ -79,6 +81,17 @@ IDLE_RSS=$(rss_kib "$SERVER_PID" VmRSS)
 "$LOADGEN" --addr "$ADDR" create-embed-instance --token "$BENCH_TOKEN" \
     --endpoint "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" --key "$PROVIDER_KEY"
 
+# The floor under Embed (examples/embed_floor.rs): the same hop on the registry's stack (tonic
+# in, reqwest out, JSON read, protobuf answered) with none of the registry's own work.
+"$FLOOR" --provider-url "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" \
+    --provider-ca "$WORK/provider-ca.pem" --provider-key "$PROVIDER_KEY" > "$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+for _ in $(seq 1 1000); do
+    FLOOR_ADDR=$(grep -o 'address=[0-9.:]*' "$WORK/floor.log" | head -n 1 | cut -d= -f2 || true)
+    [ -n "$FLOOR_ADDR" ] && break
+    sleep 0.005
+done
+
 declare -A RESULT
 for scenario in health get-instance list-first list-deep project-instance create-instance; do
     token=$BENCH_TOKEN
@@ -89,9 +102,11 @@ for scenario in health get-instance list-first list-deep project-instance create
         echo "$line"
     done
 done
-for scenario in embed provider-direct; do
+for scenario in embed embed-floor provider-direct; do
     for c in $CONCURRENCIES; do
-        if [ "$scenario" = provider-direct ]; then
+        if [ "$scenario" = embed-floor ]; then
+            line=$("$LOADGEN" --addr "$FLOOR_ADDR" measure --token unused --scenario embed --concurrency "$c" --seconds "$SECONDS_PER_RUN" | sed 's/^embed /embed-floor /')
+        elif [ "$scenario" = provider-direct ]; then
             line=$("$LOADGEN" --addr "$FAKE_ADDR" measure --token unused --scenario provider-direct \
                 --provider-ca "$WORK/provider-ca.pem" --provider-key "$PROVIDER_KEY" --concurrency "$c" --seconds "$SECONDS_PER_RUN")
         else
@@ -150,7 +165,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "| scenario | streams | req/s | p50 ms | p99 ms | errors |"
     echo "| --- | --- | --- | --- | --- | --- |"
-    for scenario in health get-instance list-first list-deep project-instance create-instance embed provider-direct; do
+    for scenario in health get-instance list-first list-deep project-instance create-instance embed embed-floor provider-direct; do
         for c in $CONCURRENCIES; do
             echo "| $scenario | $c | $(field "$scenario" "$c" 3) | $(field "$scenario" "$c" 4) | $(field "$scenario" "$c" 5) | $(field "$scenario" "$c" 6) |"
         done
@@ -170,6 +185,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
         echo "| GetInstance / Health.Check | $c | $(ratio "$(field get-instance "$c" 3)" "$(field health "$c" 3)") |"
         echo "| ListInstances page 100 p50 / first page p50 | $c | $(ratio "$(field list-deep "$c" 4)" "$(field list-first "$c" 4)") |"
         echo "| Embed / the same request straight to the provider (throughput; goal ≥ 0.5 at 32) | $c | $(ratio "$(field embed "$c" 3)" "$(field provider-direct "$c" 3)") |"
+        echo "| Embed floor (the hop alone, examples/embed_floor.rs) / straight to the provider (the ceiling of the ratio above) | $c | $(ratio "$(field embed-floor "$c" 3)" "$(field provider-direct "$c" 3)") |"
+        echo "| Embed / Embed floor (what the registry's own work leaves of the hop's rate) | $c | $(ratio "$(field embed "$c" 3)" "$(field embed-floor "$c" 3)") |"
         echo "| Embed p50 − direct p50, ms (latency the registry adds; goal < 1 at 1) | $c | $(awk -v a="$(field embed "$c" 4)" -v b="$(field provider-direct "$c" 4)" 'BEGIN { printf "%.3f", a - b }') |"
     done
     echo
