@@ -22,6 +22,7 @@ use crate::{
     domain::token::IssuedToken,
     providers::{ProviderSettings, egress::EgressPolicy},
     telemetry::LogFormat,
+    tls::TlsSettings,
     vault::{KeyRing, MasterKey},
 };
 
@@ -151,7 +152,32 @@ pub struct ServeArgs {
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
     pub health_check_interval_ms: u64,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub providers: ProviderArgs,
+}
+
+/// TLS on the gRPC listener (docs/operations.md, "TLS and mutual TLS").
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain the listener serves (server certificate first). With
+    /// TLS_KEY_FILE, gRPC is served over TLS only; the files are reloaded when they change.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of TLS_CERT_FILE's first certificate.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: when set, every client must present a certificate they signed
+    /// (mutual TLS); a connection without one is refused during the handshake.
+    #[arg(long, env = "TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Production without TLS_CERT_FILE: say that TLS ends in front of the service (a mesh
+    /// sidecar, a load balancer) and plaintext gRPC is served.
+    #[arg(long, env = "TLS_TERMINATED_UPSTREAM", default_value_t = false)]
+    pub tls_terminated_upstream: bool,
+    /// How often the certificate files are checked for a change, in milliseconds.
+    #[arg(long, env = "TLS_RELOAD_INTERVAL_MS", default_value_t = 1000)]
+    pub tls_reload_interval_ms: u64,
 }
 
 /// Outbound provider calls (Embed, TestInstance): where keys may go, and how calls are bounded.
@@ -243,6 +269,8 @@ pub struct ServeSettings {
     pub shutdown_grace: Duration,
     pub edge: EdgeLimits,
     pub providers: ProviderSettings,
+    /// TLS on the listener; `None` serves plaintext (development, or TLS ended upstream).
+    pub tls: Option<TlsSettings>,
 }
 
 /// What one connection or caller may hold at the edge, and the HTTP/2 limits (see
@@ -316,6 +344,14 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
                 Some(token) => admin_token(token).map_err(|p| problems.push(p)).ok(),
             };
             let ring = explicit_ring(&serve.keys, &mut problems);
+            if serve.tls.tls_cert_file.is_none() && !serve.tls.tls_terminated_upstream {
+                problems.push(
+                    "gRPC is served over TLS in production: set TLS_CERT_FILE and TLS_KEY_FILE, \
+                     or, if TLS ends in front of the service (a mesh sidecar or a load balancer), \
+                     set TLS_TERMINATED_UPSTREAM=true"
+                        .to_owned(),
+                );
+            }
             match (token, ring) {
                 (Some(token), Some(ring)) if problems.is_empty() => (token, ring),
                 _ => bail!("production mode refuses to start: {}", problems.join("; ")),
@@ -356,7 +392,27 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),
         shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),
         providers: provider_settings(global.mode, &serve.providers)?,
+        tls: tls_settings(&serve.tls)?,
     })
+}
+
+/// The listener's TLS, if its files are named; half a pair, or a client CA without a
+/// certificate, refuses the start (the files themselves are checked when the server starts).
+pub fn tls_settings(args: &TlsArgs) -> anyhow::Result<Option<TlsSettings>> {
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsSettings {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: args.tls_client_ca_file.clone(),
+            reload_interval: Duration::from_millis(args.tls_reload_interval_ms.max(100)),
+        })),
+        (Some(_), None) => bail!("TLS_CERT_FILE is set but TLS_KEY_FILE is not: set both"),
+        (None, Some(_)) => bail!("TLS_KEY_FILE is set but TLS_CERT_FILE is not: set both"),
+        (None, None) if args.tls_client_ca_file.is_some() => {
+            bail!("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The settings of outbound provider calls; a CA file that cannot be read refuses the start.

@@ -5,7 +5,7 @@
 //! Layers, bottom up (no module imports from one above it): [`pb`] (generated), [`vault`],
 //! `domain` (no tonic, no sqlx), `store` (sqlx) and [`providers`] (outbound calls to LLM
 //! providers), `api` (handlers) and `grpc` (the edge, in front of the handlers), then
-//! [`server`], [`config`] and [`telemetry`] that wire them. Only what
+//! [`server`], [`config`], [`tls`] (the listener's TLS) and [`telemetry`] that wire them. Only what
 //! the binary, the tests and the benchmarks use is public.
 
 mod api;
@@ -17,6 +17,7 @@ pub mod providers;
 pub mod server;
 mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod vault;
 
 /// Bearer tokens as the service issues them (the tests issue their own the same way).

@@ -1,11 +1,12 @@
 //! Start-up and serving: database (created in development mode), migrations, the layers of the
 //! edge (trace -> authentication -> body gate -> admission -> refusal audit -> `_system` guard, see
-//! [`crate::grpc`]), the seven services, health, reflection, and a graceful shutdown that turns
-//! health NOT_SERVING before draining calls.
+//! [`crate::grpc`]), the services, health, reflection, plaintext or TLS on the listener
+//! ([`crate::tls`]), and a graceful shutdown that turns health NOT_SERVING before draining calls.
 
 use std::{
     future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -51,6 +52,7 @@ use crate::{
     },
     providers::Providers,
     store::{RotationReport, Store, database},
+    tls::{ServerTls, incoming},
     vault::KeyRing,
 };
 
@@ -126,6 +128,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Bad TLS files stop the start before anything else is done.
+    let tls = settings.tls.as_ref().map(ServerTls::load).transpose()?;
     let store = prepare_database(
         settings.mode,
         &settings.database_url,
@@ -217,7 +221,7 @@ pub async fn serve(
         .into_inner();
 
     let address = listener.local_addr()?;
-    announce(&settings, address);
+    announce(&settings, address, tls.as_ref());
 
     let mut drain_started = stopping_tx.subscribe();
     let reporter = health_reporter.clone();
@@ -228,7 +232,7 @@ pub async fn serve(
         set_health(&reporter, ServingStatus::NotServing).await;
     };
 
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .timeout(settings.request_timeout)
         // HTTP/2 limits, set deliberately (docs/operations.md, "Limits").
         .max_concurrent_streams(edge.http2_max_concurrent_streams)
@@ -295,13 +299,22 @@ pub async fn serve(
                 .max_encoding_message_size(max_message)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
-        )
-        // TCP_NODELAY: without it, a multi-segment answer (a page of 50 instances) waits ~40 ms
-        // on the client's delayed ACK (measured with bench/run.sh).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            on_shutdown,
         );
+    let mut accepting = None;
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &tls {
+            Some(tls) => {
+                let (accept_loop, connections) = incoming::accept(listener, tls.acceptor.clone());
+                accepting = Some(accept_loop);
+                Box::pin(router.serve_with_incoming_shutdown(connections, on_shutdown))
+            }
+            // TCP_NODELAY: without it, a multi-segment answer (a page of 50 instances) waits
+            // ~40 ms on the client's delayed ACK (measured with bench/run.sh).
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                on_shutdown,
+            )),
+        };
     // Draining waits for in-flight calls, but a long-lived stream (a health Watch) would hold
     // it open forever: after the grace period the remaining calls are cut.
     let grace = settings.shutdown_grace;
@@ -317,20 +330,31 @@ pub async fn serve(
         }
     };
     watcher.abort();
+    if let Some(accept_loop) = accepting {
+        accept_loop.abort();
+    }
+    drop(tls);
     store.close().await;
     result.context("serving gRPC")?;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn announce(settings: &ServeSettings, address: SocketAddr) {
+fn announce(settings: &ServeSettings, address: SocketAddr, tls: Option<&ServerTls>) {
+    let transport = match tls {
+        Some(tls) if tls.mutual => "TLS, client certificates required (mutual TLS)",
+        Some(_) => "TLS",
+        None => "plaintext",
+    };
     tracing::info!(
         %address,
+        transport,
+        certificate = tls.map(|tls| tls.summary.to_string()),
         primary_key_id = %settings.key_ring.primary_id(),
         key_ids = ?settings.key_ring.key_ids(),
         "serving gRPC (health and reflection need no token)"
     );
-    if settings.mode == Mode::Development {
+    if settings.mode == Mode::Development && tls.is_none() {
         tracing::warn!(
             "try: buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $ADMIN_TOKEN\" \
              -d '{{\"parent\":\"users/_system\"}}' http://{address}/llmregistry.v1.LlmDefinitionService/ListDefinitions \

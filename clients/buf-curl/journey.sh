@@ -4,8 +4,9 @@
 #
 #   clients/buf-curl/journey.sh [path/to/llm-registry]
 #
-# Starts the server in production mode on a fresh database with a generated admin token and
-# encryption key, then: the admin creates two users; alice lists the _system definitions,
+# Starts the server in production mode over TLS (a CA and certificate made now by
+# clients/make-test-certs.sh; buf trusts the CA with --cacert) on a fresh database with a
+# generated admin token and encryption key, then: the admin creates two users; alice lists the _system definitions,
 # creates an instance from one with an API key and shares it with bob as reader; bob lists it,
 # binds a project to it and calls GetProjectInstance. It checks that the key appears in no
 # output, and that a write to _system and a stranger's read get the documented codes.
@@ -31,7 +32,9 @@ step() { echo "-- $*"; }
 ADMIN_TOKEN="llmr_admin_$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 API_KEY="sk-journey-$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 $PG "CREATE DATABASE $DB"
-LLM_REGISTRY_MODE=production ADMIN_TOKEN="$ADMIN_TOKEN" \
+clients/make-test-certs.sh "$WORK/tls"
+LLM_REGISTRY_MODE=production TLS_CERT_FILE="$WORK/tls/server.crt" TLS_KEY_FILE="$WORK/tls/server.key" \
+    ADMIN_TOKEN="$ADMIN_TOKEN" \
     ENCRYPTION_KEY="$(head -c 32 /dev/urandom | base64)" \
     DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" LISTEN_ADDR=127.0.0.1:0 \
     RUST_LOG=info "$BIN" > "$WORK/server.log" 2>&1 &
@@ -44,6 +47,10 @@ for _ in $(seq 1 600); do
     sleep 0.05
 done
 [ -n "$ADDR" ] || fail "the server did not report its address"
+grep -q 'transport="TLS"' "$WORK/server.log" || fail "the server does not say it serves TLS"
+# The certificate names localhost (and 127.0.0.1); buf verifies it against the run's CA.
+URL="https://localhost:${ADDR##*:}"
+TLS=(--cacert "$WORK/tls/ca.pem")
 
 # call TOKEN METHOD JSON: prints the response; on a gRPC error prints buf's error JSON and
 # returns 1. Every output is also appended to $WORK/outputs for the key check.
@@ -51,8 +58,8 @@ call() {
     local token=$1 method=$2 data=$3 out rc=0
     local auth=()
     [ -n "$token" ] && auth=(-H "authorization: Bearer $token")
-    out=$(buf curl --protocol grpc --http2-prior-knowledge "${auth[@]}" \
-        -d "$data" "http://$ADDR/$method" 2>&1) || rc=$?
+    out=$(buf curl --protocol grpc "${TLS[@]}" "${auth[@]}" \
+        -d "$data" "$URL/$method" 2>&1) || rc=$?
     printf '%s\n' "$out" >> "$WORK/outputs"
     printf '%s\n' "$out"
     return "$rc"
@@ -77,7 +84,7 @@ done
 [ "${status:-}" = SERVING ] || fail "health never turned SERVING"
 
 step "reflection lists every service"
-services=$(buf curl --protocol grpc --http2-prior-knowledge --list-services "http://$ADDR")
+services=$(buf curl --protocol grpc "${TLS[@]}" --list-services "$URL")
 for service in llmregistry.v1.UserService llmregistry.v1.LlmDefinitionService \
     llmregistry.v1.LlmInstanceService llmregistry.v1.SharingService \
     llmregistry.v1.ProjectService grpc.health.v1.Health; do

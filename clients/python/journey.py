@@ -3,6 +3,7 @@
 Walks one user journey against a running server and checks every answer:
 
     python3 clients/python/journey.py --addr 127.0.0.1:50051   # ADMIN_TOKEN in the environment
+    python3 clients/python/journey.py --addr localhost:50051 --cacert ca.pem   # over TLS
 
 The admin creates two users; alice lists the `_system` definitions, creates an instance from
 one with an API key and shares it with bob as reader; bob lists it, binds a project to it and
@@ -61,9 +62,16 @@ def expect_code(code, call, *args, **kwargs):
     raise AssertionError(f"expected {code}, the call succeeded")
 
 
-def run(addr, admin_token, api_key):
+def open_channel(addr, ca_pem=None):
+    """A channel to the registry: TLS trusting `ca_pem` (PEM bytes) when given, else plaintext."""
+    if ca_pem is None:
+        return grpc.insecure_channel(addr)
+    return grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=ca_pem))
+
+
+def run(addr, admin_token, api_key, ca_pem=None):
     outcome = Outcome()
-    with grpc.insecure_channel(addr) as channel:
+    with open_channel(addr, ca_pem) as channel:
         users = users_pb2_grpc.UserServiceStub(channel)
         definitions = definitions_pb2_grpc.LlmDefinitionServiceStub(channel)
         instances = instances_pb2_grpc.LlmInstanceServiceStub(channel)
@@ -183,11 +191,13 @@ def run(addr, admin_token, api_key):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", default="127.0.0.1:50051")
+    parser.add_argument("--cacert", help="PEM CA file: connect over TLS trusting it")
     args = parser.parse_args()
+    ca_pem = Path(args.cacert).read_bytes() if args.cacert else None
     admin_token = os.environ.get("ADMIN_TOKEN")
     if not admin_token:
         sys.exit("set ADMIN_TOKEN to the server's admin token")
-    run(args.addr, admin_token, api_key="sk-example-" + secrets.token_urlsafe(24))
+    run(args.addr, admin_token, api_key="sk-example-" + secrets.token_urlsafe(24), ca_pem=ca_pem)
     print("journey OK")
 
 

@@ -2,9 +2,10 @@
 
     python3 clients/python/test_journey.py [path/to/llm-registry]
 
-Starts the binary in production mode with a generated admin token and encryption key on
-127.0.0.1:0, runs `journey.run`, and checks that the API key never reached the server's log.
-Needs PostgreSQL on 127.0.0.1:5432 with trust authentication and psql.
+Starts the binary in production mode over TLS (a CA and certificate made now by
+clients/make-test-certs.sh) with a generated admin token and encryption key on 127.0.0.1:0,
+runs `journey.run` over a TLS channel that trusts that CA, and checks that the API key never reached the server's log.
+Needs PostgreSQL on 127.0.0.1:5432 with trust authentication, psql and openssl.
 """
 
 import base64
@@ -41,6 +42,12 @@ class JourneyTest(unittest.TestCase):
         psql(f"CREATE DATABASE {self.database}")
         self.admin_token = "llmr_admin_" + secrets.token_urlsafe(24)
         self.log = tempfile.NamedTemporaryFile(prefix="llmr-journey-", suffix=".log")
+        # Over TLS, with a CA and certificate made now (never committed).
+        self.certs = tempfile.TemporaryDirectory(prefix="llmr-journey-tls-")
+        subprocess.run(
+            [str(ROOT / "clients" / "make-test-certs.sh"), self.certs.name], check=True
+        )
+        certs = Path(self.certs.name)
         env = dict(
             os.environ,
             LLM_REGISTRY_MODE="production",
@@ -48,6 +55,8 @@ class JourneyTest(unittest.TestCase):
             ENCRYPTION_KEY=base64.b64encode(secrets.token_bytes(32)).decode(),
             DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{self.database}",
             LISTEN_ADDR="127.0.0.1:0",
+            TLS_CERT_FILE=str(certs / "server.crt"),
+            TLS_KEY_FILE=str(certs / "server.key"),
             RUST_LOG="info",
         )
         self.server = subprocess.Popen(
@@ -70,11 +79,15 @@ class JourneyTest(unittest.TestCase):
         self.server.terminate()
         self.server.wait(timeout=30)
         self.log.close()
+        self.certs.cleanup()
         psql(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
 
     def test_the_whole_journey(self):
         api_key = "sk-test-" + secrets.token_urlsafe(24)
-        outcome = journey.run(self.addr, self.admin_token, api_key)
+        self.assertIn('transport="TLS"', Path(self.log.name).read_text())
+        port = self.addr.rsplit(":", 1)[1]
+        ca = (Path(self.certs.name) / "ca.pem").read_bytes()
+        outcome = journey.run(f"localhost:{port}", self.admin_token, api_key, ca_pem=ca)
         self.assertGreaterEqual(len(outcome.responses), 6)
         self.assertNotIn(api_key, Path(self.log.name).read_text())
 

@@ -49,6 +49,7 @@ pub fn production_with_fakes(
         .env("ADMIN_TOKEN", admin_token)
         .env("ENCRYPTION_KEY", master.to_base64().as_str())
         .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("TLS_TERMINATED_UPSTREAM", "true")
         .env("PROVIDER_EGRESS_ALLOW", "loopback")
         .env("PROVIDER_CA_FILE", &ca_file);
     command

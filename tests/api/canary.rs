@@ -120,6 +120,7 @@ async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
         .env("ADMIN_TOKEN", &admin_token)
         .env("ENCRYPTION_KEY", master.to_base64().as_str())
         .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("TLS_TERMINATED_UPSTREAM", "true")
         .env("RUST_LOG", "trace");
     let (child, addr, mut log) = start_server(command).await;
     let channel = wait_until_serving(addr).await;

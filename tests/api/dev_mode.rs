@@ -93,6 +93,9 @@ async fn production_mode_refuses_missing_or_malformed_settings() {
         "DATABASE_URL is missing",
         "ADMIN_TOKEN is missing",
         "ENCRYPTION_KEY is missing",
+        // Both ways out of the TLS requirement are named.
+        "set TLS_CERT_FILE and TLS_KEY_FILE",
+        "set TLS_TERMINATED_UPSTREAM=true",
     ] {
         assert!(stderr.contains(missing), "expected {missing:?} in {stderr}");
     }

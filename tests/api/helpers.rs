@@ -100,6 +100,8 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
         edge: EdgeLimits::default(),
         // Production's egress policy: no loopback, so fakes must be opted into (`trust_fakes`).
         providers: ProviderSettings::default(),
+        // Plaintext, as behind a mesh that ends TLS; tests/api/tls.rs serves over TLS.
+        tls: None,
     }
 }
 

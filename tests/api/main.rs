@@ -36,4 +36,5 @@ mod rotation;
 mod seed;
 mod sharing;
 mod system_guard;
+mod tls;
 mod users;

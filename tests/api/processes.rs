@@ -39,6 +39,7 @@ fn replica(home: &std::path::Path, database: &str, admin_token: &str, key: &Mast
         .env("ADMIN_TOKEN", admin_token)
         .env("ENCRYPTION_KEY", key.to_base64().as_str())
         .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("TLS_TERMINATED_UPSTREAM", "true")
         .env("SHUTDOWN_GRACE_SECS", "5");
     command
 }
