@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
 
+    announce_commit();
+
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
@@ -37,4 +39,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("llmregistry_descriptor.bin"))
         .compile_with_config(config, PROTOS, &includes)?;
     Ok(())
+}
+
+/// Makes the commit the binary is built from available as `LLMR_GIT_COMMIT` (`--version` prints
+/// it): HEAD's abbreviated hash; `unknown` outside a git checkout (a source tarball) or without
+/// git. Uncommitted changes are not tracked (that would rebuild on every `git add`).
+fn announce_commit() {
+    // HEAD moves on checkout; a commit rewrites its branch under refs (or packed-refs).
+    for path in [".git/HEAD", ".git/refs", ".git/packed-refs"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map(|described| described.trim().to_owned())
+        .filter(|described| !described.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=LLMR_GIT_COMMIT={commit}");
 }

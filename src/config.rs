@@ -33,7 +33,7 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 #[derive(Debug, Parser)]
 #[command(
     name = "llm-registry",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("LLMR_GIT_COMMIT"), ")"),
     about = "gRPC registry of LLM and embedding services: definitions, instances with write-only API keys, sharing, projects.",
     args_conflicts_with_subcommands = true
 )]
@@ -56,6 +56,34 @@ pub enum Command {
     /// Re-encrypt every stored API key under the primary key, in batches, while the service
     /// keeps serving. Safe to interrupt and run again.
     RotateKeys(RotateKeysArgs),
+    /// Ask a running server's health service; exit 0 only when it answers SERVING (for images
+    /// without grpc_health_probe).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The server, as host:port.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// PEM CA file: connect over TLS, trusting it (without it, plaintext).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --addr).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Client certificate (PEM) for a server that requires mutual TLS, with --key.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The service to ask about ("" is the server as a whole).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long to wait for the answer, connecting included, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,6 +179,10 @@ pub struct ServeArgs {
     /// How often health probes the database, in milliseconds.
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
     pub health_check_interval_ms: u64,
+    /// Address of the Prometheus metrics listener (`GET /metrics`), e.g. `0.0.0.0:9090`; off
+    /// when unset. Never the gRPC port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
@@ -271,6 +303,8 @@ pub struct ServeSettings {
     pub providers: ProviderSettings,
     /// TLS on the listener; `None` serves plaintext (development, or TLS ended upstream).
     pub tls: Option<TlsSettings>,
+    /// Where Prometheus scrapes; `None`: no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// What one connection or caller may hold at the edge, and the HTTP/2 limits (see
@@ -393,6 +427,7 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),
         providers: provider_settings(global.mode, &serve.providers)?,
         tls: tls_settings(&serve.tls)?,
+        metrics_addr: serve.metrics_addr,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The `llm-registry` command line: `serve` (the default), `migrate` and `rotate-keys`.
+//! The `llm-registry` command line: `serve` (the default), `migrate`, `rotate-keys` and
+//! `healthcheck`.
 
 use std::process::ExitCode;
 
@@ -31,8 +32,13 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("error: {error:#}");
+            // Once, on standard error: through the log (so LOG_FORMAT=json carries it), or
+            // plainly when the log filter hides errors.
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{error:#}");
+            } else {
+                eprintln!("error: {error:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -56,6 +62,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ring.primary_id(),
                 report.already_current
             );
+            Ok(())
+        }
+        Some(Command::Healthcheck(args)) => {
+            llm_registry::healthcheck::check(&args).await?;
+            println!("SERVING");
             Ok(())
         }
         Some(Command::Serve(args)) => serve(&cli.global, &args).await,

@@ -38,6 +38,7 @@ use crate::{
         system_guard::SystemGuard,
         trace::RpcTrace,
     },
+    metrics,
     pb::{
         self,
         v1::{
@@ -81,9 +82,17 @@ pub(crate) async fn prepare_database(
     read_cache_entries: usize,
     statement_timeout: Option<Duration>,
 ) -> anyhow::Result<Store> {
-    if mode == Mode::Development && database::create_database_if_missing(database_url).await.context(
-        "development mode could not reach PostgreSQL to create its database (is it running on 127.0.0.1:5432?)",
-    )? {
+    if mode == Mode::Development
+        && database::create_database_if_missing(database_url)
+            .await
+            .with_context(|| {
+                let server = database::server_address(database_url);
+                format!(
+                    "development mode could not reach PostgreSQL at {server} to create its \
+                     database; start PostgreSQL there, or set DATABASE_URL to one that runs"
+                )
+            })?
+    {
         tracing::info!("created the development database");
     }
     // Migrations run on a connection of their own, without the statement timeout of serving.
@@ -191,7 +200,7 @@ pub async fn serve(
     // The order of the edge (see `grpc`): nothing is held for a caller before it is known, and
     // no admission slot before its request body has arrived.
     let layers = ServiceBuilder::new()
-        .layer(MiddlewareLayer::new(RpcTrace))
+        .layer(MiddlewareLayer::new(RpcTrace::new(methods.clone())))
         .layer(MiddlewareLayer::new(Authenticator::new(
             methods.clone(),
             store.clone(),
@@ -219,6 +228,11 @@ pub async fn serve(
         )))
         .layer(MiddlewareLayer::new(SystemGuard::new(methods, max_message)))
         .into_inner();
+
+    let metrics_endpoint = match settings.metrics_addr {
+        Some(addr) => Some(start_metrics(addr, &store, &settings.key_ring, &database_up).await?),
+        None => None,
+    };
 
     let address = listener.local_addr()?;
     announce(&settings, address, tls.as_ref());
@@ -330,6 +344,9 @@ pub async fn serve(
         }
     };
     watcher.abort();
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.abort();
+    }
     if let Some(accept_loop) = accepting {
         accept_loop.abort();
     }
@@ -338,6 +355,33 @@ pub async fn serve(
     result.context("serving gRPC")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the metrics listener (a bind failure refuses the start) and serves scrapes from a
+/// task of its own; the gauges that mirror live values are sampled at each scrape.
+async fn start_metrics(
+    addr: SocketAddr,
+    store: &Store,
+    key_ring: &KeyRing,
+    database_up: &Arc<AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("METRICS_ADDR {addr}: cannot listen: {e}"))?;
+    let bound = listener.local_addr()?;
+    key_ring.publish_metrics();
+    let store = store.clone();
+    let database_up = Arc::clone(database_up);
+    let samplers: Vec<metrics::endpoint::Sampler> = vec![
+        Box::new(move || store.sample_metrics()),
+        Box::new(move || {
+            let up = database_up.load(Ordering::SeqCst);
+            metrics::metrics().database_up.set(i64::from(up));
+            metrics::metrics().circuit_open.set(i64::from(!up));
+        }),
+    ];
+    tracing::info!(metrics_listener = %bound, "serving Prometheus metrics at /metrics");
+    Ok(tokio::spawn(metrics::endpoint::serve(listener, samplers)))
 }
 
 fn announce(settings: &ServeSettings, address: SocketAddr, tls: Option<&ServerTls>) {

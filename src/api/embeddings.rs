@@ -10,6 +10,7 @@ use chrono::{SubsecRound as _, Utc};
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt as _;
+use tracing::Instrument as _;
 
 use super::{ApiContext, caller_of, credential_of, instance_use, instances};
 use crate::{
@@ -28,6 +29,7 @@ use crate::{
     grpc::{deadline, refusal_audit::code_name},
     pb::v1::{self as pb, embedding_service_server::EmbeddingService},
     store::UsageEvent,
+    trace_context::TraceContext,
 };
 
 pub struct EmbeddingApi(pub ApiContext);
@@ -72,7 +74,7 @@ impl EmbeddingService for EmbeddingApi {
         )
         .await?;
         let call = arrival.authorized(&self.0, found, Usage::new(&target, request.inputs.len()));
-        let answer = tokio::spawn(call.embed(request.inputs, input_type)).await;
+        let answer = tokio::spawn(call.embed(request.inputs, input_type).in_current_span()).await;
         finished(answer).map(Response::new)
     }
 
@@ -95,7 +97,7 @@ impl EmbeddingService for EmbeddingApi {
         )
         .await?;
         let call = arrival.authorized(&self.0, found, Usage::new(&target, 1));
-        let answer = tokio::spawn(call.test()).await;
+        let answer = tokio::spawn(call.test().in_current_span()).await;
         finished(answer).map(Response::new)
     }
 }
@@ -107,6 +109,8 @@ struct Arrival {
     deadline: Instant,
     caller: Caller,
     self_audited: Option<SelfAudited>,
+    /// The call's W3C trace, which its provider calls continue.
+    trace: Option<TraceContext>,
 }
 
 impl Arrival {
@@ -117,6 +121,7 @@ impl Arrival {
             deadline: call_deadline(request, context.request_timeout, started),
             caller: caller_of(request)?,
             self_audited: request.extensions().get::<SelfAudited>().cloned(),
+            trace: request.extensions().get::<TraceContext>().cloned(),
         })
     }
 
@@ -134,6 +139,7 @@ impl Arrival {
             usage,
             started: self.started,
             deadline: self.deadline,
+            trace: self.trace,
         }
     }
 }
@@ -153,6 +159,7 @@ struct Use {
     usage: Usage,
     started: Instant,
     deadline: Instant,
+    trace: Option<TraceContext>,
 }
 
 impl Use {
@@ -166,8 +173,15 @@ impl Use {
         let instance = &self.found.instance;
         let result = async {
             let call = instance_use::ready(context, &self.found).await?;
-            let answer =
-                instance_use::send(context, call, &inputs, input_type, self.deadline).await?;
+            let answer = instance_use::send(
+                context,
+                call,
+                &inputs,
+                input_type,
+                self.deadline,
+                self.trace.as_ref(),
+            )
+            .await?;
             self.usage.retries = answer.retries;
             self.usage.input_tokens = answer.embeddings.input_tokens;
             let dimensions =
@@ -206,8 +220,15 @@ impl Use {
             }
         };
         let probe = [PROBE_TEXT.to_owned()];
-        let sent =
-            instance_use::send(context, call, &probe, InputType::Document, self.deadline).await;
+        let sent = instance_use::send(
+            context,
+            call,
+            &probe,
+            InputType::Document,
+            self.deadline,
+            self.trace.as_ref(),
+        )
+        .await;
         let latency = self.started.elapsed();
         let instance = &self.found.instance;
         let (observed, checked) = match sent {

@@ -25,6 +25,7 @@ use crate::{
         project::ProjectBinding,
     },
     providers::{Destination, ProviderAnswer, gate::GatePass},
+    trace_context::TraceContext,
     vault::ApiKey,
 };
 
@@ -143,9 +144,17 @@ pub async fn send(
     inputs: &[String],
     input_type: InputType,
     deadline: Instant,
+    trace: Option<&TraceContext>,
 ) -> Result<ProviderAnswer, DomainError> {
     context
         .providers
-        .embed(&call.destination, &call.key, inputs, input_type, deadline)
+        .embed(
+            &call.destination,
+            &call.key,
+            inputs,
+            input_type,
+            deadline,
+            trace,
+        )
         .await
 }

@@ -31,7 +31,18 @@ use super::{
     methods::{Method, MethodTable},
     status::to_status,
 };
-use crate::domain::{DomainError, caller::Caller};
+use crate::{
+    domain::{DomainError, caller::Caller},
+    metrics::{GaugeHeld, ReasonLabel, metrics},
+};
+
+/// Counts a call refused at the door.
+fn shed(reason: &'static str) {
+    metrics()
+        .admission_shed
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+}
 
 pub struct Admission {
     methods: Arc<MethodTable>,
@@ -136,6 +147,7 @@ impl Middleware for Admission {
             return Box::pin(next.run(request));
         }
         if !self.database_up.load(Ordering::SeqCst) {
+            shed("circuit_open");
             return Box::pin(async { to_status(DomainError::Unavailable).into_http() });
         }
         let connection = request
@@ -153,6 +165,7 @@ impl Middleware for Admission {
             self.per_connection.take(connection),
             self.per_caller.take(caller),
         ) else {
+            shed("fair_share");
             return Box::pin(async { to_status(DomainError::Overloaded).into_http() });
         };
         Box::pin(async move {
@@ -162,9 +175,12 @@ impl Middleware for Admission {
                     // Count ourselves in the queue; leave at once if it is full.
                     if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
                         self.waiting.fetch_sub(1, Ordering::SeqCst);
+                        shed("queue_full");
                         return to_status(DomainError::Overloaded).into_http();
                     }
+                    let queued = GaugeHeld::hold(&metrics().admission_queued);
                     let acquired = self.running.clone().acquire_owned().await;
+                    drop(queued);
                     self.waiting.fetch_sub(1, Ordering::SeqCst);
                     match acquired {
                         Ok(permit) => permit,
@@ -172,7 +188,9 @@ impl Middleware for Admission {
                     }
                 }
             };
+            let running = GaugeHeld::hold(&metrics().admission_running);
             let response = next.run(request).await;
+            drop(running);
             drop(permit);
             drop((connection_share, caller_share));
             response

@@ -1,6 +1,10 @@
 //! A span per RPC with its method, caller, status code and latency, closed by one `rpc finished`
 //! event. The status is read from the response headers (errors are usually trailers-only) or,
 //! for answers with a body, from the trailers as they pass.
+//!
+//! The span carries the call's W3C trace context: the caller's `traceparent` (trace id and its
+//! span id as `parent_span_id`) or a new trace, and our own `span_id`. The context is also put in
+//! the request's extensions, so that outgoing provider calls carry a child `traceparent`.
 
 use std::{sync::Arc, time::Instant};
 
@@ -9,12 +13,44 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use tonic::{Code, body::Body};
 
-use super::layer::{Middleware, Next};
+use super::{
+    layer::{Middleware, Next},
+    methods::{Method, MethodTable},
+    refusal_audit::code_name,
+};
+use crate::{
+    metrics::{MethodLabel, RpcLabels, metrics},
+    trace_context::TraceContext,
+};
 use tracing::{Instrument, Span, field::Empty};
 
-/// Opens the span of each RPC and logs its end.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RpcTrace;
+/// Opens the span of each RPC, logs its end and counts it in the metrics.
+#[derive(Debug)]
+pub struct RpcTrace {
+    methods: Arc<MethodTable>,
+}
+
+impl RpcTrace {
+    pub fn new(methods: Arc<MethodTable>) -> Self {
+        Self { methods }
+    }
+
+    /// The method as a metrics label: one of the contract's, or of the public services', by
+    /// path; anything else is `other`, so that made-up paths cannot grow the series.
+    fn method_label(&self, path: &str) -> String {
+        const PUBLIC_METHODS: [&str; 4] = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ];
+        match self.methods.lookup(path) {
+            Method::Ours(_) => path.to_owned(),
+            Method::Public if PUBLIC_METHODS.contains(&path) => path.to_owned(),
+            _ => "other".to_owned(),
+        }
+    }
+}
 
 impl Middleware for RpcTrace {
     fn call(
@@ -22,26 +58,40 @@ impl Middleware for RpcTrace {
         request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
+        let trace = TraceContext::continue_or_start(header("traceparent"), header("tracestate"));
         let span = tracing::info_span!(
             "rpc",
             method = %request.uri().path(),
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id,
+            parent_span_id = trace.parent_span_id.as_deref(),
             caller = Empty,
             code = Empty,
             latency_ms = Empty,
         );
+        let mut request = request;
+        request.extensions_mut().insert(trace);
+        let method = self.method_label(request.uri().path());
         let started = Instant::now();
         Box::pin(
             async move {
                 let response = next.run(request).await;
                 let span = Span::current();
                 if let Some(code) = status_of(response.headers()) {
-                    finish(&span, code, started);
+                    finish(&span, &method, code, started);
                     return response;
                 }
                 let (parts, body) = response.into_parts();
                 let body = body.map_frame(move |frame| {
                     if let Some(trailers) = frame.trailers_ref() {
-                        finish(&span, status_of(trailers).unwrap_or(Code::Unknown), started);
+                        let code = status_of(trailers).unwrap_or(Code::Unknown);
+                        finish(&span, &method, code, started);
                     }
                     frame
                 });
@@ -58,8 +108,23 @@ fn status_of(headers: &HeaderMap) -> Option<Code> {
         .map(|value| Code::from_bytes(value.as_bytes()))
 }
 
-fn finish(span: &Span, code: Code, started: Instant) {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+fn finish(span: &Span, method: &str, code: Code, started: Instant) {
+    let elapsed = started.elapsed().as_secs_f64();
+    let metrics = metrics();
+    metrics
+        .rpc_requests
+        .get_or_create(&RpcLabels {
+            method: method.to_owned(),
+            code: code_name(code),
+        })
+        .inc();
+    metrics
+        .rpc_duration
+        .get_or_create(&MethodLabel {
+            method: method.to_owned(),
+        })
+        .observe(elapsed);
+    let latency_ms = elapsed * 1000.0;
     span.record("code", format!("{code:?}"));
     span.record("latency_ms", latency_ms);
     span.in_scope(|| match code {

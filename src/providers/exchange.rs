@@ -28,6 +28,10 @@ pub struct RetryPolicy {
 /// The request of one batch, ready to send as many times as retries allow.
 pub struct Exchange<'a> {
     pub client: &'a reqwest::Client,
+    /// The wire protocol, for the retry metric.
+    pub protocol_label: &'static str,
+    /// W3C trace headers of the call (a child `traceparent`), possibly empty.
+    pub trace_headers: &'a http::HeaderMap,
     pub url: &'a url::Url,
     pub auth_header: &'a HeaderName,
     /// Marked sensitive: never printed by `Debug`, never indexed by HPACK.
@@ -86,6 +90,12 @@ impl Exchange<'_> {
                 pause_ms = pause.as_millis() as u64,
                 "provider call will be retried"
             );
+            crate::metrics::metrics()
+                .provider_retries
+                .get_or_create(&crate::metrics::ProtocolLabel {
+                    protocol: self.protocol_label,
+                })
+                .inc();
             tokio::time::sleep(pause).await;
         }
     }
@@ -105,6 +115,7 @@ impl Exchange<'_> {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .header(self.auth_header.clone(), self.auth_value.clone())
+            .headers(self.trace_headers.clone())
             .body(self.body.clone())
             .send()
             .await;

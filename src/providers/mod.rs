@@ -36,6 +36,8 @@ use crate::{
         embedding::{EmbeddingProtocol, Embeddings, InputType},
         error::{PreconditionReason, ProviderFailure},
     },
+    metrics::{ProtocolLabel, ProviderLabels, metrics},
+    trace_context::TraceContext,
     vault::ApiKey,
 };
 
@@ -148,7 +150,7 @@ impl Providers {
 
     /// Embeds `inputs` at `destination` with `key`, answering before `deadline`. The key is
     /// used only to build the auth header (zeroized when the call ends) and to scrub provider
-    /// text.
+    /// text. Counted in the metrics by protocol and outcome.
     pub async fn embed(
         &self,
         destination: &Destination,
@@ -156,6 +158,39 @@ impl Providers {
         inputs: &[String],
         input_type: InputType,
         deadline: Instant,
+        trace: Option<&TraceContext>,
+    ) -> Result<ProviderAnswer, DomainError> {
+        let started = std::time::Instant::now();
+        let answer = self
+            .embed_unmeasured(destination, key, inputs, input_type, deadline, trace)
+            .await;
+        let protocol = protocol_label(destination.protocol);
+        let metrics = metrics();
+        metrics
+            .provider_requests
+            .get_or_create(&ProviderLabels {
+                protocol,
+                outcome: match &answer {
+                    Ok(_) => "ok",
+                    Err(error) => outcome_label(error),
+                },
+            })
+            .inc();
+        metrics
+            .provider_duration
+            .get_or_create(&ProtocolLabel { protocol })
+            .observe(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    async fn embed_unmeasured(
+        &self,
+        destination: &Destination,
+        key: &ApiKey,
+        inputs: &[String],
+        input_type: InputType,
+        deadline: Instant,
+        trace: Option<&TraceContext>,
     ) -> Result<ProviderAnswer, DomainError> {
         if destination.protocol == EmbeddingProtocol::Unspecified {
             return Err(DomainError::FailedPrecondition {
@@ -192,6 +227,8 @@ impl Providers {
         };
         let call = BatchCall {
             client: &self.client,
+            protocol_label: protocol_label(destination.protocol),
+            trace_headers: &trace_headers(trace),
             protocol: destination.protocol,
             shape: &shape,
             url: &url,
@@ -244,6 +281,9 @@ impl Providers {
 /// What every batch of one call shares.
 struct BatchCall<'a> {
     client: &'a reqwest::Client,
+    protocol_label: &'static str,
+    /// `traceparent` (and `tracestate`) of the call, the same on every batch and attempt.
+    trace_headers: &'a http::HeaderMap,
     protocol: EmbeddingProtocol,
     shape: &'a CallShape<'a>,
     url: &'a Url,
@@ -262,6 +302,8 @@ impl BatchCall<'_> {
         })?;
         let answer = Exchange {
             client: self.client,
+            protocol_label: self.protocol_label,
+            trace_headers: self.trace_headers,
             url: self.url,
             auth_header: self.auth_header,
             auth_value: self.auth_value,
@@ -310,6 +352,55 @@ fn auth_header(
     })?;
     value.set_sensitive(true);
     Ok((name, value))
+}
+
+/// The W3C headers of an outgoing call made for `trace`: a child `traceparent` (our span as the
+/// parent) and the caller's `tracestate`. Nothing else of the caller's request is ever forwarded.
+fn trace_headers(trace: Option<&TraceContext>) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    let Some(trace) = trace else {
+        return headers;
+    };
+    if let Ok(value) = HeaderValue::from_str(&trace.child_traceparent()) {
+        headers.insert("traceparent", value);
+    }
+    if let Some(state) = trace.tracestate.as_deref()
+        && let Ok(value) = HeaderValue::from_str(state)
+    {
+        headers.insert("tracestate", value);
+    }
+    headers
+}
+
+/// The protocol as a metrics label.
+fn protocol_label(protocol: EmbeddingProtocol) -> &'static str {
+    match protocol {
+        EmbeddingProtocol::Unspecified => "unspecified",
+        EmbeddingProtocol::OpenAiEmbeddings => "openai",
+        EmbeddingProtocol::CohereV2Embed => "cohere",
+        EmbeddingProtocol::GeminiEmbedContent => "gemini",
+    }
+}
+
+/// A failed provider call's outcome as a metrics label (a closed set).
+fn outcome_label(error: &DomainError) -> &'static str {
+    match error {
+        DomainError::Provider { failure, .. } => match failure {
+            ProviderFailure::RejectedRequest => "rejected_request",
+            ProviderFailure::RejectedKey => "rejected_key",
+            ProviderFailure::NotFound => "not_found",
+            ProviderFailure::Redirected => "redirected",
+            ProviderFailure::RateLimited => "rate_limited",
+            ProviderFailure::Unavailable => "unavailable",
+            ProviderFailure::BadReply => "bad_reply",
+            ProviderFailure::DeadlineExceeded => "deadline_exceeded",
+            ProviderFailure::EgressRefused => "egress_refused",
+            ProviderFailure::InsecureEndpoint => "insecure_endpoint",
+        },
+        DomainError::DimensionsMismatch(_) => "dimensions_mismatch",
+        DomainError::FailedPrecondition { .. } => "precondition",
+        _ => "error",
+    }
 }
 
 fn refused(refusal: EgressRefusal) -> DomainError {

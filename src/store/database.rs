@@ -34,6 +34,14 @@ pub async fn connect(
     Ok(pool)
 }
 
+/// The host and port `url` names (never its user or password), for messages.
+pub fn server_address(url: &str) -> String {
+    match PgConnectOptions::from_str(url) {
+        Ok(options) => format!("{}:{}", options.get_host(), options.get_port()),
+        Err(_) => "the address in DATABASE_URL".to_owned(),
+    }
+}
+
 /// Creates the database named in `url` if it does not exist (development mode). Connects to the
 /// server's `postgres` database to do so; a concurrent creator winning the race is fine.
 pub async fn create_database_if_missing(url: &str) -> anyhow::Result<bool> {

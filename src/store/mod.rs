@@ -90,6 +90,21 @@ impl Store {
     }
 
     /// Whether the database answers; drives the health status.
+    /// Sets the gauges that mirror the pool and the read cache (called at each scrape).
+    pub fn sample_metrics(&self) {
+        let metrics = crate::metrics::metrics();
+        metrics.db_pool_connections.set(i64::from(self.pool.size()));
+        metrics
+            .db_pool_idle
+            .set(i64::try_from(self.pool.num_idle()).unwrap_or(i64::MAX));
+        metrics
+            .db_pool_max
+            .set(i64::from(self.pool.options().get_max_connections()));
+        metrics
+            .cache_entries
+            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+    }
+
     pub async fn ping(&self) -> Result<(), DomainError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

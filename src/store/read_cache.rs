@@ -19,7 +19,10 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use crate::domain::{caller::UserPrincipal, embedding::InstanceForCall, instance::Instance};
+use crate::{
+    domain::{caller::UserPrincipal, embedding::InstanceForCall, instance::Instance},
+    metrics::{KindLabel, metrics},
+};
 
 /// The answers the cache holds, at one epoch.
 #[derive(Debug, Default)]
@@ -47,6 +50,7 @@ impl Entries {
         if epoch > self.epoch {
             self.epoch = epoch;
             self.clear();
+            metrics().cache_invalidations.inc();
         }
         epoch == self.epoch
     }
@@ -87,7 +91,7 @@ impl ReadCache {
     pub fn principal(&self, fresh_epoch: i64, token_hash: &[u8; 32]) -> Option<UserPrincipal> {
         let mut entries = self.lock()?;
         entries.observe(fresh_epoch);
-        entries.principals.get(token_hash).cloned()
+        counted("principal", entries.principals.get(token_hash).cloned())
     }
 
     /// The GetInstance answer for this question, if known at `fresh_epoch` or later.
@@ -98,14 +102,14 @@ impl ReadCache {
     ) -> Option<(UserPrincipal, Instance)> {
         let mut entries = self.lock()?;
         entries.observe(fresh_epoch);
-        entries.instances.get(key).cloned()
+        counted("instance", entries.instances.get(key).cloned())
     }
 
     /// What an Embed of `key` needs, if known at `fresh_epoch` or later.
     pub fn call_target(&self, fresh_epoch: i64, key: &CallKey) -> Option<InstanceForCall> {
         let mut entries = self.lock()?;
         entries.observe(fresh_epoch);
-        entries.call_targets.get(key).cloned()
+        counted("call_target", entries.call_targets.get(key).cloned())
     }
 
     /// Remembers what an Embed found (an instance the caller may use), as read at `epoch`.
@@ -150,11 +154,28 @@ impl ReadCache {
         Some(entries)
     }
 
+    /// Answers held now.
+    pub fn len(&self) -> usize {
+        self.lock().map_or(0, |entries| entries.len())
+    }
+
     /// The entries; `None` (a miss) if a panic elsewhere poisoned the lock, which never happens
     /// while holding it here, but a miss is always a safe answer.
     fn lock(&self) -> Option<std::sync::MutexGuard<'_, Entries>> {
         self.entries.lock().ok()
     }
+}
+
+/// Counts a lookup of `kind` as a hit or a miss.
+fn counted<T>(kind: &'static str, found: Option<T>) -> Option<T> {
+    let metrics = metrics();
+    let family = if found.is_some() {
+        &metrics.cache_hits
+    } else {
+        &metrics.cache_misses
+    };
+    family.get_or_create(&KindLabel { kind }).inc();
+    found
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ impl UsageEvents {
 async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        crate::metrics::record_group_commit("usage_event", batch.len());
         let written = insert(&pool, &batch).await;
         if let Err(error) = &written {
             tracing::warn!(events = batch.len(), error = %error, "usage events not written");

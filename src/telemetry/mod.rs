@@ -1,5 +1,7 @@
 //! Logging set-up: human-readable lines by default, JSON on request; the filter comes from
-//! `--log-filter` / `RUST_LOG`. The per-RPC span is opened by the edge, in `grpc::trace`.
+//! `--log-filter` / `RUST_LOG`. The per-RPC span is opened by the edge, in `grpc::trace`, with
+//! the call's W3C trace context ([`crate::trace_context`]); JSON lines carry the span's fields,
+//! so every line of a call has its trace id.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

@@ -15,6 +15,8 @@ use aes_gcm::{Nonce, aead::Aead, aead::Payload};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
+use crate::metrics::{KeyIdLabel, KeyRoleLabels, OperationLabel, metrics};
+
 pub use key::{KEY_LEN, KeyError, MasterKey};
 
 /// Bytes of the random nonce at the front of every ciphertext.
@@ -133,14 +135,43 @@ impl KeyRing {
             &aad(instance_uid),
             plaintext.expose().as_bytes(),
         );
-        Sealed {
-            key_id: self.primary.id(),
-            ciphertext,
-        }
+        let key_id = self.primary.id();
+        metrics()
+            .vault_seals
+            .get_or_create(&KeyIdLabel {
+                key_id: key_id.clone(),
+            })
+            .inc();
+        Sealed { key_id, ciphertext }
     }
 
     /// Decrypts a stored key of the instance `instance_uid`.
     pub fn open(&self, sealed: &Sealed, instance_uid: &str) -> Result<ApiKey, VaultError> {
+        let opened = self.open_counted(sealed, instance_uid);
+        if opened.is_err() {
+            metrics()
+                .vault_failures
+                .get_or_create(&OperationLabel { operation: "open" })
+                .inc();
+        }
+        opened
+    }
+
+    /// Publishes the ring's key ids and roles as metrics (ids are public; see `MasterKey::id`).
+    pub fn publish_metrics(&self) {
+        for (index, key) in self.keys().enumerate() {
+            let role = if index == 0 { "primary" } else { "previous" };
+            metrics()
+                .vault_keys
+                .get_or_create(&KeyRoleLabels {
+                    key_id: key.id(),
+                    role,
+                })
+                .set(1);
+        }
+    }
+
+    fn open_counted(&self, sealed: &Sealed, instance_uid: &str) -> Result<ApiKey, VaultError> {
         let key = std::iter::once(&self.primary)
             .chain(&self.previous)
             .find(|key| key.id_str() == sealed.key_id)
@@ -162,6 +193,12 @@ impl KeyRing {
                 .map_err(|_| VaultError::Authentication)?,
         );
         let text = std::str::from_utf8(&plaintext).map_err(|_| VaultError::NotUtf8)?;
+        metrics()
+            .vault_opens
+            .get_or_create(&KeyIdLabel {
+                key_id: key.id_str().to_owned(),
+            })
+            .inc();
         Ok(ApiKey::new(text.to_owned()))
     }
 }

@@ -162,3 +162,38 @@ async fn concurrent_migrations_apply_once() {
     drop_database_blocking(database);
     let _ = std::fs::remove_dir_all(&home);
 }
+
+#[tokio::test]
+async fn development_mode_names_the_unreachable_database_once_without_its_password() {
+    let home = temp_home();
+    // Port 1 on loopback: nothing listens there.
+    let password = format!("pw{}", unique_name("secret"));
+    let output = bare_command(&home)
+        .env(
+            "DATABASE_URL",
+            format!("postgres://someone:{password}@127.0.0.1:1/llm_registry"),
+        )
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr
+            .matches("could not reach PostgreSQL at 127.0.0.1:1")
+            .count(),
+        1,
+        "named once: {stderr}"
+    );
+    assert!(stderr.contains("set DATABASE_URL"), "{stderr}");
+    assert!(
+        !stderr.contains("5432"),
+        "the address tried, not a guess: {stderr}"
+    );
+    assert!(
+        !stderr.contains(&password),
+        "the password is never shown: {stderr}"
+    );
+}

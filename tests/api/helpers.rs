@@ -102,6 +102,7 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
         providers: ProviderSettings::default(),
         // Plaintext, as behind a mesh that ends TLS; tests/api/tls.rs serves over TLS.
         tls: None,
+        metrics_addr: None,
     }
 }
 

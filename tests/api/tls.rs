@@ -3,6 +3,7 @@
 //! server is served to new connections while old ones keep working; a bad rewrite keeps the old
 //! one; mutual TLS refuses a connection without a client certificate, or with one from another
 //! CA, during the handshake; bad files refuse the start with the file and the problem named.
+//! Also the binary's `healthcheck` command (plaintext, TLS, mutual TLS) and `--version`.
 
 use std::{
     net::SocketAddr,
@@ -551,4 +552,99 @@ async fn bad_files_refuse_the_start_naming_the_file_and_the_problem() {
             "a private key's text in a refusal"
         );
     }
+}
+
+/// Runs `llm-registry healthcheck` with `args`: its exit status and what it printed.
+async fn healthcheck(args: &[&str]) -> (bool, String) {
+    let home = temp_home();
+    let output = crate::binary::bare_command(&home)
+        .arg("healthcheck")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}
+
+#[tokio::test]
+async fn the_healthcheck_command_exits_zero_only_when_the_server_answers_serving() {
+    let pki = Pki::new("llm-registry test server CA");
+    let clients_pki = Pki::new("llm-registry test clients CA");
+    let files = Files::new();
+    files.write(&pki.server("server", false));
+    std::fs::write(files.client_ca(), &clients_pki.ca_pem).unwrap();
+    let ca_file = files.dir.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let client = clients_pki.client("probe");
+    let (client_cert, client_key) = (files.dir.join("probe.crt"), files.dir.join("probe.key"));
+    std::fs::write(&client_cert, &client.cert_pem).unwrap();
+    std::fs::write(&client_key, &client.key_pem).unwrap();
+    let server = TlsServer::start(files.settings(true)).await.unwrap();
+    let identity = client_config(&pki.ca_pem, Some(&client));
+    serving(server.addr, &identity).await;
+    let addr = format!("localhost:{}", server.addr.port());
+    let ca = ca_file.to_str().unwrap();
+    let (cert, key) = (client_cert.to_str().unwrap(), client_key.to_str().unwrap());
+
+    let (ok, printed) = healthcheck(&[
+        "--addr", &addr, "--cacert", ca, "--cert", cert, "--key", key,
+    ])
+    .await;
+    assert!(ok, "{printed}");
+    assert!(printed.contains("SERVING"), "{printed}");
+
+    // Without the client certificate the handshake is refused: not healthy.
+    let (ok, printed) = healthcheck(&["--addr", &addr, "--cacert", ca]).await;
+    assert!(!ok, "{printed}");
+    // An unknown service is not SERVING.
+    let (ok, printed) = healthcheck(&[
+        "--addr",
+        &addr,
+        "--cacert",
+        ca,
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "--service",
+        "nope.Nothing",
+    ])
+    .await;
+    assert!(!ok && printed.contains("NotFound"), "{printed}");
+    // Plaintext to a TLS port, and nothing listening: errors that say so.
+    let (ok, printed) = healthcheck(&["--addr", &addr, "--timeout-ms", "2000"]).await;
+    assert!(!ok, "{printed}");
+    drop(server);
+    let (ok, printed) = healthcheck(&["--addr", &addr, "--cacert", ca]).await;
+    assert!(!ok && printed.contains("cannot connect"), "{printed}");
+}
+
+#[tokio::test]
+async fn version_names_the_release_and_the_commit() {
+    let home = temp_home();
+    let output = crate::binary::bare_command(&home)
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        printed.contains(env!("CARGO_PKG_VERSION")) && printed.contains("(commit "),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
+async fn the_healthcheck_command_speaks_plaintext_without_a_ca() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let (ok, printed) = healthcheck(&["--addr", &app.addr.to_string()]).await;
+    assert!(ok && printed.contains("SERVING"), "{printed}");
 }

@@ -287,6 +287,7 @@ pub(super) async fn insert(
 
 /// Writes a batch; one outcome per create, in order.
 async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<Written> {
+    crate::metrics::record_group_commit("create_instance", batch.len());
     let rows: Vec<&CreateValues> = batch.iter().map(|pending| &pending.values).collect();
     match insert(pool, &rows).await {
         Ok(created) => {
