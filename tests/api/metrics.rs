@@ -179,3 +179,91 @@ async fn the_metrics_endpoint_counts_calls_by_method_and_code_with_bounded_label
     let (_, body) = get(app.addr, "/metrics").await;
     assert!(!body.contains("llmr_"), "metrics on the gRPC port: {body}");
 }
+
+#[tokio::test]
+async fn provider_calls_vault_opens_and_usage_commits_are_counted() {
+    use crate::fake_provider::{Behaviour, FakeProvider, Flavor, error_body};
+    let fake = FakeProvider::start(Flavor::OpenAi, 8).await;
+    let metrics_addr = free_port();
+    let app = TestApp::spawn_with(|settings| {
+        crate::helpers::trust_fakes(settings);
+        settings.metrics_addr = Some(metrics_addr);
+    })
+    .await;
+    let token = create_user_on(&app.channel, &app.admin_token, "alice").await;
+    pb::llm_instance_service_client::LlmInstanceServiceClient::new(app.channel.clone())
+        .create_instance(authed(
+            pb::CreateInstanceRequest {
+                parent: "users/alice".into(),
+                instance_id: "metered".into(),
+                instance: Some(pb::Instance {
+                    endpoint: fake.endpoint(),
+                    api_standard: "openai".into(),
+                    model: "text-embedding-3-small".into(),
+                    dimensions: Some(8),
+                    api_key: random_api_key(),
+                    ..Default::default()
+                }),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let before = get(metrics_addr, "/metrics").await.1;
+    let mut embeddings =
+        pb::embedding_service_client::EmbeddingServiceClient::new(app.channel.clone());
+    let embed = || {
+        authed(
+            pb::EmbedRequest {
+                name: "users/alice/instances/metered".into(),
+                inputs: vec!["counted".into()],
+                input_type: 0,
+            },
+            &token,
+        )
+    };
+    embeddings.embed(embed()).await.unwrap();
+    embeddings.embed(embed()).await.unwrap();
+    // Rate limited on every attempt: one call, `rate_limited`, with retries.
+    let limited = Behaviour::Status {
+        status: 429,
+        body: error_body(Flavor::OpenAi, "slow down").to_string(),
+        retry_after: None,
+    };
+    fake.script([limited.clone(), limited.clone(), limited]);
+    embeddings.embed(embed()).await.unwrap_err();
+
+    let text = get(metrics_addr, "/metrics").await.1;
+    let delta =
+        |series: &str| value(&text, series).unwrap_or(0.0) - value(&before, series).unwrap_or(0.0);
+    let ok = "llmr_provider_requests_total{protocol=\"openai\",outcome=\"ok\"}";
+    let limited = "llmr_provider_requests_total{protocol=\"openai\",outcome=\"rate_limited\"}";
+    assert!(delta(ok) >= 2.0, "{ok} in {text}");
+    assert!(delta(limited) >= 1.0, "{limited} in {text}");
+    assert!(
+        delta("llmr_provider_retries_total{protocol=\"openai\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            "llmr_provider_duration_seconds_bucket{le=\"+Inf\",protocol=\"openai\"}"
+        )
+        .is_some(),
+        "{text}"
+    );
+    // This server's master key is its own: its opens are this test's three calls.
+    let primary = app.key_ring.primary_id();
+    assert_eq!(
+        value(
+            &text,
+            &format!("llmr_vault_opens_total{{key_id=\"{primary}\"}}")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(
+        delta("llmr_group_commit_batches_total{kind=\"usage_event\"}") >= 1.0,
+        "{text}"
+    );
+}
