@@ -108,6 +108,7 @@ check "GetUser p50 latency (s)" \
     'histogram_quantile(0.5, sum by (le) (rate(llmr_rpc_duration_seconds_bucket{method="/llmregistry.v1.UserService/GetUser"}[10s])))'
 check "GetUser NOT_FOUND answers" \
     'sum(llmr_rpc_requests_total{method="/llmregistry.v1.UserService/GetUser",code="NOT_FOUND"})'
+check "pool acquisitions per second" 'sum(rate(llmr_db_pool_acquire_seconds_count[10s]))'
 check "database up" 'llmr_database_up'
 check "pool size limit" 'llmr_db_pool_max_connections'
 echo "prometheus check OK"

@@ -105,6 +105,7 @@ pub struct Metrics {
     pub db_pool_connections: Gauge,
     pub db_pool_idle: Gauge,
     pub db_pool_max: Gauge,
+    pub db_pool_acquire: Histogram,
     pub cache_hits: Family<KindLabel, Counter>,
     pub cache_misses: Family<KindLabel, Counter>,
     pub cache_invalidations: Counter,
@@ -140,6 +141,7 @@ impl Metrics {
             db_pool_connections: Gauge::default(),
             db_pool_idle: Gauge::default(),
             db_pool_max: Gauge::default(),
+            db_pool_acquire: latency_histogram(),
             cache_hits: Family::default(),
             cache_misses: Family::default(),
             cache_invalidations: Counter::default(),
@@ -205,6 +207,12 @@ impl Metrics {
             "db_pool_max_connections",
             "Size limit of the serving pool (DB_MAX_CONNECTIONS)",
             metrics.db_pool_max.clone(),
+        );
+        r.register(
+            "db_pool_acquire_seconds",
+            "Time to get a connection from the pool (its count is the number of acquisitions; \
+             above the first buckets, a wait)",
+            metrics.db_pool_acquire.clone(),
         );
         r.register(
             "read_cache_hits",

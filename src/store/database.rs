@@ -29,6 +29,9 @@ pub async fn connect(
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
         .test_before_acquire(false)
+        // One trace event per acquisition with its wait: the pool-wait metric
+        // (telemetry::pool_waits) is made from them; the log never shows them.
+        .acquire_time_level(tracing::log::LevelFilter::Trace)
         .connect_with(options)
         .await?;
     Ok(pool)

@@ -3,7 +3,9 @@
 //! the call's W3C trace context ([`crate::trace_context`]); JSON lines carry the span's fields,
 //! so every line of a call has its trace id.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+pub mod pool_waits;
+
+use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -15,14 +17,23 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; logs go to standard error so standard output stays for
 /// command results. Fails if the filter does not parse.
+///
+/// The log filter applies to the log layer only: the pool's acquisition events go to the
+/// metrics ([`pool_waits`]) whatever it says, and never to the log.
 pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter)?;
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(pool_waits::layer());
     match format {
         LogFormat::Text => {
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
             registry
-                .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+                .with(
+                    fmt::layer()
+                        .with_ansi(ansi)
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter)
+                        .with_filter(pool_waits::not_acquisitions()),
+                )
                 .try_init()?
         }
         LogFormat::Json => registry
@@ -31,7 +42,9 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter)
+                    .with_filter(pool_waits::not_acquisitions()),
             )
             .try_init()?,
     }

@@ -124,10 +124,19 @@ pub fn trust_fakes(settings: &mut ServeSettings) {
 fn init_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        use tracing_subscriber::{
+            Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+        };
         let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
+        // As the binary sets it up: the pool's acquisition events feed the metrics.
+        let _ = tracing_subscriber::registry()
+            .with(llm_registry::telemetry::pool_waits::layer())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(tracing_subscriber::EnvFilter::new(filter))
+                    .with_filter(llm_registry::telemetry::pool_waits::not_acquisitions()),
+            )
             .try_init();
     });
 }
@@ -601,4 +610,33 @@ pub fn blockers(status: &Status) -> Vec<String> {
         .get_details_precondition_failure()
         .map(|failure| failure.violations.into_iter().map(|v| v.subject).collect())
         .unwrap_or_default()
+}
+
+/// Creates `users/{owner}/instances/{id}` holding a fresh random key, as `token`'s user, on any
+/// server: an OpenAI-format instance of 8 dimensions at `endpoint` (usually a fake provider's).
+pub async fn create_openai_instance_on(
+    channel: &Channel,
+    token: &str,
+    owner: &str,
+    id: &str,
+    endpoint: String,
+) {
+    pb::llm_instance_service_client::LlmInstanceServiceClient::new(channel.clone())
+        .create_instance(authed(
+            pb::CreateInstanceRequest {
+                parent: format!("users/{owner}"),
+                instance_id: id.into(),
+                instance: Some(pb::Instance {
+                    endpoint,
+                    api_standard: "openai".into(),
+                    model: "text-embedding-3-small".into(),
+                    dimensions: Some(8),
+                    api_key: random_api_key(),
+                    ..Default::default()
+                }),
+            },
+            token,
+        ))
+        .await
+        .expect("the instance is created");
 }

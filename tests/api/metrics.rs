@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
     canary::call_raw,
-    helpers::{TestApp, authed, create_user_on, random_api_key},
+    helpers::{TestApp, authed, create_openai_instance_on, create_user_on, random_api_key},
 };
 
 /// `GET path` over HTTP/1.1: the status line and the body.
@@ -114,6 +114,8 @@ async fn the_metrics_endpoint_counts_calls_by_method_and_code_with_bounded_label
         |series: &str| value(&text, series).unwrap_or(0.0) - value(&before, series).unwrap_or(0.0);
     assert!(delta(&series_ok) >= 5.0, "{series_ok} in {text}");
     assert!(delta(&series_missing) >= 1.0, "{series_missing} in {text}");
+    // Every query took a pooled connection: acquisitions are counted with their waits.
+    assert!(delta("llmr_db_pool_acquire_seconds_count") >= 1.0, "{text}");
     assert!(
         value(
             &text,
@@ -138,6 +140,7 @@ async fn the_metrics_endpoint_counts_calls_by_method_and_code_with_bounded_label
         "llmr_db_pool_connections ",
         "llmr_db_pool_idle_connections ",
         "llmr_db_pool_max_connections 5",
+        "llmr_db_pool_acquire_seconds_bucket{le=\"0.001\"} ",
         "llmr_read_cache_entries ",
         "llmr_read_cache_hits_total{kind=\"principal\"} ",
         "llmr_read_cache_misses_total{kind=\"instance\"} ",
@@ -191,24 +194,7 @@ async fn provider_calls_vault_opens_and_usage_commits_are_counted() {
     })
     .await;
     let token = create_user_on(&app.channel, &app.admin_token, "alice").await;
-    pb::llm_instance_service_client::LlmInstanceServiceClient::new(app.channel.clone())
-        .create_instance(authed(
-            pb::CreateInstanceRequest {
-                parent: "users/alice".into(),
-                instance_id: "metered".into(),
-                instance: Some(pb::Instance {
-                    endpoint: fake.endpoint(),
-                    api_standard: "openai".into(),
-                    model: "text-embedding-3-small".into(),
-                    dimensions: Some(8),
-                    api_key: random_api_key(),
-                    ..Default::default()
-                }),
-            },
-            &token,
-        ))
-        .await
-        .unwrap();
+    create_openai_instance_on(&app.channel, &token, "alice", "metered", fake.endpoint()).await;
     let before = get(metrics_addr, "/metrics").await.1;
     let mut embeddings =
         pb::embedding_service_client::EmbeddingServiceClient::new(app.channel.clone());

@@ -14,7 +14,7 @@ use crate::{
     binary::{production_with_fakes, temp_home, terminate},
     fake_provider::{FakeProvider, Flavor},
     helpers::{
-        authed, create_database, create_user_on, drop_database_blocking, random_api_key,
+        authed, create_database, create_openai_instance_on, create_user_on, drop_database_blocking,
         unique_name, wait_until_serving,
     },
 };
@@ -83,26 +83,7 @@ async fn calls_continue_the_callers_trace_and_provider_calls_carry_a_child_trace
     .unwrap();
     let channel = wait_until_serving(addr).await;
     let alice = create_user_on(&channel, &admin, "alice").await;
-    let mut instances =
-        pb::llm_instance_service_client::LlmInstanceServiceClient::new(channel.clone());
-    instances
-        .create_instance(authed(
-            pb::CreateInstanceRequest {
-                parent: "users/alice".into(),
-                instance_id: "traced".into(),
-                instance: Some(pb::Instance {
-                    endpoint: fake.endpoint(),
-                    api_standard: "openai".into(),
-                    model: "text-embedding-3-small".into(),
-                    dimensions: Some(8),
-                    api_key: random_api_key(),
-                    ..Default::default()
-                }),
-            },
-            &alice,
-        ))
-        .await
-        .unwrap();
+    create_openai_instance_on(&channel, &alice, "alice", "traced", fake.endpoint()).await;
     drain(&mut lines, Duration::from_millis(300)).await;
 
     // An Embed inside the caller's trace.
