@@ -103,12 +103,19 @@ fn parse_traceparent(value: &str) -> Option<(String, String, u8)> {
     Some((trace_id.to_owned(), parent.to_owned(), flags))
 }
 
-/// `N` random bytes as 2N lowercase hex digits, never all zeros.
+/// `N` random bytes as 2N lowercase hex digits, never all zeros (one allocation: this runs
+/// twice per call).
 fn random_hex<const N: usize>() -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     loop {
         let bytes: [u8; N] = rand::rng().random();
         if bytes.iter().any(|b| *b != 0) {
-            return bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut hex = String::with_capacity(2 * N);
+            for byte in bytes {
+                hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+                hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+            }
+            return hex;
         }
     }
 }

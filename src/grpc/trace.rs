@@ -19,7 +19,7 @@ use super::{
     refusal_audit::code_name,
 };
 use crate::{
-    metrics::{MethodLabel, RpcLabels, metrics},
+    metrics::{MethodLabel, RpcLabels, method_label, metrics},
     trace_context::TraceContext,
 };
 use tracing::{Instrument, Span, field::Empty};
@@ -37,7 +37,7 @@ impl RpcTrace {
 
     /// The method as a metrics label: one of the contract's, or of the public services', by
     /// path; anything else is `other`, so that made-up paths cannot grow the series.
-    fn method_label(&self, path: &str) -> String {
+    fn method_label(&self, path: &str) -> &'static str {
         const PUBLIC_METHODS: [&str; 4] = [
             "/grpc.health.v1.Health/Check",
             "/grpc.health.v1.Health/Watch",
@@ -45,9 +45,9 @@ impl RpcTrace {
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ];
         match self.methods.lookup(path) {
-            Method::Ours(_) => path.to_owned(),
-            Method::Public if PUBLIC_METHODS.contains(&path) => path.to_owned(),
-            _ => "other".to_owned(),
+            Method::Ours(_) => method_label(path),
+            Method::Public if PUBLIC_METHODS.contains(&path) => method_label(path),
+            _ => "other",
         }
     }
 }
@@ -84,14 +84,14 @@ impl Middleware for RpcTrace {
                 let response = next.run(request).await;
                 let span = Span::current();
                 if let Some(code) = status_of(response.headers()) {
-                    finish(&span, &method, code, started);
+                    finish(&span, method, code, started);
                     return response;
                 }
                 let (parts, body) = response.into_parts();
                 let body = body.map_frame(move |frame| {
                     if let Some(trailers) = frame.trailers_ref() {
                         let code = status_of(trailers).unwrap_or(Code::Unknown);
-                        finish(&span, &method, code, started);
+                        finish(&span, method, code, started);
                     }
                     frame
                 });
@@ -108,21 +108,19 @@ fn status_of(headers: &HeaderMap) -> Option<Code> {
         .map(|value| Code::from_bytes(value.as_bytes()))
 }
 
-fn finish(span: &Span, method: &str, code: Code, started: Instant) {
+fn finish(span: &Span, method: &'static str, code: Code, started: Instant) {
     let elapsed = started.elapsed().as_secs_f64();
     let metrics = metrics();
     metrics
         .rpc_requests
         .get_or_create(&RpcLabels {
-            method: method.to_owned(),
+            method,
             code: code_name(code),
         })
         .inc();
     metrics
         .rpc_duration
-        .get_or_create(&MethodLabel {
-            method: method.to_owned(),
-        })
+        .get_or_create(&MethodLabel { method })
         .observe(elapsed);
     let latency_ms = elapsed * 1000.0;
     span.record("code", format!("{code:?}"));

@@ -9,7 +9,10 @@
 
 pub mod endpoint;
 
-use std::sync::OnceLock;
+use std::{
+    collections::HashSet,
+    sync::{OnceLock, RwLock},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -38,15 +41,40 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
-    /// `/package.Service/Method` of a method the server serves, else `other`.
-    pub method: String,
+    /// `/package.Service/Method` of a method the server serves, else `other` (see
+    /// [`method_label`]).
+    pub method: &'static str,
     /// The gRPC code, as in the spec (`OK`, `NOT_FOUND`, ...).
     pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
-    pub method: String,
+    pub method: &'static str,
+}
+
+/// `path` as a label that lives for the whole process, without an allocation per call: each
+/// distinct path is kept once. Callers pass only paths from a closed set (the contract's
+/// methods and the public services'), so what is kept is bounded.
+pub fn method_label(path: &str) -> &'static str {
+    static LABELS: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let labels = LABELS.get_or_init(Default::default);
+    if let Some(label) = labels
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(path)
+    {
+        return label;
+    }
+    let mut labels = labels
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(label) = labels.get(path) {
+        return label;
+    }
+    let label: &'static str = Box::leak(path.to_owned().into_boxed_str());
+    labels.insert(label);
+    label
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -21,7 +21,7 @@ pub enum LogFormat {
 /// The log filter applies to the log layer only: the pool's acquisition events go to the
 /// metrics ([`pool_waits`]) whatever it says, and never to the log.
 pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter)?;
+    let filter = pool_waits::without_acquisitions(EnvFilter::try_new(filter)?);
     let registry = tracing_subscriber::registry().with(pool_waits::layer());
     match format {
         LogFormat::Text => {
@@ -31,8 +31,7 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
                     fmt::layer()
                         .with_ansi(ansi)
                         .with_writer(std::io::stderr)
-                        .with_filter(filter)
-                        .with_filter(pool_waits::not_acquisitions()),
+                        .with_filter(filter),
                 )
                 .try_init()?
         }
@@ -43,8 +42,7 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_writer(std::io::stderr)
-                    .with_filter(filter)
-                    .with_filter(pool_waits::not_acquisitions()),
+                    .with_filter(filter),
             )
             .try_init()?,
     }

@@ -134,8 +134,9 @@ fn init_logging() {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_test_writer()
-                    .with_filter(tracing_subscriber::EnvFilter::new(filter))
-                    .with_filter(llm_registry::telemetry::pool_waits::not_acquisitions()),
+                    .with_filter(llm_registry::telemetry::pool_waits::without_acquisitions(
+                        tracing_subscriber::EnvFilter::new(filter),
+                    )),
             )
             .try_init();
     });
