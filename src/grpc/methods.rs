@@ -178,7 +178,7 @@ impl MethodTable {
         for path in RESOLVED_IN_QUERY.iter().chain(CACHED_UNDER_CHECKED_EPOCH) {
             anyhow::ensure!(
                 by_path.contains_key(*path),
-                "{path} is listed as resolved in its query but is not in the contract"
+                "{path} is listed as getting the checked credential but is not in the contract"
             );
         }
         Ok(Self { by_path })

@@ -161,120 +161,94 @@ impl Providers {
         trace: Option<&TraceContext>,
     ) -> Result<ProviderAnswer, DomainError> {
         let started = std::time::Instant::now();
-        let answer = self
-            .embed_unmeasured(destination, key, inputs, input_type, deadline, trace)
-            .await;
-        let protocol = protocol_label(destination.protocol);
-        let metrics = metrics();
-        metrics
-            .provider_requests
-            .get_or_create(&ProviderLabels {
-                protocol,
-                outcome: match &answer {
-                    Ok(_) => "ok",
-                    Err(error) => outcome_label(error),
-                },
-            })
-            .inc();
-        metrics
-            .provider_duration
-            .get_or_create(&ProtocolLabel { protocol })
-            .observe(started.elapsed().as_secs_f64());
-        answer
-    }
-
-    async fn embed_unmeasured(
-        &self,
-        destination: &Destination,
-        key: &ApiKey,
-        inputs: &[String],
-        input_type: InputType,
-        deadline: Instant,
-        trace: Option<&TraceContext>,
-    ) -> Result<ProviderAnswer, DomainError> {
-        if destination.protocol == EmbeddingProtocol::Unspecified {
-            return Err(DomainError::FailedPrecondition {
-                reason: PreconditionReason::NoEmbeddingProtocol,
-                message: "the instance's API standard names no embedding protocol; an \
-                          administrator must set its `protocol`"
-                    .to_owned(),
-            });
-        }
-        let endpoint = Url::parse(&destination.endpoint)
-            .map_err(|_| DomainError::Internal("a stored endpoint is not a URL".to_owned()))?;
-        self.settings
-            .egress
-            .check_endpoint(&endpoint)
-            .map_err(refused)?;
-        let url = wire::batch_url(destination.protocol, &endpoint).map_err(|unusable| {
-            DomainError::Provider {
-                failure: ProviderFailure::NotFound,
-                message: unusable.0,
-                retry_after: None,
-            }
-        })?;
-        let (auth_header, auth_value) = auth_header(destination, key)?;
-        let shape = CallShape {
-            model: &destination.model,
-            input_type,
-            reduced_dimensions: destination.reduced_dimensions,
-        };
-        let policy = RetryPolicy {
-            max_attempts: self.settings.max_attempts.max(1),
-            backoff_base: self.settings.backoff_base,
-            attempt_timeout: self.settings.attempt_timeout,
-            max_reply_bytes: self.settings.max_reply_bytes,
-        };
-        let call = BatchCall {
-            client: &self.client,
-            protocol_label: protocol_label(destination.protocol),
-            trace_headers: &trace_headers(trace),
-            protocol: destination.protocol,
-            shape: &shape,
-            url: &url,
-            auth_header: &auth_header,
-            auth_value: &auth_value,
-            key: key.expose(),
-            deadline,
-            policy,
-        };
-        // Futures named up front (not made in a closure), so that the whole call stays `Send`.
-        let sends: Vec<_> = inputs
-            .chunks(wire::batch_limit(destination.protocol).max(1))
-            .map(|texts| call.send(texts))
-            .collect();
-        // `buffered` keeps the batches' order while up to `batches_in_flight` run at once.
-        let all = stream::iter(sends)
-            .buffered(self.settings.batches_in_flight.max(1))
-            .collect::<Vec<_>>();
-        let results = tokio::time::timeout_at(deadline, all)
-            .await
-            .map_err(|_| exchange::deadline_exceeded())?;
-        let mut answer = ProviderAnswer {
-            embeddings: Embeddings::default(),
-            model: None,
-            retries: 0,
-        };
-        for result in results {
-            let (reply, retries) = result?;
-            answer.embeddings.vectors.extend(reply.vectors);
-            if let Some(tokens) = reply.input_tokens {
-                *answer.embeddings.input_tokens.get_or_insert(0) += tokens;
-            }
-            if answer.model.is_none() {
-                answer.model = reply.model.map(|model| {
-                    // Usually the instance's own model name, which needs no scrubbing; any other
-                    // text from the provider is scrubbed like its error messages.
-                    if model == destination.model {
-                        model
-                    } else {
-                        scrub::shorten(&scrub::redact(&model, key.expose()), 200)
-                    }
+        let answer = async {
+            if destination.protocol == EmbeddingProtocol::Unspecified {
+                return Err(DomainError::FailedPrecondition {
+                    reason: PreconditionReason::NoEmbeddingProtocol,
+                    message: "the instance's API standard names no embedding protocol; an \
+                              administrator must set its `protocol`"
+                        .to_owned(),
                 });
             }
-            answer.retries += retries;
+            let endpoint = Url::parse(&destination.endpoint)
+                .map_err(|_| DomainError::Internal("a stored endpoint is not a URL".to_owned()))?;
+            self.settings
+                .egress
+                .check_endpoint(&endpoint)
+                .map_err(refused)?;
+            let url = wire::batch_url(destination.protocol, &endpoint).map_err(|unusable| {
+                DomainError::Provider {
+                    failure: ProviderFailure::NotFound,
+                    message: unusable.0,
+                    retry_after: None,
+                }
+            })?;
+            let (auth_header, auth_value) = auth_header(destination, key)?;
+            let shape = CallShape {
+                model: &destination.model,
+                input_type,
+                reduced_dimensions: destination.reduced_dimensions,
+            };
+            let policy = RetryPolicy {
+                max_attempts: self.settings.max_attempts.max(1),
+                backoff_base: self.settings.backoff_base,
+                attempt_timeout: self.settings.attempt_timeout,
+                max_reply_bytes: self.settings.max_reply_bytes,
+            };
+            let call = BatchCall {
+                client: &self.client,
+                protocol_label: protocol_label(destination.protocol),
+                trace_headers: &trace_headers(trace),
+                protocol: destination.protocol,
+                shape: &shape,
+                url: &url,
+                auth_header: &auth_header,
+                auth_value: &auth_value,
+                key: key.expose(),
+                deadline,
+                policy,
+            };
+            // Futures named up front (not made in a closure), so that the whole call stays `Send`.
+            let sends: Vec<_> = inputs
+                .chunks(wire::batch_limit(destination.protocol).max(1))
+                .map(|texts| call.send(texts))
+                .collect();
+            // `buffered` keeps the batches' order while up to `batches_in_flight` run at once.
+            let all = stream::iter(sends)
+                .buffered(self.settings.batches_in_flight.max(1))
+                .collect::<Vec<_>>();
+            let results = tokio::time::timeout_at(deadline, all)
+                .await
+                .map_err(|_| exchange::deadline_exceeded())?;
+            let mut answer = ProviderAnswer {
+                embeddings: Embeddings::default(),
+                model: None,
+                retries: 0,
+            };
+            for result in results {
+                let (reply, retries) = result?;
+                answer.embeddings.vectors.extend(reply.vectors);
+                if let Some(tokens) = reply.input_tokens {
+                    *answer.embeddings.input_tokens.get_or_insert(0) += tokens;
+                }
+                if answer.model.is_none() {
+                    answer.model = reply.model.map(|model| {
+                        // Usually the instance's own model name, which needs no scrubbing; any other
+                        // text from the provider is scrubbed like its error messages.
+                        if model == destination.model {
+                            model
+                        } else {
+                            scrub::shorten(&scrub::redact(&model, key.expose()), 200)
+                        }
+                    });
+                }
+                answer.retries += retries;
+            }
+            Ok(answer)
         }
-        Ok(answer)
+        .await;
+        record_call(destination.protocol, &answer, started);
+        answer
     }
 }
 
@@ -370,6 +344,30 @@ fn trace_headers(trace: Option<&TraceContext>) -> http::HeaderMap {
         headers.insert("tracestate", value);
     }
     headers
+}
+
+/// Counts a finished provider call in the metrics, by protocol and outcome, with its latency.
+fn record_call(
+    protocol: EmbeddingProtocol,
+    answer: &Result<ProviderAnswer, DomainError>,
+    started: std::time::Instant,
+) {
+    let protocol = protocol_label(protocol);
+    let metrics = metrics();
+    metrics
+        .provider_requests
+        .get_or_create(&ProviderLabels {
+            protocol,
+            outcome: match answer {
+                Ok(_) => "ok",
+                Err(error) => outcome_label(error),
+            },
+        })
+        .inc();
+    metrics
+        .provider_duration
+        .get_or_create(&ProtocolLabel { protocol })
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// The protocol as a metrics label.
