@@ -14,6 +14,8 @@ const PROTOS: &[&str] = &[
     "proto/llmregistry/v1/projects.proto",
     "proto/llmregistry/v1/audit.proto",
     "proto/llmregistry/v1/embeddings.proto",
+    "proto/llmregistry/v1/service_accounts.proto",
+    "proto/llmregistry/v1/credentials.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -187,6 +187,26 @@ pub struct ServeArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub providers: ProviderArgs,
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+}
+
+/// `CredentialService.ResolveCredential`: the one way a key leaves the registry
+/// (docs/operations.md, "Service accounts").
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// Credential releases one service account may receive per minute, counted across
+    /// replicas; beyond, RESOURCE_EXHAUSTED. 0 turns ResolveCredential off.
+    #[arg(long, env = "CREDENTIAL_RELEASES_PER_MINUTE", default_value_t = 600)]
+    pub credential_releases_per_minute: u32,
+    /// Allow ResolveCredential over a listener without TLS (a sidecar on loopback). Not needed
+    /// when TLS_CERT_FILE is set or TLS_TERMINATED_UPSTREAM=true.
+    #[arg(
+        long,
+        env = "ALLOW_PLAINTEXT_CREDENTIAL_RELEASE",
+        default_value_t = false
+    )]
+    pub allow_plaintext_credential_release: bool,
 }
 
 /// TLS on the gRPC listener (docs/operations.md, "TLS and mutual TLS").
@@ -305,6 +325,27 @@ pub struct ServeSettings {
     pub tls: Option<TlsSettings>,
     /// Where Prometheus scrapes; `None`: no metrics listener.
     pub metrics_addr: Option<SocketAddr>,
+    pub release: ReleaseSettings,
+}
+
+/// How ResolveCredential may release keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseSettings {
+    /// Releases per service account and minute, across replicas; 0: none at all.
+    pub per_minute: u32,
+    /// Keys may be released over a plaintext listener: TLS ends upstream, or the operator
+    /// allowed it explicitly. With TLS on the listener this does not matter.
+    pub plaintext_allowed: bool,
+}
+
+impl Default for ReleaseSettings {
+    /// The defaults of the command line: 600 a minute, never over plaintext.
+    fn default() -> Self {
+        Self {
+            per_minute: 600,
+            plaintext_allowed: false,
+        }
+    }
 }
 
 /// What one connection or caller may hold at the edge, and the HTTP/2 limits (see
@@ -428,6 +469,11 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         providers: provider_settings(global.mode, &serve.providers)?,
         tls: tls_settings(&serve.tls)?,
         metrics_addr: serve.metrics_addr,
+        release: ReleaseSettings {
+            per_minute: serve.release.credential_releases_per_minute,
+            plaintext_allowed: serve.tls.tls_terminated_upstream
+                || serve.release.allow_plaintext_credential_release,
+        },
     })
 }
 

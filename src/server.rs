@@ -22,8 +22,9 @@ use tower::ServiceBuilder;
 
 use crate::{
     api::{
-        ApiContext, api_standards::ApiStandardsApi, audit::AuditApi, definitions::DefinitionsApi,
-        embeddings::EmbeddingApi, instances::InstancesApi, projects::ProjectsApi,
+        ApiContext, CredentialRelease, api_standards::ApiStandardsApi, audit::AuditApi,
+        credentials::CredentialsApi, definitions::DefinitionsApi, embeddings::EmbeddingApi,
+        instances::InstancesApi, projects::ProjectsApi, service_accounts::ServiceAccountsApi,
         sharing::SharingApi, users::UsersApi,
     },
     config::{Mode, ServeSettings},
@@ -44,10 +45,12 @@ use crate::{
         v1::{
             api_standard_service_server::ApiStandardServiceServer,
             audit_service_server::AuditServiceServer,
+            credential_service_server::CredentialServiceServer,
             embedding_service_server::EmbeddingServiceServer,
             llm_definition_service_server::LlmDefinitionServiceServer,
             llm_instance_service_server::LlmInstanceServiceServer,
             project_service_server::ProjectServiceServer,
+            service_account_service_server::ServiceAccountServiceServer,
             sharing_service_server::SharingServiceServer, user_service_server::UserServiceServer,
         },
     },
@@ -166,6 +169,10 @@ pub async fn serve(
         key_ring: Arc::new(settings.key_ring.clone()),
         providers: Providers::new(settings.providers.clone())?,
         request_timeout: settings.request_timeout,
+        release: CredentialRelease {
+            per_minute: settings.release.per_minute,
+            transport_allowed: settings.tls.is_some() || settings.release.plaintext_allowed,
+        },
     };
     let max_message = settings.max_message_bytes;
 
@@ -205,6 +212,7 @@ pub async fn serve(
             methods.clone(),
             store.clone(),
             &settings.admin_token,
+            refusals.clone(),
         )))
         .layer(MiddlewareLayer::new(BodyGate::new(
             methods.clone(),
@@ -313,6 +321,21 @@ pub async fn serve(
                 .max_encoding_message_size(max_message)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            ServiceAccountServiceServer::new(ServiceAccountsApi(context.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            // Its answer carries a key: never compressed (no second copy of it in a
+            // compression buffer).
+            CredentialServiceServer::new(CredentialsApi(context.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message)
+                .accept_compressed(CompressionEncoding::Gzip),
         );
     let mut accepting = None;
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =

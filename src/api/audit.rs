@@ -1,17 +1,18 @@
 //! `AuditService`: reads the audit trail. Admins read everything; other users read the events
-//! of resources in their own namespace.
+//! of resources in their own namespace and those a service account did on their behalf; a
+//! service account on its own reads the events it caused.
 
 use tonic::{Request, Response, Status};
 
 use super::{ApiContext, caller_of, convert, paging};
 use crate::{
     domain::{
-        audit::AuditEvent,
+        audit::{AuditEvent, caller_label},
         caller::Caller,
         validate::{self, MAX_ENDPOINT_LEN},
     },
     pb::v1::{self as pb, audit_service_server::AuditService},
-    store::AuditFilter,
+    store::{AuditFilter, Visibility},
 };
 
 pub struct AuditApi(pub ApiContext);
@@ -21,6 +22,7 @@ fn to_pb(event: AuditEvent) -> pb::AuditEvent {
         name: format!("auditEvents/{}", event.id),
         time: convert::timestamp(event.time),
         caller: event.caller,
+        subject: event.subject.unwrap_or_default(),
         method: event.method,
         resource: event.resource,
         outcome: event.outcome,
@@ -47,10 +49,18 @@ impl AuditService for AuditApi {
         let filter = AuditFilter {
             resource: filter("resource", request.resource.trim_end_matches('/'))?,
             caller: filter("caller", &request.caller)?,
-            // Users who are not admins see only their own resources' events.
-            owner: match &caller {
-                Caller::User(user) if !user.is_admin => Some(user.handle.to_string()),
-                _ => None,
+            subject: filter("subject", &request.subject)?,
+            // Callers who are not admins see only what concerns them (an acting service account
+            // sees what its user sees).
+            visible_to: match &caller {
+                Caller::Admin => None,
+                Caller::User(user) if user.is_admin => None,
+                Caller::User(user) => Some(Visibility::User {
+                    handle: user.handle.to_string(),
+                }),
+                Caller::ServiceAccount(_) => Some(Visibility::ServiceAccount {
+                    label: caller_label(&caller),
+                }),
             },
         };
         let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;

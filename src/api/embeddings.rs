@@ -17,14 +17,14 @@ use crate::{
     domain::{
         DomainError,
         access::InstanceAction,
-        audit::{Audit, SelfAudited, caller_label},
+        audit::{Audit, SelfAudited, caller_label, subject_label},
         caller::{Caller, Credential},
         embedding::{
             CallTarget, InputLimits, InputType, InstanceForCall, InstanceTest, PROBE_TEXT,
             check_inputs, check_vectors,
         },
         error::both,
-        names::{InstanceName, ProjectName},
+        names::InstanceName,
     },
     grpc::{deadline, refusal_audit::code_name},
     pb::v1::{self as pb, embedding_service_server::EmbeddingService},
@@ -61,7 +61,7 @@ impl EmbeddingService for EmbeddingApi {
             max_input_bytes: settings.max_input_bytes,
         };
         let (target, input_type) = both(
-            call_target(&arrival.caller, "name", &request.name),
+            instance_use::call_target(&arrival.caller, "name", &request.name),
             input_type(request.input_type),
         )?;
         check_inputs(&request.inputs, limits)?;
@@ -286,6 +286,7 @@ impl Use {
             .store
             .record_use(UsageEvent {
                 caller: caller_label(&self.caller),
+                subject: subject_label(&self.caller),
                 method,
                 resource: self.found.instance.name.to_string(),
                 outcome: outcome_of(result),
@@ -294,19 +295,6 @@ impl Use {
             .await
             .map_err(Status::from)
     }
-}
-
-/// The instance or project a request names: a full project name, or an instance as a full
-/// name, `{owner}/{instance}` or a bare handle of the caller's own.
-fn call_target(caller: &Caller, field: &str, value: &str) -> Result<CallTarget, DomainError> {
-    if value.starts_with("users/") && value.split('/').nth(2) == Some("projects") {
-        return ProjectName::parse(field, value).map(CallTarget::Project);
-    }
-    if value.is_empty() {
-        return Err(DomainError::invalid(field, "is required"));
-    }
-    InstanceName::parse_reference(field, value, caller.namespace().as_ref())
-        .map(CallTarget::Instance)
 }
 
 fn input_type(number: i32) -> Result<InputType, DomainError> {

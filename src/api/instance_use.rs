@@ -22,12 +22,26 @@ use crate::{
         caller::Caller,
         embedding::{CallTarget, EmbeddingProtocol, InputType, InstanceForCall},
         error::{LimitReason, PreconditionReason},
+        names::{InstanceName, ProjectName},
         project::ProjectBinding,
     },
     providers::{Destination, ProviderAnswer, gate::GatePass},
     trace_context::TraceContext,
     vault::ApiKey,
 };
+
+/// The instance or project a request names: a full project name, or an instance as a full
+/// name, `{owner}/{instance}` or a bare handle of the caller's own.
+pub fn call_target(caller: &Caller, field: &str, value: &str) -> Result<CallTarget, DomainError> {
+    if value.starts_with("users/") && value.split('/').nth(2) == Some("projects") {
+        return ProjectName::parse(field, value).map(CallTarget::Project);
+    }
+    if value.is_empty() {
+        return Err(DomainError::invalid(field, "is required"));
+    }
+    InstanceName::parse_reference(field, value, caller.namespace().as_ref())
+        .map(CallTarget::Instance)
+}
 
 /// The instance behind `target`, if `caller` may do `action` with it.
 pub async fn resolve(

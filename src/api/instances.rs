@@ -16,7 +16,7 @@ use crate::{
         definition::ServiceSpec,
         embedding::InstanceTest,
         error::both,
-        instance::{self, ApiKeyChange, Instance, Role, Scope},
+        instance::{self, ApiKeyChange, Instance, InstanceChange, Role, Scope},
         mask::UpdateMask,
         names::{DefinitionName, Handle, InstanceName, UserName},
     },
@@ -36,6 +36,7 @@ const UPDATABLE: &[&str] = &[
     "context_limit",
     "description",
     "api_key",
+    "allow_credential_release",
 ];
 const OUTPUT_ONLY: &[&str] = &["uid", "definition", "has_api_key", "access_role"];
 
@@ -65,6 +66,7 @@ pub fn to_pb(instance: Instance) -> pb::Instance {
         // Input only: never returned.
         api_key: String::new(),
         has_api_key: instance.has_api_key,
+        allow_credential_release: instance.allow_credential_release,
         access_role: role_to_pb(instance.access_role).into(),
         create_time: convert::timestamp(instance.create_time),
         update_time: convert::timestamp(instance.update_time),
@@ -113,12 +115,18 @@ impl LlmInstanceService for InstancesApi {
                 )
             }),
         )?;
+        let allow_credential_release = request
+            .instance
+            .as_ref()
+            .is_some_and(|instance| instance.allow_credential_release);
+        access::check_release_opt_in_at_create(&caller, allow_credential_release)?;
         let name = InstanceName::new(parent.0, handle);
         let new = NewInstance {
             name: &name,
             spec: &spec,
             definition: None,
             api_key: api_key.as_ref(),
+            allow_credential_release,
         };
         let created = self
             .0
@@ -169,12 +177,14 @@ impl LlmInstanceService for InstancesApi {
         let spec = ServiceFields::from(&overrides)
             .patch(&populated)
             .apply("instance", &definition.spec)?;
+        access::check_release_opt_in_at_create(&caller, overrides.allow_credential_release)?;
         let name = InstanceName::new(parent.0, handle);
         let new = NewInstance {
             name: &name,
             spec: &spec,
             definition: Some(&source),
             api_key: api_key.as_ref(),
+            allow_credential_release: overrides.allow_credential_release,
         };
         let created = self
             .0
@@ -257,6 +267,12 @@ impl LlmInstanceService for InstancesApi {
         } else {
             ApiKeyChange::Replace(instance::api_key("instance.api_key", &instance.api_key)?)
         };
+        let release = mask
+            .touches(
+                "allow_credential_release",
+                instance.allow_credential_release,
+            )
+            .then_some(instance.allow_credential_release);
         let updated = self
             .0
             .store
@@ -269,7 +285,16 @@ impl LlmInstanceService for InstancesApi {
                 |current| {
                     let spec = patch.apply("instance", &current.spec)?;
                     access::check_key_destination(current, &spec, &key_change)?;
-                    Ok((spec, key_change))
+                    let allow_credential_release = access::check_release_opt_in_change(
+                        &caller,
+                        current,
+                        release.unwrap_or(current.allow_credential_release),
+                    )?;
+                    Ok(InstanceChange {
+                        spec,
+                        key: key_change,
+                        allow_credential_release,
+                    })
                 },
             )
             .await?;

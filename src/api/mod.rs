@@ -4,12 +4,14 @@
 pub mod api_standards;
 pub mod audit;
 pub mod convert;
+pub mod credentials;
 pub mod definitions;
 pub mod embeddings;
 mod instance_use;
 pub mod instances;
 pub mod paging;
 pub mod projects;
+pub mod service_accounts;
 pub mod sharing;
 pub mod users;
 
@@ -39,6 +41,18 @@ pub struct ApiContext {
     pub providers: Providers,
     /// The server's limit on any call; provider calls end before it.
     pub request_timeout: Duration,
+    /// How ResolveCredential may release keys.
+    pub release: CredentialRelease,
+}
+
+/// How ResolveCredential may release keys, as this server runs.
+#[derive(Clone, Copy, Debug)]
+pub struct CredentialRelease {
+    /// Releases per service account and minute, across replicas; 0: none.
+    pub per_minute: u32,
+    /// Whether a key may travel over this listener: it serves TLS, TLS ends upstream, or the
+    /// operator allowed plaintext release explicitly.
+    pub transport_allowed: bool,
 }
 
 /// The caller that the authentication layer attached to the request.

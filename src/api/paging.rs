@@ -48,6 +48,7 @@ list_requests!(
     pb::ListInstancesRequest => "ListInstances",
     pb::ListInstanceSharesRequest => "ListInstanceShares",
     pb::ListProjectsRequest => "ListProjects",
+    pb::ListServiceAccountsRequest => "ListServiceAccounts",
     pb::ListUsersRequest => "ListUsers",
 );
 

@@ -154,6 +154,9 @@ impl UserService for UsersApi {
         let name = UserName::parse("name", &request.get_ref().name)?;
         access::check_private_read(&caller, &name.0, &name)?;
         access::check_user_changeable(&name.0)?;
+        // A user's token is the user's own credential; an account acting for them never
+        // receives one (it would outlive the call and the account's permission).
+        access::check_not_acting(&caller, "rotate the user's token")?;
         let token = IssuedToken::generate();
         let user = self
             .0

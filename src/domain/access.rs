@@ -14,16 +14,22 @@
 //! - instances, by role: [`effective_role`], [`authorize_instance`] with an [`InstanceAction`];
 //! - keys: [`check_key_destination`] (a key is never moved to a new destination);
 //! - shares: [`check_grantee`];
-//! - users: [`check_admin`], [`check_user_changeable`] (the reserved `_system` user).
+//! - users: [`check_admin`], [`check_user_changeable`] (the reserved `_system` user);
+//! - service accounts: [`check_service_account_read`]; acting for a user is
+//!   `ServiceAccountPrincipal::may_act_for`, and an acting account is that user to every row
+//!   here (see `caller`);
+//! - credential release: [`check_release_caller`], [`check_release_allowed`],
+//!   [`check_release_opt_in_change`].
 
 use std::fmt::Display;
 
 use super::{
-    caller::Caller,
+    caller::{Caller, UserPrincipal},
     definition::ServiceSpec,
     error::{DomainError, PermissionReason, PreconditionReason},
     instance::{ApiKeyChange, Instance, Role},
     names::{Handle, InstanceName, SYSTEM_USER, UserKey},
+    service_account::{Permission, ServiceAccountName},
 };
 
 /// The existence-hiding refusal: what a caller who may not see `resource` is told, word for word
@@ -108,6 +114,125 @@ pub fn check_user_changeable(user: &UserKey) -> Result<(), DomainError> {
         })
     } else {
         Ok(())
+    }
+}
+
+/// May `caller` read service account `name`? Administrators, and the account itself (acting for
+/// nobody). Everyone else is PERMISSION_DENIED whether or not it exists: accounts are not in
+/// anyone's namespace, and the answer tells nothing about which exist.
+pub fn check_service_account_read(
+    caller: &Caller,
+    name: &ServiceAccountName,
+) -> Result<(), DomainError> {
+    match caller {
+        Caller::ServiceAccount(account) if account.handle == name.0 => Ok(()),
+        _ => check_admin(caller, "read other service accounts"),
+    }
+}
+
+/// Who may receive a key from ResolveCredential: a service account with RELEASE_CREDENTIALS,
+/// acting for a user (whose rights then decide which instances). Answers that user.
+pub fn check_release_caller(caller: &Caller) -> Result<&UserPrincipal, DomainError> {
+    let refused = |message: &str| DomainError::PermissionDenied {
+        reason: PermissionReason::ReleaseDenied,
+        message: message.to_owned(),
+    };
+    match caller {
+        Caller::User(user) => match &user.via {
+            Some(account) if account.has(Permission::ReleaseCredentials) => Ok(user),
+            Some(_) => Err(refused(
+                "this service account has no RELEASE_CREDENTIALS permission",
+            )),
+            None => Err(refused(
+                "only a service account with RELEASE_CREDENTIALS, acting for a user, may resolve \
+                 credentials",
+            )),
+        },
+        Caller::ServiceAccount(account) if account.has(Permission::ReleaseCredentials) => {
+            Err(refused(
+                "credentials are released only to a service account acting for a user: send \
+                 x-llmr-act-as",
+            ))
+        }
+        _ => Err(refused(
+            "only a service account with RELEASE_CREDENTIALS, acting for a user, may resolve \
+             credentials",
+        )),
+    }
+}
+
+/// A key leaves the registry only where its instance's owner allowed it.
+pub fn check_release_allowed(instance: &Instance) -> Result<(), DomainError> {
+    if instance.allow_credential_release {
+        Ok(())
+    } else {
+        Err(DomainError::FailedPrecondition {
+            reason: PreconditionReason::ReleaseNotAllowed,
+            message: format!(
+                "{} does not allow credential release; its owner may set \
+                 allow_credential_release, or use EmbeddingService instead",
+                instance.name
+            ),
+        })
+    }
+}
+
+/// Only the owner, a co-owner or an administrator (role OWNER), calling in person, may change
+/// whether an instance's key may be released; a writer may change the other fields. A service
+/// account acting for the owner may not: otherwise an account holding both permissions could
+/// opt any instance of a user it acts for in and take its key, and the opt-in would protect
+/// nothing. Answers the value to store.
+pub fn check_release_opt_in_change(
+    caller: &Caller,
+    current: &Instance,
+    wanted: bool,
+) -> Result<bool, DomainError> {
+    if wanted == current.allow_credential_release {
+        return Ok(wanted);
+    }
+    if caller.is_acting() {
+        return Err(acting_cannot("change allow_credential_release"));
+    }
+    if current.access_role >= Role::Owner {
+        Ok(wanted)
+    } else {
+        Err(DomainError::PermissionDenied {
+            reason: PermissionReason::InsufficientRole,
+            message: format!(
+                "your role on {} is {}; changing allow_credential_release needs owner",
+                current.name,
+                current.access_role.as_str()
+            ),
+        })
+    }
+}
+
+/// A new instance may allow credential release only when its owner creates it in person (see
+/// [`check_release_opt_in_change`]).
+pub fn check_release_opt_in_at_create(caller: &Caller, wanted: bool) -> Result<(), DomainError> {
+    if wanted && caller.is_acting() {
+        Err(acting_cannot(
+            "create an instance that allows credential release",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// What a service account acting for a user may still not do: the few acts that would hand it
+/// more than the user's rights for this one call (a token of the user's, a key opt-in).
+pub fn check_not_acting(caller: &Caller, what: &str) -> Result<(), DomainError> {
+    if caller.is_acting() {
+        Err(acting_cannot(what))
+    } else {
+        Ok(())
+    }
+}
+
+fn acting_cannot(what: &str) -> DomainError {
+    DomainError::PermissionDenied {
+        reason: PermissionReason::ActAsDenied,
+        message: format!("a service account acting for a user may not {what}"),
     }
 }
 
@@ -223,11 +348,11 @@ mod tests {
     use crate::domain::caller::UserPrincipal;
 
     fn user(handle: &str) -> Caller {
-        Caller::User(UserPrincipal {
-            id: 1,
-            handle: Handle::parse("h", handle).unwrap(),
-            is_admin: false,
-        })
+        Caller::User(UserPrincipal::new(
+            1,
+            Handle::parse("h", handle).unwrap(),
+            false,
+        ))
     }
 
     #[test]

@@ -4,11 +4,14 @@ use chrono::{DateTime, Utc};
 
 use super::caller::Caller;
 
-/// Who is making a change and through which method; handed to every store mutation, which
-/// records it in the transaction of the change.
+/// Who is making a change, for whom, and through which method; handed to every store mutation,
+/// which records it in the transaction of the change.
 #[derive(Debug, Clone)]
 pub struct Audit {
+    /// The identity that authenticated (see [`caller_label`]).
     pub caller: String,
+    /// The user a service account acted for (see [`subject_label`]).
+    pub subject: Option<String>,
     pub method: &'static str,
 }
 
@@ -16,6 +19,7 @@ impl Audit {
     pub fn new(caller: &Caller, method: &'static str) -> Self {
         Self {
             caller: caller_label(caller),
+            subject: subject_label(caller),
             method,
         }
     }
@@ -24,6 +28,7 @@ impl Audit {
     pub fn operator(command: &'static str) -> Self {
         Self {
             caller: command.to_owned(),
+            subject: None,
             method: command,
         }
     }
@@ -45,11 +50,24 @@ impl SelfAudited {
     }
 }
 
-/// How a caller appears in the trail.
+/// How a caller appears in the trail: the identity that authenticated, so a service account
+/// acting for a user is `serviceAccounts/{sa}` (the user is the [`subject_label`]).
 pub fn caller_label(caller: &Caller) -> String {
     match caller {
         Caller::Admin => "admin".to_owned(),
-        Caller::User(user) => format!("users/{}", user.handle),
+        Caller::User(user) => match &user.via {
+            None => format!("users/{}", user.handle),
+            Some(account) => format!("serviceAccounts/{}", account.handle),
+        },
+        Caller::ServiceAccount(account) => format!("serviceAccounts/{}", account.handle),
+    }
+}
+
+/// The user a service account acted for, as the trail's `subject` records it.
+pub fn subject_label(caller: &Caller) -> Option<String> {
+    match caller {
+        Caller::User(user) if user.via.is_some() => Some(format!("users/{}", user.handle)),
+        _ => None,
     }
 }
 
@@ -66,6 +84,7 @@ pub struct AuditEvent {
     pub id: i64,
     pub time: DateTime<Utc>,
     pub caller: String,
+    pub subject: Option<String>,
     pub method: String,
     pub resource: String,
     pub outcome: String,

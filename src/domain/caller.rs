@@ -1,13 +1,28 @@
-//! Who is calling: the configured administrator, or a user identified by their bearer token.
+//! Who is calling: the configured administrator, a user identified by their bearer token, or a
+//! service account, on its own or acting for a user.
+//!
+//! A service account acting for a user *is* that user to every rule of the policy: the caller is
+//! [`Caller::User`] with the user's id and handle, never an administrator
+//! ([`UserPrincipal::is_admin`] false whatever the user's flag), and the account it came through
+//! in [`UserPrincipal::via`], which only the audit trail, the logs and `ResolveCredential` read.
+//! So no rule can forget to narrow an acting call: they all see an ordinary user.
 
-use super::names::{Handle, UserKey};
+use std::sync::Arc;
+
+use super::{
+    names::{Handle, UserKey},
+    service_account::ServiceAccountPrincipal,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// The administrator configured at start-up (`ADMIN_TOKEN`); has no namespace of its own.
     Admin,
-    /// A user from the users table.
+    /// A user from the users table, or a service account acting for one (see `via`).
     User(UserPrincipal),
+    /// A service account acting for itself: it owns nothing and may read only what every user
+    /// may read, and its own record.
+    ServiceAccount(Arc<ServiceAccountPrincipal>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,8 +30,32 @@ pub struct UserPrincipal {
     /// Database id, for queries that join on it.
     pub id: i64,
     pub handle: Handle,
-    /// Users flagged admin have every right the configured administrator has.
+    /// Users flagged admin have every right the configured administrator has. Always false when
+    /// a service account acts for the user: acting never grants administration.
     pub is_admin: bool,
+    /// The service account acting for this user, if the call came through one.
+    pub via: Option<Arc<ServiceAccountPrincipal>>,
+}
+
+impl UserPrincipal {
+    /// The user as they call for themselves.
+    pub fn new(id: i64, handle: Handle, is_admin: bool) -> Self {
+        Self {
+            id,
+            handle,
+            is_admin,
+            via: None,
+        }
+    }
+
+    /// The user as `account` acts for them: their rights, never an administrator's.
+    pub fn acted_for_by(self, account: Arc<ServiceAccountPrincipal>) -> Self {
+        Self {
+            is_admin: false,
+            via: Some(account),
+            ..self
+        }
+    }
 }
 
 impl Caller {
@@ -24,13 +63,14 @@ impl Caller {
         match self {
             Caller::Admin => true,
             Caller::User(user) => user.is_admin,
+            Caller::ServiceAccount(_) => false,
         }
     }
 
     /// The caller's own namespace, if any (the configured administrator has none).
     pub fn namespace(&self) -> Option<UserKey> {
         match self {
-            Caller::Admin => None,
+            Caller::Admin | Caller::ServiceAccount(_) => None,
             Caller::User(user) => Some(UserKey::from(user.handle.clone())),
         }
     }
@@ -40,12 +80,26 @@ impl Caller {
         matches!(self, Caller::User(user) if user.handle.as_str() == owner.as_str())
     }
 
-    /// A short label for logs and traces: the handle, or `admin`. Never a token.
+    /// A short label for logs, traces and per-caller fairness: the handle, `admin`, or the
+    /// service account (with the user it acts for). Never a token.
     pub fn label(&self) -> String {
         match self {
             Caller::Admin => "admin".to_owned(),
-            Caller::User(user) => user.handle.to_string(),
+            Caller::User(UserPrincipal {
+                handle, via: None, ..
+            }) => handle.to_string(),
+            Caller::User(UserPrincipal {
+                handle,
+                via: Some(account),
+                ..
+            }) => format!("serviceAccounts/{} for {handle}", account.handle),
+            Caller::ServiceAccount(account) => format!("serviceAccounts/{}", account.handle),
         }
+    }
+
+    /// Whether a service account makes this call for a user.
+    pub fn is_acting(&self) -> bool {
+        matches!(self, Caller::User(user) if user.via.is_some())
     }
 }
 

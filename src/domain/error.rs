@@ -108,6 +108,10 @@ pub enum PreconditionReason {
     NoEmbeddingProtocol,
     /// The instance holds no API key to call its provider with.
     NoApiKey,
+    /// The instance's owner has not allowed ResolveCredential to release its key.
+    ReleaseNotAllowed,
+    /// A key would be released over a listener without TLS, which the operator did not allow.
+    PlaintextTransport,
 }
 
 /// Which per-instance limit refused a provider call.
@@ -117,6 +121,9 @@ pub enum LimitReason {
     Concurrency,
     /// The instance's requests per minute, counted across replicas, are used up.
     Rate,
+    /// The service account's credential releases per minute, counted across replicas, are used
+    /// up.
+    ReleaseRate,
 }
 
 /// How an outbound provider call failed; each maps to one gRPC code and `ErrorInfo` reason.
@@ -159,6 +166,12 @@ pub enum PermissionReason {
     InsufficientRole,
     /// The reserved user cannot be changed this way by anyone.
     ReservedUser,
+    /// The act-as metadata was refused: sent by a caller that is not a service account, by one
+    /// without ACT_AS_USER, or naming a user it may not act for (or who does not exist: the
+    /// same answer).
+    ActAsDenied,
+    /// Only a service account with RELEASE_CREDENTIALS, acting for a user, may receive a key.
+    ReleaseDenied,
 }
 
 impl DomainError {

@@ -62,6 +62,14 @@ pub fn api_key(field: &str, value: &str) -> Result<ApiKey, DomainError> {
     Ok(ApiKey::new(value.to_owned()))
 }
 
+/// What an update of an instance changes: its service fields, its key, its release opt-in.
+#[derive(Debug, Clone)]
+pub struct InstanceChange {
+    pub spec: super::definition::ServiceSpec,
+    pub key: ApiKeyChange,
+    pub allow_credential_release: bool,
+}
+
 /// What an update does to the stored key.
 #[derive(Debug, Clone)]
 pub enum ApiKeyChange {
@@ -80,6 +88,8 @@ pub struct Instance {
     pub definition: Option<DefinitionName>,
     pub spec: ServiceSpec,
     pub has_api_key: bool,
+    /// Whether ResolveCredential may release its key (its owner's opt-in; off by default).
+    pub allow_credential_release: bool,
     /// The caller's role on it.
     pub access_role: Role,
     pub revision: i64,

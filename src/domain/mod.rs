@@ -14,6 +14,7 @@ pub mod mask;
 pub mod names;
 pub mod pagination;
 pub mod project;
+pub mod service_account;
 pub mod share;
 pub mod token;
 pub mod user;
@@ -38,6 +39,7 @@ macro_rules! versioned {
 
 versioned!(
     instance::Instance,
+    service_account::ServiceAccount,
     project::Project,
     user::User,
     definition::Definition,

@@ -9,6 +9,14 @@ use zeroize::Zeroizing;
 
 /// Every user token starts with this.
 pub const TOKEN_PREFIX: &str = "llmr_";
+/// Every service account token starts with this. It is not a continuation of [`TOKEN_PREFIX`]
+/// (its fifth character is `s`, not `_`), so no token can be read as both kinds.
+pub const SERVICE_ACCOUNT_TOKEN_PREFIX: &str = "llmrsa_";
+
+/// Which kind of identity a presented token claims to be, by its prefix.
+pub fn is_service_account_token(token: &str) -> bool {
+    token.starts_with(SERVICE_ACCOUNT_TOKEN_PREFIX)
+}
 
 /// A freshly issued token; zeroized on drop, redacted in `Debug`.
 pub struct IssuedToken(Zeroizing<String>);
@@ -20,11 +28,21 @@ impl std::fmt::Debug for IssuedToken {
 }
 
 impl IssuedToken {
+    /// A new user token.
     pub fn generate() -> Self {
+        Self::with_prefix(TOKEN_PREFIX)
+    }
+
+    /// A new service account token.
+    pub fn generate_for_service_account() -> Self {
+        Self::with_prefix(SERVICE_ACCOUNT_TOKEN_PREFIX)
+    }
+
+    fn with_prefix(prefix: &str) -> Self {
         let mut random = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(random.as_mut_slice());
         Self(Zeroizing::new(format!(
-            "{TOKEN_PREFIX}{}",
+            "{prefix}{}",
             URL_SAFE_NO_PAD.encode(random.as_slice())
         )))
     }
@@ -57,5 +75,9 @@ mod tests {
         assert_ne!(a.reveal(), b.reveal());
         assert_eq!(a.hash(), hash(a.reveal()));
         assert!(!format!("{a:?}").contains(a.reveal()));
+        assert!(!is_service_account_token(a.reveal()));
+        let account = IssuedToken::generate_for_service_account();
+        assert!(is_service_account_token(account.reveal()));
+        assert!(!account.reveal().starts_with(TOKEN_PREFIX));
     }
 }

@@ -26,6 +26,8 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tonic::{body::Body, transport::server::TcpConnectInfo};
 
+use crate::tls::TlsConnectInfo;
+
 use super::{
     layer::{Middleware, Next},
     methods::{Method, MethodTable},
@@ -150,9 +152,10 @@ impl Middleware for Admission {
             shed("circuit_open");
             return Box::pin(async { to_status(DomainError::Unavailable).into_http() });
         }
-        let connection = request
-            .extensions()
+        let extensions = request.extensions();
+        let connection = extensions
             .get::<TcpConnectInfo>()
+            .or_else(|| extensions.get::<TlsConnectInfo>().map(|info| &info.tcp))
             .and_then(TcpConnectInfo::remote_addr)
             .map(|addr| addr.to_string())
             .unwrap_or_default();

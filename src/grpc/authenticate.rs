@@ -8,27 +8,48 @@
 //! ([`MethodFacts::gets_credential`](super::methods::MethodFacts)) also get the checked
 //! [`Credential`]: the hot reads resolved in their query read their answer with it by token, and
 //! Embed keeps its cached answers under the epoch it was checked at.
+//!
+//! Service accounts (tokens prefixed `llmrsa_`) are resolved here too, with the user named by
+//! the [`ACT_AS_HEADER`] metadata in the same statement: the caller is then that user, never an
+//! administrator (see `domain::caller`). A refused act-as is recorded in the audit trail with
+//! both identities. A token bound to a client certificate is accepted only on a mutual-TLS
+//! connection that presented that certificate.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
 use subtle::ConstantTimeEq;
-use tonic::body::Body;
+use tonic::{Code, body::Body};
 
 use super::{
     layer::{Middleware, Next},
     methods::{Method, MethodTable},
+    refusal_audit::RefusalRecorder,
     status::to_status,
 };
 use crate::{
     domain::{
         DomainError,
-        caller::{Caller, Credential, UnresolvedToken},
+        caller::{Caller, Credential, UnresolvedToken, UserPrincipal},
+        error::PermissionReason,
+        names::{UserKey, UserName},
+        service_account::ServiceAccountPrincipal,
         token,
     },
     store::Store,
+    tls::{ClientCertificate, TlsConnectInfo},
 };
+
+/// The request metadata in which a service account names the user it acts for.
+pub const ACT_AS_HEADER: &str = "x-llmr-act-as";
+
+/// What a presented token claims to be, before any lookup.
+enum Presented {
+    Admin,
+    User(UnresolvedToken),
+    ServiceAccount([u8; 32]),
+}
 
 /// Resolves tokens to callers.
 pub struct Authenticator {
@@ -36,25 +57,152 @@ pub struct Authenticator {
     store: Store,
     /// SHA-256 of the configured admin token; compared in constant time.
     admin_token_hash: [u8; 32],
+    /// Where refused act-as calls are recorded.
+    refusals: Arc<RefusalRecorder>,
 }
 
 impl Authenticator {
-    pub fn new(methods: Arc<MethodTable>, store: Store, admin_token: &str) -> Self {
+    pub fn new(
+        methods: Arc<MethodTable>,
+        store: Store,
+        admin_token: &str,
+        refusals: Arc<RefusalRecorder>,
+    ) -> Self {
         Self {
             methods,
             store,
             admin_token_hash: token::hash(admin_token),
+            refusals,
         }
     }
 
-    /// The admin, or a user token still to be looked up; no database work.
-    fn credential(&self, headers: &HeaderMap) -> Result<Credential, DomainError> {
+    /// What the token claims to be; no database work.
+    fn presented(&self, headers: &HeaderMap) -> Result<Presented, DomainError> {
         let presented = bearer_token(headers).ok_or(DomainError::Unauthenticated)?;
         let presented_hash = token::hash(presented);
         if bool::from(presented_hash.ct_eq(&self.admin_token_hash)) {
-            return Ok(Credential::Caller(Caller::Admin));
+            return Ok(Presented::Admin);
         }
-        Ok(Credential::Token(UnresolvedToken::new(presented_hash)))
+        if token::is_service_account_token(presented) {
+            return Ok(Presented::ServiceAccount(presented_hash));
+        }
+        Ok(Presented::User(UnresolvedToken::new(presented_hash)))
+    }
+
+    /// The caller of a request, and the credential its handler reads with (when it gets one).
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&ClientCertificate>,
+        method: &str,
+    ) -> Result<(Caller, Credential), DomainError> {
+        let presented = self.presented(headers)?;
+        let act_as = act_as(headers);
+        Ok(match presented {
+            Presented::Admin => {
+                refuse_act_as(act_as)?;
+                (Caller::Admin, Credential::Caller(Caller::Admin))
+            }
+            Presented::User(token) => {
+                // An unknown token is UNAUTHENTICATED whatever else is wrong.
+                let checked = self.store.authenticate(Credential::Token(token)).await?;
+                refuse_act_as(act_as)?;
+                checked
+            }
+            Presented::ServiceAccount(hash) => {
+                let named = act_as.as_ref().and_then(|named| named.as_ref().ok());
+                let (account, user) = self.store.service_account_by_token(&hash, named).await?;
+                check_certificate(&account, certificate)?;
+                let named = act_as.transpose()?;
+                let caller = self.acting(account, named, user, method).await?;
+                // The handler reads as the caller found here (the token names no user row).
+                (caller.clone(), Credential::Caller(caller))
+            }
+        })
+    }
+
+    /// The caller a service account stands for: itself, or the user it names if it may act for
+    /// them. A refusal is recorded with both identities.
+    async fn acting(
+        &self,
+        account: Arc<ServiceAccountPrincipal>,
+        named: Option<UserKey>,
+        user: Option<UserPrincipal>,
+        method: &str,
+    ) -> Result<Caller, DomainError> {
+        let Some(named) = named else {
+            return Ok(Caller::ServiceAccount(account));
+        };
+        match account.may_act_for(&named, user.is_some()) {
+            Ok(()) => match user {
+                Some(user) => Ok(Caller::User(user.acted_for_by(account))),
+                None => Err(DomainError::Internal(
+                    "an absent user passed the act-as check".to_owned(),
+                )),
+            },
+            Err(refusal) => {
+                self.refusals
+                    .record_as(
+                        format!("serviceAccounts/{}", account.handle),
+                        Some(&format!("users/{named}")),
+                        method,
+                        "",
+                        Code::PermissionDenied,
+                    )
+                    .await;
+                Err(refusal)
+            }
+        }
+    }
+}
+
+/// The act-as metadata from a caller that is not a service account: refused (INVALID_ARGUMENT
+/// first if it is malformed, as for anyone).
+fn refuse_act_as(act_as: Option<Result<UserKey, DomainError>>) -> Result<(), DomainError> {
+    match act_as {
+        None => Ok(()),
+        Some(named) => {
+            named?;
+            Err(DomainError::PermissionDenied {
+                reason: PermissionReason::ActAsDenied,
+                message: format!(
+                    "only a service account with ACT_AS_USER may send {ACT_AS_HEADER}"
+                ),
+            })
+        }
+    }
+}
+
+/// The user named by the act-as metadata: `None` when it is absent, INVALID_ARGUMENT when it is
+/// not exactly one `users/{user}`.
+fn act_as(headers: &HeaderMap) -> Option<Result<UserKey, DomainError>> {
+    let mut values = headers.get_all(ACT_AS_HEADER).iter();
+    let first = values.next()?;
+    let invalid = |why: &str| DomainError::invalid(ACT_AS_HEADER, why.to_owned());
+    if values.next().is_some() {
+        return Some(Err(invalid("must be sent once")));
+    }
+    Some(
+        first
+            .to_str()
+            .map_err(|_| invalid("must look like users/{user}"))
+            .and_then(|value| UserName::parse(ACT_AS_HEADER, value.trim()))
+            .map(|name| name.0),
+    )
+}
+
+/// A token bound to a client certificate subject is accepted only on a mutual-TLS connection
+/// whose certificate has that subject; elsewhere it is as good as unknown.
+fn check_certificate(
+    account: &ServiceAccountPrincipal,
+    presented: Option<&ClientCertificate>,
+) -> Result<(), DomainError> {
+    let Some(bound) = &account.client_certificate_subject else {
+        return Ok(());
+    };
+    match presented {
+        Some(certificate) if &*certificate.subject == bound.as_str() => Ok(()),
+        _ => Err(DomainError::Unauthenticated),
     }
 }
 
@@ -71,19 +219,22 @@ impl Middleware for Authenticator {
         mut request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        let gets_credential = match self.methods.lookup(request.uri().path()) {
+        let (gets_credential, method) = match self.methods.lookup(request.uri().path()) {
             Method::Public => return Box::pin(next.run(request)),
-            Method::Ours(facts) => facts.gets_credential,
-            Method::Unknown => false,
+            Method::Ours(facts) => (facts.gets_credential, facts.short_name.clone()),
+            Method::Unknown => (false, request.uri().path().to_owned()),
         };
         Box::pin(async move {
             // Every caller is known before anything is held for it (body, admission slot): an
             // unknown token costs this one lookup, usually answered by the read cache.
-            let credential = match self.credential(request.headers()) {
-                Ok(credential) => credential,
-                Err(error) => return to_status(error).into_http(),
-            };
-            let (caller, credential) = match self.store.authenticate(credential).await {
+            let certificate = request
+                .extensions()
+                .get::<TlsConnectInfo>()
+                .and_then(|info| info.client_certificate.clone());
+            let checked = self
+                .authenticate(request.headers(), certificate.as_ref(), &method)
+                .await;
+            let (caller, credential) = match checked {
                 Ok(checked) => checked,
                 Err(error) => return to_status(error).into_http(),
             };

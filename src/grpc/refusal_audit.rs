@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     domain::{
-        audit::{SelfAudited, caller_label},
+        audit::{SelfAudited, caller_label, subject_label},
         caller::Caller,
     },
     store::Store,
@@ -66,7 +66,28 @@ impl RefusalRecorder {
 
     /// Records that `caller`'s call of `method` on `target` was refused with `code`.
     pub async fn record(&self, caller: &Caller, method: &str, target: &str, code: Code) {
-        let label = caller_label(caller);
+        self.record_as(
+            caller_label(caller),
+            subject_label(caller).as_deref(),
+            method,
+            target,
+            code,
+        )
+        .await;
+    }
+
+    /// Records a refusal by the caller labelled `label` (as [`caller_label`] writes it) for
+    /// `subject`, the user it named to act for, if any: the edge records refused act-as calls
+    /// this way, before there is a [`Caller`] for the user.
+    pub async fn record_as(
+        &self,
+        label: String,
+        subject: Option<&str>,
+        method: &str,
+        target: &str,
+        code: Code,
+    ) {
+        let subject = subject.map(bounded);
         let (record, summary) = {
             let mut windows = self.lock();
             let now = Instant::now();
@@ -96,8 +117,15 @@ impl RefusalRecorder {
             self.write_summary(&label, count).await;
         }
         if record {
-            self.write(&label, method, &bounded(target), code_name(code), "")
-                .await;
+            self.write(
+                &label,
+                subject.as_deref(),
+                method,
+                &bounded(target),
+                code_name(code),
+                "",
+            )
+            .await;
         }
     }
 
@@ -112,17 +140,25 @@ impl RefusalRecorder {
             "{count} further refusal(s) of {label} within {}s were counted, not recorded one by one",
             self.window.as_secs()
         );
-        self.write(label, "(refusals)", "", "RATE_LIMITED", &detail)
+        self.write(label, None, "(refusals)", "", "RATE_LIMITED", &detail)
             .await;
     }
 
     /// Inserts one row, retrying once; a row that still cannot be written is logged loudly
     /// (the call it records was refused anyway, so nothing was changed unaudited).
-    async fn write(&self, label: &str, method: &str, target: &str, outcome: &str, detail: &str) {
+    async fn write(
+        &self,
+        label: &str,
+        subject: Option<&str>,
+        method: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) {
         for attempt in 1..=2 {
             match self
                 .store
-                .record_refusal(label, method, target, outcome, detail)
+                .record_refusal(label, subject, method, target, outcome, detail)
                 .await
             {
                 Ok(()) => return,

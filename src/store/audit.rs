@@ -38,6 +38,7 @@ pub(super) async fn record_outcome(
     insert(
         &mut **tx,
         &audit.caller,
+        audit.subject.as_deref(),
         audit.method,
         resource,
         outcome,
@@ -49,14 +50,15 @@ pub(super) async fn record_outcome(
 async fn insert<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     caller: &str,
+    subject: Option<&str>,
     method: &str,
     resource: &str,
     outcome: &str,
     detail: &str,
 ) -> Result<(), DomainError> {
     sqlx::query(
-        "INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail, subject) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(caller)
     .bind(method)
@@ -64,6 +66,7 @@ async fn insert<'e>(
     .bind(resource_owner(resource))
     .bind(outcome)
     .bind(detail)
+    .bind(subject)
     .execute(executor)
     .await
     .map_err(errors::db)?;
@@ -76,8 +79,19 @@ pub struct AuditFilter {
     /// This resource or anything under it.
     pub resource: Option<String>,
     pub caller: Option<String>,
-    /// Only resources of this user (forced for callers who are not admins).
-    pub owner: Option<String>,
+    /// Only events done for this user (`users/{u}`) by a service account.
+    pub subject: Option<String>,
+    /// What a caller who is not an administrator may read (forced for them).
+    pub visible_to: Option<Visibility>,
+}
+
+/// The events a caller who is not an administrator may read.
+#[derive(Debug, Clone)]
+pub enum Visibility {
+    /// A user: events of resources in their namespace, and events done on their behalf.
+    User { handle: String },
+    /// A service account on its own: the events it caused.
+    ServiceAccount { label: String },
 }
 
 #[derive(sqlx::FromRow)]
@@ -85,6 +99,7 @@ struct EventRow {
     id: i64,
     time: DateTime<Utc>,
     caller: String,
+    subject: Option<String>,
     method: String,
     resource: String,
     outcome: String,
@@ -105,12 +120,16 @@ impl Store {
     pub async fn record_refusal(
         &self,
         caller: &str,
+        subject: Option<&str>,
         method: &str,
         resource: &str,
         outcome: &str,
         detail: &str,
     ) -> Result<(), DomainError> {
-        insert(&self.pool, caller, method, resource, outcome, detail).await
+        insert(
+            &self.pool, caller, subject, method, resource, outcome, detail,
+        )
+        .await
     }
 
     /// Records one use of an instance (Embed, TestInstance) with its counts and outcome, on its
@@ -127,19 +146,31 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, DomainError> {
         let before = cursor::start_after::<RowId>(page)?.map_or(i64::MAX, |RowId(id)| id);
+        let (owner, on_behalf_of, only_caller) = match &filter.visible_to {
+            None => (None, None, None),
+            Some(Visibility::User { handle }) => {
+                (Some(handle.clone()), Some(format!("users/{handle}")), None)
+            }
+            Some(Visibility::ServiceAccount { label }) => (None, None, Some(label.clone())),
+        };
         let rows = sqlx::query_as::<_, EventRow>(
-            "SELECT id, time, caller, method, resource, outcome, detail FROM audit_events \
+            "SELECT id, time, caller, subject, method, resource, outcome, detail FROM audit_events \
              WHERE id < $1 \
                AND ($2::text IS NULL OR resource = $2 OR resource LIKE $3) \
                AND ($4::text IS NULL OR caller = $4) \
-               AND ($5::text IS NULL OR resource_owner = $5) \
-             ORDER BY id DESC LIMIT $6",
+               AND ($5::text IS NULL OR subject = $5) \
+               AND ($6::text IS NULL OR resource_owner = $6 OR subject = $7) \
+               AND ($8::text IS NULL OR caller = $8) \
+             ORDER BY id DESC LIMIT $9",
         )
         .bind(before)
         .bind(filter.resource.as_deref())
         .bind(filter.resource.as_deref().map(like_prefix))
         .bind(filter.caller.as_deref())
-        .bind(filter.owner.as_deref())
+        .bind(filter.subject.as_deref())
+        .bind(owner)
+        .bind(on_behalf_of)
+        .bind(only_caller)
         .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
         .await
@@ -150,6 +181,7 @@ impl Store {
                 id: row.id,
                 time: row.time,
                 caller: row.caller,
+                subject: row.subject,
                 method: row.method,
                 resource: row.resource,
                 outcome: row.outcome,

@@ -18,11 +18,12 @@ mod instances;
 mod keys;
 mod projects;
 mod read_cache;
+mod service_accounts;
 mod shares;
 mod usage_events;
 mod users;
 
-pub use audit::AuditFilter;
+pub use audit::{AuditFilter, Visibility};
 pub use instances::NewInstance;
 pub use keys::RotationReport;
 pub use usage_events::UsageEvent;

@@ -1,5 +1,5 @@
-//! The read cache: who a token belongs to, GetInstance answers, and what an Embed needs of its
-//! instance, kept in memory so that the hottest calls need no query of their own, without ever
+//! The read cache: who a token belongs to (a user, or a service account with the user it acts
+//! for), GetInstance answers, and what an Embed needs of its instance, kept in memory so that the hottest calls need no query of their own, without ever
 //! answering from stale data.
 //!
 //! Why it is never stale, even with several replicas: every transaction that could change a
@@ -17,10 +17,16 @@
 //!
 //! The cache is bounded: when it is full it starts over (no eviction bookkeeping on the hot path).
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use crate::{
-    domain::{caller::UserPrincipal, embedding::InstanceForCall, instance::Instance},
+    domain::{
+        caller::UserPrincipal, embedding::InstanceForCall, instance::Instance,
+        service_account::ServiceAccountPrincipal,
+    },
     metrics::{KindLabel, metrics},
 };
 
@@ -30,12 +36,22 @@ struct Entries {
     epoch: i64,
     /// Token hash → the user holding it.
     principals: HashMap<[u8; 32], UserPrincipal>,
+    /// (service account token hash, handle of the user it names to act for, "" for none) → the
+    /// account and that user. Only answers that found the user are kept: creating a user does
+    /// not move the epoch.
+    accounts: HashMap<AccountKey, AccountAnswer>,
     /// (token hash, owner, handle) → the instance as that token's user sees it.
     instances: HashMap<InstanceKey, (UserPrincipal, Instance)>,
     /// (caller's user id, instance or project name) → what an Embed needs of the instance (its
     /// sealed key, never the opened one).
     call_targets: HashMap<CallKey, InstanceForCall>,
 }
+
+/// A service account question: its token hash and the user it names to act for ("" for none).
+pub type AccountKey = ([u8; 32], String);
+
+/// A service account and, when it names one, the user it acts for.
+pub type AccountAnswer = (Arc<ServiceAccountPrincipal>, Option<UserPrincipal>);
 
 /// An Embed question: who asks (user id) and which instance or project it names.
 pub type CallKey = (i64, String);
@@ -57,12 +73,13 @@ impl Entries {
 
     fn clear(&mut self) {
         self.principals.clear();
+        self.accounts.clear();
         self.instances.clear();
         self.call_targets.clear();
     }
 
     fn len(&self) -> usize {
-        self.principals.len() + self.instances.len() + self.call_targets.len()
+        self.principals.len() + self.accounts.len() + self.instances.len() + self.call_targets.len()
     }
 }
 
@@ -92,6 +109,21 @@ impl ReadCache {
         let mut entries = self.lock()?;
         entries.observe(fresh_epoch);
         counted("principal", entries.principals.get(token_hash).cloned())
+    }
+
+    /// The service account holding a token, and the user it names, if known at `fresh_epoch`
+    /// or later.
+    pub fn account(&self, fresh_epoch: i64, key: &AccountKey) -> Option<AccountAnswer> {
+        let mut entries = self.lock()?;
+        entries.observe(fresh_epoch);
+        counted("service_account", entries.accounts.get(key).cloned())
+    }
+
+    /// Remembers a service account and the user it names, as read at `epoch`.
+    pub fn remember_account(&self, epoch: i64, key: AccountKey, answer: AccountAnswer) {
+        if let Some(mut entries) = self.room_at(epoch) {
+            entries.accounts.insert(key, answer);
+        }
     }
 
     /// The GetInstance answer for this question, if known at `fresh_epoch` or later.
@@ -184,11 +216,7 @@ mod tests {
     use crate::domain::names::Handle;
 
     fn alice() -> UserPrincipal {
-        UserPrincipal {
-            id: 7,
-            handle: Handle::parse("user", "alice").unwrap(),
-            is_admin: false,
-        }
+        UserPrincipal::new(7, Handle::parse("user", "alice").unwrap(), false)
     }
 
     #[test]

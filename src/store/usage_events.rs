@@ -26,6 +26,8 @@ const QUEUE: usize = 4096;
 #[derive(Debug)]
 pub struct UsageEvent {
     pub caller: String,
+    /// The user a service account acted for, if it did.
+    pub subject: Option<String>,
     pub method: &'static str,
     pub resource: String,
     pub outcome: &'static str,
@@ -95,8 +97,9 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), DomainError> {
         batch.iter().map(|pending| pick(&pending.event)).collect()
     };
     sqlx::query(
-        "INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])",
+        "INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail, subject) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                              $7::text[])",
     )
     .bind(column(|e| Some(&e.caller)))
     .bind(column(|e| Some(e.method)))
@@ -104,6 +107,7 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), DomainError> {
     .bind(column(|e| resource_owner(&e.resource)))
     .bind(column(|e| Some(e.outcome)))
     .bind(column(|e| Some(&e.detail)))
+    .bind(column(|e| e.subject.as_deref()))
     .execute(pool)
     .await
     .map_err(errors::db)?;

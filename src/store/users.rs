@@ -102,11 +102,7 @@ impl Store {
         .await
         .map_err(errors::db)?;
         row.map(|(id, handle, is_admin, epoch)| {
-            let principal = UserPrincipal {
-                id,
-                handle: errors::stored_handle(&handle)?,
-                is_admin,
-            };
+            let principal = UserPrincipal::new(id, errors::stored_handle(&handle)?, is_admin);
             Ok((principal, epoch))
         })
         .transpose()

@@ -7,6 +7,7 @@
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -21,22 +22,40 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::domain::service_account::normalize_subject;
+
 /// How long a handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const READY_QUEUE: usize = 128;
 
-/// One accepted connection after its TLS handshake. It reports the same connection info as a
-/// plain TCP connection, so the edge (admission's per-connection share) sees no difference.
+/// One accepted connection after its TLS handshake. Its requests carry the TCP connection info
+/// (admission's per-connection share reads it) and [`ClientCertificate`] when the client
+/// presented one (mutual TLS), which binds service account tokens to certificates.
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
-    info: TcpConnectInfo,
+    info: TlsConnectInfo,
+}
+
+/// What tonic puts in the extensions of every request of a TLS connection.
+#[derive(Debug, Clone)]
+pub struct TlsConnectInfo {
+    pub tcp: TcpConnectInfo,
+    /// The verified client certificate, if the client presented one.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// The verified client certificate of a mutual-TLS connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// Its subject, normalized by [`normalize_subject`].
+    pub subject: Arc<str>,
 }
 
 impl Connected for TlsConnection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = TlsConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> TlsConnectInfo {
         self.info.clone()
     }
 }
@@ -127,6 +146,10 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
+                    let info = TlsConnectInfo {
+                        tcp: info,
+                        client_certificate: client_certificate(&stream),
+                    };
                     let _ = ready.send(TlsConnection { stream, info }).await;
                 }
                 Ok(Err(error)) => {
@@ -136,4 +159,14 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// The subject of the end-entity certificate the client presented (rustls has verified it
+/// against the client CA by now), if it presented one.
+fn client_certificate(stream: &TlsStream<TcpStream>) -> Option<ClientCertificate> {
+    let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(ClientCertificate {
+        subject: normalize_subject(&parsed.subject().to_string()).into(),
+    })
 }

@@ -10,6 +10,8 @@ pub mod certificate;
 pub mod incoming;
 pub mod reload;
 
+pub use incoming::{ClientCertificate, TlsConnectInfo};
+
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::task::JoinHandle;

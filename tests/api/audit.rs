@@ -25,6 +25,7 @@ async fn events(app: &TestApp, token: &str, resource: &str, caller: &str) -> Vec
                     page_token: page_token.clone(),
                     resource: resource.into(),
                     caller: caller.into(),
+                    ..Default::default()
                 },
                 token,
             ))

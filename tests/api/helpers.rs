@@ -5,7 +5,7 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use llm_registry::{
     IssuedToken,
-    config::{EdgeLimits, Mode, ServeSettings},
+    config::{EdgeLimits, Mode, ReleaseSettings, ServeSettings},
     pb::v1::{
         self as pb, api_standard_service_client::ApiStandardServiceClient,
         llm_definition_service_client::LlmDefinitionServiceClient,
@@ -103,6 +103,11 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
         // Plaintext, as behind a mesh that ends TLS; tests/api/tls.rs serves over TLS.
         tls: None,
         metrics_addr: None,
+        // As TLS_TERMINATED_UPSTREAM=true gives; tests/api/service_accounts.rs turns it off.
+        release: ReleaseSettings {
+            plaintext_allowed: true,
+            ..ReleaseSettings::default()
+        },
     }
 }
 
@@ -640,4 +645,42 @@ pub async fn create_openai_instance_on(
         ))
         .await
         .expect("the instance is created");
+}
+
+/// Wraps a message with a service account's token and the user it acts for.
+pub fn acting<T>(message: T, token: &str, user: &str) -> Request<T> {
+    let mut request = authed(message, token);
+    request.metadata_mut().insert(
+        "x-llmr-act-as",
+        format!("users/{user}").parse().expect("ascii handle"),
+    );
+    request
+}
+
+/// Creates `serviceAccounts/{id}` with `permissions`, restricted to `users` (handles; empty:
+/// any user), as the admin on any server; returns its token.
+pub async fn create_service_account_on(
+    channel: &Channel,
+    admin_token: &str,
+    id: &str,
+    permissions: &[pb::ServiceAccountPermission],
+    users: &[&str],
+) -> String {
+    pb::service_account_service_client::ServiceAccountServiceClient::new(channel.clone())
+        .create_service_account(authed(
+            pb::CreateServiceAccountRequest {
+                service_account_id: id.to_owned(),
+                service_account: Some(pb::ServiceAccount {
+                    display_name: format!("Test service {id}"),
+                    permissions: permissions.iter().map(|p| *p as i32).collect(),
+                    act_for_users: users.iter().map(|u| format!("users/{u}")).collect(),
+                    ..Default::default()
+                }),
+            },
+            admin_token,
+        ))
+        .await
+        .expect("admin creates a service account")
+        .into_inner()
+        .token
 }

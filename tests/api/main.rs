@@ -35,6 +35,7 @@ mod reliability;
 mod revocation;
 mod rotation;
 mod seed;
+mod service_accounts;
 mod sharing;
 mod system_guard;
 mod tls;

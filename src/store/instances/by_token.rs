@@ -172,14 +172,14 @@ impl Store {
             .await
             .map_err(errors::db)?
             .ok_or(DomainError::Unauthenticated)?;
-        let principal = UserPrincipal {
-            id: row.try_get("caller_id").map_err(errors::db)?,
-            handle: errors::stored_handle(
+        let principal = UserPrincipal::new(
+            row.try_get("caller_id").map_err(errors::db)?,
+            errors::stored_handle(
                 row.try_get::<&str, _>("caller_handle")
                     .map_err(errors::db)?,
             )?,
-            is_admin: row.try_get("caller_is_admin").map_err(errors::db)?,
-        };
+            row.try_get("caller_is_admin").map_err(errors::db)?,
+        );
         let epoch = row.try_get("cache_epoch").map_err(errors::db)?;
         Ok((principal, row, epoch))
     }

@@ -27,6 +27,8 @@ pub struct NewInstance<'a> {
     pub spec: &'a ServiceSpec,
     pub definition: Option<&'a DefinitionName>,
     pub api_key: Option<&'a ApiKey>,
+    /// Whether ResolveCredential may release its key (the creator is its owner, who may say so).
+    pub allow_credential_release: bool,
 }
 
 /// What the database says of a create that was not written.
@@ -76,7 +78,9 @@ impl Store {
             description: new.spec.description.clone(),
             key_id: sealed.as_ref().map(|s| s.key_id.clone()),
             ciphertext: sealed.map(|s| s.ciphertext),
+            allow_credential_release: new.allow_credential_release,
             audit_caller: audit.caller.clone(),
+            audit_subject: audit.subject.clone(),
             audit_method: audit.method.to_owned(),
             resource_owner: resource_owner(&resource).map(str::to_owned),
             resource,
@@ -95,6 +99,7 @@ impl Store {
             definition: new.definition.cloned(),
             spec: new.spec.clone(),
             has_api_key,
+            allow_credential_release: new.allow_credential_release,
             access_role,
             revision: created.revision,
             create_time: created.create_time,

@@ -52,7 +52,9 @@ pub(in crate::store) struct CreateValues {
     pub description: String,
     pub ciphertext: Option<Vec<u8>>,
     pub key_id: Option<String>,
+    pub allow_credential_release: bool,
     pub audit_caller: String,
+    pub audit_subject: Option<String>,
     pub audit_method: String,
     pub resource: String,
     pub resource_owner: Option<String>,
@@ -196,13 +198,15 @@ const CREATE_BATCH: &str = "WITH input AS ( \
                      $5::text[]::uuid[] AS c5, $6::text[] AS c6, $7::text[] AS c7, $8::text[] AS c8, \
                      $9::int4[] AS c9, $10::int4[] AS c10, $11::text[] AS c11, $12::bytea[] AS c12, \
                      $13::text[] AS c13, $14::text[] AS c14, $15::text[] AS c15, $16::text[] AS c16, \
-                     $17::text[] AS c17, $18::text[] AS c18 \
+                     $17::text[] AS c17, $18::text[] AS c18, $19::bool[] AS c19, \
+                     $20::text[] AS c20 \
               OFFSET 0) AS batch, \
-             unnest(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18) \
+             unnest(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, \
+                   c19, c20) \
             WITH ORDINALITY AS t (owner, standard, definition_owner, definition_handle, uid, handle, \
                                   endpoint, model, dimensions, context_limit, description, ciphertext, \
                                   key_id, audit_caller, audit_method, resource, resource_owner, detail, \
-                                  position)), \
+                                  allow_release, audit_subject, position)), \
     resolved AS ( \
         SELECT input.*, \
                (SELECT id FROM users WHERE handle = input.owner) AS owner_id, \
@@ -213,9 +217,10 @@ const CREATE_BATCH: &str = "WITH input AS ( \
         FROM input), \
     inserted AS ( \
         INSERT INTO instances (uid, owner_id, handle, definition_id, endpoint, api_standard_id, model, \
-                               dimensions, context_limit, description, api_key_ciphertext, api_key_key_id) \
+                               dimensions, context_limit, description, api_key_ciphertext, api_key_key_id, \
+                               allow_credential_release) \
         SELECT uid, owner_id, handle, definition_id, endpoint, standard_id, model, \
-               dimensions, context_limit, description, ciphertext, key_id \
+               dimensions, context_limit, description, ciphertext, key_id, allow_release \
         FROM resolved \
         WHERE owner_id IS NOT NULL AND standard_id IS NOT NULL \
           AND (definition_owner IS NULL OR definition_id IS NOT NULL) \
@@ -223,8 +228,9 @@ const CREATE_BATCH: &str = "WITH input AS ( \
         ON CONFLICT DO NOTHING \
         RETURNING uid, id, revision, create_time, update_time), \
     audited AS ( \
-        INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail) \
-        SELECT r.audit_caller, r.audit_method, r.resource, r.resource_owner, 'OK', r.detail \
+        INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail, subject) \
+        SELECT r.audit_caller, r.audit_method, r.resource, r.resource_owner, 'OK', r.detail, \
+               r.audit_subject \
         FROM inserted JOIN resolved r USING (uid)) \
     SELECT r.position, i.id, i.revision, i.create_time, i.update_time \
     FROM inserted i JOIN resolved r USING (uid)";
@@ -268,6 +274,8 @@ pub(super) async fn insert(
         .bind(column(rows, |v| v.resource.as_str()))
         .bind(column(rows, |v| v.resource_owner.as_deref()))
         .bind(column(rows, |v| v.detail.as_str()))
+        .bind(column(rows, |v| v.allow_credential_release))
+        .bind(column(rows, |v| v.audit_subject.as_deref()))
         .fetch_all(pool)
         .await?;
     Ok(written

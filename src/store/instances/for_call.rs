@@ -77,7 +77,11 @@ impl Store {
         fresh_epoch: Option<i64>,
     ) -> Result<Option<ProjectBinding<InstanceForCall>>, DomainError> {
         let key = match caller {
-            Caller::User(user) if self.cache.enabled() => Some((user.id, target.to_string())),
+            // Keyed by user id, so only for the user in person: an account acting for them sees
+            // less (never an administrator's view), and must not share answers with them.
+            Caller::User(user) if self.cache.enabled() && user.via.is_none() => {
+                Some((user.id, target.to_string()))
+            }
             _ => None,
         };
         if let (Some(key), Some(epoch)) = (&key, fresh_epoch)

@@ -46,6 +46,7 @@ struct InstanceRow {
     context_limit: Option<i32>,
     description: String,
     has_api_key: bool,
+    allow_credential_release: bool,
     revision: i64,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
@@ -66,7 +67,7 @@ macro_rules! select_instances {
             "SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
              du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard, \
              i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
-             i.revision, i.create_time, i.update_time, s.role AS shared_role, \
+             i.allow_credential_release, i.revision, i.create_time, i.update_time, s.role AS shared_role, \
              i.last_test_time, i.last_test_code, i.last_test_message, i.last_test_dimensions, \
              i.last_test_latency_ms \
              FROM instances i \
@@ -133,6 +134,7 @@ impl InstanceRow {
                 description: self.description,
             },
             has_api_key: self.has_api_key,
+            allow_credential_release: self.allow_credential_release,
             access_role,
             revision: self.revision,
             create_time: self.create_time,
@@ -145,7 +147,8 @@ impl InstanceRow {
 
 fn caller_id(caller: &Caller) -> Option<i64> {
     match caller {
-        Caller::Admin => None,
+        // A service account on its own holds no shares (and owns nothing).
+        Caller::Admin | Caller::ServiceAccount(_) => None,
         Caller::User(user) => Some(user.id),
     }
 }

@@ -9,8 +9,7 @@ use crate::{
         access::InstanceAction,
         audit::Audit,
         caller::Caller,
-        definition::ServiceSpec,
-        instance::{ApiKeyChange, Instance},
+        instance::{ApiKeyChange, Instance, InstanceChange},
         names::InstanceName,
     },
     store::{
@@ -24,7 +23,8 @@ use crate::{
 
 impl Store {
     /// Read-modify-write, for writers and up: `change_spec` sees the instance as the caller does
-    /// (after the etag check) and returns the new spec and what happens to the key.
+    /// (after the etag check) and returns the new spec, what happens to the key and the release
+    /// opt-in.
     pub async fn update_instance(
         &self,
         audit: &Audit,
@@ -32,18 +32,31 @@ impl Store {
         name: &InstanceName,
         etag: &str,
         ring: &KeyRing,
-        change_spec: impl FnOnce(&Instance) -> Result<(ServiceSpec, ApiKeyChange), DomainError>,
+        change_spec: impl FnOnce(&Instance) -> Result<InstanceChange, DomainError>,
     ) -> Result<Instance, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         let (id, current) =
             Self::lock_for(change.tx(), caller, name, InstanceAction::Write).await?;
         change.check_etag(etag, &current)?;
-        let (spec, key_change) = change_spec(&current)?;
-        let detail = match &key_change {
-            ApiKeyChange::Keep => "",
-            ApiKeyChange::Replace(_) => "api_key replaced",
-            ApiKeyChange::Remove => "api_key removed",
-        };
+        let InstanceChange {
+            spec,
+            key: key_change,
+            allow_credential_release,
+        } = change_spec(&current)?;
+        let mut details = Vec::new();
+        match &key_change {
+            ApiKeyChange::Keep => {}
+            ApiKeyChange::Replace(_) => details.push("api_key replaced"),
+            ApiKeyChange::Remove => details.push("api_key removed"),
+        }
+        if allow_credential_release != current.allow_credential_release {
+            details.push(if allow_credential_release {
+                "credential release allowed"
+            } else {
+                "credential release disallowed"
+            });
+        }
+        let detail = details.join("; ");
         let tx = change.tx();
         let standard_id = Self::api_standard_id(
             &mut **tx,
@@ -53,8 +66,8 @@ impl Store {
         .await?;
         sqlx::query(
             "UPDATE instances SET endpoint = $2, api_standard_id = $3, model = $4, dimensions = $5, \
-             context_limit = $6, description = $7, revision = revision + 1, update_time = clock_timestamp() \
-             WHERE id = $1",
+             context_limit = $6, description = $7, allow_credential_release = $8, \
+             revision = revision + 1, update_time = clock_timestamp() WHERE id = $1",
         )
         .bind(id)
         .bind(&spec.endpoint)
@@ -63,12 +76,13 @@ impl Store {
         .bind(spec.dimensions)
         .bind(spec.context_limit)
         .bind(&spec.description)
+        .bind(allow_credential_release)
         .execute(&mut **tx)
         .await
         .map_err(|e| errors::on_reference(e, "instance.api_standard"))?;
         Self::store_key(tx, id, &current.uid, key_change, ring).await?;
         let updated = Self::visible_by_id(tx, caller, id).await?;
-        change.commit(detail).await?;
+        change.commit(&detail).await?;
         Ok(updated)
     }
 

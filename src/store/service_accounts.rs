@@ -1,0 +1,346 @@
+//! Service accounts in the database: the administrator's CRUD and token rotation, each a
+//! [`Change`] with its audit event; who a service account token belongs to (with the user it
+//! names to act for, in the same statement), through the read cache; and the per-account window
+//! of credential releases shared by every replica.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+
+use super::{
+    Store,
+    change::Change,
+    cursor::{self, HandleKey},
+    errors,
+};
+use crate::domain::{
+    DomainError,
+    audit::Audit,
+    caller::UserPrincipal,
+    names::{Handle, UserKey},
+    pagination::{Page, PageRequest},
+    service_account::{
+        Permission, ServiceAccount, ServiceAccountFields, ServiceAccountName,
+        ServiceAccountPrincipal,
+    },
+};
+
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    handle: String,
+    display_name: String,
+    permissions: Vec<String>,
+    act_for_users: Vec<String>,
+    client_certificate_subject: String,
+    revision: i64,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+const ACCOUNT_COLUMNS: &str = "handle, display_name, permissions, act_for_users, \
+     client_certificate_subject, revision, create_time, update_time";
+
+fn permissions_of(stored: &[String]) -> Result<Vec<Permission>, DomainError> {
+    stored
+        .iter()
+        .map(|p| {
+            Permission::from_stored(p)
+                .ok_or_else(|| DomainError::Internal(format!("unknown stored permission {p:?}")))
+        })
+        .collect()
+}
+
+fn handles_of(stored: &[String]) -> Result<Vec<Handle>, DomainError> {
+    stored.iter().map(|h| errors::stored_handle(h)).collect()
+}
+
+impl AccountRow {
+    fn into_domain(self) -> Result<ServiceAccount, DomainError> {
+        Ok(ServiceAccount {
+            name: ServiceAccountName(errors::stored_handle(&self.handle)?),
+            fields: ServiceAccountFields {
+                display_name: self.display_name,
+                permissions: permissions_of(&self.permissions)?,
+                act_for_users: handles_of(&self.act_for_users)?,
+                client_certificate_subject: Some(self.client_certificate_subject)
+                    .filter(|s| !s.is_empty()),
+            },
+            revision: self.revision,
+            create_time: self.create_time,
+            update_time: self.update_time,
+        })
+    }
+}
+
+/// The stored forms of the fields: permissions, users and subject ('' for none).
+fn stored(fields: &ServiceAccountFields) -> (Vec<&'static str>, Vec<&str>, &str) {
+    (
+        fields.permissions.iter().map(|p| p.as_str()).collect(),
+        fields.act_for_users.iter().map(Handle::as_str).collect(),
+        fields.client_certificate_subject.as_deref().unwrap_or(""),
+    )
+}
+
+impl Store {
+    /// The service account holding a token with this hash and, when `act_as` names a user,
+    /// that user (`None` when there is no such user, or it names the reserved `_system`, which
+    /// nobody acts for), read in one statement, through the read cache. UNAUTHENTICATED for an
+    /// unknown token.
+    pub async fn service_account_by_token(
+        &self,
+        token_hash: &[u8; 32],
+        act_as: Option<&UserKey>,
+    ) -> Result<(Arc<ServiceAccountPrincipal>, Option<UserPrincipal>), DomainError> {
+        let key = (
+            *token_hash,
+            act_as.map(|u| u.as_str().to_owned()).unwrap_or_default(),
+        );
+        if let Some(epoch) = self.fresh_epoch().await
+            && let Some(answer) = self.cache.account(epoch, &key)
+        {
+            return Ok(answer);
+        }
+        let row = sqlx::query(
+            "SELECT sa.id, sa.handle, sa.permissions, sa.act_for_users, \
+                    sa.client_certificate_subject, \
+                    u.id AS user_id, u.handle AS user_handle, u.is_admin AS user_is_admin, \
+                    (SELECT value FROM read_cache_epoch) AS cache_epoch \
+             FROM service_accounts sa \
+             LEFT JOIN users u ON u.handle = $2 AND u.handle <> '_system' \
+             WHERE sa.token_hash = $1",
+        )
+        .bind(token_hash.as_slice())
+        .bind(act_as.map(UserKey::as_str))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .ok_or(DomainError::Unauthenticated)?;
+        let get_err = errors::db;
+        let subject: String = row.try_get("client_certificate_subject").map_err(get_err)?;
+        let account = Arc::new(ServiceAccountPrincipal {
+            id: row.try_get("id").map_err(get_err)?,
+            handle: errors::stored_handle(row.try_get::<&str, _>("handle").map_err(get_err)?)?,
+            permissions: permissions_of(
+                &row.try_get::<Vec<String>, _>("permissions")
+                    .map_err(get_err)?,
+            )?,
+            act_for_users: handles_of(
+                &row.try_get::<Vec<String>, _>("act_for_users")
+                    .map_err(get_err)?,
+            )?,
+            client_certificate_subject: Some(subject).filter(|s| !s.is_empty()),
+        });
+        let user = match row.try_get::<Option<i64>, _>("user_id").map_err(get_err)? {
+            None => None,
+            Some(id) => Some(UserPrincipal::new(
+                id,
+                errors::stored_handle(row.try_get::<&str, _>("user_handle").map_err(get_err)?)?,
+                row.try_get("user_is_admin").map_err(get_err)?,
+            )),
+        };
+        // Only answers that found what they named are kept (a user created later would not
+        // move the epoch).
+        if act_as.is_none() || user.is_some() {
+            let epoch: i64 = row.try_get("cache_epoch").map_err(get_err)?;
+            self.cache
+                .remember_account(epoch, key, (account.clone(), user.clone()));
+        }
+        Ok((account, user))
+    }
+
+    pub async fn create_service_account(
+        &self,
+        audit: &Audit,
+        name: &ServiceAccountName,
+        fields: &ServiceAccountFields,
+        token_hash: &[u8],
+    ) -> Result<ServiceAccount, DomainError> {
+        let mut change = Change::begin(self, audit, name).await?;
+        let (permissions, users, subject) = stored(fields);
+        let created = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+            "INSERT INTO service_accounts (handle, display_name, permissions, act_for_users, \
+             client_certificate_subject, token_hash) VALUES ($1, $2, $3, $4, $5, $6) \
+             RETURNING {ACCOUNT_COLUMNS}"
+        )))
+        .bind(name.0.as_str())
+        .bind(&fields.display_name)
+        .bind(permissions)
+        .bind(users)
+        .bind(subject)
+        .bind(token_hash)
+        .fetch_one(&mut **change.tx())
+        .await
+        .map_err(|e| errors::on_insert(e, &name.to_string()))?
+        .into_domain()?;
+        change.commit("created; token issued").await?;
+        Ok(created)
+    }
+
+    pub async fn get_service_account(
+        &self,
+        name: &ServiceAccountName,
+    ) -> Result<ServiceAccount, DomainError> {
+        sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE handle = $1"
+        )))
+        .bind(name.0.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
+        .into_domain()
+    }
+
+    /// Service accounts in handle order, after the page cursor (the last handle served).
+    pub async fn list_service_accounts(
+        &self,
+        page: &PageRequest,
+    ) -> Result<Page<ServiceAccount>, DomainError> {
+        let found = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE handle > $1 \
+             ORDER BY handle LIMIT $2"
+        )))
+        .bind(cursor::handle_after(page)?)
+        .bind(cursor::fetch_limit(page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .into_iter()
+        .map(AccountRow::into_domain)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(cursor::page_of(found, page, |account| {
+            HandleKey(account.name.0.to_string())
+        }))
+    }
+
+    /// Read-modify-write of an account's fields: `change_fields` sees the current account
+    /// (after the etag check) and returns the new fields. Every replica sees the change with
+    /// its commit (it moves the read cache's epoch).
+    pub async fn update_service_account(
+        &self,
+        audit: &Audit,
+        name: &ServiceAccountName,
+        etag: &str,
+        change_fields: impl FnOnce(&ServiceAccount) -> Result<ServiceAccountFields, DomainError>,
+    ) -> Result<ServiceAccount, DomainError> {
+        let mut change = Change::begin(self, audit, name).await?;
+        let current = Self::lock_service_account(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
+        let fields = change_fields(&current)?;
+        let (permissions, users, subject) = stored(&fields);
+        let updated = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+            "UPDATE service_accounts SET display_name = $2, permissions = $3, act_for_users = $4, \
+             client_certificate_subject = $5, revision = revision + 1, \
+             update_time = clock_timestamp() WHERE handle = $1 RETURNING {ACCOUNT_COLUMNS}"
+        )))
+        .bind(name.0.as_str())
+        .bind(&fields.display_name)
+        .bind(permissions)
+        .bind(users)
+        .bind(subject)
+        .fetch_one(&mut **change.tx())
+        .await
+        .map_err(errors::db)?
+        .into_domain()?;
+        let detail = if fields.permissions == current.fields.permissions {
+            String::new()
+        } else {
+            let names: Vec<&str> = fields.permissions.iter().map(|p| p.as_str()).collect();
+            format!("permissions now [{}]", names.join(", "))
+        };
+        change.commit(&detail).await?;
+        Ok(updated)
+    }
+
+    /// Replaces an account's token hash; the old token stops working with the commit.
+    pub async fn rotate_service_account_token(
+        &self,
+        audit: &Audit,
+        name: &ServiceAccountName,
+        token_hash: &[u8],
+    ) -> Result<ServiceAccount, DomainError> {
+        let mut change = Change::begin(self, audit, name).await?;
+        Self::lock_service_account(change.tx(), name).await?;
+        let rotated = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+            "UPDATE service_accounts SET token_hash = $2, revision = revision + 1, \
+             update_time = clock_timestamp() WHERE handle = $1 RETURNING {ACCOUNT_COLUMNS}"
+        )))
+        .bind(name.0.as_str())
+        .bind(token_hash)
+        .fetch_one(&mut **change.tx())
+        .await
+        .map_err(errors::db)?
+        .into_domain()?;
+        change.commit("token rotated").await?;
+        Ok(rotated)
+    }
+
+    pub async fn delete_service_account(
+        &self,
+        audit: &Audit,
+        name: &ServiceAccountName,
+        etag: &str,
+    ) -> Result<(), DomainError> {
+        let mut change = Change::begin(self, audit, name).await?;
+        let current = Self::lock_service_account(change.tx(), name).await?;
+        change.check_etag(etag, &current)?;
+        sqlx::query("DELETE FROM service_accounts WHERE handle = $1")
+            .bind(name.0.as_str())
+            .execute(&mut **change.tx())
+            .await
+            .map_err(|e| errors::on_delete(e, &name.to_string()))?;
+        change.commit("deleted").await
+    }
+
+    /// Counts one credential release by account `account_id` in the current minute, shared by
+    /// every replica; answers how long until the window ends when the release is over `limit`.
+    pub async fn take_release_slot(
+        &self,
+        account_id: i64,
+        limit: u32,
+    ) -> Result<Option<Duration>, DomainError> {
+        let row = sqlx::query(
+            "INSERT INTO credential_release_windows AS w (service_account_id, window_start, used) \
+             VALUES ($1, date_trunc('minute', now()), 1) \
+             ON CONFLICT (service_account_id) DO UPDATE SET \
+               used = CASE WHEN w.window_start = EXCLUDED.window_start THEN w.used + 1 ELSE 1 END, \
+               window_start = EXCLUDED.window_start \
+             RETURNING used, \
+               EXTRACT(EPOCH FROM (window_start + interval '1 minute' - clock_timestamp()))::float8 \
+               AS seconds_left",
+        )
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| match errors::sqlstate(&e).as_deref() {
+            // The account was deleted since the edge saw it.
+            Some(errors::FOREIGN_KEY_VIOLATION) => DomainError::Unauthenticated,
+            _ => errors::db(e),
+        })?;
+        let used: i32 = row.try_get("used").map_err(errors::db)?;
+        let seconds_left: f64 = row.try_get("seconds_left").map_err(errors::db)?;
+        if u32::try_from(used).unwrap_or(u32::MAX) <= limit {
+            return Ok(None);
+        }
+        Ok(Some(Duration::from_secs_f64(
+            seconds_left.clamp(0.001, 60.0),
+        )))
+    }
+
+    /// The account row, locked for the rest of the change.
+    async fn lock_service_account(
+        tx: &mut Transaction<'static, Postgres>,
+        name: &ServiceAccountName,
+    ) -> Result<ServiceAccount, DomainError> {
+        sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE handle = $1 FOR UPDATE"
+        )))
+        .bind(name.0.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
+        .into_domain()
+    }
+}
