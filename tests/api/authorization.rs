@@ -15,13 +15,13 @@ use tonic::{Code, Request, Status, client::Grpc};
 use crate::{
     fake_provider::{FakeProvider, Flavor},
     helpers::{
-        TestApp, authed, create_definition, create_instance_from, create_project, random_api_key,
-        share, trust_fakes,
+        TestApp, acting, authed, create_definition, create_instance_from, create_project,
+        create_service_account_on, random_api_key, share, trust_fakes,
     },
     raw::RawCodec,
 };
 
-const CALLERS: [&str; 7] = [
+const CALLERS: [&str; 14] = [
     "anonymous",
     "stranger",
     "reader",
@@ -29,7 +29,50 @@ const CALLERS: [&str; 7] = [
     "coowner",
     "owner",
     "admin",
+    "sa",
+    "as-owner",
+    "as-reader",
+    "as-writer",
+    "as-stranger",
+    "as-admin",
+    "release",
 ];
+
+/// How a matrix caller calls: its bearer token (none for anonymous) and, for a service account
+/// acting for a user, that user's handle (the `x-llmr-act-as` metadata).
+#[derive(Clone, Debug, Default)]
+struct Identity {
+    token: Option<String>,
+    act_as: Option<String>,
+}
+
+/// The service accounts every world's callers use (one set per server: accounts own nothing, so
+/// a cell cannot change what another cell sees through them).
+struct Accounts {
+    none: String,
+    act: String,
+    release: String,
+}
+
+impl Accounts {
+    async fn create(app: &TestApp) -> Self {
+        use pb::ServiceAccountPermission::{ActAsUser, ReleaseCredentials};
+        let admin = &app.admin_token;
+        Self {
+            none: create_service_account_on(&app.channel, admin, "matrix-none", &[], &[]).await,
+            act: create_service_account_on(&app.channel, admin, "matrix-act", &[ActAsUser], &[])
+                .await,
+            release: create_service_account_on(
+                &app.channel,
+                admin,
+                "matrix-release",
+                &[ActAsUser, ReleaseCredentials],
+                &[],
+            )
+            .await,
+        }
+    }
+}
 
 /// The names a request targets. Existing private resources are `hidden-*`; the same-length
 /// `absent-*` names are missing, so that answers about both can be compared byte for byte.
@@ -80,6 +123,11 @@ impl Targets {
 
     fn instance(&self, handle: &str) -> String {
         format!("users/{}/instances/{handle}", self.owner)
+    }
+
+    /// The world's own service account (the target of ServiceAccountService rows).
+    fn account(&self) -> String {
+        format!("serviceAccounts/{}-sa", self.user)
     }
 }
 
@@ -325,30 +373,73 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
             ..Default::default()
         }
         .encode_to_vec(),
+        "ServiceAccountService/CreateServiceAccount" => pb::CreateServiceAccountRequest {
+            service_account_id: format!("new-sa-{}", t.suffix),
+            service_account: Some(pb::ServiceAccount::default()),
+        }
+        .encode_to_vec(),
+        "ServiceAccountService/GetServiceAccount" => {
+            pb::GetServiceAccountRequest { name: t.account() }.encode_to_vec()
+        }
+        "ServiceAccountService/ListServiceAccounts" => {
+            pb::ListServiceAccountsRequest::default().encode_to_vec()
+        }
+        "ServiceAccountService/UpdateServiceAccount" => pb::UpdateServiceAccountRequest {
+            service_account: Some(pb::ServiceAccount {
+                name: t.account(),
+                display_name: "renamed".into(),
+                ..Default::default()
+            }),
+            update_mask: mask("display_name"),
+        }
+        .encode_to_vec(),
+        "ServiceAccountService/DeleteServiceAccount" => pb::DeleteServiceAccountRequest {
+            name: t.account(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "ServiceAccountService/RotateServiceAccountToken" => {
+            pb::RotateServiceAccountTokenRequest { name: t.account() }.encode_to_vec()
+        }
+        "CredentialService/ResolveCredential" => pb::ResolveCredentialRequest {
+            name: t.instance(&t.inst),
+        }
+        .encode_to_vec(),
+        "CredentialService/ResolveCredential?project" => {
+            pb::ResolveCredentialRequest { name: project }.encode_to_vec()
+        }
         other => panic!(
             "no matrix request for {other}: add one to request_for and a row to the matrix file"
         ),
     }
 }
 
-/// Builds world `n` and returns each caller's token (`None` for anonymous).
-/// A server that may call the fake provider behind every world's instances.
-async fn spawn_with_provider() -> (TestApp, FakeProvider) {
+/// A server that may call the fake provider behind every world's instances, and the service
+/// accounts of the matrix's callers.
+async fn spawn_with_provider() -> (TestApp, FakeProvider, Accounts) {
     // The worlds' definition is an OpenAI-format model of 256 dimensions.
     let fake = FakeProvider::start(Flavor::OpenAi, 256).await;
     let app = TestApp::spawn_with(trust_fakes).await;
-    (app, fake)
+    let accounts = Accounts::create(&app).await;
+    (app, fake, accounts)
 }
 
+/// Builds world `n` and returns how each caller calls.
 async fn world(
     app: &TestApp,
     provider: &FakeProvider,
+    accounts: &Accounts,
     n: usize,
-) -> BTreeMap<&'static str, Option<String>> {
+) -> BTreeMap<&'static str, Identity> {
     let t = Targets::existing(n);
+    let user = |token: String| Identity {
+        token: Some(token),
+        act_as: None,
+    };
     let mut tokens = BTreeMap::from([
-        ("anonymous", None),
-        ("admin", Some(app.admin_token.clone())),
+        ("anonymous", Identity::default()),
+        ("admin", user(app.admin_token.clone())),
+        ("sa", user(accounts.none.clone())),
     ]);
     for (caller, handle) in [
         ("owner", t.owner.clone()),
@@ -357,13 +448,53 @@ async fn world(
         ("writer", format!("writer-{n}")),
         ("coowner", format!("coowner-{n}")),
         ("extra", t.newcomer.clone()),
+        ("boss", format!("boss-{n}")),
     ] {
         let token = app.create_user(&handle).await;
-        if caller != "extra" {
-            tokens.insert(caller, Some(token));
+        if !["extra", "boss"].contains(&caller) {
+            tokens.insert(caller, user(token));
         }
     }
-    let owner = tokens["owner"].clone().unwrap_or_default();
+    // An admin user, whom an account acts for without gaining administration.
+    app.users()
+        .update_user(authed(
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    name: format!("users/boss-{n}"),
+                    admin: true,
+                    ..Default::default()
+                }),
+                update_mask: mask("admin"),
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap();
+    for (caller, account, handle) in [
+        ("as-owner", &accounts.act, t.owner.clone()),
+        ("as-reader", &accounts.act, format!("reader-{n}")),
+        ("as-writer", &accounts.act, format!("writer-{n}")),
+        ("as-stranger", &accounts.act, format!("stranger-{n}")),
+        ("as-admin", &accounts.act, format!("boss-{n}")),
+        ("release", &accounts.release, format!("reader-{n}")),
+    ] {
+        tokens.insert(
+            caller,
+            Identity {
+                token: Some(account.clone()),
+                act_as: Some(handle),
+            },
+        );
+    }
+    create_service_account_on(
+        &app.channel,
+        &app.admin_token,
+        &format!("{}-sa", t.user),
+        &[],
+        &[],
+    )
+    .await;
+    let owner = tokens["owner"].token.clone().unwrap_or_default();
     create_definition(app, &owner, &t.owner, &t.def)
         .await
         .unwrap();
@@ -379,6 +510,8 @@ async fn world(
             pb::Instance {
                 endpoint: provider.endpoint(),
                 api_key: random_api_key(),
+                // The first allows ResolveCredential; the owner opts in at creation.
+                allow_credential_release: handle == &t.inst,
                 ..Default::default()
             },
         )
@@ -423,13 +556,14 @@ async fn call(
     app: &TestApp,
     rpc: &str,
     body: Vec<u8>,
-    token: Option<&str>,
+    identity: &Identity,
 ) -> Result<Vec<u8>, Status> {
     let mut grpc = Grpc::new(app.channel.clone());
     grpc.ready().await.unwrap();
-    let request = match token {
-        Some(token) => authed(body, token),
-        None => Request::new(body),
+    let request = match (&identity.token, &identity.act_as) {
+        (Some(token), Some(user)) => acting(body, token, user),
+        (Some(token), None) => authed(body, token),
+        (None, _) => Request::new(body),
     };
     let method = rpc.split_once('?').map_or(rpc, |(method, _)| method);
     let path = http::uri::PathAndQuery::from_str(&format!("/llmregistry.v1.{method}")).unwrap();
@@ -504,7 +638,7 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_matrix_says() {
         "every RPC has exactly one plain row: {rows:?}"
     );
 
-    let (app, provider) = spawn_with_provider().await;
+    let (app, provider, accounts) = spawn_with_provider().await;
     // One cell per (rpc, caller), numbered so that each gets a world of its own.
     let cells: Vec<(usize, &str, usize, &str)> = matrix
         .iter()
@@ -521,18 +655,19 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_matrix_says() {
         let results = join_all(chunk.iter().map(|&(n, rpc, c, caller)| {
             let app = &app;
             let provider = &provider;
+            let accounts = &accounts;
             let expected = matrix
                 .iter()
                 .find(|(r, _)| r == rpc)
                 .map(|(_, codes)| codes[c].clone())
                 .unwrap_or_default();
             async move {
-                let tokens = world(app, provider, n).await;
+                let tokens = world(app, provider, accounts, n).await;
                 let result = call(
                     app,
                     rpc,
                     request_for(rpc, &Targets::existing(n)),
-                    tokens[caller].as_deref(),
+                    &tokens[caller],
                 )
                 .await;
                 let got = match &result {
@@ -567,60 +702,51 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_matrix_says() {
 
 #[tokio::test]
 async fn strangers_cannot_tell_private_resources_from_missing_ones() {
-    let (app, provider) = spawn_with_provider().await;
+    let (app, provider, accounts) = spawn_with_provider().await;
     let mut compared = 0;
     for (n, (rpc, _)) in matrix().iter().enumerate() {
-        let tokens = world(&app, &provider, n).await;
-        let stranger = tokens["stranger"].clone();
-        let existing = call(
-            &app,
-            rpc,
-            request_for(rpc, &Targets::existing(n)),
-            stranger.as_deref(),
-        )
-        .await;
-        let missing = call(
-            &app,
-            rpc,
-            request_for(rpc, &Targets::missing(n)),
-            stranger.as_deref(),
-        )
-        .await;
-        let normalize = |bytes: &[u8]| -> Vec<u8> {
-            let mut out = bytes.to_vec();
-            for word in [b"hidden", b"absent"] {
-                let mut i = 0;
-                while i + word.len() <= out.len() {
-                    if &out[i..i + word.len()] == word {
-                        out[i..i + word.len()].copy_from_slice(b"XXXXXX");
+        let tokens = world(&app, &provider, &accounts, n).await;
+        // A stranger, in person or through an account acting for them, and an account alone.
+        for stranger in ["stranger", "as-stranger", "sa"] {
+            let stranger = &tokens[stranger];
+            let existing = call(&app, rpc, request_for(rpc, &Targets::existing(n)), stranger).await;
+            let missing = call(&app, rpc, request_for(rpc, &Targets::missing(n)), stranger).await;
+            let normalize = |bytes: &[u8]| -> Vec<u8> {
+                let mut out = bytes.to_vec();
+                for word in [b"hidden", b"absent"] {
+                    let mut i = 0;
+                    while i + word.len() <= out.len() {
+                        if &out[i..i + word.len()] == word {
+                            out[i..i + word.len()].copy_from_slice(b"XXXXXX");
+                        }
+                        i += 1;
                     }
-                    i += 1;
                 }
+                out
+            };
+            match (existing, missing) {
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.code(), b.code(), "{rpc}");
+                    assert_eq!(
+                        normalize(a.message().as_bytes()),
+                        normalize(b.message().as_bytes()),
+                        "{rpc}: messages differ"
+                    );
+                    assert_eq!(
+                        normalize(a.details()),
+                        normalize(b.details()),
+                        "{rpc}: details differ"
+                    );
+                    compared += 1;
+                }
+                (Ok(_), Ok(_)) => {}
+                (a, b) => panic!(
+                    "{rpc}: a stranger can tell them apart: {:?} vs {:?}",
+                    a.map(|_| ()),
+                    b.map(|_| ())
+                ),
             }
-            out
-        };
-        match (existing, missing) {
-            (Err(a), Err(b)) => {
-                assert_eq!(a.code(), b.code(), "{rpc}");
-                assert_eq!(
-                    normalize(a.message().as_bytes()),
-                    normalize(b.message().as_bytes()),
-                    "{rpc}: messages differ"
-                );
-                assert_eq!(
-                    normalize(a.details()),
-                    normalize(b.details()),
-                    "{rpc}: details differ"
-                );
-                compared += 1;
-            }
-            (Ok(_), Ok(_)) => {}
-            (a, b) => panic!(
-                "{rpc}: a stranger can tell them apart: {:?} vs {:?}",
-                a.map(|_| ()),
-                b.map(|_| ())
-            ),
         }
     }
-    assert!(compared >= 20, "compared only {compared} RPCs");
+    assert!(compared >= 60, "compared only {compared} answers");
 }
