@@ -21,7 +21,7 @@ use tonic_types::StatusExt;
 use crate::{
     binary::{bare_command, start_server, temp_home, terminate},
     helpers::{
-        authed, create_database, create_user_on, database_url, drop_database_blocking,
+        acting, authed, create_database, create_user_on, database_url, drop_database_blocking,
         random_api_key, unique_name, wait_until_serving,
     },
     raw::RawCodec,
@@ -35,11 +35,30 @@ pub async fn call_raw(
     request: Vec<u8>,
     token: &str,
 ) -> Result<Vec<u8>, Vec<u8>> {
+    call_raw_with(channel, path, authed(request, token)).await
+}
+
+/// [`call_raw`] as a service account acting for `user`.
+pub async fn call_raw_as(
+    channel: &Channel,
+    path: &str,
+    request: Vec<u8>,
+    token: &str,
+    user: &str,
+) -> Result<Vec<u8>, Vec<u8>> {
+    call_raw_with(channel, path, acting(request, token, user)).await
+}
+
+async fn call_raw_with(
+    channel: &Channel,
+    path: &str,
+    request: tonic::Request<Vec<u8>>,
+) -> Result<Vec<u8>, Vec<u8>> {
     let mut grpc = Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
     let result = grpc
         .unary(
-            authed(request, token),
+            request,
             http::uri::PathAndQuery::from_str(path).unwrap(),
             RawCodec,
         )

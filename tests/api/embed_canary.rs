@@ -1,7 +1,9 @@
 //! The canary for provider calls: the real binary at its most verbose log level calls fake
 //! providers with random keys, which echo the key back in error bodies (whole, in base64, in a
 //! 5xx that is retried). Each key reaches its provider, in the standard's header, and appears in
-//! no response, error, log line or database column, in any of its usual encodings.
+//! no response, error, log line or database column, in any of its usual encodings, with one
+//! exception: the body of a ResolveCredential answer to a service account, for the instance whose
+//! owner allowed it. The account's token appears nowhere either.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use llm_registry::{IssuedToken, pb::v1 as pb, vault::MasterKey};
@@ -10,11 +12,11 @@ use sqlx::Connection;
 
 use crate::{
     binary::{production_with_fakes, start_server, temp_home, terminate},
-    canary::{assert_nowhere, call_raw, contains, every_row},
+    canary::{assert_nowhere, call_raw, call_raw_as, contains, every_row},
     fake_provider::{Behaviour, FakeProvider, Flavor, error_body},
     helpers::{
-        create_database, create_user_on, database_url, drop_database_blocking, random_api_key,
-        unique_name, wait_until_serving,
+        create_database, create_service_account_on, create_user_on, database_url,
+        drop_database_blocking, random_api_key, unique_name, wait_until_serving,
     },
 };
 
@@ -65,6 +67,8 @@ async fn keys_reach_their_provider_and_nothing_else() {
                 model: "gemini-embedding-001".into(),
                 dimensions: Some(8),
                 api_key: key.clone(),
+                // The OpenAI one may be released to a gateway; the Gemini one may not.
+                allow_credential_release: standard == "openai",
                 ..Default::default()
             }),
         };
@@ -94,6 +98,64 @@ async fn keys_reach_their_provider_and_nothing_else() {
             .unwrap(),
         );
     }
+
+    // A gateway receives the releasable key in exactly one place: its answer's body. Everything
+    // else it is told (a refusal for the other instance, a use) goes with the other responses.
+    let gateway = create_service_account_on(
+        &channel,
+        &admin,
+        "gateway",
+        &[
+            pb::ServiceAccountPermission::ActAsUser,
+            pb::ServiceAccountPermission::ReleaseCredentials,
+        ],
+        &[],
+    )
+    .await;
+    const RESOLVE: &str = "/llmregistry.v1.CredentialService/ResolveCredential";
+    let resolve = |name: &str| {
+        pb::ResolveCredentialRequest {
+            name: name.to_owned(),
+        }
+        .encode_to_vec()
+    };
+    let released = call_raw_as(
+        &channel,
+        RESOLVE,
+        resolve("users/alice/instances/oai"),
+        &gateway,
+        "bob",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pb::ResolvedCredential::decode(released.as_slice())
+            .unwrap()
+            .api_key,
+        openai_key
+    );
+    responses.push(
+        call_raw_as(
+            &channel,
+            RESOLVE,
+            resolve("users/alice/instances/gem"),
+            &gateway,
+            "bob",
+        )
+        .await
+        .unwrap_err(),
+    );
+    responses.push(
+        call_raw_as(
+            &channel,
+            EMBED,
+            embed_request("users/alice/instances/gem"),
+            &gateway,
+            "bob",
+        )
+        .await
+        .unwrap(),
+    );
 
     let mut echoed_errors = 0;
     for (name, fake, key) in [
@@ -225,6 +287,14 @@ async fn keys_reach_their_provider_and_nothing_else() {
         rows.iter().any(|r| r.contains("EmbeddingService/Embed")),
         "uses were audited"
     );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("CredentialService/ResolveCredential") && r.contains("users/bob")),
+        "the release was audited"
+    );
+    // The released key is in its answer, whole, and in nothing else.
+    assert!(contains(&released, openai_key.as_bytes()));
+    assert_nowhere(&gateway, &responses, &log_lines, &rows);
 
     for key in [&openai_key, &gemini_key] {
         let needles = [

@@ -2,7 +2,9 @@
 //! health and reflection over TLS; TLS 1.3 and ALPN h2; a certificate rewritten under a running
 //! server is served to new connections while old ones keep working; a bad rewrite keeps the old
 //! one; mutual TLS refuses a connection without a client certificate, or with one from another
-//! CA, during the handshake; bad files refuse the start with the file and the problem named.
+//! CA, during the handshake; bad files refuse the start with the file and the problem named. A
+//! service account bound to a client certificate is accepted only on a connection that presented
+//! it, and keys are released over TLS without the plaintext allowance.
 //! Also the binary's `healthcheck` command (plaintext, TLS, mutual TLS) and `--version`.
 
 use std::{
@@ -33,7 +35,10 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     binary::temp_home,
-    helpers::{authed, create_database, drop_database_blocking, settings, unique_name},
+    helpers::{
+        acting, authed, create_database, create_service_account_on, create_user_on,
+        drop_database_blocking, random_api_key, settings, unique_name,
+    },
 };
 
 /// A certificate authority made at run time, and certificates it signs.
@@ -161,6 +166,8 @@ impl TlsServer {
         let ring = KeyRing::new(MasterKey::generate(), vec![]).unwrap();
         let mut settings = settings(&database, &admin_token, &ring);
         settings.tls = Some(tls);
+        // TLS is on the listener: ResolveCredential needs no plaintext allowance.
+        settings.release.plaintext_allowed = false;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -647,4 +654,107 @@ async fn the_healthcheck_command_speaks_plaintext_without_a_ca() {
     let app = crate::helpers::TestApp::spawn().await;
     let (ok, printed) = healthcheck(&["--addr", &app.addr.to_string()]).await;
     assert!(ok && printed.contains("SERVING"), "{printed}");
+}
+
+#[tokio::test]
+async fn a_service_account_bound_to_a_client_certificate_is_accepted_only_on_its_connections() {
+    use pb::{
+        ServiceAccountPermission as Permission, credential_service_client::CredentialServiceClient,
+        service_account_service_client::ServiceAccountServiceClient,
+    };
+    let server_pki = Pki::new("llm-registry test server CA");
+    let clients_pki = Pki::new("llm-registry test clients CA");
+    let files = Files::new();
+    files.write(&server_pki.server("server", false));
+    std::fs::write(files.client_ca(), &clients_pki.ca_pem).unwrap();
+    let server = TlsServer::start(files.settings(true)).await.unwrap();
+    let gateway_cert = clients_pki.client("svc-gateway");
+    let gateway = serving(
+        server.addr,
+        &client_config(&server_pki.ca_pem, Some(&gateway_cert)),
+    )
+    .await;
+    let other = serving(
+        server.addr,
+        &client_config(&server_pki.ca_pem, Some(&clients_pki.client("svc-other"))),
+    )
+    .await;
+    let admin = &server.admin_token;
+    let alice = create_user_on(&gateway, admin, "alice").await;
+    let key = random_api_key();
+    pb::llm_instance_service_client::LlmInstanceServiceClient::new(gateway.clone())
+        .create_instance(authed(
+            pb::CreateInstanceRequest {
+                parent: "users/alice".into(),
+                instance_id: "open".into(),
+                instance: Some(pb::Instance {
+                    endpoint: "https://api.openai.com/v1/embeddings".into(),
+                    api_standard: "openai".into(),
+                    model: "text-embedding-3-small".into(),
+                    api_key: key.clone(),
+                    allow_credential_release: true,
+                    ..Default::default()
+                }),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    let token = create_service_account_on(
+        &gateway,
+        admin,
+        "gateway",
+        &[Permission::ActAsUser, Permission::ReleaseCredentials],
+        &[],
+    )
+    .await;
+    // Bound to the gateway's certificate (spacing as a person might write it).
+    ServiceAccountServiceClient::new(gateway.clone())
+        .update_service_account(authed(
+            pb::UpdateServiceAccountRequest {
+                service_account: Some(pb::ServiceAccount {
+                    name: "serviceAccounts/gateway".into(),
+                    client_certificate_subject: " CN=svc-gateway ".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["client_certificate_subject".into()],
+                }),
+            },
+            admin,
+        ))
+        .await
+        .unwrap();
+    let resolve = || {
+        acting(
+            pb::ResolveCredentialRequest {
+                name: "users/alice/instances/open".into(),
+            },
+            &token,
+            "alice",
+        )
+    };
+    // On its own connection, over TLS: released, with no plaintext allowance needed.
+    let released = CredentialServiceClient::new(gateway.clone())
+        .resolve_credential(resolve())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.api_key, key);
+    // The same token on a connection with another certificate is as good as unknown.
+    let refused = CredentialServiceClient::new(other.clone())
+        .resolve_credential(resolve())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = ServiceAccountServiceClient::new(other)
+        .get_service_account(authed(
+            pb::GetServiceAccountRequest {
+                name: "serviceAccounts/gateway".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
