@@ -8,7 +8,13 @@ Walks one user journey against a running server and checks every answer:
 The admin creates two users; alice lists the `_system` definitions, creates an instance from
 one with an API key and shares it with bob as reader; bob lists it, binds a project to it and
 reads the instance through the project. A write to `_system` and a stranger's read come back
-with the documented codes. Run `generate.sh` first.
+with the documented codes.
+
+With `--provider-endpoint` (an OpenAI-format embeddings endpoint the server may reach, such as
+`clients/fake_openai.py`), an internal service joins: the admin creates a service account that
+acts for users; acting for alice (metadata `x-llmr-act-as`) it lists her instances, embeds
+through her project and resolves the credential of the instance she allowed it for; the audit
+trail names both. Run `generate.sh` first.
 """
 
 import argparse
@@ -23,12 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "generated"))
 import grpc  # noqa: E402
 
 from llmregistry.v1 import (  # noqa: E402
+    audit_pb2,
+    audit_pb2_grpc,
+    credentials_pb2,
+    credentials_pb2_grpc,
     definitions_pb2,
     definitions_pb2_grpc,
     instances_pb2,
     instances_pb2_grpc,
+    embeddings_pb2,
+    embeddings_pb2_grpc,
     projects_pb2,
     projects_pb2_grpc,
+    service_accounts_pb2,
+    service_accounts_pb2_grpc,
     sharing_pb2,
     sharing_pb2_grpc,
     users_pb2,
@@ -51,6 +65,11 @@ def bearer(token):
     return (("authorization", f"Bearer {token}"),)
 
 
+def acting(token, user):
+    """A service account's metadata for a call made on behalf of `users/{user}`."""
+    return bearer(token) + (("x-llmr-act-as", f"users/{user}"),)
+
+
 def expect_code(code, call, *args, **kwargs):
     """Calls and requires the gRPC status `code`; returns the error's details text."""
     try:
@@ -69,7 +88,7 @@ def open_channel(addr, ca_pem=None):
     return grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=ca_pem))
 
 
-def run(addr, admin_token, api_key, ca_pem=None):
+def run(addr, admin_token, api_key, ca_pem=None, provider_endpoint=None, provider_key=None):
     outcome = Outcome()
     with open_channel(addr, ca_pem) as channel:
         users = users_pb2_grpc.UserServiceStub(channel)
@@ -183,21 +202,125 @@ def run(addr, admin_token, api_key, ca_pem=None):
             metadata=bearer(tokens["bob"]),
         )
         print("refusals: PERMISSION_DENIED on _system, NOT_FOUND for a stranger, as documented")
+        if provider_endpoint:
+            service_account_journey(channel, outcome, admin_token, tokens, provider_endpoint,
+                                    provider_key)
     for response in outcome.responses:
         assert api_key not in response, "the API key came back in a response"
+        assert not provider_key or provider_key not in response, "a key came back in a response"
     return outcome
+
+
+def service_account_journey(channel, outcome, admin_token, tokens, endpoint, provider_key):
+    """An internal service (an LLM gateway) with an identity of its own acts for alice."""
+    accounts = service_accounts_pb2_grpc.ServiceAccountServiceStub(channel)
+    instances = instances_pb2_grpc.LlmInstanceServiceStub(channel)
+    projects = projects_pb2_grpc.ProjectServiceStub(channel)
+    embeddings = embeddings_pb2_grpc.EmbeddingServiceStub(channel)
+    credentials = credentials_pb2_grpc.CredentialServiceStub(channel)
+    audit = audit_pb2_grpc.AuditServiceStub(channel)
+
+    created = accounts.CreateServiceAccount(
+        service_accounts_pb2.CreateServiceAccountRequest(
+            service_account_id="gateway",
+            service_account=service_accounts_pb2.ServiceAccount(
+                display_name="LLM gateway",
+                permissions=[service_accounts_pb2.ACT_AS_USER,
+                             service_accounts_pb2.RELEASE_CREDENTIALS],
+            ),
+        ),
+        metadata=bearer(admin_token),
+    )
+    gateway = created.token
+    assert gateway.startswith("llmrsa_"), "service account tokens have their own prefix"
+
+    # Alice's instance at her provider, whose key she allows the gateway to receive.
+    outcome.keep(
+        instances.CreateInstance(
+            instances_pb2.CreateInstanceRequest(
+                parent="users/alice",
+                instance_id="fast",
+                instance=instances_pb2.Instance(
+                    endpoint=endpoint, api_standard="openai", model="text-embedding-3-small",
+                    dimensions=8, api_key=provider_key, allow_credential_release=True,
+                ),
+            ),
+            metadata=bearer(tokens["alice"]),
+        )
+    )
+    outcome.keep(
+        projects.CreateProject(
+            projects_pb2.CreateProjectRequest(
+                parent="users/alice", project_id="rag",
+                project=projects_pb2.Project(instance="users/alice/instances/fast"),
+            ),
+            metadata=bearer(tokens["alice"]),
+        )
+    )
+
+    # Acting for alice: her instances, and embeddings through her project.
+    listed = outcome.keep(
+        instances.ListInstances(
+            instances_pb2.ListInstancesRequest(parent="users/alice"),
+            metadata=acting(gateway, "alice"),
+        )
+    )
+    names = sorted(i.name for i in listed.instances)
+    assert names == ["users/alice/instances/fast", "users/alice/instances/main"], names
+    embedded = outcome.keep(
+        embeddings.Embed(
+            embeddings_pb2.EmbedRequest(name="users/alice/projects/rag",
+                                        inputs=["hello world", "bonjour"]),
+            metadata=acting(gateway, "alice"),
+        )
+    )
+    assert len(embedded.embeddings) == 2 and embedded.dimensions == 8, embedded
+    print(f"the gateway, acting for alice, embedded 2 texts with {embedded.instance}")
+
+    # The one answer that carries a key (not kept with the other responses).
+    released = credentials.ResolveCredential(
+        credentials_pb2.ResolveCredentialRequest(name="users/alice/projects/rag"),
+        metadata=acting(gateway, "alice"),
+    )
+    assert released.api_key == provider_key and released.auth_header == "Authorization"
+    assert released.endpoint == endpoint and released.project == "users/alice/projects/rag"
+
+    # The trail names both identities; alice reads it.
+    events = outcome.keep(
+        audit.ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(resource="users/alice/instances/fast"),
+            metadata=bearer(tokens["alice"]),
+        )
+    )
+    for method in ("EmbeddingService/Embed", "CredentialService/ResolveCredential"):
+        assert any(e.method == method and e.caller == "serviceAccounts/gateway"
+                   and e.subject == "users/alice" for e in events.events), (method, events)
+
+    # Only service accounts act for others.
+    expect_code(
+        grpc.StatusCode.PERMISSION_DENIED,
+        instances.ListInstances,
+        instances_pb2.ListInstancesRequest(parent="users/alice"),
+        metadata=acting(tokens["bob"], "alice"),
+    )
+    print("service account: acted for alice, audited with both identities")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", default="127.0.0.1:50051")
     parser.add_argument("--cacert", help="PEM CA file: connect over TLS trusting it")
+    parser.add_argument("--provider-endpoint",
+                        help="an OpenAI-format embeddings endpoint the server may call "
+                             "(e.g. clients/fake_openai.py): adds the service account journey")
     args = parser.parse_args()
     ca_pem = Path(args.cacert).read_bytes() if args.cacert else None
     admin_token = os.environ.get("ADMIN_TOKEN")
     if not admin_token:
         sys.exit("set ADMIN_TOKEN to the server's admin token")
-    run(args.addr, admin_token, api_key="sk-example-" + secrets.token_urlsafe(24), ca_pem=ca_pem)
+    run(args.addr, admin_token, api_key="sk-example-" + secrets.token_urlsafe(24), ca_pem=ca_pem,
+        provider_endpoint=args.provider_endpoint,
+        provider_key="sk-example-" + secrets.token_urlsafe(24))
     print("journey OK")
 
 

@@ -4,7 +4,9 @@
 
 Starts the binary in production mode over TLS (a CA and certificate made now by
 clients/make-test-certs.sh) with a generated admin token and encryption key on 127.0.0.1:0,
-runs `journey.run` over a TLS channel that trusts that CA, and checks that the API key never reached the server's log.
+runs `journey.run` over a TLS channel that trusts that CA, with a fake OpenAI provider over HTTPS
+(clients/fake_openai.py, in this process) for the service account's embeddings, and checks that
+the provider received the vaulted key and that no key or token reached the server's log.
 Needs PostgreSQL on 127.0.0.1:5432 with trust authentication, psql and openssl.
 """
 
@@ -24,6 +26,9 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import journey  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "clients"))
+import fake_openai  # noqa: E402
 
 BINARY = Path(os.environ.get("LLM_REGISTRY_BIN", ROOT / "target" / "debug" / "llm-registry"))
 
@@ -48,6 +53,9 @@ class JourneyTest(unittest.TestCase):
             [str(ROOT / "clients" / "make-test-certs.sh"), self.certs.name], check=True
         )
         certs = Path(self.certs.name)
+        self.provider, self.provider_endpoint, self.provider_requests = (
+            fake_openai.serve_in_thread(str(certs / "server.crt"), str(certs / "server.key"))
+        )
         env = dict(
             os.environ,
             LLM_REGISTRY_MODE="production",
@@ -57,6 +65,9 @@ class JourneyTest(unittest.TestCase):
             LISTEN_ADDR="127.0.0.1:0",
             TLS_CERT_FILE=str(certs / "server.crt"),
             TLS_KEY_FILE=str(certs / "server.key"),
+            # The fake provider is on loopback, with a certificate of the run's CA.
+            PROVIDER_EGRESS_ALLOW="loopback",
+            PROVIDER_CA_FILE=str(certs / "ca.pem"),
             RUST_LOG="info",
         )
         self.server = subprocess.Popen(
@@ -79,6 +90,7 @@ class JourneyTest(unittest.TestCase):
         self.server.terminate()
         self.server.wait(timeout=30)
         self.log.close()
+        self.provider.shutdown()
         self.certs.cleanup()
         psql(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
 
@@ -87,9 +99,18 @@ class JourneyTest(unittest.TestCase):
         self.assertIn('transport="TLS"', Path(self.log.name).read_text())
         port = self.addr.rsplit(":", 1)[1]
         ca = (Path(self.certs.name) / "ca.pem").read_bytes()
-        outcome = journey.run(f"localhost:{port}", self.admin_token, api_key, ca_pem=ca)
-        self.assertGreaterEqual(len(outcome.responses), 6)
-        self.assertNotIn(api_key, Path(self.log.name).read_text())
+        provider_key = "sk-test-" + secrets.token_urlsafe(24)
+        outcome = journey.run(
+            f"localhost:{port}", self.admin_token, api_key, ca_pem=ca,
+            provider_endpoint=self.provider_endpoint, provider_key=provider_key,
+        )
+        self.assertGreaterEqual(len(outcome.responses), 11)
+        self.assertIn(
+            f"Bearer {provider_key}", [r["authorization"] for r in self.provider_requests]
+        )
+        log = Path(self.log.name).read_text()
+        for secret in (api_key, provider_key, self.admin_token):
+            self.assertNotIn(secret, log)
 
 
 if __name__ == "__main__":
