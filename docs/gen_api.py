@@ -20,7 +20,18 @@ PROTO = ROOT / "proto"
 MATRIX = ROOT / "tests" / "authorization_matrix.tsv"
 OUT = ROOT / "docs" / "api.md"
 # The order a reader meets the resources in.
-FILES = ["users", "api_standards", "definitions", "instances", "sharing", "projects", "audit", "embeddings"]
+FILES = [
+    "users",
+    "service_accounts",
+    "api_standards",
+    "definitions",
+    "instances",
+    "sharing",
+    "projects",
+    "audit",
+    "embeddings",
+    "credentials",
+]
 CALLERS_HELP = {
     "anonymous": "no token",
     "stranger": "a user the instance is not shared with",
@@ -29,6 +40,13 @@ CALLERS_HELP = {
     "coowner": "share role OWNER",
     "owner": "the owner",
     "admin": "the administrator",
+    "sa": "a service account acting for nobody",
+    "as-owner": "a service account with ACT_AS_USER acting for the owner",
+    "as-reader": "... acting for the reader",
+    "as-writer": "... acting for the writer",
+    "as-stranger": "... acting for a stranger",
+    "as-admin": "... acting for a user who is an administrator",
+    "release": "a service account with ACT_AS_USER and RELEASE_CREDENTIALS acting for the reader",
 }
 
 
@@ -109,13 +127,14 @@ def render():
         "`google.rpc.PreconditionFailure`. Names follow AIP-122: `users/{user}`,",
         "`users/{user}/definitions/{definition}`, `users/{user}/instances/{instance}`,",
         "`users/{user}/instances/{instance}/shares/{grantee}`, `users/{user}/projects/{project}`,",
-        "`apiStandards/{standard}`.",
+        "`apiStandards/{standard}`, `serviceAccounts/{service_account}`. A service account acts",
+        "for a user with the metadata `x-llmr-act-as: users/{user}`.",
         "",
         "In the *who may call* tables, each column is a kind of caller: "
         + "; ".join(f"**{c}**: {CALLERS_HELP.get(c, c)}" for c in header)
         + ". A cell is the status code that caller gets in the test world (an owner with a",
         "private definition, an instance shared with a reader, a writer and a co-owner, a project",
-        "bound to it).",
+        "bound to it; the instance allows credential release).",
         "",
         "## Services",
         "",

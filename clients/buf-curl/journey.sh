@@ -172,7 +172,7 @@ expect_code invalid_argument "$ALICE" llmregistry.v1.LlmInstanceService/GetInsta
 
 step "the admin gives the gateway an identity: a service account that acts for users"
 out=$(call "$ADMIN_TOKEN" llmregistry.v1.ServiceAccountService/CreateServiceAccount \
-    '{"serviceAccountId":"gateway","serviceAccount":{"displayName":"LLM gateway","permissions":["ACT_AS_USER","RELEASE_CREDENTIALS"]}}') ||
+    '{"serviceAccountId":"gateway","serviceAccount":{"displayName":"LLM gateway","permissions":["SERVICE_ACCOUNT_PERMISSION_ACT_AS_USER","SERVICE_ACCOUNT_PERMISSION_RELEASE_CREDENTIALS"]}}') ||
     fail "CreateServiceAccount: $out"
 GATEWAY=$(jq -er .token <<<"$out")
 [[ $GATEWAY == llmrsa_* ]] || fail "a service account token starts with llmrsa_"

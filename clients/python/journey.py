@@ -225,8 +225,10 @@ def service_account_journey(channel, outcome, admin_token, tokens, endpoint, pro
             service_account_id="gateway",
             service_account=service_accounts_pb2.ServiceAccount(
                 display_name="LLM gateway",
-                permissions=[service_accounts_pb2.ACT_AS_USER,
-                             service_accounts_pb2.RELEASE_CREDENTIALS],
+                permissions=[
+                    service_accounts_pb2.SERVICE_ACCOUNT_PERMISSION_ACT_AS_USER,
+                    service_accounts_pb2.SERVICE_ACCOUNT_PERMISSION_RELEASE_CREDENTIALS,
+                ],
             ),
         ),
         metadata=bearer(admin_token),
