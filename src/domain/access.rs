@@ -345,7 +345,103 @@ pub fn check_grantee(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::caller::UserPrincipal;
+    use crate::domain::{
+        caller::UserPrincipal, names::ApiStandardName, service_account::ServiceAccountPrincipal,
+    };
+    use std::sync::Arc;
+
+    fn account(permissions: Vec<Permission>) -> Arc<ServiceAccountPrincipal> {
+        Arc::new(ServiceAccountPrincipal {
+            id: 9,
+            handle: Handle::parse("h", "gateway").unwrap(),
+            permissions,
+            act_for_users: vec![],
+            client_certificate_subject: None,
+        })
+    }
+
+    fn acting(handle: &str, permissions: Vec<Permission>) -> Caller {
+        Caller::User(
+            UserPrincipal::new(1, Handle::parse("h", handle).unwrap(), true)
+                .acted_for_by(account(permissions)),
+        )
+    }
+
+    fn instance(role: Role, allow: bool) -> Instance {
+        Instance {
+            sequence: 1,
+            name: InstanceName::new(
+                UserKey::parse("u", "alice").unwrap(),
+                Handle::parse("h", "i").unwrap(),
+            ),
+            uid: "u".into(),
+            definition: None,
+            spec: ServiceSpec {
+                endpoint: "https://x.example.com".into(),
+                api_standard: ApiStandardName(Handle::parse("h", "openai").unwrap()),
+                model: "m".into(),
+                dimensions: None,
+                context_limit: None,
+                description: String::new(),
+            },
+            has_api_key: true,
+            allow_credential_release: allow,
+            access_role: role,
+            revision: 1,
+            create_time: chrono::Utc::now(),
+            update_time: chrono::Utc::now(),
+            last_test: None,
+        }
+    }
+
+    #[test]
+    fn acting_is_never_admin_and_release_needs_the_permission_while_acting() {
+        let admin_user = acting("boss", vec![Permission::ActAsUser]);
+        assert!(!admin_user.is_admin(), "acting never grants administration");
+        assert!(admin_user.is_acting());
+        assert!(check_admin(&admin_user, "x").is_err());
+        assert!(check_release_caller(&user("alice")).is_err());
+        assert!(check_release_caller(&acting("alice", vec![Permission::ActAsUser])).is_err());
+        assert!(
+            check_release_caller(&acting(
+                "alice",
+                vec![Permission::ActAsUser, Permission::ReleaseCredentials]
+            ))
+            .is_ok()
+        );
+        let alone = Caller::ServiceAccount(account(vec![Permission::ReleaseCredentials]));
+        assert!(check_release_caller(&alone).is_err());
+        assert!(check_release_caller(&Caller::Admin).is_err());
+        let own = ServiceAccountName(Handle::parse("h", "gateway").unwrap());
+        let other = ServiceAccountName(Handle::parse("h", "other").unwrap());
+        assert!(check_service_account_read(&alone, &own).is_ok());
+        assert!(check_service_account_read(&alone, &other).is_err());
+        assert!(check_service_account_read(&user("gateway"), &own).is_err());
+    }
+
+    #[test]
+    fn the_release_opt_in_is_the_owners_in_person() {
+        let owner = user("alice");
+        assert!(check_release_allowed(&instance(Role::Reader, true)).is_ok());
+        assert!(check_release_allowed(&instance(Role::Owner, false)).is_err());
+        assert_eq!(
+            check_release_opt_in_change(&owner, &instance(Role::Owner, false), true).unwrap(),
+            true
+        );
+        assert!(check_release_opt_in_change(&owner, &instance(Role::Writer, false), true).is_err());
+        // A writer's other edits keep the value as it is.
+        assert!(check_release_opt_in_change(&owner, &instance(Role::Writer, true), true).is_ok());
+        let acting_owner = acting("alice", vec![Permission::ActAsUser]);
+        assert!(
+            check_release_opt_in_change(&acting_owner, &instance(Role::Owner, false), true)
+                .is_err()
+        );
+        assert!(check_release_opt_in_at_create(&acting_owner, true).is_err());
+        assert!(check_release_opt_in_at_create(&acting_owner, false).is_ok());
+        assert!(check_release_opt_in_at_create(&owner, true).is_ok());
+        assert!(check_not_acting(&acting_owner, "x").is_err());
+        assert!(check_not_acting(&owner, "x").is_ok());
+    }
 
     fn user(handle: &str) -> Caller {
         Caller::User(UserPrincipal::new(

@@ -219,11 +219,12 @@ impl Middleware for Authenticator {
         mut request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        let (gets_credential, method) = match self.methods.lookup(request.uri().path()) {
+        let facts = match self.methods.lookup(request.uri().path()) {
             Method::Public => return Box::pin(next.run(request)),
-            Method::Ours(facts) => (facts.gets_credential, facts.short_name.clone()),
-            Method::Unknown => (false, request.uri().path().to_owned()),
+            Method::Ours(facts) => Some(facts),
+            Method::Unknown => None,
         };
+        let gets_credential = facts.as_ref().is_some_and(|facts| facts.gets_credential);
         Box::pin(async move {
             // Every caller is known before anything is held for it (body, admission slot): an
             // unknown token costs this one lookup, usually answered by the read cache.
@@ -231,8 +232,12 @@ impl Middleware for Authenticator {
                 .extensions()
                 .get::<TlsConnectInfo>()
                 .and_then(|info| info.client_certificate.clone());
+            // How a refused act-as names the method in the trail (no allocation per call).
+            let method = facts
+                .as_ref()
+                .map_or(request.uri().path(), |facts| facts.short_name.as_str());
             let checked = self
-                .authenticate(request.headers(), certificate.as_ref(), &method)
+                .authenticate(request.headers(), certificate.as_ref(), method)
                 .await;
             let (caller, credential) = match checked {
                 Ok(checked) => checked,
