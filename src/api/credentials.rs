@@ -63,7 +63,7 @@ impl CredentialService for CredentialsApi {
         // Read as it is now (not from the cache): a release is rare and must see the latest
         // opt-in.
         let found =
-            instance_use::resolve(context, &caller, None, &target, InstanceAction::Use).await?;
+            instance_use::resolve(context, &caller, false, &target, InstanceAction::Use).await?;
         let instance = &found.instance;
         access::check_release_allowed(instance)?;
         let Some(sealed) = &found.sealed_key else {

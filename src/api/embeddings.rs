@@ -49,11 +49,12 @@ impl EmbeddingService for EmbeddingApi {
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let arrival = Arrival::of(&request, &self.0)?;
-        // The epoch at which the edge checked the token: cached answers as fresh as that serve.
-        let checked_epoch = match credential_of(&request) {
-            Ok(Credential::Token(token)) => token.fresh_epoch(),
-            _ => None,
-        };
+        // Whether the edge checked the token with the read cache fresh for this call: cached
+        // answers then serve.
+        let checked_fresh = matches!(
+            credential_of(&request),
+            Ok(Credential::Token(token)) if token.checked_fresh()
+        );
         let request = request.into_inner();
         let settings = self.0.providers.settings();
         let limits = InputLimits {
@@ -68,7 +69,7 @@ impl EmbeddingService for EmbeddingApi {
         let found = instance_use::resolve(
             &self.0,
             &arrival.caller,
-            checked_epoch,
+            checked_fresh,
             &target,
             InstanceAction::Use,
         )
@@ -91,7 +92,7 @@ impl EmbeddingService for EmbeddingApi {
         let found = instance_use::resolve(
             &self.0,
             &arrival.caller,
-            None,
+            false,
             &target,
             InstanceAction::Write,
         )

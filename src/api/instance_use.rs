@@ -47,7 +47,7 @@ pub fn call_target(caller: &Caller, field: &str, value: &str) -> Result<CallTarg
 pub async fn resolve(
     context: &ApiContext,
     caller: &Caller,
-    checked_epoch: Option<i64>,
+    checked_fresh: bool,
     target: &CallTarget,
     action: InstanceAction,
 ) -> Result<InstanceForCall, DomainError> {
@@ -58,7 +58,7 @@ pub async fn resolve(
     }
     let found = context
         .store
-        .find_for_call(caller, target, checked_epoch)
+        .find_for_call(caller, target, checked_fresh)
         .await?;
     let found = match (found, target) {
         (Some(ProjectBinding::Bound(Some(found))), _) => found,

@@ -115,19 +115,19 @@ pub enum Credential {
 }
 
 /// The SHA-256 of a presented user token; redacted in `Debug`. Once the edge has checked it, it
-/// also carries the read cache's epoch read for this call, so that the handler's cached read
-/// need not read the epoch a second time.
+/// also says whether the read cache had taken in every change made before this call arrived
+/// (the store's freshness round), so that the handler's cached read need not wait for another.
 #[derive(Clone)]
 pub struct UnresolvedToken {
     hash: [u8; 32],
-    fresh_epoch: Option<i64>,
+    checked_fresh: bool,
 }
 
 impl UnresolvedToken {
     pub fn new(hash: [u8; 32]) -> Self {
         Self {
             hash,
-            fresh_epoch: None,
+            checked_fresh: false,
         }
     }
 
@@ -135,17 +135,18 @@ impl UnresolvedToken {
         &self.hash
     }
 
-    /// The same token, checked at `epoch` (read after the call arrived).
-    pub fn checked_at(self, epoch: i64) -> Self {
+    /// The same token, checked after the read cache took in every change made before this call
+    /// arrived (`fresh`), or without that (`!fresh`: the handler reads the database).
+    pub fn checked(self, fresh: bool) -> Self {
         Self {
-            fresh_epoch: Some(epoch),
+            checked_fresh: fresh,
             ..self
         }
     }
 
-    /// The epoch the token was checked at in this call, if it was.
-    pub fn fresh_epoch(&self) -> Option<i64> {
-        self.fresh_epoch
+    /// Whether the token was checked with the read cache fresh for this call.
+    pub fn checked_fresh(&self) -> bool {
+        self.checked_fresh
     }
 }
 

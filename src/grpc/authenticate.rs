@@ -7,7 +7,7 @@
 //! answers known ones). The paths whose method facts say so
 //! ([`MethodFacts::gets_credential`](super::methods::MethodFacts)) also get the checked
 //! [`Credential`]: the hot reads resolved in their query read their answer with it by token, and
-//! Embed keeps its cached answers under the epoch it was checked at.
+//! Embed answers from the cache when the token was checked with the cache fresh for the call.
 //!
 //! Service accounts (tokens prefixed `llmrsa_`) are resolved here too, with the user named by
 //! the [`ACT_AS_HEADER`] metadata in the same statement: the caller is then that user, never an
@@ -246,7 +246,7 @@ impl Middleware for Authenticator {
             tracing::Span::current().record("caller", caller.label());
             request.extensions_mut().insert(caller);
             if gets_credential {
-                // The handler reads with the token, or with the epoch it was checked at.
+                // The handler reads with the token, or from the cache it was checked fresh with.
                 request.extensions_mut().insert(credential);
             }
             next.run(request).await

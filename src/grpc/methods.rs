@@ -31,10 +31,10 @@ const RESOLVED_IN_QUERY: &[&str] = &[
     "/llmregistry.v1.ProjectService/GetProjectInstance",
 ];
 
-/// Paths whose handler keeps answers in the read cache under the epoch at which the edge checked
-/// the caller's token (Embed: what it needs of an instance), so the edge hands it the checked
-/// [`Credential`](crate::domain::caller::Credential) too.
-const CACHED_UNDER_CHECKED_EPOCH: &[&str] = &["/llmregistry.v1.EmbeddingService/Embed"];
+/// Paths whose handler keeps answers in the read cache (Embed: what it needs of an instance) and
+/// may answer from it when the edge checked the caller's token with the cache fresh for this
+/// call, so the edge hands it the checked [`Credential`](crate::domain::caller::Credential) too.
+const CACHED_WHEN_CHECKED_FRESH: &[&str] = &["/llmregistry.v1.EmbeddingService/Embed"];
 
 /// Method names that only read; everything else is treated as a write (deny by default).
 pub fn is_read_only_method(method: &str) -> bool {
@@ -67,8 +67,8 @@ pub struct MethodFacts {
     pub input: MessageDescriptor,
     pub read_only: bool,
     /// The handler reads with the caller's checked credential: by token in its own query
-    /// ([`RESOLVED_IN_QUERY`]) or for the epoch it was checked at
-    /// ([`CACHED_UNDER_CHECKED_EPOCH`]).
+    /// ([`RESOLVED_IN_QUERY`]) or from the cache when it was checked fresh
+    /// ([`CACHED_WHEN_CHECKED_FRESH`]).
     pub gets_credential: bool,
     pub target: Target,
 }
@@ -156,7 +156,7 @@ pub struct MethodTable {
 
 impl MethodTable {
     /// Reads the contract's descriptor set. Fails if a path listed in [`RESOLVED_IN_QUERY`] or
-    /// [`CACHED_UNDER_CHECKED_EPOCH`] is not in it, so a renamed method cannot silently lose its
+    /// [`CACHED_WHEN_CHECKED_FRESH`] is not in it, so a renamed method cannot silently lose its
     /// shortcut's fail-closed check.
     pub fn from_descriptor_set(descriptor_set: &[u8]) -> anyhow::Result<Self> {
         let pool = DescriptorPool::decode(descriptor_set)?;
@@ -168,14 +168,14 @@ impl MethodTable {
                     short_name: format!("{}/{}", service.name(), method.name()),
                     read_only: is_read_only_method(method.name()),
                     gets_credential: RESOLVED_IN_QUERY.contains(&path.as_str())
-                        || CACHED_UNDER_CHECKED_EPOCH.contains(&path.as_str()),
+                        || CACHED_WHEN_CHECKED_FRESH.contains(&path.as_str()),
                     target: target_of(method.name(), &method.input()),
                     input: method.input(),
                 };
                 by_path.insert(path, Arc::new(facts));
             }
         }
-        for path in RESOLVED_IN_QUERY.iter().chain(CACHED_UNDER_CHECKED_EPOCH) {
+        for path in RESOLVED_IN_QUERY.iter().chain(CACHED_WHEN_CHECKED_FRESH) {
             anyhow::ensure!(
                 by_path.contains_key(*path),
                 "{path} is listed as getting the checked credential but is not in the contract"

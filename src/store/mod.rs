@@ -12,12 +12,12 @@ mod cursor;
 pub mod database;
 mod definitions;
 mod dependents;
-mod epoch_probe;
 mod errors;
 mod instances;
 mod keys;
 mod projects;
 mod read_cache;
+mod scope_probe;
 mod service_accounts;
 mod shares;
 mod usage_events;
@@ -33,9 +33,9 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::domain::DomainError;
-use epoch_probe::EpochProbe;
 use instances::create_batches::CreateBatches;
-use read_cache::ReadCache;
+use read_cache::{Fresh, ReadCache};
+use scope_probe::ScopeProbe;
 use usage_events::UsageEvents;
 
 /// Connections for usage events: each insert is one short statement.
@@ -46,7 +46,7 @@ const USAGE_CONNECTIONS: u32 = 4;
 pub struct Store {
     pool: PgPool,
     cache: Arc<ReadCache>,
-    epoch_probe: Arc<EpochProbe>,
+    scope_probe: Arc<ScopeProbe>,
     /// Concurrent instance creates, written together.
     create_batches: Arc<CreateBatches>,
     /// Usage events (Embed, TestInstance), group-committed on their own connections.
@@ -56,7 +56,8 @@ pub struct Store {
 impl Store {
     /// A store on `pool` whose read cache holds at most `cache_capacity` answers (0: no cache).
     pub fn new(pool: PgPool, cache_capacity: usize) -> Self {
-        let epoch_probe = EpochProbe::new((*pool.connect_options()).clone());
+        let cache = Arc::new(ReadCache::new(cache_capacity));
+        let scope_probe = ScopeProbe::new((*pool.connect_options()).clone(), cache.clone());
         let usage_options = (*pool.connect_options())
             .clone()
             .options([("synchronous_commit", "off")]);
@@ -69,23 +70,24 @@ impl Store {
             usage: UsageEvents::new(usage_pool),
             create_batches: CreateBatches::new(pool.clone()),
             pool,
-            cache: Arc::new(ReadCache::new(cache_capacity)),
-            epoch_probe,
+            cache,
+            scope_probe,
         }
     }
 
-    /// An epoch read sent after the caller began (see [`read_cache`]); `None` when the cache is
-    /// off or the database did not answer, in which case the caller reads the database.
-    async fn fresh_epoch(&self) -> Option<i64> {
+    /// Proof that the scopes changed before the caller began have been applied to the cache
+    /// (see [`read_cache`]); `None` when the cache is off or the database did not answer, in
+    /// which case the caller reads the database.
+    async fn fresh(&self) -> Option<Fresh> {
         if !self.cache.enabled() {
             return None;
         }
-        self.epoch_probe.fresh_epoch().await
+        self.scope_probe.fresh().await
     }
 
     /// Closes the pool and the read cache's own connection (on shutdown).
     pub async fn close(&self) {
-        self.epoch_probe.close();
+        self.scope_probe.close();
         self.usage.close().await;
         self.pool.close().await;
     }

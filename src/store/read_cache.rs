@@ -1,21 +1,26 @@
 //! The read cache: who a token belongs to (a user, or a service account with the user it acts
-//! for), GetInstance answers, and what an Embed needs of its instance, kept in memory so that the hottest calls need no query of their own, without ever
-//! answering from stale data.
+//! for), GetInstance answers, and what an Embed needs of its instance, kept in memory so that
+//! the hottest calls need no query of their own, without ever answering from stale data, on any
+//! replica, and without one tenant's writes evicting another tenant's answers.
 //!
-//! Why it is never stale, even with several replicas: every transaction that could change a
-//! cached answer bumps a counter in the database, the epoch, as it commits (migration
-//! `read_cache_epoch`; the epoch grows in commit order). Each entry is tagged with the epoch read
-//! in the same snapshot as its data. Before answering from the cache, a call waits for a fresh
-//! read of the epoch that was *sent after the call arrived* ([`super::epoch_probe`]); if the
-//! epoch moved, the cache is emptied first. A change acknowledged before the call arrived has
-//! committed before that read, so the read sees its bump and no entry from before it survives.
-//! An entry tagged with a newer epoch than that read comes from an even newer snapshot, which is
-//! fine. Only answers that found something are cached, so creating a user or an instance, which
-//! cannot change such an answer, needs no bump. An Embed's answer also depends on the instance's
-//! API standard, the definition it came from and, for a project, the project's binding: those
-//! tables bump the epoch too (migration `embeddings`).
+//! Why it is never stale: every cached answer depends on a few *scopes* (migration
+//! `read_cache_scopes`: a user's row and namespace, a service account's row, the API standards
+//! every tenant shares), and every transaction that changes a scope bumps that scope's counter
+//! as it commits. An answer is stored with the counters of its scopes ([`Deps`]), read in the
+//! same snapshot as its data. This process learns which scopes changed from
+//! [`super::scope_probe`], round after round, and keeps the newest counter it heard of for each
+//! ([`Entries::known`]). A call answers from the cache only after a round *sent after the call
+//! arrived* has been applied ([`Fresh`]), and only with an answer whose counters are all at
+//! least the known ones. A change acknowledged before the call arrived was committed before
+//! that round's snapshot, so the round (or an earlier one) reported it, and an answer read
+//! before it carries an older counter: it is dropped. An answer read in an even newer snapshot
+//! carries newer counters, which is fine. A write touches only its own scopes, so the answers of
+//! other tenants stay.
 //!
-//! The cache is bounded: when it is full it starts over (no eviction bookkeeping on the hot path).
+//! Only answers that found something are cached, so creating a user or an instance, which
+//! cannot change such an answer, bumps nothing. The cache is bounded: when it is full it starts
+//! over (no eviction bookkeeping on the hot path); the known counters too, and then no answer
+//! read before that moment may be added (see [`ReadStart`]).
 
 use std::{
     collections::HashMap,
@@ -30,28 +35,58 @@ use crate::{
     metrics::{KindLabel, metrics},
 };
 
-/// The answers the cache holds, at one epoch.
-#[derive(Debug, Default)]
-struct Entries {
-    epoch: i64,
-    /// Token hash → the user holding it.
-    principals: HashMap<[u8; 32], UserPrincipal>,
-    /// (service account token hash, handle of the user it names to act for, "" for none) → the
-    /// account and that user. Only answers that found the user are kept: creating a user does
-    /// not move the epoch.
-    accounts: HashMap<AccountKey, AccountAnswer>,
-    /// (token hash, owner, handle) → the instance as that token's user sees it.
-    instances: HashMap<InstanceKey, (UserPrincipal, Instance)>,
-    /// (caller's user id, instance or project name) → what an Embed needs of the instance (its
-    /// sealed key, never the opened one).
-    call_targets: HashMap<CallKey, InstanceForCall>,
+/// The scope of what every tenant shares (API standards).
+pub const SHARED_SCOPE: i64 = 0;
+
+/// The scope of a service account's row (users' scopes are their ids, which are positive).
+pub fn account_scope(account_id: i64) -> i64 {
+    -account_id
 }
 
-/// A service account question: its token hash and the user it names to act for ("" for none).
-pub type AccountKey = ([u8; 32], String);
+/// The scopes an answer depends on, with their counters as read with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deps(Vec<(i64, i64)>);
 
-/// A service account and, when it names one, the user it acts for.
-pub type AccountAnswer = (Arc<ServiceAccountPrincipal>, Option<UserPrincipal>);
+impl Deps {
+    pub fn new() -> Self {
+        Self(Vec::with_capacity(5))
+    }
+
+    /// Adds scope `scope` read at counter `value` (nothing for a scope that is absent).
+    pub fn with(mut self, scope: Option<i64>, value: i64) -> Self {
+        if let Some(scope) = scope {
+            self.0.push((scope, value));
+        }
+        self
+    }
+}
+
+/// Proof that a probe round sent after the current call arrived has been applied: only with it
+/// may a call answer from the cache. Made by [`super::scope_probe`] only.
+#[derive(Debug, Clone, Copy)]
+pub struct Fresh(());
+
+impl Fresh {
+    pub(super) fn after_a_round_applied() -> Self {
+        Self(())
+    }
+}
+
+/// Where the cache stood before a query was sent: an answer that query reads may be added only
+/// if a round had been applied by then (the probe's watermark covers the query's snapshot) and
+/// the known counters were not reset since (they would have forgotten changes the answer misses).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadStart {
+    rounds_applied: u64,
+    resets: u64,
+}
+
+/// An answer and the counters it was read at.
+#[derive(Debug, Clone)]
+struct Tagged<T> {
+    deps: Deps,
+    answer: T,
+}
 
 /// An Embed question: who asks (user id) and which instance or project it names.
 pub type CallKey = (i64, String);
@@ -59,28 +94,72 @@ pub type CallKey = (i64, String);
 /// A GetInstance question: who asks (by token hash) and for which instance.
 pub type InstanceKey = ([u8; 32], String, String);
 
+/// A service account question: its token hash and the user it names to act for ("" for none).
+pub type AccountKey = ([u8; 32], String);
+
+/// A service account and, when it names one, the user it acts for.
+pub type AccountAnswer = (Arc<ServiceAccountPrincipal>, Option<UserPrincipal>);
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// The newest counter heard of for each scope that changed since this process started (or
+    /// since the last reset).
+    known: HashMap<i64, i64>,
+    rounds_applied: u64,
+    resets: u64,
+    /// Token hash → the user holding it.
+    principals: HashMap<[u8; 32], Tagged<UserPrincipal>>,
+    /// Only answers that found the user are kept: creating a user bumps nothing.
+    accounts: HashMap<AccountKey, Tagged<AccountAnswer>>,
+    /// (token hash, owner, handle) → the instance as that token's user sees it.
+    instances: HashMap<InstanceKey, Tagged<(UserPrincipal, Instance)>>,
+    /// (caller's user id, instance or project name) → what an Embed needs of the instance (its
+    /// sealed key, never the opened one).
+    call_targets: HashMap<CallKey, Tagged<InstanceForCall>>,
+}
+
+/// Whether an answer read at `deps` is as new as everything this process heard of (`known`).
+fn is_current(known: &HashMap<i64, i64>, deps: &Deps) -> bool {
+    deps.0
+        .iter()
+        .all(|(scope, value)| known.get(scope).is_none_or(|known| value >= known))
+}
+
 impl Entries {
-    /// Moves to `epoch` if it is newer, dropping every answer of the older one. Returns whether
-    /// answers tagged `epoch` belong here now.
-    fn observe(&mut self, epoch: i64) -> bool {
-        if epoch > self.epoch {
-            self.epoch = epoch;
-            self.clear();
-            metrics().cache_invalidations.inc();
-        }
-        epoch == self.epoch
+    fn len(&self) -> usize {
+        self.principals.len() + self.accounts.len() + self.instances.len() + self.call_targets.len()
     }
 
-    fn clear(&mut self) {
+    fn clear_answers(&mut self) {
         self.principals.clear();
         self.accounts.clear();
         self.instances.clear();
         self.call_targets.clear();
     }
+}
 
-    fn len(&self) -> usize {
-        self.principals.len() + self.accounts.len() + self.instances.len() + self.call_targets.len()
-    }
+/// Looks `key` up in `map`: the answer if it is current, else `None` (and a stale one is
+/// dropped, counted as an invalidation).
+fn lookup<K, T>(
+    known: &HashMap<i64, i64>,
+    map: &mut HashMap<K, Tagged<T>>,
+    key: &K,
+    kind: &'static str,
+) -> Option<T>
+where
+    K: std::hash::Hash + Eq,
+    T: Clone,
+{
+    let found = match map.get(key) {
+        None => None,
+        Some(tagged) if is_current(known, &tagged.deps) => Some(tagged.answer.clone()),
+        Some(_) => {
+            map.remove(key);
+            metrics().cache_invalidations.inc();
+            None
+        }
+    };
+    counted(kind, found)
 }
 
 /// See the module documentation. Shared by all calls of one process.
@@ -103,85 +182,172 @@ impl ReadCache {
         self.capacity > 0
     }
 
-    /// The user holding this token, if known at `fresh_epoch` (an epoch read after the call
-    /// arrived) or later.
-    pub fn principal(&self, fresh_epoch: i64, token_hash: &[u8; 32]) -> Option<UserPrincipal> {
-        let mut entries = self.lock()?;
-        entries.observe(fresh_epoch);
-        counted("principal", entries.principals.get(token_hash).cloned())
-    }
-
-    /// The service account holding a token, and the user it names, if known at `fresh_epoch`
-    /// or later.
-    pub fn account(&self, fresh_epoch: i64, key: &AccountKey) -> Option<AccountAnswer> {
-        let mut entries = self.lock()?;
-        entries.observe(fresh_epoch);
-        counted("service_account", entries.accounts.get(key).cloned())
-    }
-
-    /// Remembers a service account and the user it names, as read at `epoch`.
-    pub fn remember_account(&self, epoch: i64, key: AccountKey, answer: AccountAnswer) {
-        if let Some(mut entries) = self.room_at(epoch) {
-            entries.accounts.insert(key, answer);
+    /// Applies one probe round: the scopes that changed and their counters.
+    pub(super) fn apply_round(&self, changed: &[(i64, i64)]) {
+        let Some(mut entries) = self.lock() else {
+            return;
+        };
+        for &(scope, value) in changed {
+            let known = entries.known.entry(scope).or_insert(value);
+            *known = (*known).max(value);
         }
+        // Bounded like the answers: forgetting every counter is safe together with every
+        // answer and every read in flight (`ReadStart`).
+        if entries.known.len() > self.capacity.max(1024) {
+            entries.known.clear();
+            entries.clear_answers();
+            entries.resets += 1;
+            metrics().cache_invalidations.inc();
+        }
+        entries.rounds_applied += 1;
     }
 
-    /// The GetInstance answer for this question, if known at `fresh_epoch` or later.
-    pub fn instance(
+    /// Where the cache stands before a query whose answer may be added.
+    pub fn read_start(&self) -> ReadStart {
+        self.lock().map_or(
+            ReadStart {
+                rounds_applied: 0,
+                resets: u64::MAX,
+            },
+            |entries| ReadStart {
+                rounds_applied: entries.rounds_applied,
+                resets: entries.resets,
+            },
+        )
+    }
+
+    /// The user holding this token, if known and current.
+    pub fn principal(&self, _fresh: &Fresh, token_hash: &[u8; 32]) -> Option<UserPrincipal> {
+        let mut entries = self.lock()?;
+        let Entries {
+            known, principals, ..
+        } = &mut *entries;
+        lookup(known, principals, token_hash, "principal")
+    }
+
+    /// A service account and the user it names, if known and current.
+    pub fn account(&self, _fresh: &Fresh, key: &AccountKey) -> Option<AccountAnswer> {
+        let mut entries = self.lock()?;
+        let Entries {
+            known, accounts, ..
+        } = &mut *entries;
+        lookup(known, accounts, key, "service_account")
+    }
+
+    /// The GetInstance answer for this question, if known and current.
+    pub fn instance(&self, _fresh: &Fresh, key: &InstanceKey) -> Option<(UserPrincipal, Instance)> {
+        let mut entries = self.lock()?;
+        let Entries {
+            known, instances, ..
+        } = &mut *entries;
+        lookup(known, instances, key, "instance")
+    }
+
+    /// What an Embed of `key` needs, if known and current.
+    pub fn call_target(&self, _fresh: &Fresh, key: &CallKey) -> Option<InstanceForCall> {
+        let mut entries = self.lock()?;
+        let Entries {
+            known,
+            call_targets,
+            ..
+        } = &mut *entries;
+        lookup(known, call_targets, key, "call_target")
+    }
+
+    /// Remembers who holds a token, read at `deps` by a query sent after `start`.
+    pub fn remember_principal(
         &self,
-        fresh_epoch: i64,
-        key: &InstanceKey,
-    ) -> Option<(UserPrincipal, Instance)> {
-        let mut entries = self.lock()?;
-        entries.observe(fresh_epoch);
-        counted("instance", entries.instances.get(key).cloned())
-    }
-
-    /// What an Embed of `key` needs, if known at `fresh_epoch` or later.
-    pub fn call_target(&self, fresh_epoch: i64, key: &CallKey) -> Option<InstanceForCall> {
-        let mut entries = self.lock()?;
-        entries.observe(fresh_epoch);
-        counted("call_target", entries.call_targets.get(key).cloned())
-    }
-
-    /// Remembers what an Embed found (an instance the caller may use), as read at `epoch`.
-    pub fn remember_call_target(&self, epoch: i64, key: CallKey, found: InstanceForCall) {
-        if let Some(mut entries) = self.room_at(epoch) {
-            entries.call_targets.insert(key, found);
+        start: ReadStart,
+        deps: Deps,
+        token_hash: [u8; 32],
+        principal: UserPrincipal,
+    ) {
+        if let Some(mut entries) = self.room_for(start, &deps) {
+            entries.principals.insert(
+                token_hash,
+                Tagged {
+                    deps,
+                    answer: principal,
+                },
+            );
         }
     }
 
-    /// Remembers who holds a token, as read at `epoch` (in the same snapshot).
-    pub fn remember_principal(&self, epoch: i64, token_hash: [u8; 32], principal: UserPrincipal) {
-        if let Some(mut entries) = self.room_at(epoch) {
-            entries.principals.insert(token_hash, principal);
+    /// Remembers a service account and the user it names, read at `deps` after `start`.
+    pub fn remember_account(
+        &self,
+        start: ReadStart,
+        deps: Deps,
+        key: AccountKey,
+        answer: AccountAnswer,
+    ) {
+        if let Some(mut entries) = self.room_for(start, &deps) {
+            entries.accounts.insert(key, Tagged { deps, answer });
         }
     }
 
-    /// Remembers a GetInstance answer (which found the instance), as read at `epoch`.
+    /// Remembers a GetInstance answer (which found the instance), read at `deps` after `start`;
+    /// also who holds the token, which depends on the caller's scope alone.
     pub fn remember_instance(
         &self,
-        epoch: i64,
+        start: ReadStart,
+        deps: Deps,
+        caller_deps: Deps,
         key: InstanceKey,
         answer: (UserPrincipal, Instance),
     ) {
-        if let Some(mut entries) = self.room_at(epoch) {
-            entries.principals.insert(key.0, answer.0.clone());
-            entries.instances.insert(key, answer);
+        if let Some(mut entries) = self.room_for(start, &deps) {
+            entries.principals.insert(
+                key.0,
+                Tagged {
+                    deps: caller_deps,
+                    answer: answer.0.clone(),
+                },
+            );
+            entries.instances.insert(key, Tagged { deps, answer });
         }
     }
 
-    /// The entries, if an answer read at `epoch` may be added to them (making room if full).
-    fn room_at(&self, epoch: i64) -> Option<std::sync::MutexGuard<'_, Entries>> {
+    /// Remembers what an Embed found (an instance the caller may use), read at `deps` after
+    /// `start`.
+    pub fn remember_call_target(
+        &self,
+        start: ReadStart,
+        deps: Deps,
+        key: CallKey,
+        found: InstanceForCall,
+    ) {
+        if let Some(mut entries) = self.room_for(start, &deps) {
+            entries.call_targets.insert(
+                key,
+                Tagged {
+                    deps,
+                    answer: found,
+                },
+            );
+        }
+    }
+
+    /// The entries, if an answer read at `deps` by a query sent after `start` may be added to
+    /// them (making room if full).
+    fn room_for(
+        &self,
+        start: ReadStart,
+        deps: &Deps,
+    ) -> Option<std::sync::MutexGuard<'_, Entries>> {
         if !self.enabled() {
             return None;
         }
         let mut entries = self.lock()?;
-        if !entries.observe(epoch) {
+        if start.rounds_applied == 0
+            || start.resets != entries.resets
+            || !is_current(&entries.known, deps)
+        {
             return None;
         }
         if entries.len() + 2 > self.capacity {
-            entries.clear();
+            entries.clear_answers();
+            metrics().cache_invalidations.inc();
         }
         Some(entries)
     }
@@ -219,36 +385,70 @@ mod tests {
         UserPrincipal::new(7, Handle::parse("user", "alice").unwrap(), false)
     }
 
+    fn fresh() -> Fresh {
+        Fresh::after_a_round_applied()
+    }
+
     #[test]
-    fn a_newer_epoch_drops_every_answer() {
+    fn a_changed_scope_drops_only_the_answers_that_depend_on_it() {
         let cache = ReadCache::new(100);
-        cache.remember_principal(5, [1; 32], alice());
-        assert!(cache.principal(5, &[1; 32]).is_some());
-        // A fresh read of an older epoch cannot happen after a newer one, but it must not lose
-        // newer answers either: they come from newer snapshots.
-        assert!(cache.principal(4, &[1; 32]).is_some());
-        assert!(cache.principal(6, &[1; 32]).is_none());
-        // An answer read before the move is not taken.
-        cache.remember_principal(5, [1; 32], alice());
-        assert!(cache.principal(6, &[1; 32]).is_none());
-        // One read after it is.
-        cache.remember_principal(7, [1; 32], alice());
-        assert!(cache.principal(6, &[1; 32]).is_some());
+        cache.apply_round(&[]);
+        let start = cache.read_start();
+        cache.remember_principal(start, Deps::new().with(Some(7), 3), [1; 32], alice());
+        cache.remember_principal(start, Deps::new().with(Some(8), 0), [2; 32], alice());
+        assert!(cache.principal(&fresh(), &[1; 32]).is_some());
+        // Scope 7 moved to 4: its answer goes, scope 8's stays.
+        cache.apply_round(&[(7, 4)]);
+        assert!(cache.principal(&fresh(), &[1; 32]).is_none());
+        assert!(cache.principal(&fresh(), &[2; 32]).is_some());
+        // An answer read before the move is not taken; one read after it is.
+        let start = cache.read_start();
+        cache.remember_principal(start, Deps::new().with(Some(7), 3), [1; 32], alice());
+        assert!(cache.principal(&fresh(), &[1; 32]).is_none());
+        cache.remember_principal(start, Deps::new().with(Some(7), 4), [1; 32], alice());
+        assert!(cache.principal(&fresh(), &[1; 32]).is_some());
+        // An older report of a scope does not lower what is known.
+        cache.apply_round(&[(7, 2)]);
+        assert!(cache.principal(&fresh(), &[1; 32]).is_some());
+    }
+
+    #[test]
+    fn nothing_is_added_before_the_first_round_or_across_a_reset() {
+        let cache = ReadCache::new(100);
+        let before = cache.read_start();
+        cache.apply_round(&[]);
+        cache.remember_principal(before, Deps::new().with(Some(7), 0), [1; 32], alice());
+        assert!(
+            cache.principal(&fresh(), &[1; 32]).is_none(),
+            "read before any round"
+        );
+        let start = cache.read_start();
+        // A reset (too many known counters) forgets changes a read in flight may have missed.
+        let many: Vec<(i64, i64)> = (1..=2000).map(|scope| (scope, 1)).collect();
+        cache.apply_round(&many);
+        cache.remember_principal(start, Deps::new().with(Some(7), 0), [1; 32], alice());
+        assert!(
+            cache.principal(&fresh(), &[1; 32]).is_none(),
+            "read across a reset"
+        );
     }
 
     #[test]
     fn a_full_cache_starts_over_and_zero_capacity_turns_it_off() {
         let cache = ReadCache::new(3);
+        cache.apply_round(&[]);
+        let start = cache.read_start();
         for n in 0..3u8 {
-            cache.remember_principal(1, [n; 32], alice());
+            cache.remember_principal(start, Deps::new(), [n; 32], alice());
         }
         assert!(
-            cache.principal(1, &[0; 32]).is_none(),
+            cache.principal(&fresh(), &[0; 32]).is_none(),
             "started over when full"
         );
-        assert!(cache.principal(1, &[2; 32]).is_some());
+        assert!(cache.principal(&fresh(), &[2; 32]).is_some());
         let off = ReadCache::new(0);
-        off.remember_principal(1, [0; 32], alice());
-        assert!(off.principal(1, &[0; 32]).is_none());
+        off.apply_round(&[]);
+        off.remember_principal(off.read_start(), Deps::new(), [0; 32], alice());
+        assert!(off.principal(&fresh(), &[0; 32]).is_none());
     }
 }

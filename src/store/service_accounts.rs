@@ -13,6 +13,7 @@ use super::{
     change::Change,
     cursor::{self, HandleKey},
     errors,
+    read_cache::{Deps, account_scope},
 };
 use crate::domain::{
     DomainError,
@@ -96,16 +97,18 @@ impl Store {
             *token_hash,
             act_as.map(|u| u.as_str().to_owned()).unwrap_or_default(),
         );
-        if let Some(epoch) = self.fresh_epoch().await
-            && let Some(answer) = self.cache.account(epoch, &key)
+        if let Some(fresh) = self.fresh().await
+            && let Some(answer) = self.cache.account(&fresh, &key)
         {
             return Ok(answer);
         }
+        let start = self.cache.read_start();
         let row = sqlx::query(
             "SELECT sa.id, sa.handle, sa.permissions, sa.act_for_users, \
                     sa.client_certificate_subject, \
                     u.id AS user_id, u.handle AS user_handle, u.is_admin AS user_is_admin, \
-                    (SELECT value FROM read_cache_epoch) AS cache_epoch \
+                    read_cache_value(-sa.id) AS account_counter, \
+                    read_cache_value(u.id) AS user_counter \
              FROM service_accounts sa \
              LEFT JOIN users u ON u.handle = $2 AND u.handle <> '_system' \
              WHERE sa.token_hash = $1",
@@ -139,12 +142,20 @@ impl Store {
                 row.try_get("user_is_admin").map_err(get_err)?,
             )),
         };
-        // Only answers that found what they named are kept (a user created later would not
-        // move the epoch).
+        // Only answers that found what they named are kept (a user created later would bump no
+        // scope).
         if act_as.is_none() || user.is_some() {
-            let epoch: i64 = row.try_get("cache_epoch").map_err(get_err)?;
+            let deps = Deps::new()
+                .with(
+                    Some(account_scope(account.id)),
+                    row.try_get("account_counter").map_err(get_err)?,
+                )
+                .with(
+                    user.as_ref().map(|user| user.id),
+                    row.try_get("user_counter").map_err(get_err)?,
+                );
             self.cache
-                .remember_account(epoch, key, (account.clone(), user.clone()));
+                .remember_account(start, deps, key, (account.clone(), user.clone()));
         }
         Ok((account, user))
     }
@@ -216,7 +227,7 @@ impl Store {
 
     /// Read-modify-write of an account's fields: `change_fields` sees the current account
     /// (after the etag check) and returns the new fields. Every replica sees the change with
-    /// its commit (it moves the read cache's epoch).
+    /// its commit (it moves the account's read cache scope).
     pub async fn update_service_account(
         &self,
         audit: &Audit,

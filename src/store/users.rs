@@ -10,6 +10,7 @@ use super::{
     cursor::{self, HandleKey},
     dependents::{self, Revoked},
     errors,
+    read_cache::Deps,
 };
 use crate::domain::{
     DomainError,
@@ -56,9 +57,9 @@ impl Store {
             .map(|(caller, _)| caller)
     }
 
-    /// The caller a credential stands for, and the credential marked with the epoch it was
-    /// checked at (both the cache's answer and the lookup read one after the call arrived), for
-    /// the handler's own cached read by token; UNAUTHENTICATED for an unknown token.
+    /// The caller a credential stands for, and the credential marked with whether the read
+    /// cache was fresh for this call, for the handler's own cached read by token;
+    /// UNAUTHENTICATED for an unknown token.
     pub async fn authenticate(
         &self,
         credential: Credential,
@@ -67,43 +68,49 @@ impl Store {
             Credential::Caller(caller) => return Ok((caller.clone(), Credential::Caller(caller))),
             Credential::Token(token) => token,
         };
-        if let Some(epoch) = self.fresh_epoch().await
-            && let Some(principal) = self.cache.principal(epoch, token.hash())
+        let fresh = self.fresh().await;
+        if let Some(fresh) = &fresh
+            && let Some(principal) = self.cache.principal(fresh, token.hash())
         {
             return Ok((
                 Caller::User(principal),
-                Credential::Token(token.checked_at(epoch)),
+                Credential::Token(token.checked(true)),
             ));
         }
-        let (principal, epoch) = self
+        let start = self.cache.read_start();
+        let (principal, counter) = self
             .principal_by_token_hash(token.hash())
             .await?
             .ok_or(DomainError::Unauthenticated)?;
-        self.cache
-            .remember_principal(epoch, *token.hash(), principal.clone());
+        self.cache.remember_principal(
+            start,
+            Deps::new().with(Some(principal.id), counter),
+            *token.hash(),
+            principal.clone(),
+        );
         Ok((
             Caller::User(principal),
-            Credential::Token(token.checked_at(epoch)),
+            Credential::Token(token.checked(fresh.is_some())),
         ))
     }
 
-    /// The user holding a token with this hash, if any, and the read cache's epoch in the same
-    /// snapshot. `_system` has no token, so never matches.
+    /// The user holding a token with this hash, if any, and the counter of the user's read
+    /// cache scope in the same snapshot. `_system` has no token, so never matches.
     async fn principal_by_token_hash(
         &self,
         token_hash: &[u8],
     ) -> Result<Option<(UserPrincipal, i64)>, DomainError> {
         let row: Option<(i64, String, bool, i64)> = sqlx::query_as(
-            "SELECT id, handle, is_admin, (SELECT value FROM read_cache_epoch) \
+            "SELECT id, handle, is_admin, read_cache_value(id) \
              FROM users WHERE token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await
         .map_err(errors::db)?;
-        row.map(|(id, handle, is_admin, epoch)| {
+        row.map(|(id, handle, is_admin, counter)| {
             let principal = UserPrincipal::new(id, errors::stored_handle(&handle)?, is_admin);
-            Ok((principal, epoch))
+            Ok((principal, counter))
         })
         .transpose()
     }

@@ -94,15 +94,15 @@ async fn alice_shares_with_bob(app: &TestApp, alice: &str) {
 }
 
 #[tokio::test]
-async fn answers_come_from_memory_until_the_epoch_moves() {
+async fn answers_come_from_memory_until_their_scope_moves() {
     let app = TestApp::spawn().await;
     let alice = app.create_user("alice").await;
     let bob = app.create_user("bob").await;
     alice_shares_with_bob(&app, &alice).await;
     let before = get_instance(&app, &bob, NAME).await.unwrap();
 
-    // Change the row behind the service's back with triggers off, so the epoch does not move:
-    // only a cache can still answer the old description.
+    // Change the row behind the service's back with triggers off, so no scope moves: only a
+    // cache can still answer the old description.
     let mut db = app.db().await;
     sqlx::query("SET session_replication_role = replica")
         .execute(&mut db)
@@ -118,8 +118,8 @@ async fn answers_come_from_memory_until_the_epoch_moves() {
         "served from the cache"
     );
 
-    // Once the epoch moves, the next call reads the database.
-    sqlx::query("UPDATE read_cache_epoch SET value = value + 1")
+    // Once the owner's scope moves, the next call reads the database.
+    sqlx::query("SELECT bump_read_cache_scope(id) FROM users WHERE handle = 'alice'")
         .execute(&mut db)
         .await
         .unwrap();
@@ -132,7 +132,7 @@ async fn answers_come_from_memory_until_the_epoch_moves() {
         .await
         .unwrap();
     assert_eq!(list(&app, &bob).await.unwrap(), 1, "served from the cache");
-    sqlx::query("UPDATE read_cache_epoch SET value = value + 1")
+    sqlx::query("SELECT bump_read_cache_scope(id) FROM users WHERE handle = 'bob'")
         .execute(&mut db)
         .await
         .unwrap();
@@ -287,5 +287,97 @@ async fn no_replica_answers_from_a_stale_cache() {
     stop.store(true, Ordering::Relaxed);
     for refiller in refillers {
         refiller.await.unwrap();
+    }
+}
+
+/// carol's own instance `c1`.
+async fn carol_creates(app: &TestApp, carol: &str) {
+    app.instances()
+        .create_instance(authed(
+            pb::CreateInstanceRequest {
+                parent: "users/carol".into(),
+                instance_id: "c1".into(),
+                instance: Some(pb::Instance {
+                    endpoint: "https://llm.example.com/v1".into(),
+                    api_standard: "openai".into(),
+                    model: "m".into(),
+                    ..Default::default()
+                }),
+            },
+            carol,
+        ))
+        .await
+        .expect("carol creates c1");
+}
+
+#[tokio::test]
+async fn a_write_to_one_tenant_leaves_the_other_tenants_answers_cached_on_every_replica() {
+    let a = TestApp::spawn().await;
+    let b = a.replica().await;
+    let alice = a.create_user("alice").await;
+    let bob = a.create_user("bob").await;
+    let carol = a.create_user("carol").await;
+    alice_shares_with_bob(&a, &alice).await;
+    carol_creates(&a, &carol).await;
+    const CAROLS: &str = "users/carol/instances/c1";
+    // Both replicas hold bob's answer about alice's instance, and carol's about hers.
+    for app in [&a, &b] {
+        get_instance(app, &bob, NAME).await.unwrap();
+        get_instance(app, &carol, CAROLS).await.unwrap();
+    }
+
+    // Behind the service's back (no scope moves): only a cache still answers the old text.
+    let mut db = a.db().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE instances SET description = 'changed behind the cache'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    // carol writes to her own namespace through a, many times over.
+    for round in 0..5 {
+        let updated = a
+            .instances()
+            .update_instance(authed(
+                pb::UpdateInstanceRequest {
+                    instance: Some(pb::Instance {
+                        name: CAROLS.into(),
+                        description: format!("carol {round}"),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["description".into()],
+                    }),
+                },
+                &carol,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for app in [&a, &b] {
+            // Her change is seen at once on both replicas...
+            let seen = get_instance(app, &carol, CAROLS).await.unwrap();
+            assert_eq!(seen.etag, updated.etag, "round {round}");
+            // ...and alice's tenant kept its cached answers: still the text from before the
+            // change made behind the cache, so it was not read again.
+            assert_ne!(
+                get_instance(app, &bob, NAME).await.unwrap().description,
+                "changed behind the cache",
+                "round {round}: a write to carol's namespace evicted an answer about alice's"
+            );
+        }
+    }
+
+    // A write to alice's namespace does reach bob's answers, on both replicas.
+    let updated = set_description(&a, &alice, "alice's own").await;
+    for app in [&a, &b] {
+        let seen = get_instance(app, &bob, NAME).await.unwrap();
+        assert_eq!(
+            (seen.description.as_str(), seen.etag.as_str()),
+            ("alice's own", updated.etag.as_str())
+        );
     }
 }

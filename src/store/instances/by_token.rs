@@ -14,20 +14,26 @@ use crate::{
         names::{InstanceName, ProjectName},
         project::{Detachment, Project, ProjectBinding},
     },
-    store::{Store, errors},
+    store::{
+        Store, errors,
+        read_cache::{Deps, Fresh, SHARED_SCOPE},
+    },
 };
 
 /// The caller whose token hash is `$1`, with the instance row that `$instance_query` (columns of
 /// [`select_instances`] for grantee `c.id`, narrowed by `$2` and `$3`) finds, in one statement:
 /// no row means no such token; a row without an instance means no such instance. One round trip
 /// instead of two, and exactly as fresh as a separate lookup: a token that a rotation or deletion
-/// on another replica has replaced matches nothing. Also reads the read cache's epoch, in the
-/// same snapshot, to tag what it found.
+/// on another replica has replaced matches nothing. Also reads, in the same snapshot, the
+/// counters of the read cache scopes the answer depends on (the caller's, the owner's, the shared
+/// one), to tag what it found.
 macro_rules! with_caller_by_token {
     ($instance_query:expr) => {
         concat!(
             "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, \
-             (SELECT value FROM read_cache_epoch) AS cache_epoch, x.* \
+             read_cache_value(c.id) AS caller_counter, \
+             read_cache_value(x.owner_id) AS owner_counter, read_cache_value(0) AS shared_counter, \
+             x.* \
              FROM users c LEFT JOIN LATERAL (",
             $instance_query,
             ") x ON true WHERE c.token_hash = $1"
@@ -71,17 +77,18 @@ impl Store {
             name.owner.as_str().to_owned(),
             name.handle.as_str().to_owned(),
         );
-        // The edge checked the token in this call and read a fresh epoch doing so.
-        let epoch = match token.fresh_epoch() {
-            Some(epoch) if self.cache.enabled() => Some(epoch),
-            _ => self.fresh_epoch().await,
+        // The edge checked the token in this call with the cache fresh for it.
+        let fresh = match token.checked_fresh() {
+            true if self.cache.enabled() => Some(Fresh::after_a_round_applied()),
+            _ => self.fresh().await,
         };
-        if let Some(epoch) = epoch
-            && let Some((principal, instance)) = self.cache.instance(epoch, &question)
+        if let Some(fresh) = &fresh
+            && let Some((principal, instance)) = self.cache.instance(fresh, &question)
         {
             return Ok((Caller::User(principal), Some(instance)));
         }
-        let (principal, row, epoch) = self
+        let start = self.cache.read_start();
+        let (principal, row, caller_counter) = self
             .with_caller(
                 FIND_BY_TOKEN,
                 token,
@@ -94,10 +101,29 @@ impl Store {
             None => None,
             Some(row) => row.into_visible(&caller)?,
         };
-        // Only answers that found the instance are cached (see `read_cache`).
+        // Only answers that found the instance are cached (see `read_cache`). The answer
+        // depends on the caller's row, the owner's namespace (the instance, its shares) and the
+        // API standards.
         if let Some(instance) = &found {
-            self.cache
-                .remember_instance(epoch, question, (principal, instance.clone()));
+            let caller_deps = Deps::new().with(Some(principal.id), caller_counter);
+            let owner: i64 = row.try_get("owner_id").map_err(errors::db)?;
+            let deps = caller_deps
+                .clone()
+                .with(
+                    Some(owner),
+                    row.try_get("owner_counter").map_err(errors::db)?,
+                )
+                .with(
+                    Some(SHARED_SCOPE),
+                    row.try_get("shared_counter").map_err(errors::db)?,
+                );
+            self.cache.remember_instance(
+                start,
+                deps,
+                caller_deps,
+                question,
+                (principal, instance.clone()),
+            );
         }
         Ok((caller, found))
     }
@@ -156,7 +182,7 @@ impl Store {
 
     /// Runs one of the `*_BY_TOKEN` statements: the caller whose token hash is `$1` (or
     /// UNAUTHENTICATED), the row the statement found for `$2`, `$3` (see [`instance_in`]), and
-    /// the read cache's epoch they were read at.
+    /// the counter of the caller's read cache scope in that snapshot.
     async fn with_caller(
         &self,
         statement: &'static str,
@@ -180,8 +206,8 @@ impl Store {
             )?,
             row.try_get("caller_is_admin").map_err(errors::db)?,
         );
-        let epoch = row.try_get("cache_epoch").map_err(errors::db)?;
-        Ok((principal, row, epoch))
+        let counter = row.try_get("caller_counter").map_err(errors::db)?;
+        Ok((principal, row, counter))
     }
 }
 

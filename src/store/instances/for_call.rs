@@ -19,12 +19,21 @@ use crate::{
         embedding::{CallTarget, EmbeddingProtocol, InstanceForCall, InstanceTest},
         project::{Detachment, ProjectBinding},
     },
-    store::{Store, change::Change, errors},
+    store::{
+        Store,
+        change::Change,
+        errors,
+        read_cache::{Deps, Fresh, SHARED_SCOPE},
+    },
     vault::Sealed,
 };
 
-/// What a call needs beyond the instance's visible columns, for the instance `x` found.
-const CALL_COLUMNS: &str = "(SELECT value FROM read_cache_epoch) AS cache_epoch, \
+/// What a call needs beyond the instance's visible columns, for the instance `x` found, and the
+/// counters of the read cache scopes its answer depends on (the caller's `$1`, the instance
+/// owner's, the shared one, the definition owner's), read in the same snapshot.
+const CALL_COLUMNS: &str = "read_cache_value($1) AS caller_counter, \
+     read_cache_value(x.owner_id) AS owner_counter, read_cache_value(0) AS shared_counter, \
+     kd.owner_id AS definition_owner_id, read_cache_value(kd.owner_id) AS definition_owner_counter, \
      k.api_key_ciphertext AS call_ciphertext, \
      k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
      kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
@@ -38,7 +47,8 @@ const CALL_JOINS: &str = "LEFT JOIN instances k ON k.id = x.id \
 /// Instance `$2`/`$3` as caller `$1` sees it, with what a call needs.
 static FIND_INSTANCE: LazyLock<String> = LazyLock::new(|| {
     with_call_columns(concat!(
-        "SELECT x.*, {CALL} FROM (",
+        "SELECT x.*, NULL::bigint AS project_owner_id, 0::bigint AS project_owner_counter, \
+         {CALL} FROM (",
         select_instances!("$1"),
         " WHERE u.handle = $2 AND i.handle = $3) x {JOINS}"
     ))
@@ -48,6 +58,7 @@ static FIND_INSTANCE: LazyLock<String> = LazyLock::new(|| {
 static FIND_PROJECT_INSTANCE: LazyLock<String> = LazyLock::new(|| {
     with_call_columns(concat!(
         "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, \
+     p.owner_id AS project_owner_id, read_cache_value(p.owner_id) AS project_owner_counter, \
      x.*, {CALL} FROM projects p JOIN users pu ON pu.id = p.owner_id \
      LEFT JOIN LATERAL (",
         select_instances!("$1"),
@@ -67,14 +78,15 @@ impl Store {
     /// does not exist or the caller may not know it does; for a project, also whether it is
     /// detached. Whether the caller may see a named project is the handler's to check first.
     ///
-    /// Found instances are kept in the read cache under the epoch read with them, and answered
-    /// from it when `fresh_epoch` (the epoch at which the edge checked this call's token) shows
-    /// nothing changed since: an Embed then needs no query before the provider call.
+    /// Found instances are kept in the read cache with the counters of the scopes they depend
+    /// on, and answered from it when the edge checked this call's token with the cache fresh for
+    /// it (`checked_fresh`) and those scopes did not change since: an Embed then needs no query
+    /// before the provider call.
     pub async fn find_for_call(
         &self,
         caller: &Caller,
         target: &CallTarget,
-        fresh_epoch: Option<i64>,
+        checked_fresh: bool,
     ) -> Result<Option<ProjectBinding<InstanceForCall>>, DomainError> {
         let key = match caller {
             // Keyed by user id, so only for the user in person: an account acting for them sees
@@ -84,11 +96,12 @@ impl Store {
             }
             _ => None,
         };
-        if let (Some(key), Some(epoch)) = (&key, fresh_epoch)
-            && let Some(found) = self.cache.call_target(epoch, key)
+        if let (Some(key), true) = (&key, checked_fresh)
+            && let Some(found) = self.cache.call_target(&Fresh::after_a_round_applied(), key)
         {
             return Ok(Some(ProjectBinding::Bound(Some(found))));
         }
+        let start = self.cache.read_start();
         let (statement, owner, handle) = match target {
             CallTarget::Instance(name) => (&*FIND_INSTANCE, &name.owner, &name.handle),
             CallTarget::Project(name) => (&*FIND_PROJECT_INSTANCE, &name.owner, &name.handle),
@@ -114,8 +127,24 @@ impl Store {
         }
         let found = for_call(&row, caller)?;
         if let (Some(key), Some(found)) = (key, &found) {
-            let epoch: i64 = row.try_get("cache_epoch").map_err(errors::db)?;
-            self.cache.remember_call_target(epoch, key, found.clone());
+            let counter = |column: &str| row.try_get::<i64, _>(column).map_err(errors::db);
+            let deps = Deps::new()
+                .with(Some(key.0), counter("caller_counter")?)
+                .with(
+                    Some(row.try_get("owner_id").map_err(errors::db)?),
+                    counter("owner_counter")?,
+                )
+                .with(Some(SHARED_SCOPE), counter("shared_counter")?)
+                .with(
+                    row.try_get("definition_owner_id").map_err(errors::db)?,
+                    counter("definition_owner_counter")?,
+                )
+                .with(
+                    row.try_get("project_owner_id").map_err(errors::db)?,
+                    counter("project_owner_counter")?,
+                );
+            self.cache
+                .remember_call_target(start, deps, key, found.clone());
         }
         Ok(Some(ProjectBinding::Bound(found)))
     }
