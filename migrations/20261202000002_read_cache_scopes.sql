@@ -3,12 +3,16 @@
 -- Before, every transaction that could change a cached answer bumped one global counter row as
 -- it committed: every write of every tenant queued on that row, and any write anywhere emptied
 -- every replica's cache. Now each *scope* has its own counter row, bumped only by the writes
--- that touch it:
+-- that touch it. A scope is one row of what cached answers are made of, `kind << 56 | id`:
 --
---   scope = users.id             a user's own row (token, admin flag) and everything in their
---                                namespace (instances, their shares, projects, definitions);
---   scope = -service_accounts.id a service account's row;
---   scope = 0                    what every tenant shares (API standards).
+--   kind 1, users.id            a user's row (token, admin flag);
+--   kind 2, service_accounts.id a service account's row;
+--   kind 3, instances.id        an instance's row and its shares;
+--   kind 4, projects.id         a project's row (its binding);
+--   kind 5, definitions.id      a definition's row (an instance's native dimensions);
+--   0                           what every tenant shares (API standards).
+--
+-- So writes to different instances lock different counter rows, even within one tenant.
 --
 -- Each cached answer records the values of the scopes it depends on, read in the same snapshot
 -- as its data. Each row also records the transaction that last changed it (`changed_xid`), so
@@ -33,6 +37,11 @@ BEGIN
     END IF;
 END $$;
 
+-- The scope of row `id` of kind `kind` (see above); src/store/read_cache.rs mirrors it.
+CREATE FUNCTION read_cache_scope(kind integer, id bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+    SELECT (kind::bigint << 56) | id
+$$;
+
 -- The value of a scope as a cached answer records it (0 until its first change).
 CREATE FUNCTION read_cache_value(target bigint) RETURNS bigint LANGUAGE sql STABLE AS $$
     SELECT coalesce((SELECT value FROM read_cache_scopes WHERE scope = target), 0)
@@ -40,19 +49,17 @@ $$;
 
 -- One trigger function per table, naming the scope a row belongs to. Deferred constraint
 -- triggers run them as the transaction commits, so a scope row stays locked only for the commit.
-CREATE FUNCTION bump_scope_of_user() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM bump_read_cache_scope(OLD.id); RETURN NULL; END $$;
-CREATE FUNCTION bump_scope_of_service_account() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM bump_read_cache_scope(-OLD.id); RETURN NULL; END $$;
-CREATE FUNCTION bump_scope_of_owner() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM bump_read_cache_scope(OLD.owner_id); RETURN NULL; END $$;
--- A share belongs to its instance's owner. When the instance itself is being deleted (its shares
--- go by cascade) the instance's own trigger bumps that owner.
-CREATE FUNCTION bump_scope_of_share() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    row_instance bigint := CASE WHEN TG_OP = 'DELETE' THEN OLD.instance_id ELSE NEW.instance_id END;
+-- The kind is the trigger's argument; the row is OLD (an UPDATE never changes an id).
+CREATE FUNCTION bump_scope_of_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM bump_read_cache_scope((SELECT owner_id FROM instances WHERE id = row_instance));
+    PERFORM bump_read_cache_scope(read_cache_scope(TG_ARGV[0]::integer, OLD.id));
+    RETURN NULL;
+END $$;
+-- A share belongs to its instance.
+CREATE FUNCTION bump_scope_of_share() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM bump_read_cache_scope(read_cache_scope(3,
+        CASE WHEN TG_OP = 'DELETE' THEN OLD.instance_id ELSE NEW.instance_id END));
     RETURN NULL;
 END $$;
 CREATE FUNCTION bump_shared_scope() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -72,19 +79,19 @@ DROP TABLE read_cache_epoch;
 -- answers that found something are cached), so inserts bump only for shares.
 CREATE CONSTRAINT TRIGGER users_bump_read_cache_scope
     AFTER UPDATE OR DELETE ON users DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_user();
+    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_row(1);
 CREATE CONSTRAINT TRIGGER service_accounts_bump_read_cache_scope
     AFTER UPDATE OR DELETE ON service_accounts DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_service_account();
+    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_row(2);
 CREATE CONSTRAINT TRIGGER instances_bump_read_cache_scope
     AFTER UPDATE OR DELETE ON instances DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_owner();
+    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_row(3);
 CREATE CONSTRAINT TRIGGER projects_bump_read_cache_scope
     AFTER UPDATE OR DELETE ON projects DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_owner();
+    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_row(4);
 CREATE CONSTRAINT TRIGGER definitions_bump_read_cache_scope
     AFTER UPDATE OR DELETE ON definitions DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_owner();
+    FOR EACH ROW EXECUTE FUNCTION bump_scope_of_row(5);
 CREATE CONSTRAINT TRIGGER shares_bump_read_cache_scope
     AFTER INSERT OR UPDATE OR DELETE ON shares DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION bump_scope_of_share();

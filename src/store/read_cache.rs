@@ -4,9 +4,9 @@
 //! replica, and without one tenant's writes evicting another tenant's answers.
 //!
 //! Why it is never stale: every cached answer depends on a few *scopes* (migration
-//! `read_cache_scopes`: a user's row and namespace, a service account's row, the API standards
-//! every tenant shares), and every transaction that changes a scope bumps that scope's counter
-//! as it commits. An answer is stored with the counters of its scopes ([`Deps`]), read in the
+//! `read_cache_scopes`: the caller's user or service account row, the instance with its shares,
+//! the project, the definition, and the API standards every tenant shares), and every
+//! transaction that changes a scope bumps that scope's counter as it commits. An answer is stored with the counters of its scopes ([`Deps`]), read in the
 //! same snapshot as its data. This process learns which scopes changed from
 //! [`super::scope_probe`], round after round, and keeps the newest counter it heard of for each
 //! ([`Entries::known`]). A call answers from the cache only after a round *sent after the call
@@ -38,9 +38,20 @@ use crate::{
 /// The scope of what every tenant shares (API standards).
 pub const SHARED_SCOPE: i64 = 0;
 
-/// The scope of a service account's row (users' scopes are their ids, which are positive).
-pub fn account_scope(account_id: i64) -> i64 {
-    -account_id
+/// What a scope is one row of (migration `read_cache_scopes`, `read_cache_scope(kind, id)`).
+#[derive(Debug, Clone, Copy)]
+pub enum ScopeKind {
+    User = 1,
+    ServiceAccount = 2,
+    /// An instance's row and its shares.
+    Instance = 3,
+    Project = 4,
+    Definition = 5,
+}
+
+/// The scope of row `id` of `kind`, as the database computes it.
+pub fn scope(kind: ScopeKind, id: i64) -> i64 {
+    ((kind as i64) << 56) | id
 }
 
 /// The scopes an answer depends on, with their counters as read with it.
@@ -396,6 +407,11 @@ mod tests {
         let start = cache.read_start();
         cache.remember_principal(start, Deps::new().with(Some(7), 3), [1; 32], alice());
         cache.remember_principal(start, Deps::new().with(Some(8), 0), [2; 32], alice());
+        assert_ne!(
+            scope(ScopeKind::User, 7),
+            scope(ScopeKind::Instance, 7),
+            "kinds do not collide"
+        );
         assert!(cache.principal(&fresh(), &[1; 32]).is_some());
         // Scope 7 moved to 4: its answer goes, scope 8's stays.
         cache.apply_round(&[(7, 4)]);

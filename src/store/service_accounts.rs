@@ -13,7 +13,7 @@ use super::{
     change::Change,
     cursor::{self, HandleKey},
     errors,
-    read_cache::{Deps, account_scope},
+    read_cache::{Deps, ScopeKind, scope},
 };
 use crate::domain::{
     DomainError,
@@ -107,8 +107,8 @@ impl Store {
             "SELECT sa.id, sa.handle, sa.permissions, sa.act_for_users, \
                     sa.client_certificate_subject, \
                     u.id AS user_id, u.handle AS user_handle, u.is_admin AS user_is_admin, \
-                    read_cache_value(-sa.id) AS account_counter, \
-                    read_cache_value(u.id) AS user_counter \
+                    read_cache_value(read_cache_scope(2, sa.id)) AS account_counter, \
+                    read_cache_value(read_cache_scope(1, u.id)) AS user_counter \
              FROM service_accounts sa \
              LEFT JOIN users u ON u.handle = $2 AND u.handle <> '_system' \
              WHERE sa.token_hash = $1",
@@ -147,11 +147,11 @@ impl Store {
         if act_as.is_none() || user.is_some() {
             let deps = Deps::new()
                 .with(
-                    Some(account_scope(account.id)),
+                    Some(scope(ScopeKind::ServiceAccount, account.id)),
                     row.try_get("account_counter").map_err(get_err)?,
                 )
                 .with(
-                    user.as_ref().map(|user| user.id),
+                    user.as_ref().map(|user| scope(ScopeKind::User, user.id)),
                     row.try_get("user_counter").map_err(get_err)?,
                 );
             self.cache

@@ -10,7 +10,7 @@ use super::{
     cursor::{self, HandleKey},
     dependents::{self, Revoked},
     errors,
-    read_cache::Deps,
+    read_cache::{Deps, ScopeKind, scope},
 };
 use crate::domain::{
     DomainError,
@@ -84,7 +84,7 @@ impl Store {
             .ok_or(DomainError::Unauthenticated)?;
         self.cache.remember_principal(
             start,
-            Deps::new().with(Some(principal.id), counter),
+            Deps::new().with(Some(scope(ScopeKind::User, principal.id)), counter),
             *token.hash(),
             principal.clone(),
         );
@@ -101,7 +101,7 @@ impl Store {
         token_hash: &[u8],
     ) -> Result<Option<(UserPrincipal, i64)>, DomainError> {
         let row: Option<(i64, String, bool, i64)> = sqlx::query_as(
-            "SELECT id, handle, is_admin, read_cache_value(id) \
+            "SELECT id, handle, is_admin, read_cache_value(read_cache_scope(1, id)) \
              FROM users WHERE token_hash = $1",
         )
         .bind(token_hash)

@@ -118,8 +118,8 @@ async fn answers_come_from_memory_until_their_scope_moves() {
         "served from the cache"
     );
 
-    // Once the owner's scope moves, the next call reads the database.
-    sqlx::query("SELECT bump_read_cache_scope(id) FROM users WHERE handle = 'alice'")
+    // Once the instance's scope moves, the next call reads the database.
+    sqlx::query("SELECT bump_read_cache_scope(read_cache_scope(3, id)) FROM instances")
         .execute(&mut db)
         .await
         .unwrap();
@@ -132,10 +132,12 @@ async fn answers_come_from_memory_until_their_scope_moves() {
         .await
         .unwrap();
     assert_eq!(list(&app, &bob).await.unwrap(), 1, "served from the cache");
-    sqlx::query("SELECT bump_read_cache_scope(id) FROM users WHERE handle = 'bob'")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "SELECT bump_read_cache_scope(read_cache_scope(1, id)) FROM users WHERE handle = 'bob'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
     assert_eq!(
         list(&app, &bob).await.unwrap_err().code(),
         Code::Unauthenticated
@@ -312,6 +314,8 @@ async fn carol_creates(app: &TestApp, carol: &str) {
 
 #[tokio::test]
 async fn a_write_to_one_tenant_leaves_the_other_tenants_answers_cached_on_every_replica() {
+    // Scopes are rows (an instance with its shares, a user, a project...), finer than tenants:
+    // carol's writes to her instance touch only that instance's scope.
     let a = TestApp::spawn().await;
     let b = a.replica().await;
     let alice = a.create_user("alice").await;

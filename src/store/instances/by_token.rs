@@ -16,7 +16,7 @@ use crate::{
     },
     store::{
         Store, errors,
-        read_cache::{Deps, Fresh, SHARED_SCOPE},
+        read_cache::{Deps, Fresh, SHARED_SCOPE, ScopeKind, scope},
     },
 };
 
@@ -25,14 +25,15 @@ use crate::{
 /// no row means no such token; a row without an instance means no such instance. One round trip
 /// instead of two, and exactly as fresh as a separate lookup: a token that a rotation or deletion
 /// on another replica has replaced matches nothing. Also reads, in the same snapshot, the
-/// counters of the read cache scopes the answer depends on (the caller's, the owner's, the shared
-/// one), to tag what it found.
+/// counters of the read cache scopes the answer depends on (the caller's row, the instance with
+/// its shares, the API standards), to tag what it found.
 macro_rules! with_caller_by_token {
     ($instance_query:expr) => {
         concat!(
             "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, \
-             read_cache_value(c.id) AS caller_counter, \
-             read_cache_value(x.owner_id) AS owner_counter, read_cache_value(0) AS shared_counter, \
+             read_cache_value(read_cache_scope(1, c.id)) AS caller_counter, \
+             read_cache_value(read_cache_scope(3, x.id)) AS instance_counter, \
+             read_cache_value(0) AS shared_counter, \
              x.* \
              FROM users c LEFT JOIN LATERAL (",
             $instance_query,
@@ -102,16 +103,15 @@ impl Store {
             Some(row) => row.into_visible(&caller)?,
         };
         // Only answers that found the instance are cached (see `read_cache`). The answer
-        // depends on the caller's row, the owner's namespace (the instance, its shares) and the
-        // API standards.
+        // depends on the caller's row, the instance with its shares, and the API standards.
         if let Some(instance) = &found {
-            let caller_deps = Deps::new().with(Some(principal.id), caller_counter);
-            let owner: i64 = row.try_get("owner_id").map_err(errors::db)?;
+            let caller_deps =
+                Deps::new().with(Some(scope(ScopeKind::User, principal.id)), caller_counter);
             let deps = caller_deps
                 .clone()
                 .with(
-                    Some(owner),
-                    row.try_get("owner_counter").map_err(errors::db)?,
+                    Some(scope(ScopeKind::Instance, instance.sequence)),
+                    row.try_get("instance_counter").map_err(errors::db)?,
                 )
                 .with(
                     Some(SHARED_SCOPE),

@@ -23,17 +23,19 @@ use crate::{
         Store,
         change::Change,
         errors,
-        read_cache::{Deps, Fresh, SHARED_SCOPE},
+        read_cache::{Deps, Fresh, SHARED_SCOPE, ScopeKind, scope},
     },
     vault::Sealed,
 };
 
 /// What a call needs beyond the instance's visible columns, for the instance `x` found, and the
-/// counters of the read cache scopes its answer depends on (the caller's `$1`, the instance
-/// owner's, the shared one, the definition owner's), read in the same snapshot.
-const CALL_COLUMNS: &str = "read_cache_value($1) AS caller_counter, \
-     read_cache_value(x.owner_id) AS owner_counter, read_cache_value(0) AS shared_counter, \
-     kd.owner_id AS definition_owner_id, read_cache_value(kd.owner_id) AS definition_owner_counter, \
+/// counters of the read cache scopes its answer depends on (the caller `$1`'s row, the instance
+/// with its shares, the API standards, the definition), read in the same snapshot.
+const CALL_COLUMNS: &str = "read_cache_value(read_cache_scope(1, $1)) AS caller_counter, \
+     read_cache_value(read_cache_scope(3, x.id)) AS instance_counter, \
+     read_cache_value(0) AS shared_counter, \
+     kd.id AS cache_definition_id, \
+     read_cache_value(read_cache_scope(5, kd.id)) AS definition_counter, \
      k.api_key_ciphertext AS call_ciphertext, \
      k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
      kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
@@ -47,7 +49,7 @@ const CALL_JOINS: &str = "LEFT JOIN instances k ON k.id = x.id \
 /// Instance `$2`/`$3` as caller `$1` sees it, with what a call needs.
 static FIND_INSTANCE: LazyLock<String> = LazyLock::new(|| {
     with_call_columns(concat!(
-        "SELECT x.*, NULL::bigint AS project_owner_id, 0::bigint AS project_owner_counter, \
+        "SELECT x.*, NULL::bigint AS cache_project_id, 0::bigint AS project_counter, \
          {CALL} FROM (",
         select_instances!("$1"),
         " WHERE u.handle = $2 AND i.handle = $3) x {JOINS}"
@@ -58,7 +60,7 @@ static FIND_INSTANCE: LazyLock<String> = LazyLock::new(|| {
 static FIND_PROJECT_INSTANCE: LazyLock<String> = LazyLock::new(|| {
     with_call_columns(concat!(
         "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, \
-     p.owner_id AS project_owner_id, read_cache_value(p.owner_id) AS project_owner_counter, \
+     p.id AS cache_project_id, read_cache_value(read_cache_scope(4, p.id)) AS project_counter, \
      x.*, {CALL} FROM projects p JOIN users pu ON pu.id = p.owner_id \
      LEFT JOIN LATERAL (",
         select_instances!("$1"),
@@ -128,20 +130,24 @@ impl Store {
         let found = for_call(&row, caller)?;
         if let (Some(key), Some(found)) = (key, &found) {
             let counter = |column: &str| row.try_get::<i64, _>(column).map_err(errors::db);
+            let id = |column: &str| row.try_get::<Option<i64>, _>(column).map_err(errors::db);
             let deps = Deps::new()
-                .with(Some(key.0), counter("caller_counter")?)
                 .with(
-                    Some(row.try_get("owner_id").map_err(errors::db)?),
-                    counter("owner_counter")?,
+                    Some(scope(ScopeKind::User, key.0)),
+                    counter("caller_counter")?,
+                )
+                .with(
+                    Some(scope(ScopeKind::Instance, found.instance.sequence)),
+                    counter("instance_counter")?,
                 )
                 .with(Some(SHARED_SCOPE), counter("shared_counter")?)
                 .with(
-                    row.try_get("definition_owner_id").map_err(errors::db)?,
-                    counter("definition_owner_counter")?,
+                    id("cache_definition_id")?.map(|d| scope(ScopeKind::Definition, d)),
+                    counter("definition_counter")?,
                 )
                 .with(
-                    row.try_get("project_owner_id").map_err(errors::db)?,
-                    counter("project_owner_counter")?,
+                    id("cache_project_id")?.map(|p| scope(ScopeKind::Project, p)),
+                    counter("project_counter")?,
                 );
             self.cache
                 .remember_call_target(start, deps, key, found.clone());

@@ -35,8 +35,6 @@ use crate::domain::{
 struct InstanceRow {
     id: i64,
     uid: String,
-    // `owner_id` is selected too (the read cache scope of the instance), read by name by the
-    // cached reads.
     owner: String,
     handle: String,
     definition_owner: Option<String>,
@@ -66,7 +64,7 @@ struct InstanceRow {
 macro_rules! select_instances {
     ($grantee:literal) => {
         concat!(
-            "SELECT i.id, i.uid::text AS uid, i.owner_id, u.handle AS owner, i.handle, \
+            "SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
              du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard, \
              i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
              i.allow_credential_release, i.revision, i.create_time, i.update_time, s.role AS shared_role, \
