@@ -93,9 +93,9 @@ for _ in $(seq 1 1000); do
 done
 
 declare -A RESULT
-for scenario in health get-instance list-first list-deep project-instance create-instance; do
+for scenario in health get-instance list-first list-deep project-instance create-instance update-instance; do
     token=$BENCH_TOKEN
-    [ "$scenario" = create-instance ] && token=$OWNER_TOKEN
+    [ "$scenario" = create-instance ] || [ "$scenario" = update-instance ] && token=$OWNER_TOKEN
     for c in $CONCURRENCIES; do
         line=$("$LOADGEN" --addr "$ADDR" measure --token "$token" --scenario "$scenario" --concurrency "$c" --seconds "$SECONDS_PER_RUN")
         RESULT["$scenario,$c"]=$line
@@ -150,7 +150,9 @@ for c in $CONCURRENCIES; do
     PGB["select,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -S -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
     PGB["insert,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/insert.sql" -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
     PGB["registry,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/registry_create.sql" -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
-    echo "pgbench $c clients: -S ${PGB["select,$c"]} tps, insert ${PGB["insert,$c"]} tps, CreateInstance's rows ${PGB["registry,$c"]} tps"
+    PGB["update,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f bench/plain_update.sql -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
+    PGB["registry-update,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f bench/update_instance.sql -D owner="$OWNER_ID" -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
+    echo "pgbench $c clients: -S ${PGB["select,$c"]} tps, insert ${PGB["insert,$c"]} tps, CreateInstance's rows ${PGB["registry,$c"]} tps, one-row UPDATE ${PGB["update,$c"]} tps, UpdateInstance's statements ${PGB["registry-update,$c"]} tps"
 done
 
 echo "== vault micro-benchmark (criterion)"
@@ -165,7 +167,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "| scenario | streams | req/s | p50 ms | p99 ms | errors |"
     echo "| --- | --- | --- | --- | --- | --- |"
-    for scenario in health get-instance list-first list-deep project-instance create-instance embed embed-floor provider-direct; do
+    for scenario in health get-instance list-first list-deep project-instance create-instance update-instance embed embed-floor provider-direct; do
         for c in $CONCURRENCIES; do
             echo "| $scenario | $c | $(field "$scenario" "$c" 3) | $(field "$scenario" "$c" 4) | $(field "$scenario" "$c" 5) | $(field "$scenario" "$c" 6) |"
         done
@@ -174,6 +176,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
         echo "| pgbench -S (point read) | $c | ${PGB["select,$c"]} | | | |"
         echo "| pgbench one-row INSERT | $c | ${PGB["insert,$c"]} | | | |"
         echo "| pgbench: CreateInstance's rows (instance + audit event) in the registry schema | $c | ${PGB["registry,$c"]} | | | |"
+        echo "| pgbench one-row UPDATE (bench/plain_update.sql) | $c | ${PGB["update,$c"]} | | | |"
+        echo "| pgbench: UpdateInstance's statements in the registry schema (bench/update_instance.sql) | $c | ${PGB["registry-update,$c"]} | | | |"
     done
     echo
     echo "| ratio | streams | value |"
@@ -183,6 +187,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
         echo "| CreateInstance / pgbench INSERT | $c | $(ratio "$(field create-instance "$c" 3)" "${PGB["insert,$c"]}") |"
         echo "| pgbench CreateInstance's rows / pgbench INSERT (the database's own ceiling for the ratio above) | $c | $(ratio "${PGB["registry,$c"]}" "${PGB["insert,$c"]}") |"
         echo "| GetInstance / Health.Check | $c | $(ratio "$(field get-instance "$c" 3)" "$(field health "$c" 3)") |"
+        echo "| UpdateInstance (distinct instances) / pgbench of its statements (goal ≥ 0.4 at 32) | $c | $(ratio "$(field update-instance "$c" 3)" "${PGB["registry-update,$c"]}") |"
+        echo "| UpdateInstance (distinct instances) / pgbench one-row UPDATE (goal ≥ 0.25 at 32) | $c | $(ratio "$(field update-instance "$c" 3)" "${PGB["update,$c"]}") |"
         echo "| ListInstances page 100 p50 / first page p50 | $c | $(ratio "$(field list-deep "$c" 4)" "$(field list-first "$c" 4)") |"
         echo "| Embed / the same request straight to the provider (throughput; goal ≥ 0.5 at 32) | $c | $(ratio "$(field embed "$c" 3)" "$(field provider-direct "$c" 3)") |"
         echo "| Embed floor (the hop alone, examples/embed_floor.rs) / straight to the provider (the ceiling of the ratio above) | $c | $(ratio "$(field embed-floor "$c" 3)" "$(field provider-direct "$c" 3)") |"

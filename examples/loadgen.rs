@@ -259,6 +259,22 @@ fn scenario_request(
             }
             .encode_to_vec(),
         ),
+        // Each stream updates an instance of its own (streams are `i / 1_000_000`): writes to
+        // distinct rows, as the write goal measures them.
+        "update-instance" => (
+            "/llmregistry.v1.LlmInstanceService/UpdateInstance",
+            pb::UpdateInstanceRequest {
+                instance: Some(pb::Instance {
+                    name: format!("users/owner-0/instances/i{}", (i / 1_000_000) % 1000),
+                    description: format!("updated {i}"),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["description".into()],
+                }),
+            }
+            .encode_to_vec(),
+        ),
         "project-instance" => (
             "/llmregistry.v1.ProjectService/GetProjectInstance",
             pb::GetProjectInstanceRequest {
