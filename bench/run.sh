@@ -31,6 +31,8 @@ ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
 export LLM_REGISTRY_MODE=production ADMIN_TOKEN ENCRYPTION_KEY TLS_TERMINATED_UPSTREAM=true
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export MAX_CONCURRENT_REQUESTS=64 DB_MAX_CONNECTIONS=16 RUST_LOG=warn,llm_registry::server=info
+# The read cache's hit ratio in the mixed load is read from the server's own metrics.
+export METRICS_ADDR=127.0.0.1:0
 
 # The fake provider Embed calls (OpenAI format, 1536 dimensions, answering at once over HTTPS
 # with a CA made at run time), and the registry's permission to reach it on loopback.
@@ -116,6 +118,33 @@ for scenario in embed embed-floor provider-direct; do
         echo "$line"
     done
 done
+
+echo "== mixed load: 10,000 users with 10 instances each (100,000); 90% GetInstance over a Zipf"
+echo "   choice of instance, 5% ListInstances, 5% UpdateInstance, each by the instance's owner"
+MIX_START=$(date +%s)
+"$LOADGEN" --addr "$ADDR" populate-mixed --admin-token "$ADMIN_TOKEN" --users 10000 \
+    --instances-per-user 10 --tokens-out "$WORK/mixed-tokens"
+echo "populated in $(( $(date +%s) - MIX_START )) s"
+psql -h 127.0.0.1 -U postgres -d "$DB" -qc "VACUUM ANALYZE"
+METRICS=$(grep -o 'metrics_listener=[0-9.:]*' "$WORK/server.log" | head -n 1 | cut -d= -f2)
+# Hits and misses of the GetInstance answers in the read cache, so far.
+cache_counts() {
+    curl -s "http://$METRICS/metrics" | awk '
+        /^llmr_read_cache_hits_total\{kind="instance"\}/ {h = $2}
+        /^llmr_read_cache_misses_total\{kind="instance"\}/ {m = $2}
+        END {print h + 0, m + 0}'
+}
+declare -A HITS
+for scenario in mixed-reads mixed; do
+    read -r hits_before misses_before < <(cache_counts)
+    line=$("$LOADGEN" --addr "$ADDR" measure --token unused --scenario "$scenario" --concurrency 32 \
+        --seconds "$SECONDS_PER_RUN" --tokens-file "$WORK/mixed-tokens" --instances-per-user 10)
+    read -r hits_after misses_after < <(cache_counts)
+    HITS[$scenario]=$(awk -v h=$((hits_after - hits_before)) -v m=$((misses_after - misses_before)) \
+        'BEGIN { if (h + m > 0) printf "%.2f", h / (h + m); else print "n/a" }')
+    RESULT["$scenario,32"]=$line
+    echo "$line (GetInstance cache hit ratio ${HITS[$scenario]})"
+done
 PEAK_RSS=$(rss_kib "$SERVER_PID" VmHWM)
 
 echo "== pgbench on the same machine"
@@ -172,6 +201,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
             echo "| $scenario | $c | $(field "$scenario" "$c" 3) | $(field "$scenario" "$c" 4) | $(field "$scenario" "$c" 5) | $(field "$scenario" "$c" 6) |"
         done
     done
+    for scenario in mixed-reads mixed; do
+        echo "| $scenario (100,000 instances, Zipf; cache hit ratio ${HITS[$scenario]}) | 32 | $(field "$scenario" 32 3) | $(field "$scenario" 32 4) | $(field "$scenario" 32 5) | $(field "$scenario" 32 6) |"
+    done
     for c in $CONCURRENCIES; do
         echo "| pgbench -S (point read) | $c | ${PGB["select,$c"]} | | | |"
         echo "| pgbench one-row INSERT | $c | ${PGB["insert,$c"]} | | | |"
@@ -195,6 +227,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
         echo "| Embed / Embed floor (what the registry's own work leaves of the hop's rate) | $c | $(ratio "$(field embed "$c" 3)" "$(field embed-floor "$c" 3)") |"
         echo "| Embed p50 − direct p50, ms (latency the registry adds; goal < 1 at 1) | $c | $(awk -v a="$(field embed "$c" 4)" -v b="$(field provider-direct "$c" 4)" 'BEGIN { printf "%.3f", a - b }') |"
     done
+    echo
+    echo "| mixed (90% Get, 5% List, 5% Update) / mixed-reads (the same reads alone) (goal ≥ 0.5; p99 < 20 ms) | 32 | $(ratio "$(field mixed 32 3)" "$(field mixed-reads 32 3)") |"
     echo
     echo "| other | value |"
     echo "| --- | --- |"

@@ -19,13 +19,13 @@ JOIN api_standards st ON st.id = i.api_standard_id
 LEFT JOIN definitions d ON d.id = i.definition_id
 LEFT JOIN users du ON du.id = d.owner_id
 LEFT JOIN shares s ON s.instance_id = i.id AND s.grantee_id = :owner
-WHERE u.handle = 'owner-0' AND i.handle = 'i' || :client_id FOR UPDATE OF i \gset
+WHERE u.handle = 'owner-0' AND i.handle = 'i' || :client_id FOR UPDATE OF i \gset locked_
 SELECT id AS sid FROM api_standards WHERE handle = 'openai' \gset
 UPDATE instances SET endpoint = 'https://api.openai.com/v1/embeddings', api_standard_id = :sid,
        model = 'text-embedding-3-small', dimensions = 1536, context_limit = 8191,
        description = 'updated ' || :n, allow_credential_release = false,
        revision = revision + 1, update_time = clock_timestamp()
-WHERE id = :iid;
+WHERE id = :locked_iid;
 SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle,
        du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard,
        i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key,
@@ -38,7 +38,7 @@ JOIN api_standards st ON st.id = i.api_standard_id
 LEFT JOIN definitions d ON d.id = i.definition_id
 LEFT JOIN users du ON du.id = d.owner_id
 LEFT JOIN shares s ON s.instance_id = i.id AND s.grantee_id = :owner
-WHERE i.id = :iid;
+WHERE i.id = :locked_iid;
 INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail, subject)
 VALUES ('users/owner-0', 'LlmInstanceService/UpdateInstance', 'users/owner-0/instances/i' || :client_id,
         'owner-0', 'OK', '', NULL);

@@ -47,6 +47,18 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         projects: usize,
     },
+    /// Creates `users` users (`m0`, `m1`, ...) with `instances_per_user` instances each (with
+    /// keys), for the mixed scenarios; writes the users' tokens, one per line, to `tokens_out`.
+    PopulateMixed {
+        #[arg(long)]
+        admin_token: String,
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        instances_per_user: usize,
+        #[arg(long)]
+        tokens_out: std::path::PathBuf,
+    },
     /// Waits (up to 10 s) until health says SERVING; fails otherwise.
     Wait,
     /// Runs one scenario and prints `scenario concurrency rps p50_ms p99_ms errors`.
@@ -65,6 +77,12 @@ enum Command {
         /// For `provider-direct`: the API key sent to the fake provider.
         #[arg(long, default_value = "")]
         provider_key: String,
+        /// For `mixed` and `mixed-reads`: the tokens written by `populate-mixed`.
+        #[arg(long)]
+        tokens_file: Option<std::path::PathBuf>,
+        /// For `mixed` and `mixed-reads`: instances per user, as populated.
+        #[arg(long, default_value_t = 10)]
+        instances_per_user: usize,
     },
     /// Creates `users/bench/instances/embed`, holding `key`, at `endpoint` (the fake provider).
     CreateEmbedInstance {
@@ -216,6 +234,159 @@ async fn populate(
     Ok(())
 }
 
+async fn populate_mixed(
+    addr: &str,
+    admin: &str,
+    users: usize,
+    per_user: usize,
+    tokens_out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let pool = channels(addr, 8).await?;
+    let channel = |i: usize| pool[i % pool.len()].clone();
+    let created = Arc::new(tokio::sync::Mutex::new(vec![String::new(); users]));
+    bounded(users, 64, |u| {
+        let (channel, created) = (channel(u), created.clone());
+        async move {
+            let response = UserServiceClient::new(channel)
+                .create_user(authed(
+                    pb::CreateUserRequest {
+                        user_id: format!("m{u}"),
+                        user: Some(pb::User::default()),
+                    },
+                    admin,
+                ))
+                .await?;
+            created.lock().await[u] = response.into_inner().token;
+            Ok(())
+        }
+    })
+    .await?;
+    let tokens = created.lock().await.clone();
+    bounded(users * per_user, 64, |n| {
+        let (channel, user, token) = (channel(n), n / per_user, tokens[n / per_user].clone());
+        async move {
+            LlmInstanceServiceClient::new(channel)
+                .create_instance(authed(
+                    pb::CreateInstanceRequest {
+                        parent: format!("users/m{user}"),
+                        instance_id: format!("i{}", n % per_user),
+                        instance: Some(pb::Instance {
+                            endpoint: "https://api.openai.com/v1/embeddings".into(),
+                            api_standard: "openai".into(),
+                            model: "text-embedding-3-small".into(),
+                            dimensions: Some(1536),
+                            api_key: format!("sk-mixed-{n:032}"),
+                            ..Default::default()
+                        }),
+                    },
+                    &token,
+                ))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    std::fs::write(tokens_out, tokens.join("\n"))?;
+    Ok(())
+}
+
+/// The mixed scenarios' choice of instance: a Zipf distribution (exponent 1) over the ranks of
+/// `count` instances, the ranks spread over users by a fixed permutation (so that the hot
+/// instances are not all one user's).
+struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(count: usize) -> Self {
+        let mut total = 0.0;
+        let cumulative = (1..=count)
+            .map(|rank| {
+                total += 1.0 / rank as f64;
+                total
+            })
+            .collect::<Vec<_>>();
+        let cumulative = cumulative.iter().map(|c| c / total).collect();
+        Self { cumulative }
+    }
+
+    /// The instance number (0-based) of a uniform draw `u` in [0, 1).
+    fn instance(&self, u: f64) -> usize {
+        let rank = self.cumulative.partition_point(|&c| c < u);
+        let count = self.cumulative.len();
+        // 7919 is prime and does not divide the counts used (powers of ten): a bijection.
+        (rank.min(count - 1) * 7919) % count
+    }
+}
+
+/// A small, fast generator for the mixed scenarios' draws (xorshift64*).
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One request of a mixed scenario: 90% GetInstance, 5% ListInstances, 5% UpdateInstance
+/// (`mixed`), or the same reads alone in the same proportion (`mixed-reads`); each by the
+/// owner of the instance drawn. Answers the index of the caller's token too.
+fn mixed_request(
+    scenario: &str,
+    zipf: &Zipf,
+    draws: &mut Draws,
+    per_user: usize,
+    i: usize,
+) -> (usize, &'static str, Vec<u8>) {
+    let n = zipf.instance(draws.next());
+    let (user, handle) = (n / per_user, n % per_user);
+    let name = format!("users/m{user}/instances/i{handle}");
+    let kind = draws.next();
+    let (get, list) = if scenario == "mixed" {
+        (0.90, 0.95)
+    } else {
+        (0.90 / 0.95, 1.0)
+    };
+    if kind < get {
+        let request = pb::GetInstanceRequest { name };
+        (
+            user,
+            "/llmregistry.v1.LlmInstanceService/GetInstance",
+            request.encode_to_vec(),
+        )
+    } else if kind < list {
+        let request = pb::ListInstancesRequest {
+            parent: format!("users/m{user}"),
+            page_size: 50,
+            ..Default::default()
+        };
+        (
+            user,
+            "/llmregistry.v1.LlmInstanceService/ListInstances",
+            request.encode_to_vec(),
+        )
+    } else {
+        let request = pb::UpdateInstanceRequest {
+            instance: Some(pb::Instance {
+                name,
+                description: format!("mixed {i}"),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["description".into()],
+            }),
+        };
+        (
+            user,
+            "/llmregistry.v1.LlmInstanceService/UpdateInstance",
+            request.encode_to_vec(),
+        )
+    }
+}
+
 /// One request of a scenario, as the gRPC method's path and the encoded request message;
 /// `i` varies the target.
 fn scenario_request(
@@ -256,6 +427,25 @@ fn scenario_request(
                     api_key: format!("sk-bench-{i:032}"),
                     ..Default::default()
                 }),
+            }
+            .encode_to_vec(),
+        ),
+        // The audit trail, as the admin reads it: one instance's events, and one caller's.
+        "audit-resource" => (
+            "/llmregistry.v1.AuditService/ListAuditEvents",
+            pb::ListAuditEventsRequest {
+                resource: format!("users/owner-0/instances/i{}", i % 1000),
+                page_size: 50,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        "audit-caller" => (
+            "/llmregistry.v1.AuditService/ListAuditEvents",
+            pb::ListAuditEventsRequest {
+                caller: format!("users/owner-{}", 1 + i % 50),
+                page_size: 50,
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
@@ -427,12 +617,22 @@ impl RawCaller {
     }
 
     async fn call(&self, path: &str, message: &[u8]) -> anyhow::Result<()> {
+        self.call_as(path, message, &self.authorization).await
+    }
+
+    /// [`RawCaller::call`] with another caller's `authorization` value.
+    async fn call_as(
+        &self,
+        path: &str,
+        message: &[u8],
+        authorization: &http::HeaderValue,
+    ) -> anyhow::Result<()> {
         let request = http::Request::builder()
             .method(http::Method::POST)
             .uri(format!("http://{}{path}", self.authority))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .header("authorization", self.authorization.clone())
+            .header("authorization", authorization.clone())
             .body(())?;
         let mut frame = Vec::with_capacity(5 + message.len());
         frame.push(0);
@@ -492,6 +692,14 @@ async fn deep_page_token(channel: Channel, token: &str, depth: usize) -> anyhow:
     Ok(page_token)
 }
 
+/// The tokens of a `mixed` scenario, as `authorization` values.
+struct MixedCallers {
+    authorizations: Vec<http::HeaderValue>,
+    zipf: Zipf,
+    per_user: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     addr: &str,
     token: &str,
@@ -499,7 +707,25 @@ async fn measure(
     concurrency: usize,
     seconds: u64,
     provider: Option<(&std::path::Path, &str)>,
+    tokens_file: Option<&std::path::Path>,
+    per_user: usize,
 ) -> anyhow::Result<()> {
+    let mixed = match (scenario, tokens_file) {
+        ("mixed" | "mixed-reads", Some(file)) => {
+            let authorizations = std::fs::read_to_string(file)?
+                .lines()
+                .map(|token| format!("Bearer {token}").parse())
+                .collect::<Result<Vec<http::HeaderValue>, _>>()?;
+            let zipf = Zipf::new(authorizations.len() * per_user);
+            Some(Arc::new(MixedCallers {
+                authorizations,
+                zipf,
+                per_user,
+            }))
+        }
+        ("mixed" | "mixed-reads", None) => anyhow::bail!("{scenario} needs --tokens-file"),
+        _ => None,
+    };
     // One HTTP/2 connection carries all the streams, as one gRPC channel does (and as h2load
     // does with `-c 1 -m N`); the concurrency is the number of streams in flight on it.
     let deep = if scenario == "list-deep" {
@@ -516,24 +742,33 @@ async fn measure(
     });
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let streams = (0..concurrency).map(|s| {
-        let (caller, deep) = (Arc::clone(&caller), deep.clone());
+        let (caller, deep, mixed) = (Arc::clone(&caller), deep.clone(), mixed.clone());
         let scenario = scenario.to_owned();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
             let mut i = s * 1_000_000;
+            let mut draws = Draws(0x9E37_79B9_7F4A_7C15 ^ (s as u64 + 1));
             while Instant::now() < deadline {
-                let request = match &*caller {
-                    Caller::Registry(_) => Some(scenario_request(&scenario, i, &deep)?),
-                    Caller::Provider(_) => None,
-                };
-                let started = Instant::now();
-                let result = match (&*caller, &request) {
-                    (Caller::Provider(direct), _) => direct.call().await,
-                    (Caller::Registry(registry), Some((path, message))) => {
-                        registry.call(path, message).await
+                let started;
+                let result = match (&*caller, &mixed) {
+                    (Caller::Provider(direct), _) => {
+                        started = Instant::now();
+                        direct.call().await
                     }
-                    (Caller::Registry(_), None) => anyhow::bail!("no request was made"),
+                    (Caller::Registry(registry), Some(mixed)) => {
+                        let (user, path, message) =
+                            mixed_request(&scenario, &mixed.zipf, &mut draws, mixed.per_user, i);
+                        started = Instant::now();
+                        registry
+                            .call_as(path, &message, &mixed.authorizations[user])
+                            .await
+                    }
+                    (Caller::Registry(registry), None) => {
+                        let (path, message) = scenario_request(&scenario, i, &deep)?;
+                        started = Instant::now();
+                        registry.call(path, &message).await
+                    }
                 };
                 match result {
                     Ok(()) => latencies.push(started.elapsed()),
@@ -613,6 +848,8 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             provider_ca,
             provider_key,
+            tokens_file,
+            instances_per_user,
         } => {
             let provider = provider_ca.as_deref().map(|ca| (ca, provider_key.as_str()));
             measure(
@@ -622,6 +859,23 @@ async fn main() -> anyhow::Result<()> {
                 concurrency,
                 seconds,
                 provider,
+                tokens_file.as_deref(),
+                instances_per_user,
+            )
+            .await
+        }
+        Command::PopulateMixed {
+            admin_token,
+            users,
+            instances_per_user,
+            tokens_out,
+        } => {
+            populate_mixed(
+                &args.addr,
+                &admin_token,
+                users,
+                instances_per_user,
+                &tokens_out,
             )
             .await
         }

@@ -298,7 +298,7 @@ pub struct RotateKeysArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
     /// Keys re-encrypted per transaction.
-    #[arg(long, env = "ROTATE_BATCH_SIZE", default_value_t = 100)]
+    #[arg(long, env = "ROTATE_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: u32,
 }
 

@@ -15,12 +15,33 @@ pub struct RotationReport {
 }
 
 impl Store {
-    /// How many stored keys each master key id sealed.
-    pub async fn ciphertext_key_counts(&self) -> Result<Vec<(String, i64)>, DomainError> {
+    /// The master key ids that sealed stored keys, each once. A skip scan of the key id index
+    /// (one index probe per distinct id, and there are a handful), so the start-up check costs
+    /// the same with a million keys as with ten.
+    pub async fn ciphertext_key_ids(&self) -> Result<Vec<String>, DomainError> {
+        sqlx::query_scalar(
+            "WITH RECURSIVE ids AS ( \
+                 SELECT min(api_key_key_id) AS id FROM instances WHERE api_key_key_id IS NOT NULL \
+               UNION ALL \
+                 SELECT (SELECT min(api_key_key_id) FROM instances WHERE api_key_key_id > ids.id) \
+                 FROM ids WHERE ids.id IS NOT NULL) \
+             SELECT id FROM ids WHERE id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(errors::db)
+    }
+
+    /// How many stored keys each of `key_ids` sealed (for the refusal's message only).
+    async fn ciphertext_key_counts(
+        &self,
+        key_ids: &[String],
+    ) -> Result<Vec<(String, i64)>, DomainError> {
         sqlx::query_as(
-            "SELECT api_key_key_id, count(*) FROM instances WHERE api_key_key_id IS NOT NULL \
+            "SELECT api_key_key_id, count(*) FROM instances WHERE api_key_key_id = ANY($1) \
              GROUP BY api_key_key_id ORDER BY api_key_key_id",
         )
+        .bind(key_ids)
         .fetch_all(&self.pool)
         .await
         .map_err(errors::db)
@@ -29,16 +50,20 @@ impl Store {
     /// Refuses a key ring that lacks a key the database needs, naming the ids and counts.
     pub async fn check_key_ring_covers_database(&self, ring: &KeyRing) -> anyhow::Result<()> {
         let known = ring.key_ids();
-        let missing: Vec<(String, i64)> = self
-            .ciphertext_key_counts()
+        let unknown: Vec<String> = self
+            .ciphertext_key_ids()
             .await
             .map_err(|e| anyhow::anyhow!("reading stored key ids: {e}"))?
             .into_iter()
-            .filter(|(id, _)| !known.contains(id))
+            .filter(|id| !known.contains(id))
             .collect();
-        if missing.is_empty() {
+        if unknown.is_empty() {
             return Ok(());
         }
+        let missing = self
+            .ciphertext_key_counts(&unknown)
+            .await
+            .map_err(|e| anyhow::anyhow!("counting stored keys: {e}"))?;
         let total: i64 = missing.iter().map(|(_, count)| count).sum();
         let listed: Vec<String> = missing
             .iter()
@@ -54,7 +79,9 @@ impl Store {
 
     /// Re-encrypts every key not sealed by the primary, `batch_size` per transaction. Rows are
     /// locked only for their batch, so the service keeps serving; an interrupted run leaves
-    /// every row either old or new (both decrypt), and the next run finishes the job.
+    /// every row either old or new (both decrypt), and the next run finishes the job. Batches
+    /// walk the primary key (each starts after the last row of the one before, so the run reads
+    /// every row once however many are already current) and write with one statement each.
     pub async fn rotate_keys(
         &self,
         audit: &Audit,
@@ -72,38 +99,50 @@ impl Store {
             reencrypted: 0,
             already_current: u64::try_from(already_current).unwrap_or_default(),
         };
+        let mut after_id = 0_i64;
         loop {
             let mut change = Change::begin(self, audit, "instances").await?;
             let tx = change.tx();
             let batch: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
                 "SELECT id, uid::text, api_key_key_id, api_key_ciphertext FROM instances \
-                 WHERE api_key_key_id IS NOT NULL AND api_key_key_id <> $1 \
+                 WHERE id > $3 AND api_key_key_id IS NOT NULL AND api_key_key_id <> $1 \
                  ORDER BY id LIMIT $2 FOR UPDATE",
             )
             .bind(&primary)
             .bind(i64::from(batch_size.max(1)))
+            .bind(after_id)
             .fetch_all(&mut **tx)
             .await
             .map_err(errors::db)?;
-            if batch.is_empty() {
+            let Some(last) = batch.last() else {
                 break;
-            }
-            let batch_size = batch.len();
+            };
+            after_id = last.0;
+            let mut ids = Vec::with_capacity(batch.len());
+            let mut ciphertexts = Vec::with_capacity(batch.len());
+            let mut key_ids = Vec::with_capacity(batch.len());
             for (id, uid, key_id, ciphertext) in batch {
                 let plaintext = ring
                     .open(&Sealed { key_id, ciphertext }, &uid)
                     .map_err(|e| DomainError::Internal(format!("instance uid {uid}: {e}")))?;
                 let sealed = ring.seal(&plaintext, &uid);
-                sqlx::query("UPDATE instances SET api_key_ciphertext = $2, api_key_key_id = $3 WHERE id = $1")
-                    .bind(id)
-                    .bind(&sealed.ciphertext)
-                    .bind(&sealed.key_id)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(errors::db)?;
-                report.reencrypted += 1;
+                ids.push(id);
+                ciphertexts.push(sealed.ciphertext);
+                key_ids.push(sealed.key_id);
             }
-            let detail = format!("re-encrypted {batch_size} key(s) under key {primary}");
+            sqlx::query(
+                "UPDATE instances AS i SET api_key_ciphertext = u.ciphertext, api_key_key_id = u.key_id \
+                 FROM unnest($1::bigint[], $2::bytea[], $3::text[]) AS u(id, ciphertext, key_id) \
+                 WHERE i.id = u.id",
+            )
+            .bind(&ids)
+            .bind(&ciphertexts)
+            .bind(&key_ids)
+            .execute(&mut **tx)
+            .await
+            .map_err(errors::db)?;
+            report.reencrypted += ids.len() as u64;
+            let detail = format!("re-encrypted {} key(s) under key {primary}", ids.len());
             change.commit(&detail).await?;
         }
         Ok(report)

@@ -40,12 +40,14 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 const WAIT_TIMEOUT: Duration = Duration::from_millis(2_500);
 
 /// The scopes changed at or after the watermark `$1` (none on the first round, when it is NULL)
-/// and this snapshot's xmin, the next watermark.
+/// and this snapshot's xmin, the next watermark. Two index range scans on `changed_xid` in one
+/// snapshot, in the same order; no join, so the generic plan of the prepared statement is the
+/// index range too.
 const ROUND: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, \
-     coalesce(array_agg(c.scope) FILTER (WHERE c.scope IS NOT NULL), '{}') AS scopes, \
-     coalesce(array_agg(c.value) FILTER (WHERE c.scope IS NOT NULL), '{}') AS counters \
-     FROM (SELECT 1) one LEFT JOIN read_cache_scopes c \
-     ON $1::text IS NOT NULL AND c.changed_xid >= $1::text::xid8";
+     ARRAY(SELECT scope FROM read_cache_scopes WHERE changed_xid >= $1::text::xid8 \
+           ORDER BY changed_xid, scope) AS scopes, \
+     ARRAY(SELECT value FROM read_cache_scopes WHERE changed_xid >= $1::text::xid8 \
+           ORDER BY changed_xid, scope) AS counters";
 
 /// The outcome of one round: its number and whether it was applied.
 #[derive(Clone, Copy, Debug)]
