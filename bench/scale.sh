@@ -84,8 +84,10 @@ run_scale() {
     local reader=$!
     local rotate_began
     rotate_began=$(date +%s%N)
-    ENCRYPTION_KEY="$NEXT_KEY" ENCRYPTION_KEYS_PREVIOUS="$ENCRYPTION_KEY" "$BIN" rotate-keys --batch-size 1000 \
-        > "$WORK/rotate.log" 2>&1
+    # (The old key is read before the new one shadows ENCRYPTION_KEY on the command's line.)
+    local old_key=$ENCRYPTION_KEY
+    ENCRYPTION_KEY="$NEXT_KEY" ENCRYPTION_KEYS_PREVIOUS="$old_key" "$BIN" rotate-keys --batch-size 1000 \
+        > "$WORK/rotate.log" 2>&1 || { cat "$WORK/rotate.log" >&2; exit 1; }
     local rotate_ms=$(( ($(date +%s%N) - rotate_began) / 1000000 ))
     wait "$reader"
     R[$name,rotate_keys_per_s]=$(awk -v n="$instances" -v ms="$rotate_ms" 'BEGIN { printf "%.0f", n / (ms / 1000) }')

@@ -9,6 +9,7 @@ use crate::domain::{
 
 const UNIQUE_VIOLATION: &str = "23505";
 pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+pub const NOT_NULL_VIOLATION: &str = "23502";
 const CHECK_VIOLATION: &str = "23514";
 /// A statement cancelled, here by `statement_timeout`: the database did not finish in time.
 const QUERY_CANCELED: &str = "57014";

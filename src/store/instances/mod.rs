@@ -179,22 +179,4 @@ impl Store {
             .map(|instance| (instance.sequence, instance))
             .ok_or_else(|| access::hidden(name))
     }
-
-    /// The instance with row id `id`, as its writer sees it after the change.
-    async fn visible_by_id(
-        tx: &mut Transaction<'static, Postgres>,
-        caller: &Caller,
-        id: i64,
-    ) -> Result<Instance, DomainError> {
-        sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!("{SELECT} WHERE i.id = $2")))
-            .bind(caller_id(caller))
-            .bind(id)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(errors::db)?
-            .into_visible(caller)?
-            .ok_or_else(|| {
-                DomainError::Internal("a written instance is not visible to its writer".to_owned())
-            })
-    }
 }

@@ -1,6 +1,7 @@
 //! Changing instances: update (fields and key) and delete, each a [`Change`] that locks the row,
 //! asks the policy, checks the etag, writes and records its audit event in one transaction.
 
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use crate::{
@@ -58,32 +59,49 @@ impl Store {
         }
         let detail = details.join("; ");
         let tx = change.tx();
-        let standard_id = Self::api_standard_id(
-            &mut **tx,
-            "instance.api_standard",
-            spec.api_standard.0.as_str(),
-        )
-        .await?;
-        sqlx::query(
-            "UPDATE instances SET endpoint = $2, api_standard_id = $3, model = $4, dimensions = $5, \
-             context_limit = $6, description = $7, allow_credential_release = $8, \
-             revision = revision + 1, update_time = clock_timestamp() WHERE id = $1",
+        // One round trip: the standard is looked up in the statement (an unknown one leaves it
+        // NULL, which the column refuses), and the new version comes back with it. The caller
+        // sees the instance as locked above, with the new fields: no read after the write.
+        let standard = spec.api_standard.0.as_str();
+        let (revision, update_time): (i64, DateTime<Utc>) = sqlx::query_as(
+            "UPDATE instances SET endpoint = $2, \
+             api_standard_id = (SELECT id FROM api_standards WHERE handle = $3), model = $4, \
+             dimensions = $5, context_limit = $6, description = $7, allow_credential_release = $8, \
+             revision = revision + 1, update_time = clock_timestamp() WHERE id = $1 \
+             RETURNING revision, update_time",
         )
         .bind(id)
         .bind(&spec.endpoint)
-        .bind(standard_id)
+        .bind(standard)
         .bind(&spec.model)
         .bind(spec.dimensions)
         .bind(spec.context_limit)
         .bind(&spec.description)
         .bind(allow_credential_release)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await
-        .map_err(|e| errors::on_reference(e, "instance.api_standard"))?;
+        .map_err(|e| match errors::sqlstate(&e).as_deref() {
+            Some(errors::NOT_NULL_VIOLATION) => DomainError::invalid(
+                "instance.api_standard",
+                format!("unknown API standard apiStandards/{standard}"),
+            ),
+            _ => errors::on_reference(e, "instance.api_standard"),
+        })?;
+        let has_api_key = match &key_change {
+            ApiKeyChange::Keep => current.has_api_key,
+            ApiKeyChange::Replace(_) => true,
+            ApiKeyChange::Remove => false,
+        };
         Self::store_key(tx, id, &current.uid, key_change, ring).await?;
-        let updated = Self::visible_by_id(tx, caller, id).await?;
         change.commit(&detail).await?;
-        Ok(updated)
+        Ok(Instance {
+            spec,
+            has_api_key,
+            allow_credential_release,
+            revision,
+            update_time,
+            ..current
+        })
     }
 
     /// Deletes an instance (and its shares), for owners and co-owners. While projects use it,
