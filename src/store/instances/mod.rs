@@ -60,23 +60,28 @@ struct InstanceRow {
 }
 
 /// Every column of an instance, plus the role of a share of it to `$grantee` (an SQL expression
-/// for a user id; NULL for the configured admin).
+/// for a user id; NULL for the configured admin). The share is a scalar subquery, looked up per
+/// row through its primary key: as a join (even a lateral one, which the planner flattens), the
+/// generic plan of a prepared statement read all of the grantee's shares for every page when the
+/// grantee holds many (a ListInstances page 100 deep took 10 ms instead of 0.3 on a bulk-loaded
+/// database).
 macro_rules! select_instances {
     ($grantee:literal) => {
         concat!(
-            "SELECT i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
+            "SELECT (SELECT role FROM shares WHERE instance_id = i.id AND grantee_id = ",
+            $grantee,
+            ") AS shared_role, \
+             i.id, i.uid::text AS uid, u.handle AS owner, i.handle, \
              du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard, \
              i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
-             i.allow_credential_release, i.revision, i.create_time, i.update_time, s.role AS shared_role, \
+             i.allow_credential_release, i.revision, i.create_time, i.update_time, \
              i.last_test_time, i.last_test_code, i.last_test_message, i.last_test_dimensions, \
              i.last_test_latency_ms \
              FROM instances i \
              JOIN users u ON u.id = i.owner_id \
              JOIN api_standards st ON st.id = i.api_standard_id \
              LEFT JOIN definitions d ON d.id = i.definition_id \
-             LEFT JOIN users du ON du.id = d.owner_id \
-             LEFT JOIN shares s ON s.instance_id = i.id AND s.grantee_id = ",
-            $grantee
+             LEFT JOIN users du ON du.id = d.owner_id"
         )
     };
 }
