@@ -16,6 +16,7 @@ mod errors;
 mod instances;
 mod keys;
 mod projects;
+mod rate_windows;
 mod read_cache;
 mod scope_probe;
 mod service_accounts;

@@ -13,6 +13,7 @@ use super::{
     change::Change,
     cursor::{self, HandleKey},
     errors,
+    rate_windows::{self, Windows},
     read_cache::{Deps, ScopeKind, scope},
 };
 use crate::domain::{
@@ -311,32 +312,13 @@ impl Store {
         account_id: i64,
         limit: u32,
     ) -> Result<Option<Duration>, DomainError> {
-        let row = sqlx::query(
-            "INSERT INTO credential_release_windows AS w (service_account_id, window_start, used) \
-             VALUES ($1, date_trunc('minute', now()), 1) \
-             ON CONFLICT (service_account_id) DO UPDATE SET \
-               used = CASE WHEN w.window_start = EXCLUDED.window_start THEN w.used + 1 ELSE 1 END, \
-               window_start = EXCLUDED.window_start \
-             RETURNING used, \
-               EXTRACT(EPOCH FROM (window_start + interval '1 minute' - clock_timestamp()))::float8 \
-               AS seconds_left",
-        )
-        .bind(account_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| match errors::sqlstate(&e).as_deref() {
-            // The account was deleted since the edge saw it.
-            Some(errors::FOREIGN_KEY_VIOLATION) => DomainError::Unauthenticated,
-            _ => errors::db(e),
-        })?;
-        let used: i32 = row.try_get("used").map_err(errors::db)?;
-        let seconds_left: f64 = row.try_get("seconds_left").map_err(errors::db)?;
-        if u32::try_from(used).unwrap_or(u32::MAX) <= limit {
-            return Ok(None);
-        }
-        Ok(Some(Duration::from_secs_f64(
-            seconds_left.clamp(0.001, 60.0),
-        )))
+        rate_windows::take_slot(&self.pool, Windows::CredentialReleases, account_id, limit)
+            .await
+            .map_err(|e| match errors::sqlstate(&e).as_deref() {
+                // The account was deleted since the edge saw it.
+                Some(errors::FOREIGN_KEY_VIOLATION) => DomainError::Unauthenticated,
+                _ => errors::db(e),
+            })
     }
 
     /// The account row, locked for the rest of the change.

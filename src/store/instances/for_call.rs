@@ -23,6 +23,7 @@ use crate::{
         Store,
         change::Change,
         errors,
+        rate_windows::{self, Windows},
         read_cache::{Deps, Fresh, SHARED_SCOPE, ScopeKind, scope},
     },
     vault::Sealed,
@@ -163,28 +164,9 @@ impl Store {
         instance_id: i64,
         limit: u32,
     ) -> Result<Option<Duration>, DomainError> {
-        let row = sqlx::query(
-            "INSERT INTO provider_rate_windows AS w (instance_id, window_start, used) \
-             VALUES ($1, date_trunc('minute', now()), 1) \
-             ON CONFLICT (instance_id) DO UPDATE SET \
-               used = CASE WHEN w.window_start = EXCLUDED.window_start THEN w.used + 1 ELSE 1 END, \
-               window_start = EXCLUDED.window_start \
-             RETURNING used, \
-               EXTRACT(EPOCH FROM (window_start + interval '1 minute' - clock_timestamp()))::float8 \
-               AS seconds_left",
-        )
-        .bind(instance_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(errors::db)?;
-        let used: i32 = row.try_get("used").map_err(errors::db)?;
-        let seconds_left: f64 = row.try_get("seconds_left").map_err(errors::db)?;
-        if u32::try_from(used).unwrap_or(u32::MAX) <= limit {
-            return Ok(None);
-        }
-        Ok(Some(Duration::from_secs_f64(
-            seconds_left.clamp(0.001, 60.0),
-        )))
+        rate_windows::take_slot(&self.pool, Windows::ProviderCalls, instance_id, limit)
+            .await
+            .map_err(errors::db)
     }
 
     /// Records a test's outcome on instance `instance_id` and its audit event, together, if the
