@@ -213,6 +213,19 @@ impl ReadCache {
         entries.rounds_applied += 1;
     }
 
+    /// Applies a round that saw too many changes to list: every answer and every known counter
+    /// is dropped, and reads in flight may not add theirs (they may predate those changes).
+    pub(super) fn reset_round(&self) {
+        let Some(mut entries) = self.lock() else {
+            return;
+        };
+        entries.known.clear();
+        entries.clear_answers();
+        entries.resets += 1;
+        entries.rounds_applied += 1;
+        metrics().cache_invalidations.inc();
+    }
+
     /// Where the cache stands before a query whose answer may be added.
     pub fn read_start(&self) -> ReadStart {
         self.lock().map_or(
@@ -446,6 +459,21 @@ mod tests {
         assert!(
             cache.principal(&fresh(), &[1; 32]).is_none(),
             "read across a reset"
+        );
+        // A round with too many changes to list resets too.
+        let start = cache.read_start();
+        cache.remember_principal(start, Deps::new().with(Some(7), 0), [1; 32], alice());
+        assert!(cache.principal(&fresh(), &[1; 32]).is_some());
+        let in_flight = cache.read_start();
+        cache.reset_round();
+        assert!(
+            cache.principal(&fresh(), &[1; 32]).is_none(),
+            "every answer dropped"
+        );
+        cache.remember_principal(in_flight, Deps::new().with(Some(7), 0), [1; 32], alice());
+        assert!(
+            cache.principal(&fresh(), &[1; 32]).is_none(),
+            "read across the reset"
         );
     }
 

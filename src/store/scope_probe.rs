@@ -39,15 +39,23 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a call waits for its round before going to the database itself.
 const WAIT_TIMEOUT: Duration = Duration::from_millis(2_500);
 
+/// The most changed scopes one round takes in; beyond, it resets the cache instead (see
+/// [`ROUND`]).
+const MAX_CHANGES_PER_ROUND: usize = 1000;
+
 /// The scopes changed at or after the watermark `$1` (none on the first round, when it is NULL)
-/// and this snapshot's xmin, the next watermark. Two index range scans on `changed_xid` in one
-/// snapshot, in the same order; no join, so the generic plan of the prepared statement is the
-/// index range too.
+/// and this snapshot's xmin, the next watermark: two index range scans on `changed_xid` in one
+/// snapshot, in the same order, each at most one more than [`MAX_CHANGES_PER_ROUND`]. Most
+/// rounds see no change at all, and then only the newest `changed_xid` is read (one probe at the
+/// end of the index; a subquery in a branch not taken is not run), so a quiet round costs about
+/// what the old single-row epoch read did.
 const ROUND: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, \
-     ARRAY(SELECT scope FROM read_cache_scopes WHERE changed_xid >= $1::text::xid8 \
-           ORDER BY changed_xid, scope) AS scopes, \
-     ARRAY(SELECT value FROM read_cache_scopes WHERE changed_xid >= $1::text::xid8 \
-           ORDER BY changed_xid, scope) AS counters";
+     CASE WHEN (SELECT max(changed_xid) FROM read_cache_scopes) >= $1::text::xid8 THEN \
+       ARRAY(SELECT scope FROM read_cache_scopes WHERE changed_xid >= $1::text::xid8 \
+             ORDER BY changed_xid, scope LIMIT 1001) ELSE '{}' END AS scopes, \
+     CASE WHEN (SELECT max(changed_xid) FROM read_cache_scopes) >= $1::text::xid8 THEN \
+       ARRAY(SELECT value FROM read_cache_scopes WHERE changed_xid >= $1::text::xid8 \
+             ORDER BY changed_xid, scope LIMIT 1001) ELSE '{}' END AS counters";
 
 /// The outcome of one round: its number and whether it was applied.
 #[derive(Clone, Copy, Debug)]
@@ -180,8 +188,14 @@ impl ScopeProbe {
         let Ok((next, scopes, counters)) = parsed else {
             return false;
         };
-        let changed: Vec<(i64, i64)> = scopes.into_iter().zip(counters).collect();
-        self.cache.apply_round(&changed);
+        if scopes.len() > MAX_CHANGES_PER_ROUND {
+            // Too many changes to take in one by one (a bulk change, or a long pause): forget
+            // every answer instead, which is always safe.
+            self.cache.reset_round();
+        } else {
+            let changed: Vec<(i64, i64)> = scopes.into_iter().zip(counters).collect();
+            self.cache.apply_round(&changed);
+        }
         *watermark = Some(next);
         true
     }
