@@ -138,16 +138,19 @@ pub fn check_release_caller(caller: &Caller) -> Result<&UserPrincipal, DomainErr
         message: message.to_owned(),
     };
     match caller {
-        Caller::User(user) => match &user.via {
-            Some(account) if account.has(Permission::ReleaseCredentials) => Ok(user),
-            Some(_) => Err(refused(
-                "this service account has no RELEASE_CREDENTIALS permission",
-            )),
-            None => Err(refused(
-                "only a service account with RELEASE_CREDENTIALS, acting for a user, may resolve \
-                 credentials",
-            )),
-        },
+        Caller::User(
+            user @ UserPrincipal {
+                via: Some(account), ..
+            },
+        ) => {
+            if account.has(Permission::ReleaseCredentials) {
+                Ok(user)
+            } else {
+                Err(refused(
+                    "this service account has no RELEASE_CREDENTIALS permission",
+                ))
+            }
+        }
         Caller::ServiceAccount(account) if account.has(Permission::ReleaseCredentials) => {
             Err(refused(
                 "credentials are released only to a service account acting for a user: send \

@@ -120,27 +120,31 @@ impl Store {
         .await
         .map_err(errors::db)?
         .ok_or(DomainError::Unauthenticated)?;
-        let get_err = errors::db;
-        let subject: String = row.try_get("client_certificate_subject").map_err(get_err)?;
+        let subject: String = row
+            .try_get("client_certificate_subject")
+            .map_err(errors::db)?;
         let account = Arc::new(ServiceAccountPrincipal {
-            id: row.try_get("id").map_err(get_err)?,
-            handle: errors::stored_handle(row.try_get::<&str, _>("handle").map_err(get_err)?)?,
+            id: row.try_get("id").map_err(errors::db)?,
+            handle: errors::stored_handle(row.try_get::<&str, _>("handle").map_err(errors::db)?)?,
             permissions: permissions_of(
                 &row.try_get::<Vec<String>, _>("permissions")
-                    .map_err(get_err)?,
+                    .map_err(errors::db)?,
             )?,
             act_for_users: handles_of(
                 &row.try_get::<Vec<String>, _>("act_for_users")
-                    .map_err(get_err)?,
+                    .map_err(errors::db)?,
             )?,
             client_certificate_subject: Some(subject).filter(|s| !s.is_empty()),
         });
-        let user = match row.try_get::<Option<i64>, _>("user_id").map_err(get_err)? {
+        let user = match row
+            .try_get::<Option<i64>, _>("user_id")
+            .map_err(errors::db)?
+        {
             None => None,
             Some(id) => Some(UserPrincipal::new(
                 id,
-                errors::stored_handle(row.try_get::<&str, _>("user_handle").map_err(get_err)?)?,
-                row.try_get("user_is_admin").map_err(get_err)?,
+                errors::stored_handle(row.try_get::<&str, _>("user_handle").map_err(errors::db)?)?,
+                row.try_get("user_is_admin").map_err(errors::db)?,
             )),
         };
         // Only answers that found what they named are kept (a user created later would bump no
@@ -149,11 +153,11 @@ impl Store {
             let deps = Deps::new()
                 .with(
                     Some(scope(ScopeKind::ServiceAccount, account.id)),
-                    row.try_get("account_counter").map_err(get_err)?,
+                    row.try_get("account_counter").map_err(errors::db)?,
                 )
                 .with(
                     user.as_ref().map(|user| scope(ScopeKind::User, user.id)),
-                    row.try_get("user_counter").map_err(get_err)?,
+                    row.try_get("user_counter").map_err(errors::db)?,
                 );
             self.cache
                 .remember_account(start, deps, key, (account.clone(), user.clone()));
