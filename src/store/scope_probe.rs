@@ -83,7 +83,12 @@ impl ScopeProbe {
     /// A probe that reads through its own connection, opened with `options`, into `cache`.
     pub fn new(options: PgConnectOptions, cache: Arc<ReadCache>) -> Arc<Self> {
         Arc::new(Self {
-            options,
+            // The round's statement is prepared once and run thousands of times a second. With
+            // a parameter, PostgreSQL would plan it anew on every run (its generic plan, priced
+            // for an unknown watermark, looks dearer than each custom one) and the planning
+            // costs more than the run: the generic plan is the right one for any watermark
+            // (two index range scans), so it is forced for this connection.
+            options: options.options([("plan_cache_mode", "force_generic_plan")]),
             cache,
             rounds_started: AtomicU64::new(0),
             wake: Notify::new(),
