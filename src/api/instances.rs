@@ -283,7 +283,7 @@ impl LlmInstanceService for InstancesApi {
                 &instance.etag,
                 &self.0.key_ring,
                 |current| {
-                    let spec = patch.apply("instance", &current.spec)?;
+                    let spec = patch.clone().apply("instance", &current.spec)?;
                     access::check_key_destination(current, &spec, &key_change)?;
                     let allow_credential_release = access::check_release_opt_in_change(
                         &caller,
@@ -292,7 +292,8 @@ impl LlmInstanceService for InstancesApi {
                     )?;
                     Ok(InstanceChange {
                         spec,
-                        key: key_change,
+                        // Cloned: the store may run this again after losing a race.
+                        key: key_change.clone(),
                         allow_credential_release,
                     })
                 },

@@ -5,8 +5,10 @@
 //! its row, what to write). Dropping a `Change` without [`Change::commit`] rolls everything back,
 //! so an early `?` leaves nothing half-written.
 //!
-//! Instance creates are the one write that does not use it: they are group-committed by
-//! [`super::instances::create_batches`], whose statement writes the row and its event together.
+//! Two writes of instances do not use it, for speed: creates are group-committed by
+//! [`super::instances::create_batches`], and updates are optimistic (read without a lock, then
+//! one statement that writes the row only if it did not move), in `instances/write.rs`; in both,
+//! one statement writes the row and its event together.
 
 use std::fmt::Display;
 

@@ -40,4 +40,5 @@ mod sharing;
 mod system_guard;
 mod tls;
 mod trace;
+mod updates;
 mod users;

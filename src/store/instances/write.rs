@@ -1,15 +1,17 @@
-//! Changing instances: update (fields and key) and delete, each a [`Change`] that locks the row,
-//! asks the policy, checks the etag, writes and records its audit event in one transaction.
+//! Changing instances: update (fields and key), optimistic (read, decide, then one statement
+//! that writes the row and its audit event only if nothing moved; see
+//! [`Store::update_instance`]), and delete, a [`Change`] that locks the row, asks the policy,
+//! checks the etag, writes and records its audit event in one transaction.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Transaction};
 
 use crate::{
     domain::{
         DomainError,
-        access::InstanceAction,
-        audit::Audit,
+        access::{self, InstanceAction},
+        audit::{Audit, resource_owner},
         caller::Caller,
+        check_etag,
         instance::{ApiKeyChange, Instance, InstanceChange},
         names::InstanceName,
     },
@@ -22,10 +24,39 @@ use crate::{
     vault::KeyRing,
 };
 
+/// How many times an update reads and writes without a lock before its last attempt, which
+/// locks the row (and so cannot lose to another write).
+const UPDATE_ATTEMPTS: usize = 3;
+
+/// What one attempt of an update writes: the instance's new fields, its key and the audit
+/// event, if the row is still the version the attempt read.
+struct UpdateWrite<'a> {
+    id: i64,
+    read_revision: i64,
+    /// The caller's user id and the share role the attempt's decision rested on; `None` when the
+    /// caller's role does not come from a share (the owner, an administrator), which no other
+    /// write can take away.
+    share_check: Option<(i64, &'static str)>,
+    change: &'a InstanceChange,
+    /// The sealed key and its key id (both `None` to remove it); `None`: the key is kept.
+    sealed_key: Option<(Option<Vec<u8>>, Option<String>)>,
+    audit: &'a Audit,
+    resource: String,
+    detail: String,
+}
+
 impl Store {
     /// Read-modify-write, for writers and up: `change_spec` sees the instance as the caller does
     /// (after the etag check) and returns the new spec, what happens to the key and the release
     /// opt-in.
+    ///
+    /// Optimistic, so that a write holds the row only for one statement and costs two round
+    /// trips: the instance is read without a lock, the policy and the etag decide, and one
+    /// statement writes the new fields and the audit event *if* the row is still at the version
+    /// read and the caller's share still gives the role decided on. If another write came
+    /// between, the attempt starts over from a new read (where an etag, if sent, now refuses);
+    /// the last attempt locks the row first, so an unconditional update never fails for losing
+    /// races.
     pub async fn update_instance(
         &self,
         audit: &Audit,
@@ -33,75 +64,76 @@ impl Store {
         name: &InstanceName,
         etag: &str,
         ring: &KeyRing,
-        change_spec: impl FnOnce(&Instance) -> Result<InstanceChange, DomainError>,
+        change_spec: impl Fn(&Instance) -> Result<InstanceChange, DomainError>,
     ) -> Result<Instance, DomainError> {
-        let mut change = Change::begin(self, audit, name).await?;
-        let (id, current) =
-            Self::lock_for(change.tx(), caller, name, InstanceAction::Write).await?;
-        change.check_etag(etag, &current)?;
-        let InstanceChange {
-            spec,
-            key: key_change,
-            allow_credential_release,
-        } = change_spec(&current)?;
-        let mut details = Vec::new();
-        match &key_change {
-            ApiKeyChange::Keep => {}
-            ApiKeyChange::Replace(_) => details.push("api_key replaced"),
-            ApiKeyChange::Remove => details.push("api_key removed"),
-        }
-        if allow_credential_release != current.allow_credential_release {
-            details.push(if allow_credential_release {
-                "credential release allowed"
+        for attempt in 1..=UPDATE_ATTEMPTS {
+            let mut locked = if attempt == UPDATE_ATTEMPTS {
+                Some(self.pool.begin().await.map_err(errors::db)?)
             } else {
-                "credential release disallowed"
-            });
+                None
+            };
+            let current = match locked.as_mut() {
+                Some(tx) => {
+                    Self::lock_for(tx, caller, name, InstanceAction::Write)
+                        .await?
+                        .1
+                }
+                None => {
+                    let found = self.find_instance(caller, name).await?;
+                    access::authorize_instance(
+                        found.as_ref().map(|instance| instance.access_role),
+                        InstanceAction::Write,
+                        name,
+                    )?;
+                    found.ok_or_else(|| access::hidden(name))?
+                }
+            };
+            check_etag(etag, &current.etag(), &name.to_string())?;
+            let change = change_spec(&current)?;
+            let write = UpdateWrite {
+                id: current.sequence,
+                read_revision: current.revision,
+                share_check: share_check(caller, &current),
+                change: &change,
+                sealed_key: match &change.key {
+                    ApiKeyChange::Keep => None,
+                    ApiKeyChange::Remove => Some((None, None)),
+                    ApiKeyChange::Replace(api_key) => {
+                        let sealed = ring.seal(api_key, &current.uid);
+                        Some((Some(sealed.ciphertext), Some(sealed.key_id)))
+                    }
+                },
+                audit,
+                resource: name.to_string(),
+                detail: update_detail(&current, &change),
+            };
+            let written = match locked.as_mut() {
+                Some(tx) => write.run(&mut **tx).await?,
+                None => write.run(&self.pool).await?,
+            };
+            if let Some(tx) = locked {
+                tx.commit().await.map_err(errors::db)?;
+            }
+            if let Some((revision, update_time)) = written {
+                let has_api_key = match &change.key {
+                    ApiKeyChange::Keep => current.has_api_key,
+                    ApiKeyChange::Replace(_) => true,
+                    ApiKeyChange::Remove => false,
+                };
+                return Ok(Instance {
+                    spec: change.spec,
+                    has_api_key,
+                    allow_credential_release: change.allow_credential_release,
+                    revision,
+                    update_time,
+                    ..current
+                });
+            }
         }
-        let detail = details.join("; ");
-        let tx = change.tx();
-        // One round trip: the standard is looked up in the statement (an unknown one leaves it
-        // NULL, which the column refuses), and the new version comes back with it. The caller
-        // sees the instance as locked above, with the new fields: no read after the write.
-        let standard = spec.api_standard.0.as_str();
-        let (revision, update_time): (i64, DateTime<Utc>) = sqlx::query_as(
-            "UPDATE instances SET endpoint = $2, \
-             api_standard_id = (SELECT id FROM api_standards WHERE handle = $3), model = $4, \
-             dimensions = $5, context_limit = $6, description = $7, allow_credential_release = $8, \
-             revision = revision + 1, update_time = clock_timestamp() WHERE id = $1 \
-             RETURNING revision, update_time",
-        )
-        .bind(id)
-        .bind(&spec.endpoint)
-        .bind(standard)
-        .bind(&spec.model)
-        .bind(spec.dimensions)
-        .bind(spec.context_limit)
-        .bind(&spec.description)
-        .bind(allow_credential_release)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(|e| match errors::sqlstate(&e).as_deref() {
-            Some(errors::NOT_NULL_VIOLATION) => DomainError::invalid(
-                "instance.api_standard",
-                format!("unknown API standard apiStandards/{standard}"),
-            ),
-            _ => errors::on_reference(e, "instance.api_standard"),
-        })?;
-        let has_api_key = match &key_change {
-            ApiKeyChange::Keep => current.has_api_key,
-            ApiKeyChange::Replace(_) => true,
-            ApiKeyChange::Remove => false,
-        };
-        Self::store_key(tx, id, &current.uid, key_change, ring).await?;
-        change.commit(&detail).await?;
-        Ok(Instance {
-            spec,
-            has_api_key,
-            allow_credential_release,
-            revision,
-            update_time,
-            ..current
-        })
+        // The last attempt held the row's lock from its read to its write.
+        Err(DomainError::Internal(format!(
+            "{name} changed under its own lock"
+        )))
     }
 
     /// Deletes an instance (and its shares), for owners and co-owners. While projects use it,
@@ -135,31 +167,98 @@ impl Store {
             .map_err(|e| errors::on_delete(e, &name.to_string()))?;
         change.commit("deleted with its shares").await
     }
+}
 
-    async fn store_key(
-        tx: &mut Transaction<'_, Postgres>,
-        id: i64,
-        uid: &str,
-        change: ApiKeyChange,
-        ring: &KeyRing,
-    ) -> Result<(), DomainError> {
-        let (ciphertext, key_id) = match change {
-            ApiKeyChange::Keep => return Ok(()),
-            ApiKeyChange::Remove => (None, None),
-            ApiKeyChange::Replace(api_key) => {
-                let sealed = ring.seal(&api_key, uid);
-                (Some(sealed.ciphertext), Some(sealed.key_id))
-            }
+/// The share role `caller` holds `current` by, if that is where its role comes from.
+fn share_check(caller: &Caller, current: &Instance) -> Option<(i64, &'static str)> {
+    match caller {
+        Caller::User(user) if !caller.is_admin() && !caller.owns(&current.name.owner) => {
+            Some((user.id, current.access_role.as_str()))
+        }
+        _ => None,
+    }
+}
+
+/// The audit event's detail: what happened to the key and to the release opt-in.
+fn update_detail(current: &Instance, change: &InstanceChange) -> String {
+    let mut details = Vec::new();
+    match &change.key {
+        ApiKeyChange::Keep => {}
+        ApiKeyChange::Replace(_) => details.push("api_key replaced"),
+        ApiKeyChange::Remove => details.push("api_key removed"),
+    }
+    if change.allow_credential_release != current.allow_credential_release {
+        details.push(if change.allow_credential_release {
+            "credential release allowed"
+        } else {
+            "credential release disallowed"
+        });
+    }
+    details.join("; ")
+}
+
+impl UpdateWrite<'_> {
+    /// Writes, in one statement (so in one transaction even outside one): the fields, the key
+    /// when it changes, and the audit event, only if the row is at `read_revision` and the share
+    /// check holds. The API standard is looked up in the statement (an unknown one leaves it
+    /// NULL, which the column refuses). The new version, or `None` if the row moved on.
+    async fn run<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+    ) -> Result<Option<(i64, DateTime<Utc>)>, DomainError> {
+        let spec = &self.change.spec;
+        let standard = spec.api_standard.0.as_str();
+        let (key_changes, ciphertext, key_id) = match &self.sealed_key {
+            None => (false, None, None),
+            Some((ciphertext, key_id)) => (true, ciphertext.as_deref(), key_id.as_deref()),
         };
-        sqlx::query(
-            "UPDATE instances SET api_key_ciphertext = $2, api_key_key_id = $3 WHERE id = $1",
+        let (share_grantee, share_role) = self.share_check.unzip();
+        sqlx::query_as(
+            "WITH updated AS ( \
+               UPDATE instances SET endpoint = $3, \
+                 api_standard_id = (SELECT id FROM api_standards WHERE handle = $4), model = $5, \
+                 dimensions = $6, context_limit = $7, description = $8, \
+                 allow_credential_release = $9, \
+                 api_key_ciphertext = CASE WHEN $10 THEN $11 ELSE api_key_ciphertext END, \
+                 api_key_key_id = CASE WHEN $10 THEN $12 ELSE api_key_key_id END, \
+                 revision = revision + 1, update_time = clock_timestamp() \
+               WHERE id = $1 AND revision = $2 \
+                 AND ($14::text IS NULL \
+                      OR (SELECT role FROM shares WHERE instance_id = $1 AND grantee_id = $13) = $14) \
+               RETURNING revision, update_time), \
+             event AS ( \
+               INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail, subject) \
+               SELECT $15, $16, $17, $18, 'OK', $19, $20 FROM updated) \
+             SELECT revision, update_time FROM updated",
         )
-        .bind(id)
+        .bind(self.id)
+        .bind(self.read_revision)
+        .bind(&spec.endpoint)
+        .bind(standard)
+        .bind(&spec.model)
+        .bind(spec.dimensions)
+        .bind(spec.context_limit)
+        .bind(&spec.description)
+        .bind(self.change.allow_credential_release)
+        .bind(key_changes)
         .bind(ciphertext)
         .bind(key_id)
-        .execute(&mut **tx)
+        .bind(share_grantee)
+        .bind(share_role)
+        .bind(&self.audit.caller)
+        .bind(self.audit.method)
+        .bind(&self.resource)
+        .bind(resource_owner(&self.resource))
+        .bind(&self.detail)
+        .bind(self.audit.subject.as_deref())
+        .fetch_optional(executor)
         .await
-        .map_err(errors::db)?;
-        Ok(())
+        .map_err(|e| match errors::sqlstate(&e).as_deref() {
+            Some(errors::NOT_NULL_VIOLATION) => DomainError::invalid(
+                "instance.api_standard",
+                format!("unknown API standard apiStandards/{standard}"),
+            ),
+            _ => errors::on_reference(e, "instance.api_standard"),
+        })
     }
 }
