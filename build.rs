@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
+    // sqlx::migrate! embeds migrations/ when the library compiles, but cannot announce it on
+    // stable Rust: a new migration alone would not rebuild the binary that runs it.
+    println!("cargo:rerun-if-changed=migrations");
 
     announce_commit();
 
