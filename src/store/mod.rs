@@ -2,8 +2,9 @@
 //! into domain errors here (by SQLSTATE), so nothing above this layer sees sqlx.
 //!
 //! Every write goes through [`change::Change`] (lock, policy, etag, write, audit, commit), except
-//! instance creates, which are group-committed ([`instances::create_batches`]). Lists page with
-//! the typed cursors of [`cursor`].
+//! instance creates, which are group-committed ([`instances::create_batches`]), and instance
+//! updates, which are optimistic (`instances/write.rs`). Lists page with the typed cursors of
+//! [`cursor`].
 
 mod api_standards;
 mod audit;
@@ -52,6 +53,8 @@ pub struct Store {
     create_batches: Arc<CreateBatches>,
     /// Usage events (Embed, TestInstance), group-committed on their own connections.
     usage: Arc<UsageEvents>,
+    /// The version of an instance each caller last wrote, where its next update starts.
+    update_hints: Arc<instances::UpdateHints>,
 }
 
 impl Store {
@@ -73,6 +76,7 @@ impl Store {
             pool,
             cache,
             scope_probe,
+            update_hints: Arc::default(),
         }
     }
 

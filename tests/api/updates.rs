@@ -17,7 +17,7 @@ use tonic::Code;
 
 use crate::helpers::{
     TestApp, assert_code, audit_events, authed, create_openai_instance_on, get_instance,
-    grant_share, random_api_key, reason, stored_key,
+    grant_share, random_api_key, reason, share, stored_key,
 };
 
 const NAME: &str = "users/alice/instances/hot";
@@ -289,4 +289,128 @@ async fn a_change_between_an_updates_read_and_its_write_is_never_overwritten_on_
         "bob's again"
     );
     drop(db.close().await);
+}
+
+#[tokio::test]
+async fn a_callers_next_update_starts_from_what_it_wrote_and_a_stale_start_never_shows() {
+    // Each caller's next update of an instance starts from the version it last wrote, without a
+    // read (src/store/instances/update_hints.rs). Everything that can make that version stale
+    // must still give the answer a read would have given.
+    let (app, alice, bob) = world().await;
+    let other = app.replica().await;
+    let update = |app: &TestApp, token: &str, request: pb::UpdateInstanceRequest| {
+        let mut client = app.instances();
+        let request = authed(request, token);
+        async move { client.update_instance(request).await }
+    };
+    let first = update(&app, &alice, describe("one", ""))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Another replica writes: alice's next update, sent with the etag she reads now, lands (her
+    // hint is older than that etag) and keeps the other replica's model.
+    let mut elsewhere = describe("", "");
+    let instance = elsewhere.instance.as_mut().unwrap();
+    instance.model = "text-embedding-3-large".into();
+    elsewhere.update_mask.as_mut().unwrap().paths = vec!["model".into()];
+    update(&other, &bob, elsewhere).await.unwrap();
+    let now = get_instance(&app, &alice, NAME).await.unwrap();
+    assert_ne!(now.etag, first.etag);
+    let second = update(&app, &alice, describe("two", &now.etag))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.model, "text-embedding-3-large");
+    assert_eq!(second.description, "two");
+    // And her old etag is refused, whatever she last wrote.
+    assert_code(
+        update(&app, &alice, describe("three", &first.etag)).await,
+        Code::Aborted,
+    );
+
+    // A test outcome recorded without a new version, after alice's last write: the answer to
+    // her next update shows it as stored, not as she last wrote it.
+    update(&app, &alice, describe("three", "")).await.unwrap();
+    sqlx::query(
+        "UPDATE instances SET last_test_time = now(), last_test_code = 'UNAVAILABLE', \
+         last_test_message = 'recorded meanwhile', last_test_dimensions = 0, \
+         last_test_latency_ms = 12 WHERE handle = 'hot'",
+    )
+    .execute(&mut app.db().await)
+    .await
+    .unwrap();
+    let tested = update(&app, &alice, describe("four", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let last_test = tested
+        .last_test
+        .expect("the recorded test is in the answer");
+    assert_eq!(
+        (last_test.code.as_str(), last_test.message.as_str()),
+        ("UNAVAILABLE", "recorded meanwhile")
+    );
+
+    // bob writes (and keeps a hint), then alice lowers his share through the other replica:
+    // his next update is refused for the role he has now.
+    update(&app, &bob, describe("bob's", "")).await.unwrap();
+    share(&other, &alice, NAME, "bob", pb::Role::Reader)
+        .await
+        .unwrap();
+    let refused = assert_code(
+        update(&app, &bob, describe("bob's again", "")).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&refused), "INSUFFICIENT_ROLE");
+
+    // The instance is deleted and another made under its name: alice's next update lands on the
+    // new one, never on the row she last wrote.
+    let mut instances = other.instances();
+    instances
+        .delete_instance(authed(
+            pb::DeleteInstanceRequest {
+                name: NAME.into(),
+                etag: String::new(),
+                force: true,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    create_openai_instance_on(
+        &other.channel,
+        &alice,
+        "alice",
+        "hot",
+        "https://api.openai.com/v1/embeddings".into(),
+    )
+    .await;
+    let recreated = get_instance(&app, &alice, NAME).await.unwrap();
+    assert_ne!(recreated.uid, tested.uid);
+    let landed = update(&app, &alice, describe("on the new one", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(landed.uid, recreated.uid);
+    assert_eq!(
+        get_instance(&app, &alice, NAME).await.unwrap().description,
+        "on the new one"
+    );
+    // Deleted for good: not found, not written.
+    instances
+        .delete_instance(authed(
+            pb::DeleteInstanceRequest {
+                name: NAME.into(),
+                etag: String::new(),
+                force: true,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    assert_code(
+        update(&app, &alice, describe("on nothing", "")).await,
+        Code::NotFound,
+    );
 }

@@ -11,9 +11,11 @@ mod create;
 pub(super) mod create_batches;
 mod for_call;
 mod read;
+mod update_hints;
 mod write;
 
 pub use create::NewInstance;
+pub(super) use update_hints::UpdateHints;
 
 use std::time::Duration;
 
@@ -113,18 +115,13 @@ impl InstanceRow {
             )),
             _ => None,
         };
-        let last_test = match (self.last_test_time, self.last_test_code) {
-            (Some(time), Some(code)) => Some(InstanceTest {
-                time,
-                code,
-                message: self.last_test_message.unwrap_or_default(),
-                observed_dimensions: self.last_test_dimensions.unwrap_or_default(),
-                latency: Duration::from_millis(
-                    u64::try_from(self.last_test_latency_ms.unwrap_or_default()).unwrap_or(0),
-                ),
-            }),
-            _ => None,
-        };
+        let last_test = last_test_of(
+            self.last_test_time,
+            self.last_test_code,
+            self.last_test_message,
+            self.last_test_dimensions,
+            self.last_test_latency_ms,
+        );
         let instance = Instance {
             sequence: self.id,
             name: InstanceName::new(owner, errors::stored_handle(&self.handle)?),
@@ -147,6 +144,28 @@ impl InstanceRow {
             last_test,
         };
         Ok(Some(instance))
+    }
+}
+
+/// The last TestInstance outcome recorded on a row, from its columns (none before the first).
+fn last_test_of(
+    time: Option<DateTime<Utc>>,
+    code: Option<String>,
+    message: Option<String>,
+    observed_dimensions: Option<i32>,
+    latency_ms: Option<i64>,
+) -> Option<InstanceTest> {
+    match (time, code) {
+        (Some(time), Some(code)) => Some(InstanceTest {
+            time,
+            code,
+            message: message.unwrap_or_default(),
+            observed_dimensions: observed_dimensions.unwrap_or_default(),
+            latency: Duration::from_millis(
+                u64::try_from(latency_ms.unwrap_or_default()).unwrap_or(0),
+            ),
+        }),
+        _ => None,
     }
 }
 

@@ -12,6 +12,7 @@ use crate::{
         audit::{Audit, resource_owner},
         caller::Caller,
         check_etag,
+        embedding::InstanceTest,
         instance::{ApiKeyChange, Instance, InstanceChange},
         names::InstanceName,
     },
@@ -20,6 +21,7 @@ use crate::{
         change::Change,
         dependents::{self, Revoked},
         errors,
+        instances::{last_test_of, update_hints::UpdateHints},
     },
     vault::KeyRing,
 };
@@ -45,6 +47,24 @@ struct UpdateWrite<'a> {
     detail: String,
 }
 
+/// What an update's statement wrote, when it did.
+struct Written {
+    revision: i64,
+    update_time: DateTime<Utc>,
+    last_test: Option<InstanceTest>,
+}
+
+#[derive(sqlx::FromRow)]
+struct WrittenRow {
+    revision: i64,
+    update_time: DateTime<Utc>,
+    last_test_time: Option<DateTime<Utc>>,
+    last_test_code: Option<String>,
+    last_test_message: Option<String>,
+    last_test_dimensions: Option<i32>,
+    last_test_latency_ms: Option<i64>,
+}
+
 impl Store {
     /// Read-modify-write, for writers and up: `change_spec` sees the instance as the caller does
     /// (after the etag check) and returns the new spec, what happens to the key and the release
@@ -66,30 +86,37 @@ impl Store {
         ring: &KeyRing,
         change_spec: impl Fn(&Instance) -> Result<InstanceChange, DomainError>,
     ) -> Result<Instance, DomainError> {
-        for attempt in 1..=UPDATE_ATTEMPTS {
+        let hint_key = UpdateHints::key(caller, name);
+        let mut hint = hint_key
+            .as_ref()
+            .and_then(|key| self.update_hints.take(key));
+        let mut attempt = 0;
+        loop {
+            // A hint is an extra attempt: it does not count against the reads.
+            let hinted = hint.take();
+            if hinted.is_none() {
+                attempt += 1;
+            }
             let mut locked = if attempt == UPDATE_ATTEMPTS {
                 Some(self.pool.begin().await.map_err(errors::db)?)
             } else {
                 None
             };
-            let current = match locked.as_mut() {
-                Some(tx) => {
-                    Self::lock_for(tx, caller, name, InstanceAction::Write)
-                        .await?
-                        .1
-                }
-                None => {
-                    let found = self.find_instance(caller, name).await?;
-                    access::authorize_instance(
-                        found.as_ref().map(|instance| instance.access_role),
-                        InstanceAction::Write,
-                        name,
-                    )?;
-                    found.ok_or_else(|| access::hidden(name))?
-                }
+            let from_hint = hinted.is_some();
+            let current = match (locked.as_mut(), hinted) {
+                (Some(tx), _) => Self::lock_for(tx, caller, name, InstanceAction::Write)
+                    .await
+                    .map(|(_, instance)| Some(instance)),
+                (None, Some(hinted)) => Ok(Some(hinted)),
+                (None, None) => self.find_instance(caller, name).await,
+            }?;
+            let decided = decide(current, name, etag, &change_spec);
+            let (current, change) = match decided {
+                Ok(decided) => decided,
+                // Decided on a hint, a refusal may be the hint's age: decide again on a read.
+                Err(_) if from_hint => continue,
+                Err(refused) => return Err(refused),
             };
-            check_etag(etag, &current.etag(), &name.to_string())?;
-            let change = change_spec(&current)?;
             let write = UpdateWrite {
                 id: current.sequence,
                 read_revision: current.revision,
@@ -114,26 +141,35 @@ impl Store {
             if let Some(tx) = locked {
                 tx.commit().await.map_err(errors::db)?;
             }
-            if let Some((revision, update_time)) = written {
-                let has_api_key = match &change.key {
-                    ApiKeyChange::Keep => current.has_api_key,
-                    ApiKeyChange::Replace(_) => true,
-                    ApiKeyChange::Remove => false,
-                };
-                return Ok(Instance {
-                    spec: change.spec,
-                    has_api_key,
-                    allow_credential_release: change.allow_credential_release,
-                    revision,
-                    update_time,
-                    ..current
-                });
+            let Some(written) = written else {
+                if attempt >= UPDATE_ATTEMPTS {
+                    // The last attempt held the row's lock from its read to its write.
+                    return Err(DomainError::Internal(format!(
+                        "{name} changed under its own lock"
+                    )));
+                }
+                continue;
+            };
+            let has_api_key = match &change.key {
+                ApiKeyChange::Keep => current.has_api_key,
+                ApiKeyChange::Replace(_) => true,
+                ApiKeyChange::Remove => false,
+            };
+            let updated = Instance {
+                spec: change.spec,
+                has_api_key,
+                allow_credential_release: change.allow_credential_release,
+                revision: written.revision,
+                update_time: written.update_time,
+                // Recorded by TestInstance without a new version: as written, not as read.
+                last_test: written.last_test,
+                ..current
+            };
+            if let Some(key) = hint_key {
+                self.update_hints.keep(key, updated.clone());
             }
+            return Ok(updated);
         }
-        // The last attempt held the row's lock from its read to its write.
-        Err(DomainError::Internal(format!(
-            "{name} changed under its own lock"
-        )))
     }
 
     /// Deletes an instance (and its shares), for owners and co-owners. While projects use it,
@@ -167,6 +203,25 @@ impl Store {
             .map_err(|e| errors::on_delete(e, &name.to_string()))?;
         change.commit("deleted with its shares").await
     }
+}
+
+/// Whether `caller` may write `current` (`None`: not found) as `etag` asks, and what the change
+/// is.
+fn decide(
+    current: Option<Instance>,
+    name: &InstanceName,
+    etag: &str,
+    change_spec: impl Fn(&Instance) -> Result<InstanceChange, DomainError>,
+) -> Result<(Instance, InstanceChange), DomainError> {
+    access::authorize_instance(
+        current.as_ref().map(|instance| instance.access_role),
+        InstanceAction::Write,
+        name,
+    )?;
+    let current = current.ok_or_else(|| access::hidden(name))?;
+    check_etag(etag, &current.etag(), &name.to_string())?;
+    let change = change_spec(&current)?;
+    Ok((current, change))
 }
 
 /// The share role `caller` holds `current` by, if that is where its role comes from.
@@ -205,7 +260,7 @@ impl UpdateWrite<'_> {
     async fn run<'e>(
         &self,
         executor: impl sqlx::PgExecutor<'e>,
-    ) -> Result<Option<(i64, DateTime<Utc>)>, DomainError> {
+    ) -> Result<Option<Written>, DomainError> {
         let spec = &self.change.spec;
         let standard = spec.api_standard.0.as_str();
         let (key_changes, ciphertext, key_id) = match &self.sealed_key {
@@ -213,7 +268,7 @@ impl UpdateWrite<'_> {
             Some((ciphertext, key_id)) => (true, ciphertext.as_deref(), key_id.as_deref()),
         };
         let (share_grantee, share_role) = self.share_check.unzip();
-        sqlx::query_as(
+        let row: Option<WrittenRow> = sqlx::query_as(
             "WITH updated AS ( \
                UPDATE instances SET endpoint = $3, \
                  api_standard_id = (SELECT id FROM api_standards WHERE handle = $4), model = $5, \
@@ -225,11 +280,13 @@ impl UpdateWrite<'_> {
                WHERE id = $1 AND revision = $2 \
                  AND ($14::text IS NULL \
                       OR (SELECT role FROM shares WHERE instance_id = $1 AND grantee_id = $13) = $14) \
-               RETURNING revision, update_time), \
+               RETURNING revision, update_time, last_test_time, last_test_code, last_test_message, \
+                 last_test_dimensions, last_test_latency_ms), \
              event AS ( \
                INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail, subject) \
                SELECT $15, $16, $17, $18, 'OK', $19, $20 FROM updated) \
-             SELECT revision, update_time FROM updated",
+             SELECT revision, update_time, last_test_time, last_test_code, last_test_message, \
+               last_test_dimensions, last_test_latency_ms FROM updated",
         )
         .bind(self.id)
         .bind(self.read_revision)
@@ -259,6 +316,17 @@ impl UpdateWrite<'_> {
                 format!("unknown API standard apiStandards/{standard}"),
             ),
             _ => errors::on_reference(e, "instance.api_standard"),
-        })
+        })?;
+        Ok(row.map(|row| Written {
+            revision: row.revision,
+            update_time: row.update_time,
+            last_test: last_test_of(
+                row.last_test_time,
+                row.last_test_code,
+                row.last_test_message,
+                row.last_test_dimensions,
+                row.last_test_latency_ms,
+            ),
+        }))
     }
 }
