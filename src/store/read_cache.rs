@@ -18,9 +18,11 @@
 //! other tenants stay.
 //!
 //! Only answers that found something are cached, so creating a user or an instance, which
-//! cannot change such an answer, bumps nothing. The cache is bounded: when it is full it starts
-//! over (no eviction bookkeeping on the hot path); the known counters too, and then no answer
-//! read before that moment may be added (see [`ReadStart`]).
+//! cannot change such an answer, bumps nothing. The cache is bounded: answers are kept in two
+//! generations, and when it is full the older one is dropped ([`Generations`]: no eviction
+//! bookkeeping on the hot path, and the answers in use stay); the known counters too are
+//! bounded, and when they are forgotten no answer read before that moment may be added (see
+//! [`ReadStart`]).
 
 use std::{
     collections::HashMap,
@@ -111,6 +113,42 @@ pub type AccountKey = ([u8; 32], String);
 /// A service account and, when it names one, the user it acts for.
 pub type AccountAnswer = (Arc<ServiceAccountPrincipal>, Option<UserPrincipal>);
 
+/// One kind of answer, in two generations: answers are added to the young one; when the cache
+/// is full the young generation becomes the old one and the old one is dropped, and an answer
+/// found in the old generation moves back to the young one. So the answers in use survive a
+/// full cache (an approximation of least-recently-used with no bookkeeping per hit), where
+/// starting over emptied it and every hot answer had to be read again.
+#[derive(Debug)]
+struct Generations<K, T> {
+    young: HashMap<K, Tagged<T>>,
+    old: HashMap<K, Tagged<T>>,
+}
+
+impl<K, T> Default for Generations<K, T> {
+    fn default() -> Self {
+        Self {
+            young: HashMap::new(),
+            old: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, T> Generations<K, T> {
+    fn insert(&mut self, key: K, tagged: Tagged<T>) {
+        self.old.remove(&key);
+        self.young.insert(key, tagged);
+    }
+
+    fn age(&mut self) {
+        self.old = std::mem::take(&mut self.young);
+    }
+
+    fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+    }
+}
+
 #[derive(Debug, Default)]
 struct Entries {
     /// The newest counter heard of for each scope that changed since this process started (or
@@ -119,14 +157,14 @@ struct Entries {
     rounds_applied: u64,
     resets: u64,
     /// Token hash → the user holding it.
-    principals: HashMap<[u8; 32], Tagged<UserPrincipal>>,
+    principals: Generations<[u8; 32], UserPrincipal>,
     /// Only answers that found the user are kept: creating a user bumps nothing.
-    accounts: HashMap<AccountKey, Tagged<AccountAnswer>>,
+    accounts: Generations<AccountKey, AccountAnswer>,
     /// (token hash, owner, handle) → the instance as that token's user sees it.
-    instances: HashMap<InstanceKey, Tagged<(UserPrincipal, Instance)>>,
+    instances: Generations<InstanceKey, (UserPrincipal, Instance)>,
     /// (caller's user id, instance or project name) → what an Embed needs of the instance (its
     /// sealed key, never the opened one).
-    call_targets: HashMap<CallKey, Tagged<InstanceForCall>>,
+    call_targets: Generations<CallKey, InstanceForCall>,
 }
 
 /// Whether an answer read at `deps` is as new as everything this process heard of (`known`).
@@ -138,7 +176,25 @@ fn is_current(known: &HashMap<i64, i64>, deps: &Deps) -> bool {
 
 impl Entries {
     fn len(&self) -> usize {
-        self.principals.len() + self.accounts.len() + self.instances.len() + self.call_targets.len()
+        self.young_len()
+            + self.principals.old.len()
+            + self.accounts.old.len()
+            + self.instances.old.len()
+            + self.call_targets.old.len()
+    }
+
+    fn young_len(&self) -> usize {
+        self.principals.young.len()
+            + self.accounts.young.len()
+            + self.instances.young.len()
+            + self.call_targets.young.len()
+    }
+
+    fn age(&mut self) {
+        self.principals.age();
+        self.accounts.age();
+        self.instances.age();
+        self.call_targets.age();
     }
 
     fn clear_answers(&mut self) {
@@ -149,25 +205,38 @@ impl Entries {
     }
 }
 
-/// Looks `key` up in `map`: the answer if it is current, else `None` (and a stale one is
-/// dropped, counted as an invalidation).
+/// Looks `key` up in `map`: the answer if it is current (moved to the young generation if it
+/// was in the old one), else `None` (and a stale one is dropped, counted as an invalidation).
 fn lookup<K, T>(
     known: &HashMap<i64, i64>,
-    map: &mut HashMap<K, Tagged<T>>,
+    map: &mut Generations<K, T>,
     key: &K,
     kind: &'static str,
 ) -> Option<T>
 where
-    K: std::hash::Hash + Eq,
+    K: std::hash::Hash + Eq + Clone,
     T: Clone,
 {
-    let found = match map.get(key) {
-        None => None,
-        Some(tagged) if is_current(known, &tagged.deps) => Some(tagged.answer.clone()),
-        Some(_) => {
-            map.remove(key);
+    let found = if let Some(tagged) = map.young.get(key) {
+        if is_current(known, &tagged.deps) {
+            Some(tagged.answer.clone())
+        } else {
+            map.young.remove(key);
             metrics().cache_invalidations.inc();
             None
+        }
+    } else {
+        match map.old.remove(key) {
+            None => None,
+            Some(tagged) if is_current(known, &tagged.deps) => {
+                let answer = tagged.answer.clone();
+                map.young.insert(key.clone(), tagged);
+                Some(answer)
+            }
+            Some(_) => {
+                metrics().cache_invalidations.inc();
+                None
+            }
         }
     };
     counted(kind, found)
@@ -369,9 +438,16 @@ impl ReadCache {
         {
             return None;
         }
-        if entries.len() + 2 > self.capacity {
-            entries.clear_answers();
-            metrics().cache_invalidations.inc();
+        // The young generation (with the answer about to be added, and a principal with it)
+        // becomes the old one when it would outgrow half the cache, or the whole cache would
+        // outgrow its capacity (answers moved back from the old generation count in the young
+        // one); if the former young one alone is still too big, both go.
+        if entries.young_len() + 2 > self.capacity.div_ceil(2) || entries.len() + 2 > self.capacity
+        {
+            entries.age();
+            if entries.len() + 2 > self.capacity {
+                entries.clear_answers();
+            }
         }
         Some(entries)
     }
@@ -478,18 +554,31 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_starts_over_and_zero_capacity_turns_it_off() {
-        let cache = ReadCache::new(3);
+    fn a_full_cache_drops_its_older_generation_keeps_what_is_used_and_zero_turns_it_off() {
+        // Capacity 10: the young generation ages when it would pass 5 with the next answer.
+        let cache = ReadCache::new(10);
         cache.apply_round(&[]);
         let start = cache.read_start();
-        for n in 0..3u8 {
-            cache.remember_principal(start, Deps::new(), [n; 32], alice());
+        let add = |n: u8| cache.remember_principal(start, Deps::new(), [n; 32], alice());
+        let held = |n: u8| cache.principal(&fresh(), &[n; 32]).is_some();
+        for n in 0..4 {
+            add(n);
         }
-        assert!(
-            cache.principal(&fresh(), &[0; 32]).is_none(),
-            "started over when full"
-        );
-        assert!(cache.principal(&fresh(), &[2; 32]).is_some());
+        add(4); // ages: old {0, 1, 2, 3}, young {4}
+        assert!(held(1), "found in the old generation, moved back to the young one");
+        add(5);
+        add(6);
+        add(7); // ages again: {0, 2, 3} dropped; old {4, 1, 5, 6}, young {7}
+        for n in [0, 2, 3] {
+            assert!(!held(n), "{n} was not used since the older generation began");
+        }
+        for n in [1, 4, 5, 6, 7] {
+            assert!(held(n), "{n} is in a generation still held");
+        }
+        for n in 8..200 {
+            add(n);
+            assert!(cache.len() <= 10, "never more than the capacity");
+        }
         let off = ReadCache::new(0);
         off.apply_round(&[]);
         off.remember_principal(off.read_start(), Deps::new(), [0; 32], alice());

@@ -157,8 +157,8 @@ async fn no_replica_answers_from_a_stale_cache() {
     let carol = a.create_user("carol").await;
     alice_shares_with_bob(&a, &alice).await;
 
-    // Quiet first: b's last epoch read is older than each update, so b must read the epoch
-    // afresh rather than trust the last one.
+    // Quiet first: b's last look at the changed scopes is older than each update, so b must
+    // look again rather than trust the last one.
     for round in 0..5 {
         get_instance(&b, &bob, NAME).await.unwrap();
         let updated = set_description(&a, &alice, &format!("quiet {round}")).await;
