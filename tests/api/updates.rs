@@ -165,13 +165,32 @@ async fn concurrent_updates_of_one_instance_all_land_once_and_an_etag_lets_exact
 }
 
 /// Begins a transaction on `db` that holds `audit_events` exclusively: an update that reaches
-/// its write waits for it.
+/// its write waits for it (its read does not touch the table).
 async fn hold_the_write(db: &mut PgConnection) {
     sqlx::query("BEGIN").execute(&mut *db).await.unwrap();
     sqlx::query("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *db)
         .await
         .unwrap();
+}
+
+/// Sends `request` with `token`, and once it has read and decided (it waits for
+/// [`hold_the_write`]'s lock), commits `underneath` (SQL) before letting it write.
+async fn update_with_a_change_underneath(
+    app: &TestApp,
+    db: &mut PgConnection,
+    token: &str,
+    request: pb::UpdateInstanceRequest,
+    underneath: &'static str,
+) -> Result<tonic::Response<pb::Instance>, tonic::Status> {
+    hold_the_write(db).await;
+    let mut client = app.instances();
+    let request = authed(request, token);
+    let pending = tokio::spawn(async move { client.update_instance(request).await });
+    wait_until_blocked(app).await;
+    sqlx::query(underneath).execute(&mut *db).await.unwrap();
+    sqlx::query("COMMIT").execute(&mut *db).await.unwrap();
+    pending.await.unwrap()
 }
 
 /// Waits until an update is blocked on [`hold_the_write`]'s lock: it has read and decided.
@@ -201,39 +220,29 @@ async fn a_change_between_an_updates_read_and_its_write_is_never_overwritten_on_
     // 1. Another write moves the row after bob's update read it: bob's update, sent with the
     // etag it read, is ABORTED, and the other write stays.
     let mut db = app.db().await;
-    hold_the_write(&mut db).await;
-    let mut client = app.instances();
-    let request = describe("bob's", &current.etag);
-    let token = bob.clone();
-    let pending =
-        tokio::spawn(async move { client.update_instance(authed(request, &token)).await });
-    wait_until_blocked(&app).await;
-    sqlx::query(
+    let outcome = update_with_a_change_underneath(
+        &app,
+        &mut db,
+        &bob,
+        describe("bob's", &current.etag),
         "UPDATE instances SET description = 'underneath', revision = revision + 1 \
          WHERE handle = 'hot'",
     )
-    .execute(&mut db)
-    .await
-    .unwrap();
-    sqlx::query("COMMIT").execute(&mut db).await.unwrap();
-    assert_code(pending.await.unwrap(), Code::Aborted);
+    .await;
+    assert_code(outcome, Code::Aborted);
     let stored = get_instance(&app, &alice, NAME).await.unwrap();
     assert_eq!(stored.description, "underneath");
 
     // 2. The same without an etag: bob's update starts over from the new version and lands.
-    hold_the_write(&mut db).await;
-    let mut client = app.instances();
-    let request = describe("bob's again", "");
-    let token = bob.clone();
-    let pending =
-        tokio::spawn(async move { client.update_instance(authed(request, &token)).await });
-    wait_until_blocked(&app).await;
-    sqlx::query("UPDATE instances SET revision = revision + 1 WHERE handle = 'hot'")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::query("COMMIT").execute(&mut db).await.unwrap();
-    let landed = pending.await.unwrap().unwrap().into_inner();
+    let outcome = update_with_a_change_underneath(
+        &app,
+        &mut db,
+        &bob,
+        describe("bob's again", ""),
+        "UPDATE instances SET revision = revision + 1 WHERE handle = 'hot'",
+    )
+    .await;
+    let landed = outcome.unwrap().into_inner();
     assert_eq!(landed.description, "bob's again");
     assert_eq!(
         get_instance(&app, &alice, NAME).await.unwrap().etag,
@@ -242,19 +251,15 @@ async fn a_change_between_an_updates_read_and_its_write_is_never_overwritten_on_
 
     // 3. bob's share is lowered to reader after his update decided he may write: the update
     // starts over, and is refused for the role he has now; nothing is written.
-    hold_the_write(&mut db).await;
-    let mut client = app.instances();
-    let request = describe("as a former writer", "");
-    let token = bob.clone();
-    let pending =
-        tokio::spawn(async move { client.update_instance(authed(request, &token)).await });
-    wait_until_blocked(&app).await;
-    sqlx::query("UPDATE shares SET role = 'reader'")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::query("COMMIT").execute(&mut db).await.unwrap();
-    let refused = assert_code(pending.await.unwrap(), Code::PermissionDenied);
+    let outcome = update_with_a_change_underneath(
+        &app,
+        &mut db,
+        &bob,
+        describe("as a former writer", ""),
+        "UPDATE shares SET role = 'reader'",
+    )
+    .await;
+    let refused = assert_code(outcome, Code::PermissionDenied);
     assert_eq!(reason(&refused), "INSUFFICIENT_ROLE");
     let stored = get_instance(&app, &alice, NAME).await.unwrap();
     assert_eq!(stored.description, "bob's again");
@@ -271,19 +276,15 @@ async fn a_change_between_an_updates_read_and_its_write_is_never_overwritten_on_
         .execute(&mut db)
         .await
         .unwrap();
-    hold_the_write(&mut db).await;
-    let mut client = app.instances();
-    let request = describe("as a stranger", "");
-    let token = bob.clone();
-    let pending =
-        tokio::spawn(async move { client.update_instance(authed(request, &token)).await });
-    wait_until_blocked(&app).await;
-    sqlx::query("DELETE FROM shares")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::query("COMMIT").execute(&mut db).await.unwrap();
-    assert_code(pending.await.unwrap(), Code::NotFound);
+    let outcome = update_with_a_change_underneath(
+        &app,
+        &mut db,
+        &bob,
+        describe("as a stranger", ""),
+        "DELETE FROM shares",
+    )
+    .await;
+    assert_code(outcome, Code::NotFound);
     assert_eq!(
         get_instance(&app, &alice, NAME).await.unwrap().description,
         "bob's again"
@@ -366,18 +367,19 @@ async fn a_callers_next_update_starts_from_what_it_wrote_and_a_stale_start_never
 
     // The instance is deleted and another made under its name: alice's next update lands on the
     // new one, never on the row she last wrote.
-    let mut instances = other.instances();
-    instances
-        .delete_instance(authed(
+    let delete = || {
+        let mut instances = other.instances();
+        let request = authed(
             pb::DeleteInstanceRequest {
                 name: NAME.into(),
                 etag: String::new(),
                 force: true,
             },
             &alice,
-        ))
-        .await
-        .unwrap();
+        );
+        async move { instances.delete_instance(request).await.unwrap() }
+    };
+    delete().await;
     create_openai_instance_on(
         &other.channel,
         &alice,
@@ -398,17 +400,7 @@ async fn a_callers_next_update_starts_from_what_it_wrote_and_a_stale_start_never
         "on the new one"
     );
     // Deleted for good: not found, not written.
-    instances
-        .delete_instance(authed(
-            pb::DeleteInstanceRequest {
-                name: NAME.into(),
-                etag: String::new(),
-                force: true,
-            },
-            &alice,
-        ))
-        .await
-        .unwrap();
+    delete().await;
     assert_code(
         update(&app, &alice, describe("on nothing", "")).await,
         Code::NotFound,
