@@ -108,8 +108,8 @@ impl Store {
             "SELECT sa.id, sa.handle, sa.permissions, sa.act_for_users, \
                     sa.client_certificate_subject, \
                     u.id AS user_id, u.handle AS user_handle, u.is_admin AS user_is_admin, \
-                    read_cache_value(read_cache_scope(2, sa.id)) AS account_counter, \
-                    read_cache_value(read_cache_scope(1, u.id)) AS user_counter \
+                    coalesce((SELECT value FROM read_cache_scopes WHERE scope = (2::bigint << 56) | sa.id), 0) AS account_counter, \
+                    coalesce((SELECT value FROM read_cache_scopes WHERE scope = (1::bigint << 56) | u.id), 0) AS user_counter \
              FROM service_accounts sa \
              LEFT JOIN users u ON u.handle = $2 AND u.handle <> '_system' \
              WHERE sa.token_hash = $1",

@@ -101,7 +101,7 @@ impl Store {
         token_hash: &[u8],
     ) -> Result<Option<(UserPrincipal, i64)>, DomainError> {
         let row: Option<(i64, String, bool, i64)> = sqlx::query_as(
-            "SELECT id, handle, is_admin, read_cache_value(read_cache_scope(1, id)) \
+            "SELECT id, handle, is_admin, coalesce((SELECT value FROM read_cache_scopes WHERE scope = (1::bigint << 56) | id), 0) \
              FROM users WHERE token_hash = $1",
         )
         .bind(token_hash)

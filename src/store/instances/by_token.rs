@@ -31,9 +31,9 @@ macro_rules! with_caller_by_token {
     ($instance_query:expr) => {
         concat!(
             "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, \
-             read_cache_value(read_cache_scope(1, c.id)) AS caller_counter, \
-             read_cache_value(read_cache_scope(3, x.id)) AS instance_counter, \
-             read_cache_value(0) AS shared_counter, \
+             coalesce((SELECT value FROM read_cache_scopes WHERE scope = (1::bigint << 56) | c.id), 0) AS caller_counter, \
+             coalesce((SELECT value FROM read_cache_scopes WHERE scope = (3::bigint << 56) | x.id), 0) AS instance_counter, \
+             coalesce((SELECT value FROM read_cache_scopes WHERE scope = 0), 0) AS shared_counter, \
              x.* \
              FROM users c LEFT JOIN LATERAL (",
             $instance_query,

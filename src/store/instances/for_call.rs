@@ -32,11 +32,11 @@ use crate::{
 /// What a call needs beyond the instance's visible columns, for the instance `x` found, and the
 /// counters of the read cache scopes its answer depends on (the caller `$1`'s row, the instance
 /// with its shares, the API standards, the definition), read in the same snapshot.
-const CALL_COLUMNS: &str = "read_cache_value(read_cache_scope(1, $1)) AS caller_counter, \
-     read_cache_value(read_cache_scope(3, x.id)) AS instance_counter, \
-     read_cache_value(0) AS shared_counter, \
+const CALL_COLUMNS: &str = "coalesce((SELECT value FROM read_cache_scopes WHERE scope = (1::bigint << 56) | $1), 0) AS caller_counter, \
+     coalesce((SELECT value FROM read_cache_scopes WHERE scope = (3::bigint << 56) | x.id), 0) AS instance_counter, \
+     coalesce((SELECT value FROM read_cache_scopes WHERE scope = 0), 0) AS shared_counter, \
      kd.id AS cache_definition_id, \
-     read_cache_value(read_cache_scope(5, kd.id)) AS definition_counter, \
+     coalesce((SELECT value FROM read_cache_scopes WHERE scope = (5::bigint << 56) | kd.id), 0) AS definition_counter, \
      k.api_key_ciphertext AS call_ciphertext, \
      k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
      kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
@@ -61,7 +61,7 @@ static FIND_INSTANCE: LazyLock<String> = LazyLock::new(|| {
 static FIND_PROJECT_INSTANCE: LazyLock<String> = LazyLock::new(|| {
     with_call_columns(concat!(
         "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, \
-     p.id AS cache_project_id, read_cache_value(read_cache_scope(4, p.id)) AS project_counter, \
+     p.id AS cache_project_id, coalesce((SELECT value FROM read_cache_scopes WHERE scope = (4::bigint << 56) | p.id), 0) AS project_counter, \
      x.*, {CALL} FROM projects p JOIN users pu ON pu.id = p.owner_id \
      LEFT JOIN LATERAL (",
         select_instances!("$1"),
