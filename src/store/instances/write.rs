@@ -70,13 +70,14 @@ impl Store {
     /// (after the etag check) and returns the new spec, what happens to the key and the release
     /// opt-in.
     ///
-    /// Optimistic, so that a write holds the row only for one statement and costs two round
-    /// trips: the instance is read without a lock, the policy and the etag decide, and one
+    /// Optimistic, so that a write holds the row only for one statement and costs at most two
+    /// round trips: the instance is read without a lock, the policy and the etag decide, and one
     /// statement writes the new fields and the audit event *if* the row is still at the version
     /// read and the caller's share still gives the role decided on. If another write came
     /// between, the attempt starts over from a new read (where an etag, if sent, now refuses);
     /// the last attempt locks the row first, so an unconditional update never fails for losing
-    /// races.
+    /// races. A caller's next update of an instance starts from the version it last wrote
+    /// ([`UpdateHints`]) instead of the read: one round trip.
     pub async fn update_instance(
         &self,
         audit: &Audit,
