@@ -40,13 +40,31 @@ use crate::{
 /// The scope of what every tenant shares (API standards).
 pub const SHARED_SCOPE: i64 = 0;
 
-/// What a scope is one row of (migration `read_cache_scopes`, `read_cache_scope(kind, id)`).
+/// The SQL expression for the counter of scope `kind`/`id` (an SQL expression, as a string
+/// literal), or of the shared scope, for queries that tag what they read with it; 0 until the
+/// scope's first change.
 ///
-/// Queries read a scope's counter inline, `coalesce((SELECT value FROM read_cache_scopes WHERE
-/// scope = (kind::bigint << 56) | id), 0)`, not through the migration's `read_cache_value`: a SQL
-/// function holding a subquery is not inlined, and PostgreSQL parses and plans its body anew in
-/// every statement that calls it (a profile of the mixed load found a third of the database's
-/// time there); inline, it is planned once with the prepared statement.
+/// Inline, not through the migration's `read_cache_value()`: a SQL function holding a subquery
+/// is not inlined, and PostgreSQL parses and plans its body anew in every statement that calls
+/// it (a profile of the mixed load found a third of the database's time there); inline, it is
+/// planned once with the prepared statement.
+macro_rules! scope_counter {
+    (shared) => {
+        "coalesce((SELECT value FROM read_cache_scopes WHERE scope = 0), 0)"
+    };
+    ($kind:literal, $id:literal) => {
+        concat!(
+            "coalesce((SELECT value FROM read_cache_scopes WHERE scope = (",
+            $kind,
+            "::bigint << 56) | ",
+            $id,
+            "), 0)"
+        )
+    };
+}
+pub(super) use scope_counter;
+
+/// What a scope is one row of (migration `read_cache_scopes`, `read_cache_scope(kind, id)`).
 #[derive(Debug, Clone, Copy)]
 pub enum ScopeKind {
     User = 1,

@@ -3,6 +3,7 @@
 //! names to act for, in the same statement), through the read cache; and the per-account window
 //! of credential releases shared by every replica.
 
+use super::read_cache::scope_counter;
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
@@ -104,16 +105,20 @@ impl Store {
             return Ok(answer);
         }
         let start = self.cache.read_start();
-        let row = sqlx::query(
+        let row = sqlx::query(concat!(
             "SELECT sa.id, sa.handle, sa.permissions, sa.act_for_users, \
                     sa.client_certificate_subject, \
                     u.id AS user_id, u.handle AS user_handle, u.is_admin AS user_is_admin, \
-                    coalesce((SELECT value FROM read_cache_scopes WHERE scope = (2::bigint << 56) | sa.id), 0) AS account_counter, \
-                    coalesce((SELECT value FROM read_cache_scopes WHERE scope = (1::bigint << 56) | u.id), 0) AS user_counter \
+                    ",
+            scope_counter!(2, "sa.id"),
+            " AS account_counter, \
+                    ",
+            scope_counter!(1, "u.id"),
+            " AS user_counter \
              FROM service_accounts sa \
              LEFT JOIN users u ON u.handle = $2 AND u.handle <> '_system' \
-             WHERE sa.token_hash = $1",
-        )
+             WHERE sa.token_hash = $1"
+        ))
         .bind(token_hash.as_slice())
         .bind(act_as.map(UserKey::as_str))
         .fetch_optional(&self.pool)

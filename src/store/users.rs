@@ -1,5 +1,6 @@
 //! Queries on users and their token hashes.
 
+use super::read_cache::scope_counter;
 use chrono::{DateTime, Utc};
 
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
@@ -100,10 +101,11 @@ impl Store {
         &self,
         token_hash: &[u8],
     ) -> Result<Option<(UserPrincipal, i64)>, DomainError> {
-        let row: Option<(i64, String, bool, i64)> = sqlx::query_as(
-            "SELECT id, handle, is_admin, coalesce((SELECT value FROM read_cache_scopes WHERE scope = (1::bigint << 56) | id), 0) \
-             FROM users WHERE token_hash = $1",
-        )
+        let row: Option<(i64, String, bool, i64)> = sqlx::query_as(concat!(
+            "SELECT id, handle, is_admin, ",
+            scope_counter!(1, "id"),
+            " FROM users WHERE token_hash = $1"
+        ))
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await

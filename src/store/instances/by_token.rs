@@ -2,6 +2,7 @@
 //! (GetInstance, GetProjectInstance; see `Credential::Token`), with the read cache in front of
 //! GetInstance.
 
+use crate::store::read_cache::scope_counter;
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Row, postgres::PgRow};
 
@@ -31,9 +32,15 @@ macro_rules! with_caller_by_token {
     ($instance_query:expr) => {
         concat!(
             "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, \
-             coalesce((SELECT value FROM read_cache_scopes WHERE scope = (1::bigint << 56) | c.id), 0) AS caller_counter, \
-             coalesce((SELECT value FROM read_cache_scopes WHERE scope = (3::bigint << 56) | x.id), 0) AS instance_counter, \
-             coalesce((SELECT value FROM read_cache_scopes WHERE scope = 0), 0) AS shared_counter, \
+             ",
+            scope_counter!(1, "c.id"),
+            " AS caller_counter, \
+             ",
+            scope_counter!(3, "x.id"),
+            " AS instance_counter, \
+             ",
+            scope_counter!(shared),
+            " AS shared_counter, \
              x.* \
              FROM users c LEFT JOIN LATERAL (",
             $instance_query,

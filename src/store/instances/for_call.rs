@@ -5,6 +5,7 @@
 //! key) and its API standard (header, scheme, protocol). A definition contributes nothing but
 //! its dimensions, to tell whether the instance asks for a reduced size.
 
+use crate::store::read_cache::scope_counter;
 use std::{sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
@@ -32,15 +33,25 @@ use crate::{
 /// What a call needs beyond the instance's visible columns, for the instance `x` found, and the
 /// counters of the read cache scopes its answer depends on (the caller `$1`'s row, the instance
 /// with its shares, the API standards, the definition), read in the same snapshot.
-const CALL_COLUMNS: &str = "coalesce((SELECT value FROM read_cache_scopes WHERE scope = (1::bigint << 56) | $1), 0) AS caller_counter, \
-     coalesce((SELECT value FROM read_cache_scopes WHERE scope = (3::bigint << 56) | x.id), 0) AS instance_counter, \
-     coalesce((SELECT value FROM read_cache_scopes WHERE scope = 0), 0) AS shared_counter, \
+const CALL_COLUMNS: &str = concat!(
+    "",
+    scope_counter!(1, "$1"),
+    " AS caller_counter, \
+     ",
+    scope_counter!(3, "x.id"),
+    " AS instance_counter, \
+     ",
+    scope_counter!(shared),
+    " AS shared_counter, \
      kd.id AS cache_definition_id, \
-     coalesce((SELECT value FROM read_cache_scopes WHERE scope = (5::bigint << 56) | kd.id), 0) AS definition_counter, \
+     ",
+    scope_counter!(5, "kd.id"),
+    " AS definition_counter, \
      k.api_key_ciphertext AS call_ciphertext, \
      k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
      kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
-     kd.dimensions AS call_definition_dimensions";
+     kd.dimensions AS call_definition_dimensions"
+);
 
 /// The joins behind [`CALL_COLUMNS`] (primary-key lookups on the found instance).
 const CALL_JOINS: &str = "LEFT JOIN instances k ON k.id = x.id \
@@ -61,7 +72,9 @@ static FIND_INSTANCE: LazyLock<String> = LazyLock::new(|| {
 static FIND_PROJECT_INSTANCE: LazyLock<String> = LazyLock::new(|| {
     with_call_columns(concat!(
         "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, \
-     p.id AS cache_project_id, coalesce((SELECT value FROM read_cache_scopes WHERE scope = (4::bigint << 56) | p.id), 0) AS project_counter, \
+     p.id AS cache_project_id, ",
+        scope_counter!(4, "p.id"),
+        " AS project_counter, \
      x.*, {CALL} FROM projects p JOIN users pu ON pu.id = p.owner_id \
      LEFT JOIN LATERAL (",
         select_instances!("$1"),
