@@ -746,11 +746,14 @@ async fn measure(
         let scenario = scenario.to_owned();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
+            // The method of each call of a mixed scenario, beside its latency.
+            let mut methods = Vec::new();
             let mut errors = 0usize;
             let mut i = s * 1_000_000;
             let mut draws = Draws(0x9E37_79B9_7F4A_7C15 ^ (s as u64 + 1));
             while Instant::now() < deadline {
                 let started;
+                let mut method = "";
                 let result = match (&*caller, &mixed) {
                     (Caller::Provider(direct), _) => {
                         started = Instant::now();
@@ -759,6 +762,7 @@ async fn measure(
                     (Caller::Registry(registry), Some(mixed)) => {
                         let (user, path, message) =
                             mixed_request(&scenario, &mixed.zipf, &mut draws, mixed.per_user, i);
+                        method = path.rsplit('/').next().unwrap_or(path);
                         started = Instant::now();
                         registry
                             .call_as(path, &message, &mixed.authorizations[user])
@@ -771,20 +775,44 @@ async fn measure(
                     }
                 };
                 match result {
-                    Ok(()) => latencies.push(started.elapsed()),
+                    Ok(()) => {
+                        latencies.push(started.elapsed());
+                        methods.push((method, started.elapsed()));
+                    }
                     Err(_) => errors += 1,
                 }
                 i += 1;
             }
-            anyhow::Ok((latencies, errors))
+            anyhow::Ok((latencies, methods, errors))
         })
     });
     let mut latencies = Vec::new();
+    let mut by_method: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
     let mut errors = 0;
     for result in join_all(streams).await {
-        let (mut l, e) = result??;
+        let (mut l, m, e) = result??;
         latencies.append(&mut l);
+        for (method, latency) in m.into_iter().filter(|(method, _)| !method.is_empty()) {
+            by_method.entry(method).or_default().push(latency);
+        }
         errors += e;
+    }
+    // For the mixed scenarios, each method's share of the calls and its own latencies, on
+    // standard error (standard output keeps its one line): where the mix's tail comes from.
+    for (method, mut of_method) in by_method {
+        of_method.sort();
+        let at = |q: f64| {
+            of_method
+                .get(((of_method.len() as f64 - 1.0) * q) as usize)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        eprintln!(
+            "  {method}: {} calls, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+            of_method.len(),
+            at(0.5),
+            at(0.9),
+            at(0.99)
+        );
     }
     latencies.sort();
     let pick = |q: f64| {
