@@ -797,4 +797,18 @@ async fn list_instances_returns_owned_and_shared_once_with_scopes_and_pages() {
             .iter()
             .all(|i| i.access_role == pb::Role::Owner as i32)
     );
+    // A user who does not exist has no list (the owner's own list needs no lookup of the
+    // owner; anyone else's does).
+    assert_code(
+        client
+            .list_instances(authed(
+                pb::ListInstancesRequest {
+                    parent: "users/nobody".into(),
+                    ..Default::default()
+                },
+                &app.admin_token,
+            ))
+            .await,
+        Code::NotFound,
+    );
 }

@@ -53,7 +53,13 @@ impl Store {
         scope: Scope,
         page: &PageRequest,
     ) -> Result<Page<Instance>, DomainError> {
-        let user_id = Self::user_id(&self.pool, user.0.as_str()).await?;
+        // A user listing their own instances (the common call) is already known by id: the
+        // token that named them was resolved in this call. Anyone else (an administrator) names
+        // a user to look up, who may not exist.
+        let user_id = match caller {
+            Caller::User(principal) if caller.owns(&user.0) => principal.id,
+            _ => Self::user_id(&self.pool, user.0.as_str()).await?,
+        };
         let after = cursor::start_after::<RowId>(page)?.map_or(0, |RowId(id)| id);
         let rows = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
             "WITH page AS ( \
