@@ -138,12 +138,14 @@ declare -A HITS
 for scenario in mixed-reads mixed; do
     read -r hits_before misses_before < <(cache_counts)
     line=$("$LOADGEN" --addr "$ADDR" measure --token unused --scenario "$scenario" --concurrency 32 \
-        --seconds "$SECONDS_PER_RUN" --tokens-file "$WORK/mixed-tokens" --instances-per-user 10)
+        --seconds "$SECONDS_PER_RUN" --tokens-file "$WORK/mixed-tokens" --instances-per-user 10 \
+        2> "$WORK/$scenario-methods")
     read -r hits_after misses_after < <(cache_counts)
     HITS[$scenario]=$(awk -v h=$((hits_after - hits_before)) -v m=$((misses_after - misses_before)) \
         'BEGIN { if (h + m > 0) printf "%.2f", h / (h + m); else print "n/a" }')
     RESULT["$scenario,32"]=$line
     echo "$line (GetInstance cache hit ratio ${HITS[$scenario]})"
+    cat "$WORK/$scenario-methods"
 done
 PEAK_RSS=$(rss_kib "$SERVER_PID" VmHWM)
 
@@ -229,6 +231,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     done
     echo
     echo "| mixed (90% Get, 5% List, 5% Update) / mixed-reads (the same reads alone) (goal ≥ 0.5; p99 < 20 ms) | 32 | $(ratio "$(field mixed 32 3)" "$(field mixed-reads 32 3)") |"
+    echo
+    echo "Each method of the mixed scenarios alone (loadgen, the same runs):"
+    echo
+    for scenario in mixed-reads mixed; do
+        sed "s/^  /- $scenario, /" "$WORK/$scenario-methods"
+    done
     echo
     echo "| other | value |"
     echo "| --- | --- |"

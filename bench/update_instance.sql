@@ -11,16 +11,16 @@
 \if :hint_iid = 0
 SELECT (SELECT role FROM shares WHERE instance_id = i.id AND grantee_id = :owner) AS shared_role,
        i.id AS iid, i.uid::text AS uid, u.handle AS owner, i.handle,
-       du.handle AS definition_owner, d.handle AS definition_handle, i.endpoint, st.handle AS api_standard,
+       (SELECT du.handle FROM definitions d JOIN users du ON du.id = d.owner_id
+        WHERE d.id = i.definition_id) AS definition_owner,
+       (SELECT d.handle FROM definitions d WHERE d.id = i.definition_id) AS definition_handle,
+       i.endpoint, (SELECT st.handle FROM api_standards st WHERE st.id = i.api_standard_id) AS api_standard,
        i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key,
        i.allow_credential_release, i.revision, i.create_time, i.update_time,
        i.last_test_time, i.last_test_code, i.last_test_message, i.last_test_dimensions,
        i.last_test_latency_ms
 FROM instances i
 JOIN users u ON u.id = i.owner_id
-JOIN api_standards st ON st.id = i.api_standard_id
-LEFT JOIN definitions d ON d.id = i.definition_id
-LEFT JOIN users du ON du.id = d.owner_id
 WHERE u.handle = 'owner-0' AND i.handle = 'i' || :client_id \gset hint_
 \endif
 WITH updated AS (
