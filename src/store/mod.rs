@@ -2,8 +2,9 @@
 //! into domain errors here (by SQLSTATE), so nothing above this layer sees sqlx.
 //!
 //! Every write goes through [`change::Change`] (lock, policy, etag, write, audit, commit), except
-//! instance creates, which are group-committed ([`instances::create_batches`]), and instance
-//! updates, which are optimistic (`instances/write.rs`). Lists page with the typed cursors of
+//! instance creates, which are group-committed ([`group_commit`], [`instances::create_batches`]),
+//! and instance updates, which are optimistic (`instances/write.rs`) and group-committed too
+//! (`instances/update_batches.rs`). Lists page with the typed cursors of
 //! [`cursor`].
 
 mod api_standards;
@@ -14,6 +15,7 @@ pub mod database;
 mod definitions;
 mod dependents;
 mod errors;
+mod group_commit;
 mod instances;
 mod keys;
 mod projects;
@@ -35,7 +37,8 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::domain::DomainError;
-use instances::create_batches::CreateBatches;
+use group_commit::GroupCommit;
+use instances::{create_batches::CreateBatch, update_batches::UpdateBatch};
 use read_cache::{Fresh, ReadCache};
 use scope_probe::ScopeProbe;
 use usage_events::UsageEvents;
@@ -50,7 +53,9 @@ pub struct Store {
     cache: Arc<ReadCache>,
     scope_probe: Arc<ScopeProbe>,
     /// Concurrent instance creates, written together.
-    create_batches: Arc<CreateBatches>,
+    create_batches: Arc<GroupCommit<CreateBatch>>,
+    /// Concurrent instance updates, written together.
+    update_batches: Arc<GroupCommit<UpdateBatch>>,
     /// Usage events (Embed, TestInstance), group-committed on their own connections.
     usage: Arc<UsageEvents>,
     /// The version of an instance each caller last wrote, where its next update starts.
@@ -72,7 +77,8 @@ impl Store {
             .connect_lazy_with(usage_options);
         Self {
             usage: UsageEvents::new(usage_pool),
-            create_batches: CreateBatches::new(pool.clone()),
+            create_batches: GroupCommit::new(pool.clone()),
+            update_batches: GroupCommit::new(pool.clone()),
             pool,
             cache,
             scope_probe,

@@ -406,3 +406,250 @@ async fn a_callers_next_update_starts_from_what_it_wrote_and_a_stale_start_never
         Code::NotFound,
     );
 }
+
+/// An update of instance `handle` of alice's: `paths` of `instance` (its name is set here).
+fn update_of(handle: &str, instance: pb::Instance, paths: &[&str]) -> pb::UpdateInstanceRequest {
+    pb::UpdateInstanceRequest {
+        instance: Some(pb::Instance {
+            name: format!("users/alice/instances/{handle}"),
+            ..instance
+        }),
+        update_mask: Some(FieldMask {
+            paths: paths.iter().map(|path| (*path).to_owned()).collect(),
+        }),
+    }
+}
+
+/// Waits until `count` statements wait for [`hold_the_write`]'s lock, then until no other
+/// statement of the service is running (the other updates have read and decided, and wait for
+/// a batch slot).
+async fn wait_until_queued_behind(app: &TestApp, count: i64) {
+    let mut watcher = app.db().await;
+    let mut quiet_polls = 0;
+    for _ in 0..1000 {
+        let (waiting, running): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                     WHERE c.relname = 'audit_events' AND NOT l.granted), \
+                    (SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND state = 'active' \
+                       AND wait_event_type IS DISTINCT FROM 'Lock' AND pid <> pg_backend_pid())",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        quiet_polls = if waiting >= count && running == 0 {
+            quiet_polls + 1
+        } else {
+            0
+        };
+        if quiet_polls == 5 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the updates never queued behind the held write");
+}
+
+type UpdateAnswer = Result<tonic::Response<pb::Instance>, tonic::Status>;
+
+/// Sends `blockers` while the write is held, until each waits in the database holding a batch
+/// slot (there are four), then `queued`, which read, decide and queue for a slot; releases the
+/// write and answers both, in order.
+async fn held_round(
+    app: &TestApp,
+    blockers: Vec<(String, pb::UpdateInstanceRequest)>,
+    queued: Vec<(String, pb::UpdateInstanceRequest)>,
+) -> (Vec<UpdateAnswer>, Vec<UpdateAnswer>) {
+    let mut db = app.db().await;
+    hold_the_write(&mut db).await;
+    let send = |(token, request): (String, pb::UpdateInstanceRequest)| {
+        let mut client = app.instances();
+        let request = authed(request, &token);
+        tokio::spawn(async move { client.update_instance(request).await })
+    };
+    let count = i64::try_from(blockers.len()).unwrap();
+    let blockers: Vec<_> = blockers.into_iter().map(send).collect();
+    wait_until_queued_behind(app, count).await;
+    let queued: Vec<_> = queued.into_iter().map(send).collect();
+    wait_until_queued_behind(app, count).await;
+    sqlx::query("COMMIT").execute(&mut db).await.unwrap();
+    let mut answers = (Vec::new(), Vec::new());
+    for call in blockers {
+        answers.0.push(call.await.unwrap());
+    }
+    for call in queued {
+        answers.1.push(call.await.unwrap());
+    }
+    answers
+}
+
+fn describing(handle: &str, description: &str) -> pb::UpdateInstanceRequest {
+    update_of(
+        handle,
+        pb::Instance {
+            description: description.into(),
+            ..Default::default()
+        },
+        &["description"],
+    )
+}
+
+#[tokio::test]
+async fn updates_of_distinct_instances_are_written_together_each_as_if_alone() {
+    let (app, alice, bob) = world().await;
+    for n in 0..16 {
+        create_openai_instance_on(
+            &app.channel,
+            &alice,
+            "alice",
+            &format!("i{n}"),
+            "https://api.openai.com/v1/embeddings".into(),
+        )
+        .await;
+    }
+    for n in 8..10 {
+        grant_share(&app, "alice", &format!("i{n}"), "bob", "writer").await;
+    }
+    let kept_key = stored_key(&app, "alice", "i4").await;
+    let as_alice = |handle: String, round: usize| {
+        let description = format!("{handle} described {round}");
+        (alice.clone(), describing(&handle, &description))
+    };
+
+    // 1. Four updates take every batch slot and wait in the database; the others (alice's,
+    // bob's as a writer, one replacing a key) queue, and go together once the slots free. The
+    // test sees the queue only through the database, so a call slower to reach it than the
+    // test to release may still go alone: the round is repeated until some went together.
+    let mut db = app.db().await;
+    let mut rounds = 0;
+    loop {
+        let round = rounds;
+        rounds += 1;
+        let blockers = (0..4).map(|n| as_alice(format!("i{n}"), round)).collect();
+        let mut queued: Vec<_> = (4..8).map(|n| as_alice(format!("i{n}"), round)).collect();
+        for n in 8..10 {
+            let description = format!("i{n} described {round}");
+            queued.push((bob.clone(), describing(&format!("i{n}"), &description)));
+        }
+        let new_key = random_api_key();
+        queued.push((
+            alice.clone(),
+            update_of(
+                "i10",
+                pb::Instance {
+                    api_key: new_key.clone(),
+                    ..Default::default()
+                },
+                &["api_key"],
+            ),
+        ));
+        // Sent out of id order: each answer must still be its own update's.
+        queued.reverse();
+        let (first, then) = held_round(&app, blockers, queued).await;
+        let sent_order = (0..4).chain((4..11).rev());
+        for (n, answer) in sent_order.zip(first.into_iter().chain(then)) {
+            let updated = answer.expect("written").into_inner();
+            let name = format!("users/alice/instances/i{n}");
+            assert_eq!(updated.name, name);
+            let stored = get_instance(&app, &alice, &name).await.unwrap();
+            assert_eq!(stored.etag, updated.etag, "answered as stored");
+            if n == 10 {
+                assert!(updated.has_api_key);
+            } else {
+                assert_eq!(updated.description, format!("i{n} described {round}"));
+                assert_eq!(stored.description, updated.description);
+            }
+        }
+        assert_eq!(
+            stored_key(&app, "alice", "i10").await.as_deref(),
+            Some(new_key.as_str())
+        );
+        assert_eq!(
+            stored_key(&app, "alice", "i4").await,
+            kept_key,
+            "the other rows keep their keys"
+        );
+        // One success event per update, by its caller.
+        for n in 0..11 {
+            let resource = format!("users/alice/instances/i{n}");
+            let events = audit_events(&app, &alice, &resource).await;
+            let written: Vec<_> = events
+                .iter()
+                .filter(|e| e.method.ends_with("/UpdateInstance") && e.outcome == "OK")
+                .collect();
+            assert_eq!(written.len(), rounds, "{resource}: {events:?}");
+            let caller = if (8..10).contains(&n) { "bob" } else { "alice" };
+            assert!(
+                written.iter().all(|e| e.caller.ends_with(caller)),
+                "{written:?}"
+            );
+        }
+        // Several committed in one transaction?
+        let (together,): (i64,) = sqlx::query_as(
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM audit_events \
+             WHERE method LIKE '%/UpdateInstance' AND outcome = 'OK' GROUP BY xmin::text) t",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if together > 1 {
+            break;
+        }
+        assert!(
+            rounds < 5,
+            "no update was group-committed in {rounds} rounds"
+        );
+    }
+
+    // 2. A row the database refuses (an unknown API standard) fails its whole batch: nothing of
+    // it is written, and each of the others is written alone.
+    let refused_key = stored_key(&app, "alice", "i11").await;
+    let blockers = (0..4).map(|n| as_alice(format!("i{n}"), rounds)).collect();
+    let mut queued: Vec<_> = (12..16)
+        .map(|n| as_alice(format!("i{n}"), rounds))
+        .collect();
+    queued.insert(
+        2,
+        (
+            alice.clone(),
+            update_of(
+                "i11",
+                pb::Instance {
+                    api_standard: "nope".into(),
+                    api_key: random_api_key(),
+                    ..Default::default()
+                },
+                &["api_standard", "api_key"],
+            ),
+        ),
+    );
+    let (first, then) = held_round(&app, blockers, queued).await;
+    assert!(first.into_iter().all(|answer| answer.is_ok()));
+    let mut then = then.into_iter();
+    for n in 12..16 {
+        if n == 14 {
+            let refused = assert_code(then.next().unwrap(), Code::InvalidArgument);
+            assert!(
+                refused.message().contains("apiStandards/nope"),
+                "{refused:?}"
+            );
+        }
+        let updated = then.next().unwrap().expect("written").into_inner();
+        assert_eq!(updated.description, format!("i{n} described {rounds}"));
+    }
+    let stored = get_instance(&app, &alice, "users/alice/instances/i11")
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.api_standard, "apiStandards/openai",
+        "nothing written"
+    );
+    assert_eq!(stored_key(&app, "alice", "i11").await, refused_key);
+    let events = audit_events(&app, &alice, "users/alice/instances/i11").await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.method.ends_with("/UpdateInstance") && e.outcome == "OK"),
+        "{events:?}"
+    );
+}

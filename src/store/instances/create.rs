@@ -3,7 +3,8 @@
 //! not write runs that same statement alone and, if it is still not written, asks the database
 //! why, so that it gets the answer a lone create deserves.
 
-use super::create_batches::{self, BatchOutcome, CreateValues, Created};
+use super::create_batches::{self, CreateValues, Created};
+use crate::store::group_commit::BatchOutcome;
 use crate::{
     domain::{
         DomainError, access,
@@ -87,8 +88,8 @@ impl Store {
             detail: detail.to_owned(),
         };
         let has_api_key = values.key_id.is_some();
-        let created = match self.create_batches.create(values).await {
-            BatchOutcome::Created(created) => created,
+        let created = match self.create_batches.submit(values).await {
+            BatchOutcome::Done(created) => created,
             BatchOutcome::Unavailable => return Err(DomainError::Unavailable),
             BatchOutcome::RunAlone(values) => self.create_alone(&values, new.definition).await?,
         };

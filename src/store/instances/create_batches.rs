@@ -1,16 +1,5 @@
-//! Group commit for instance creation: creates that arrive together share one statement and one
-//! commit.
-//!
-//! Under load, most of what a create costs PostgreSQL is paid per statement and per transaction
-//! (a round trip, executor start-up, a commit with its WAL flush), not per row. So creates are
-//! queued, and one dispatcher task sends whatever is queued as a single multi-row statement, with
-//! at most [`MAX_BATCHES_IN_FLIGHT`] statements at a time. Nothing waits for a batch to fill: a
-//! create that finds a free slot goes at once, alone if it is alone, so a lone create costs what
-//! it did before; batches only form while earlier ones are in flight.
-//!
-//! Each create is still atomic and durable on its own terms: its instance row and its audit event
-//! are written by the same statement, hence in the same transaction, and the caller is answered
-//! only after that transaction has committed.
+//! Group commit for instance creation ([`crate::store::group_commit`]): creates that arrive
+//! together share one statement and one commit.
 //!
 //! [`CREATE_BATCH`] is the only text that says what a create writes: a create its batch skipped
 //! runs the same statement again as a batch of one (see `create::create_alone`).
@@ -18,23 +7,13 @@
 //! A batch writes only the creates that certainly succeed. A create whose owner, API standard or
 //! definition does not exist, or whose handle is taken (also by another create of the same batch),
 //! is skipped by the statement (`ON CONFLICT DO NOTHING`), and when the statement fails as a whole
-//! nothing of it is written. Such creates are answered [`BatchOutcome::RunAlone`] with their
-//! values, and their callers run the one-row statement, which gives exactly the answer a lone
-//! create would get.
-
-use std::sync::{Arc, Mutex, OnceLock};
+//! nothing of it is written. Such creates are answered `RunAlone` with their values, and their
+//! callers run the one-row statement, which gives exactly the answer a lone create would get.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::store::errors;
-
-/// How many batch statements may be in flight at once. Creates that arrive while all are busy
-/// queue up and form the next batch; a few in flight keep the database busy while one commits.
-const MAX_BATCHES_IN_FLIGHT: usize = 4;
-/// The most creates one statement carries.
-const MAX_BATCH_ROWS: usize = 64;
+use crate::store::group_commit::BatchStatement;
 
 /// Everything one create writes: the instance row (its references by handle) and its audit
 /// event. The key is already sealed; no plaintext is here.
@@ -70,111 +49,19 @@ pub(in crate::store) struct Created {
     pub update_time: DateTime<Utc>,
 }
 
-/// The answer to one queued create.
-pub(in crate::store) enum BatchOutcome {
-    /// Written and committed.
-    Created(Created),
-    /// Not written; the caller runs the one-row statement with these values for its own answer.
-    RunAlone(Box<CreateValues>),
-    /// The database cannot be reached (or the batches stopped, at shutdown); running alone would
-    /// only wait for it a second time.
-    Unavailable,
-}
+/// Instance creates, group-committed (`GroupCommit<CreateBatch>` in the store).
+pub(in crate::store) struct CreateBatch;
 
-/// What a batch statement did with one of its creates.
-#[derive(Clone, Copy)]
-enum Written {
-    Created(Created),
-    Skipped,
-    Unavailable,
-}
+impl BatchStatement for CreateBatch {
+    type Values = CreateValues;
+    type Done = Created;
+    const OPERATION: &'static str = "create_instance";
 
-struct Pending {
-    values: CreateValues,
-    reply: oneshot::Sender<BatchOutcome>,
-}
-
-/// The queue of creates and its dispatcher task.
-#[derive(Debug)]
-pub(in crate::store) struct CreateBatches {
-    queue: mpsc::UnboundedSender<Pending>,
-    /// The receiving end, until the first create starts the dispatcher (it needs the caller's
-    /// runtime) and takes it.
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<Pending>>>,
-    started: OnceLock<()>,
-    pool: PgPool,
-}
-
-impl CreateBatches {
-    pub fn new(pool: PgPool) -> Arc<Self> {
-        let (queue, receiver) = mpsc::unbounded_channel();
-        Arc::new(Self {
-            queue,
-            receiver: Mutex::new(Some(receiver)),
-            started: OnceLock::new(),
-            pool,
-        })
-    }
-
-    /// Queues `values` and waits for its batch to commit (or to skip it).
-    pub async fn create(&self, values: CreateValues) -> BatchOutcome {
-        self.started.get_or_init(|| {
-            let receiver = self
-                .receiver
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(receiver) = receiver {
-                tokio::spawn(dispatch(self.pool.clone(), receiver));
-            }
-        });
-        let (reply, answer) = oneshot::channel();
-        if let Err(unsent) = self.queue.send(Pending { values, reply }) {
-            return BatchOutcome::RunAlone(Box::new(unsent.0.values));
-        }
-        // No reply means the batch task is gone, which happens only at shutdown.
-        answer.await.unwrap_or(BatchOutcome::Unavailable)
-    }
-}
-
-/// The dispatcher: takes a free slot, then everything queued (up to [`MAX_BATCH_ROWS`]), and
-/// sends it as one batch. Ends when the store is dropped.
-async fn dispatch(pool: PgPool, mut queue: mpsc::UnboundedReceiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
-    loop {
-        // The slot is taken before the queue is read, so that creates arriving while every
-        // slot is busy gather into the next batch instead of each taking a slot of its own.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let Some(first) = queue.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_ROWS {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        // A caller that gave up (deadline, cancellation) before its batch left is not written.
-        batch.retain(|pending| !pending.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let written = write_batch(&pool, &batch).await;
-            drop(slot);
-            for (pending, written) in batch.into_iter().zip(written) {
-                let outcome = match written {
-                    Written::Created(created) => BatchOutcome::Created(created),
-                    Written::Skipped => BatchOutcome::RunAlone(Box::new(pending.values)),
-                    Written::Unavailable => BatchOutcome::Unavailable,
-                };
-                let _ = pending.reply.send(outcome);
-            }
-        });
+    async fn write(
+        pool: &PgPool,
+        rows: &[&CreateValues],
+    ) -> Result<Vec<(usize, Created)>, sqlx::Error> {
+        insert(pool, rows).await
     }
 }
 
@@ -291,30 +178,4 @@ pub(super) async fn insert(
             Some((position, created))
         })
         .collect())
-}
-
-/// Writes a batch; one outcome per create, in order.
-async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<Written> {
-    crate::metrics::record_group_commit("create_instance", batch.len());
-    let rows: Vec<&CreateValues> = batch.iter().map(|pending| &pending.values).collect();
-    match insert(pool, &rows).await {
-        Ok(created) => {
-            let mut written = vec![Written::Skipped; batch.len()];
-            for (position, created) in created {
-                if let Some(slot) = written.get_mut(position) {
-                    *slot = Written::Created(created);
-                }
-            }
-            written
-        }
-        Err(error) if errors::is_unavailable(&error) => {
-            tracing::warn!(%error, "database unavailable");
-            vec![Written::Unavailable; batch.len()]
-        }
-        Err(error) => {
-            // Nothing was written; each create finds its own answer alone.
-            tracing::debug!(%error, rows = batch.len(), "create batch failed; running alone");
-            vec![Written::Skipped; batch.len()]
-        }
-    }
 }

@@ -11,6 +11,7 @@ mod create;
 pub(super) mod create_batches;
 mod for_call;
 mod read;
+pub(super) mod update_batches;
 mod update_hints;
 mod write;
 

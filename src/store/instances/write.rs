@@ -1,9 +1,8 @@
 //! Changing instances: update (fields and key), optimistic (read, decide, then one statement
-//! that writes the row and its audit event only if nothing moved; see
-//! [`Store::update_instance`]), and delete, a [`Change`] that locks the row, asks the policy,
+//! that writes the row and its audit event only if nothing moved, group-committed with the
+//! updates that arrive with it, see `update_batches.rs`; see [`Store::update_instance`]), and
+//! delete, a [`Change`] that locks the row, asks the policy,
 //! checks the etag, writes and records its audit event in one transaction.
-
-use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
@@ -12,7 +11,6 @@ use crate::{
         audit::{Audit, resource_owner},
         caller::Caller,
         check_etag,
-        embedding::InstanceTest,
         instance::{ApiKeyChange, Instance, InstanceChange},
         names::InstanceName,
     },
@@ -21,7 +19,12 @@ use crate::{
         change::Change,
         dependents::{self, Revoked},
         errors,
-        instances::{last_test_of, update_hints::UpdateHints},
+        group_commit::BatchOutcome,
+        instances::{
+            last_test_of,
+            update_batches::{UpdateValues, update_one},
+            update_hints::UpdateHints,
+        },
     },
     vault::KeyRing,
 };
@@ -29,41 +32,6 @@ use crate::{
 /// How many times an update reads and writes without a lock before its last attempt, which
 /// locks the row (and so cannot lose to another write).
 const UPDATE_ATTEMPTS: usize = 3;
-
-/// What one attempt of an update writes: the instance's new fields, its key and the audit
-/// event, if the row is still the version the attempt read.
-struct UpdateWrite<'a> {
-    id: i64,
-    read_revision: i64,
-    /// The caller's user id and the share role the attempt's decision rested on; `None` when the
-    /// caller's role does not come from a share (the owner, an administrator), which no other
-    /// write can take away.
-    share_check: Option<(i64, &'static str)>,
-    change: &'a InstanceChange,
-    /// The sealed key and its key id (both `None` to remove it); `None`: the key is kept.
-    sealed_key: Option<(Option<Vec<u8>>, Option<String>)>,
-    audit: &'a Audit,
-    resource: String,
-    detail: String,
-}
-
-/// What an update's statement wrote, when it did.
-struct Written {
-    revision: i64,
-    update_time: DateTime<Utc>,
-    last_test: Option<InstanceTest>,
-}
-
-#[derive(sqlx::FromRow)]
-struct WrittenRow {
-    revision: i64,
-    update_time: DateTime<Utc>,
-    last_test_time: Option<DateTime<Utc>>,
-    last_test_code: Option<String>,
-    last_test_message: Option<String>,
-    last_test_dimensions: Option<i32>,
-    last_test_latency_ms: Option<i64>,
-}
 
 impl Store {
     /// Read-modify-write, for writers and up: `change_spec` sees the instance as the caller does
@@ -118,26 +86,46 @@ impl Store {
                 Err(_) if from_hint => continue,
                 Err(refused) => return Err(refused),
             };
-            let write = UpdateWrite {
+            let (share_grantee, share_role) = share_check(caller, &current).unzip();
+            let (key_changes, ciphertext, key_id) = match &change.key {
+                ApiKeyChange::Keep => (false, None, None),
+                ApiKeyChange::Remove => (true, None, None),
+                ApiKeyChange::Replace(api_key) => {
+                    let sealed = ring.seal(api_key, &current.uid);
+                    (true, Some(sealed.ciphertext), Some(sealed.key_id))
+                }
+            };
+            let resource = name.to_string();
+            let values = UpdateValues {
                 id: current.sequence,
                 read_revision: current.revision,
-                share_check: share_check(caller, &current),
-                change: &change,
-                sealed_key: match &change.key {
-                    ApiKeyChange::Keep => None,
-                    ApiKeyChange::Remove => Some((None, None)),
-                    ApiKeyChange::Replace(api_key) => {
-                        let sealed = ring.seal(api_key, &current.uid);
-                        Some((Some(sealed.ciphertext), Some(sealed.key_id)))
-                    }
-                },
-                audit,
-                resource: name.to_string(),
+                endpoint: change.spec.endpoint.clone(),
+                standard: change.spec.api_standard.0.as_str().to_owned(),
+                model: change.spec.model.clone(),
+                dimensions: change.spec.dimensions,
+                context_limit: change.spec.context_limit,
+                description: change.spec.description.clone(),
+                allow_credential_release: change.allow_credential_release,
+                key_changes,
+                ciphertext,
+                key_id,
+                share_grantee,
+                share_role,
+                audit_caller: audit.caller.clone(),
+                audit_method: audit.method,
+                resource_owner: resource_owner(&resource).map(str::to_owned),
+                resource,
                 detail: update_detail(&current, &change),
+                audit_subject: audit.subject.clone(),
             };
             let written = match locked.as_mut() {
-                Some(tx) => write.run(&mut **tx).await?,
-                None => write.run(&self.pool).await?,
+                Some(tx) => update_one(&mut **tx, &values).await?,
+                // Without a lock, updates that arrive together are written together.
+                None => match self.update_batches.submit(values).await {
+                    BatchOutcome::Done(updated) => Some(updated),
+                    BatchOutcome::Unavailable => return Err(DomainError::Unavailable),
+                    BatchOutcome::RunAlone(values) => update_one(&self.pool, &values).await?,
+                },
             };
             if let Some(tx) = locked {
                 tx.commit().await.map_err(errors::db)?;
@@ -163,7 +151,13 @@ impl Store {
                 revision: written.revision,
                 update_time: written.update_time,
                 // Recorded by TestInstance without a new version: as written, not as read.
-                last_test: written.last_test,
+                last_test: last_test_of(
+                    written.last_test_time,
+                    written.last_test_code,
+                    written.last_test_message,
+                    written.last_test_dimensions,
+                    written.last_test_latency_ms,
+                ),
                 ..current
             };
             if let Some(key) = hint_key {
@@ -251,83 +245,4 @@ fn update_detail(current: &Instance, change: &InstanceChange) -> String {
         });
     }
     details.join("; ")
-}
-
-impl UpdateWrite<'_> {
-    /// Writes, in one statement (so in one transaction even outside one): the fields, the key
-    /// when it changes, and the audit event, only if the row is at `read_revision` and the share
-    /// check holds. The API standard is looked up in the statement (an unknown one leaves it
-    /// NULL, which the column refuses). The new version, or `None` if the row moved on.
-    async fn run<'e>(
-        &self,
-        executor: impl sqlx::PgExecutor<'e>,
-    ) -> Result<Option<Written>, DomainError> {
-        let spec = &self.change.spec;
-        let standard = spec.api_standard.0.as_str();
-        let (key_changes, ciphertext, key_id) = match &self.sealed_key {
-            None => (false, None, None),
-            Some((ciphertext, key_id)) => (true, ciphertext.as_deref(), key_id.as_deref()),
-        };
-        let (share_grantee, share_role) = self.share_check.unzip();
-        let row: Option<WrittenRow> = sqlx::query_as(
-            "WITH updated AS ( \
-               UPDATE instances SET endpoint = $3, \
-                 api_standard_id = (SELECT id FROM api_standards WHERE handle = $4), model = $5, \
-                 dimensions = $6, context_limit = $7, description = $8, \
-                 allow_credential_release = $9, \
-                 api_key_ciphertext = CASE WHEN $10 THEN $11 ELSE api_key_ciphertext END, \
-                 api_key_key_id = CASE WHEN $10 THEN $12 ELSE api_key_key_id END, \
-                 revision = revision + 1, update_time = clock_timestamp() \
-               WHERE id = $1 AND revision = $2 \
-                 AND ($14::text IS NULL \
-                      OR (SELECT role FROM shares WHERE instance_id = $1 AND grantee_id = $13) = $14) \
-               RETURNING revision, update_time, last_test_time, last_test_code, last_test_message, \
-                 last_test_dimensions, last_test_latency_ms), \
-             event AS ( \
-               INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail, subject) \
-               SELECT $15, $16, $17, $18, 'OK', $19, $20 FROM updated) \
-             SELECT revision, update_time, last_test_time, last_test_code, last_test_message, \
-               last_test_dimensions, last_test_latency_ms FROM updated",
-        )
-        .bind(self.id)
-        .bind(self.read_revision)
-        .bind(&spec.endpoint)
-        .bind(standard)
-        .bind(&spec.model)
-        .bind(spec.dimensions)
-        .bind(spec.context_limit)
-        .bind(&spec.description)
-        .bind(self.change.allow_credential_release)
-        .bind(key_changes)
-        .bind(ciphertext)
-        .bind(key_id)
-        .bind(share_grantee)
-        .bind(share_role)
-        .bind(&self.audit.caller)
-        .bind(self.audit.method)
-        .bind(&self.resource)
-        .bind(resource_owner(&self.resource))
-        .bind(&self.detail)
-        .bind(self.audit.subject.as_deref())
-        .fetch_optional(executor)
-        .await
-        .map_err(|e| match errors::sqlstate(&e).as_deref() {
-            Some(errors::NOT_NULL_VIOLATION) => DomainError::invalid(
-                "instance.api_standard",
-                format!("unknown API standard apiStandards/{standard}"),
-            ),
-            _ => errors::on_reference(e, "instance.api_standard"),
-        })?;
-        Ok(row.map(|row| Written {
-            revision: row.revision,
-            update_time: row.update_time,
-            last_test: last_test_of(
-                row.last_test_time,
-                row.last_test_code,
-                row.last_test_message,
-                row.last_test_dimensions,
-                row.last_test_latency_ms,
-            ),
-        }))
-    }
 }
