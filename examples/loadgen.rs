@@ -801,32 +801,29 @@ async fn measure(
     // standard error (standard output keeps its one line): where the mix's tail comes from.
     for (method, mut of_method) in by_method {
         of_method.sort();
-        let at = |q: f64| {
-            of_method
-                .get(((of_method.len() as f64 - 1.0) * q) as usize)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
         eprintln!(
             "  {method}: {} calls, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
             of_method.len(),
-            at(0.5),
-            at(0.9),
-            at(0.99)
+            quantile_ms(&of_method, 0.5),
+            quantile_ms(&of_method, 0.9),
+            quantile_ms(&of_method, 0.99)
         );
     }
     latencies.sort();
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q) as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
     println!(
         "{scenario} {concurrency} {:.0} {:.3} {:.3} {errors}",
         latencies.len() as f64 / seconds as f64,
-        pick(0.5),
-        pick(0.99)
+        quantile_ms(&latencies, 0.5),
+        quantile_ms(&latencies, 0.99)
     );
     Ok(())
+}
+
+/// The `q` quantile of `sorted` latencies, in milliseconds (0 when there are none).
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q) as usize)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 async fn wait_serving(addr: &str) -> anyhow::Result<()> {

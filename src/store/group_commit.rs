@@ -192,3 +192,8 @@ async fn write_batch<S: BatchStatement>(
         }
     }
 }
+
+/// One field of a batch's rows, as an array parameter of its statement.
+pub(in crate::store) fn column<'a, V, T>(rows: &[&'a V], field: impl Fn(&'a V) -> T) -> Vec<T> {
+    rows.iter().map(|values| field(values)).collect()
+}

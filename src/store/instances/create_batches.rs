@@ -13,7 +13,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::store::group_commit::BatchStatement;
+use crate::store::group_commit::{BatchStatement, column};
 
 /// Everything one create writes: the instance row (its references by handle) and its audit
 /// event. The key is already sealed; no plaintext is here.
@@ -129,11 +129,6 @@ struct InsertedRow {
     revision: i64,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
-}
-
-/// One column of the creates, as an array parameter.
-fn column<'a, T>(rows: &[&'a CreateValues], field: impl Fn(&'a CreateValues) -> T) -> Vec<T> {
-    rows.iter().map(|values| field(values)).collect()
 }
 
 /// Runs [`CREATE_BATCH`] for `rows`: the position (0-based) and database values of each create it

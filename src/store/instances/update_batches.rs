@@ -15,7 +15,10 @@ use sqlx::PgPool;
 
 use crate::{
     domain::DomainError,
-    store::{errors, group_commit::BatchStatement},
+    store::{
+        errors,
+        group_commit::{BatchStatement, column},
+    },
 };
 
 /// Everything one update writes: the instance's new fields, its key when it changes (already
@@ -125,11 +128,6 @@ struct UpdatedRow {
     position: i64,
     #[sqlx(flatten)]
     updated: Updated,
-}
-
-/// One column of the updates, as an array parameter.
-fn column<'a, T>(rows: &[&'a UpdateValues], field: impl Fn(&'a UpdateValues) -> T) -> Vec<T> {
-    rows.iter().map(|values| field(values)).collect()
 }
 
 /// Runs [`UPDATE_BATCH`] for `rows`: the position (0-based) and new version of each update it
