@@ -64,6 +64,24 @@ macro_rules! scope_counter {
 }
 pub(super) use scope_counter;
 
+/// The counters an instance answer depends on, as the columns `caller_counter` (the caller's
+/// user row, whose id is the SQL expression `$caller`), `instance_counter` (the instance `x`
+/// found, with its shares) and `shared_counter` (the API standards): what GetInstance and Embed
+/// tag their cached answers with.
+macro_rules! instance_answer_counters {
+    ($caller:literal) => {
+        concat!(
+            $crate::store::read_cache::scope_counter!(1, $caller),
+            " AS caller_counter, ",
+            $crate::store::read_cache::scope_counter!(3, "x.id"),
+            " AS instance_counter, ",
+            $crate::store::read_cache::scope_counter!(shared),
+            " AS shared_counter"
+        )
+    };
+}
+pub(super) use instance_answer_counters;
+
 /// What a scope is one row of (migration `read_cache_scopes`, `read_cache_scope(kind, id)`).
 #[derive(Debug, Clone, Copy)]
 pub enum ScopeKind {

@@ -2,7 +2,7 @@
 //! (GetInstance, GetProjectInstance; see `Credential::Token`), with the read cache in front of
 //! GetInstance.
 
-use crate::store::read_cache::scope_counter;
+use crate::store::read_cache::instance_answer_counters;
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Row, postgres::PgRow};
 
@@ -31,17 +31,9 @@ use crate::{
 macro_rules! with_caller_by_token {
     ($instance_query:expr) => {
         concat!(
-            "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, \
-             ",
-            scope_counter!(1, "c.id"),
-            " AS caller_counter, \
-             ",
-            scope_counter!(3, "x.id"),
-            " AS instance_counter, \
-             ",
-            scope_counter!(shared),
-            " AS shared_counter, \
-             x.* \
+            "SELECT c.id AS caller_id, c.handle AS caller_handle, c.is_admin AS caller_is_admin, ",
+            instance_answer_counters!("c.id"),
+            ", x.* \
              FROM users c LEFT JOIN LATERAL (",
             $instance_query,
             ") x ON true WHERE c.token_hash = $1"

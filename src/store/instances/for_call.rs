@@ -5,7 +5,7 @@
 //! key) and its API standard (header, scheme, protocol). A definition contributes nothing but
 //! its dimensions, to tell whether the instance asks for a reduced size.
 
-use crate::store::read_cache::scope_counter;
+use crate::store::read_cache::{instance_answer_counters, scope_counter};
 use std::{sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
@@ -34,16 +34,8 @@ use crate::{
 /// counters of the read cache scopes its answer depends on (the caller `$1`'s row, the instance
 /// with its shares, the API standards, the definition), read in the same snapshot.
 const CALL_COLUMNS: &str = concat!(
-    "",
-    scope_counter!(1, "$1"),
-    " AS caller_counter, \
-     ",
-    scope_counter!(3, "x.id"),
-    " AS instance_counter, \
-     ",
-    scope_counter!(shared),
-    " AS shared_counter, \
-     kd.id AS cache_definition_id, \
+    instance_answer_counters!("$1"),
+    ", kd.id AS cache_definition_id, \
      ",
     scope_counter!(5, "kd.id"),
     " AS definition_counter, \
