@@ -260,9 +260,25 @@ pub struct ProviderArgs {
     /// The first retry's backoff, in milliseconds; it doubles per attempt, with jitter.
     #[arg(long, env = "PROVIDER_BACKOFF_BASE_MS", default_value_t = 250)]
     pub provider_backoff_base_ms: u64,
-    /// Largest provider reply read, in bytes.
-    #[arg(long, env = "PROVIDER_MAX_REPLY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    /// Largest provider reply read, in bytes (at most PROVIDER_REPLY_BUDGET_BYTES).
+    #[arg(long, env = "PROVIDER_MAX_REPLY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub provider_max_reply_bytes: usize,
+    /// Provider reply bytes all calls of this process may hold at once; a call whose reply
+    /// would go past it waits up to a second, then is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PROVIDER_REPLY_BUDGET_BYTES", default_value_t = 48 * 1024 * 1024)]
+    pub provider_reply_budget_bytes: usize,
+    /// Largest Embed answer, in bytes of vectors (inputs x dimensions x 4): a call that could
+    /// answer more is refused before it is sent, a reply that holds more is refused unread.
+    #[arg(long, env = "PROVIDER_MAX_ANSWER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub provider_max_answer_bytes: usize,
+    /// Provider calls (Embed, TestInstance) running at once on this replica, in a pool of
+    /// their own apart from MAX_CONCURRENT_REQUESTS; beyond, RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "PROVIDER_MAX_CONCURRENT_CALLS", default_value_t = 64)]
+    pub provider_max_concurrent_calls: usize,
+    /// Provider calls one caller may have running at once on this replica; the acting user and
+    /// the service account acting for them each count.
+    #[arg(long, env = "PROVIDER_CALLS_PER_CALLER", default_value_t = 16)]
+    pub provider_calls_per_caller: usize,
     /// Batches of one Embed call sent at once.
     #[arg(long, env = "PROVIDER_BATCHES_IN_FLIGHT", default_value_t = 4)]
     pub provider_batches_in_flight: usize,
@@ -527,6 +543,13 @@ pub fn provider_settings(mode: Mode, args: &ProviderArgs) -> anyhow::Result<Prov
                 .with_context(|| format!("PROVIDER_CA_FILE {} cannot be read", path.display()))?,
         ),
     };
+    anyhow::ensure!(
+        args.provider_max_reply_bytes <= args.provider_reply_budget_bytes,
+        "PROVIDER_MAX_REPLY_BYTES ({}) is larger than PROVIDER_REPLY_BUDGET_BYTES ({}): one \
+         reply could never be read; raise the budget or lower the reply limit",
+        args.provider_max_reply_bytes,
+        args.provider_reply_budget_bytes
+    );
     Ok(ProviderSettings {
         egress,
         extra_ca_pem,
@@ -535,6 +558,10 @@ pub fn provider_settings(mode: Mode, args: &ProviderArgs) -> anyhow::Result<Prov
         max_attempts: args.provider_max_attempts.max(1),
         backoff_base: Duration::from_millis(args.provider_backoff_base_ms),
         max_reply_bytes: args.provider_max_reply_bytes.max(1024),
+        reply_budget_bytes: args.provider_reply_budget_bytes,
+        max_answer_bytes: args.provider_max_answer_bytes.max(1024),
+        max_concurrent_calls: args.provider_max_concurrent_calls.max(1),
+        calls_per_caller: args.provider_calls_per_caller.max(1),
         batches_in_flight: args.provider_batches_in_flight.max(1),
         concurrency_per_instance: args.provider_concurrency_per_instance.max(1),
         requests_per_minute: (args.provider_requests_per_minute > 0)

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pb;
 pub mod providers;
 pub mod server;
+mod services;
 mod store;
 pub mod telemetry;
 pub mod tls;

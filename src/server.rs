@@ -1,6 +1,6 @@
 //! Start-up and serving: database (created in development mode), migrations, the layers of the
 //! edge (trace -> authentication -> body gate -> admission -> refusal audit -> `_system` guard, see
-//! [`crate::grpc`]), the services, health, reflection, plaintext or TLS on the listener
+//! [`crate::grpc`]), the services ([`crate::services`], health and reflection among them), plaintext or TLS on the listener
 //! ([`crate::tls`]), and a graceful shutdown that turns health NOT_SERVING before draining calls.
 
 use std::{
@@ -16,21 +16,16 @@ use std::{
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{codec::CompressionEncoding, server::NamedService, transport::server::TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 
 use crate::{
-    api::{
-        ApiContext, CredentialRelease, api_standards::ApiStandardsApi, audit::AuditApi,
-        credentials::CredentialsApi, definitions::DefinitionsApi, embeddings::EmbeddingApi,
-        instances::InstancesApi, projects::ProjectsApi, service_accounts::ServiceAccountsApi,
-        sharing::SharingApi, users::UsersApi,
-    },
+    api::{ApiContext, CredentialRelease},
     config::{Mode, ServeSettings},
     domain::{audit::Audit, pagination::Paginator},
     grpc::{
-        admission::{Admission, FairShares},
+        admission::{Admission, FairShares, ProviderCallLimits},
         authenticate::Authenticator,
         body::BodyGate,
         layer::MiddlewareLayer,
@@ -40,38 +35,13 @@ use crate::{
         trace::RpcTrace,
     },
     metrics,
-    pb::{
-        self,
-        v1::{
-            api_standard_service_server::ApiStandardServiceServer,
-            audit_service_server::AuditServiceServer,
-            credential_service_server::CredentialServiceServer,
-            embedding_service_server::EmbeddingServiceServer,
-            llm_definition_service_server::LlmDefinitionServiceServer,
-            llm_instance_service_server::LlmInstanceServiceServer,
-            project_service_server::ProjectServiceServer,
-            service_account_service_server::ServiceAccountServiceServer,
-            sharing_service_server::SharingServiceServer, user_service_server::UserServiceServer,
-        },
-    },
+    pb,
     providers::Providers,
+    services::{self, MessageLimits},
     store::{RotationReport, Store, database},
     tls::{ServerTls, incoming},
     vault::KeyRing,
 };
-
-/// Names reported by the health service: "" (the server as a whole) and each of ours.
-const HEALTH_SERVICES: &[&str] = &[
-    "",
-    <UserServiceServer<UsersApi> as NamedService>::NAME,
-    <ApiStandardServiceServer<ApiStandardsApi> as NamedService>::NAME,
-    <LlmDefinitionServiceServer<DefinitionsApi> as NamedService>::NAME,
-    <LlmInstanceServiceServer<InstancesApi> as NamedService>::NAME,
-    <SharingServiceServer<SharingApi> as NamedService>::NAME,
-    <ProjectServiceServer<ProjectsApi> as NamedService>::NAME,
-    <AuditServiceServer<AuditApi> as NamedService>::NAME,
-    <EmbeddingServiceServer<EmbeddingApi> as NamedService>::NAME,
-];
 
 /// Purpose label for the page-token HMAC key derived from the master key.
 const PAGE_TOKEN_KEY_PURPOSE: &str = "llm-registry page tokens v2";
@@ -177,25 +147,26 @@ pub async fn serve(
     let max_message = settings.max_message_bytes;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    set_health(&health_reporter, ServingStatus::Serving).await;
+    let served = services::all(
+        &context,
+        MessageLimits {
+            max_message_bytes: max_message,
+            max_embed_answer_bytes: settings.providers.max_answer_bytes,
+        },
+        health_service,
+    )?;
+    let health_names: Arc<[&'static str]> = served.names.clone().into();
+    services::set_health(&health_reporter, &health_names, ServingStatus::Serving).await;
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let database_up = Arc::new(AtomicBool::new(true));
     let watcher = tokio::spawn(watch_database(
         store.clone(),
         health_reporter.clone(),
+        health_names.clone(),
         database_up.clone(),
         settings.health_check_interval,
         stopping_rx,
     ));
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
 
     let methods = Arc::new(MethodTable::from_descriptor_set(pb::FILE_DESCRIPTOR_SET)?);
     let refusals = RefusalRecorder::new(
@@ -228,6 +199,10 @@ pub async fn serve(
                 per_connection_percent: edge.max_share_per_connection_percent,
                 per_caller_percent: edge.max_share_per_caller_percent,
             },
+            ProviderCallLimits {
+                max_concurrent: settings.providers.max_concurrent_calls,
+                per_caller: settings.providers.calls_per_caller,
+            },
             database_up.clone(),
         )))
         .layer(MiddlewareLayer::new(RefusalAudit::new(
@@ -247,11 +222,12 @@ pub async fn serve(
 
     let mut drain_started = stopping_tx.subscribe();
     let reporter = health_reporter.clone();
+    let names = health_names.clone();
     let on_shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
         let _ = stopping_tx.send(true);
-        set_health(&reporter, ServingStatus::NotServing).await;
+        services::set_health(&reporter, &names, ServingStatus::NotServing).await;
     };
 
     let router = tonic::transport::Server::builder()
@@ -262,81 +238,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(edge.http2_keepalive))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(layers)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            AuditServiceServer::new(AuditApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            UserServiceServer::new(UsersApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            ApiStandardServiceServer::new(ApiStandardsApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            LlmDefinitionServiceServer::new(DefinitionsApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            LlmInstanceServiceServer::new(InstancesApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            SharingServiceServer::new(SharingApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            // Answers are as large as their vectors (bounded by PROVIDER_MAX_INPUTS and the
-            // dimensions), so only requests are held to MAX_MESSAGE_BYTES.
-            EmbeddingServiceServer::new(EmbeddingApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            ProjectServiceServer::new(ProjectsApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            ServiceAccountServiceServer::new(ServiceAccountsApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            // Its answer carries a key: never compressed (no second copy of it in a
-            // compression buffer).
-            CredentialServiceServer::new(CredentialsApi(context.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message)
-                .accept_compressed(CompressionEncoding::Gzip),
-        );
+        .add_routes(served.routes.routes());
     let mut accepting = None;
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &tls {
@@ -430,12 +332,6 @@ fn announce(settings: &ServeSettings, address: SocketAddr, tls: Option<&ServerTl
     }
 }
 
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    for service in HEALTH_SERVICES {
-        reporter.set_service_status(*service, status).await;
-    }
-}
-
 /// Keeps health in step with the database: NOT_SERVING (and the admission circuit open) once
 /// it fails two probes in a row, SERVING again at its first good answer; stops when shutdown
 /// begins, so health stays NOT_SERVING from then on. Two failures, and a probe timeout of at least
@@ -443,6 +339,7 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 async fn watch_database(
     store: Store,
     reporter: HealthReporter,
+    names: Arc<[&'static str]>,
     database_up: Arc<AtomicBool>,
     interval: Duration,
     mut stopping: watch::Receiver<bool>,
@@ -470,10 +367,10 @@ async fn watch_database(
             database_up.store(serving, Ordering::SeqCst);
             if serving {
                 tracing::info!("database answers again: SERVING");
-                set_health(&reporter, ServingStatus::Serving).await;
+                services::set_health(&reporter, &names, ServingStatus::Serving).await;
             } else {
                 tracing::error!("database does not answer: NOT_SERVING");
-                set_health(&reporter, ServingStatus::NotServing).await;
+                services::set_health(&reporter, &names, ServingStatus::NotServing).await;
             }
         }
     }

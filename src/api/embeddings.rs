@@ -1,8 +1,9 @@
 //! `EmbeddingService`: proto <-> domain for using an instance (Embed, TestInstance). The steps
-//! are in `instance_use`; this file parses, and once a call is authorized runs the rest in a
-//! task of its own ([`Use`]), so that a caller who hangs up cannot cut a provider call short
-//! before it is audited. Every call that reached an instance is audited once (counts, tokens,
-//! outcome, latency; never texts, vectors or keys).
+//! are in `instance_use`; this file parses, and once a call is authorized runs the rest
+//! ([`Use`]) as part of the caller's call: a caller who hangs up, or whose deadline passes,
+//! drops it, and with it the outbound request, the key and every place it held. Every call that
+//! reached an instance is audited once (counts, tokens, outcome, latency; never texts, vectors
+//! or keys); one dropped before its end is recorded as CANCELLED by [`Unfinished`].
 
 use std::time::Duration;
 
@@ -10,7 +11,6 @@ use chrono::{SubsecRound as _, Utc};
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt as _;
-use tracing::Instrument as _;
 
 use super::{ApiContext, caller_of, credential_of, instance_use, instances};
 use crate::{
@@ -75,8 +75,9 @@ impl EmbeddingService for EmbeddingApi {
         )
         .await?;
         let call = arrival.authorized(&self.0, found, Usage::new(&target, request.inputs.len()));
-        let answer = tokio::spawn(call.embed(request.inputs, input_type).in_current_span()).await;
-        finished(answer).map(Response::new)
+        call.embed(request.inputs, input_type)
+            .await
+            .map(Response::new)
     }
 
     async fn test_instance(
@@ -98,8 +99,7 @@ impl EmbeddingService for EmbeddingApi {
         )
         .await?;
         let call = arrival.authorized(&self.0, found, Usage::new(&target, 1));
-        let answer = tokio::spawn(call.test().in_current_span()).await;
-        finished(answer).map(Response::new)
+        call.test().await.map(Response::new)
     }
 }
 
@@ -127,8 +127,7 @@ impl Arrival {
     }
 
     /// The call once the policy allowed it: from here on it is on the instance's record,
-    /// whatever its outcome (the refusal layer leaves it to us), and it runs in a task of its
-    /// own, so that a caller who goes away does not cut it short unrecorded.
+    /// whatever its outcome (the refusal layer leaves it to us), a cancellation included.
     fn authorized(self, context: &ApiContext, found: InstanceForCall, usage: Usage) -> Use {
         if let Some(self_audited) = &self.self_audited {
             self_audited.claim();
@@ -143,13 +142,6 @@ impl Arrival {
             trace: self.trace,
         }
     }
-}
-
-/// The answer of a call's task; a task that panicked is our fault, reported as such.
-fn finished<T>(joined: Result<Result<T, Status>, tokio::task::JoinError>) -> Result<T, Status> {
-    joined.unwrap_or_else(|_| {
-        Err(DomainError::Internal("an embedding call's task ended abnormally".to_owned()).into())
-    })
 }
 
 /// One authorized use of an instance, from the checks before sending to its audit event.
@@ -170,6 +162,7 @@ impl Use {
         inputs: Vec<String>,
         input_type: InputType,
     ) -> Result<pb::EmbedResponse, Status> {
+        let unfinished = Unfinished::new(&self, EMBED);
         let context = &self.context;
         let instance = &self.found.instance;
         let result = async {
@@ -203,6 +196,7 @@ impl Use {
         .await
         .map_err(Status::from);
         self.usage.latency = self.started.elapsed();
+        unfinished.finished();
         self.record(EMBED, &result).await?;
         result
     }
@@ -210,10 +204,12 @@ impl Use {
     /// Embeds the probe text and records the outcome on the instance (a refusal before the
     /// call, such as no key or a limit, is an error, not a test result).
     async fn test(mut self) -> Result<pb::TestInstanceResponse, Status> {
+        let unfinished = Unfinished::new(&self, TEST);
         let context = &self.context;
         let call = match instance_use::ready(context, &self.found).await {
             Ok(call) => call,
             Err(refused) => {
+                unfinished.finished();
                 let refused = Err(Status::from(refused));
                 self.usage.latency = self.started.elapsed();
                 self.record(TEST, &refused).await?;
@@ -230,6 +226,7 @@ impl Use {
             self.trace.as_ref(),
         )
         .await;
+        unfinished.finished();
         let latency = self.started.elapsed();
         let instance = &self.found.instance;
         let (observed, checked) = match sent {
@@ -298,6 +295,60 @@ impl Use {
     }
 }
 
+/// The audit event of a use dropped before it finished (the caller cancelled, or its deadline
+/// passed): written from a task of its own when the use is dropped, unless [`Self::finished`]
+/// said that the use records its own outcome.
+struct Unfinished {
+    store: crate::store::Store,
+    event: Option<UsageEvent>,
+    started: Instant,
+    usage_detail: String,
+}
+
+impl Unfinished {
+    fn new(call: &Use, method: &'static str) -> Self {
+        Self {
+            store: call.context.store.clone(),
+            event: Some(UsageEvent {
+                caller: caller_label(&call.caller),
+                subject: subject_label(&call.caller),
+                method,
+                resource: call.found.instance.name.to_string(),
+                outcome: code_name(Code::Cancelled),
+                detail: String::new(),
+            }),
+            started: call.started,
+            usage_detail: call.usage.counts(),
+        }
+    }
+
+    /// The use reached its end and records its own outcome.
+    fn finished(mut self) {
+        self.event = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        event.detail = format!(
+            "{} latency_ms={} reason=CANCELLED",
+            self.usage_detail,
+            self.started.elapsed().as_millis()
+        );
+        let store = self.store.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.record_use(event).await {
+                    tracing::warn!(%error, "a cancelled use could not be audited");
+                }
+            });
+        }
+    }
+}
+
 fn input_type(number: i32) -> Result<InputType, DomainError> {
     match pb::EmbeddingInputType::try_from(number) {
         Ok(pb::EmbeddingInputType::Unspecified | pb::EmbeddingInputType::Document) => {
@@ -347,13 +398,19 @@ impl Usage {
         }
     }
 
-    /// `key=value` pairs: counts, the error's stable reason; never texts, vectors or keys.
-    fn detail<T>(&self, result: &Result<T, Status>) -> String {
+    /// The project and the count of inputs, as `key=value` pairs.
+    fn counts(&self) -> String {
         let mut parts = Vec::new();
         if let Some(project) = &self.project {
             parts.push(format!("project={project}"));
         }
         parts.push(format!("inputs={}", self.inputs));
+        parts.join(" ")
+    }
+
+    /// `key=value` pairs: counts, the error's stable reason; never texts, vectors or keys.
+    fn detail<T>(&self, result: &Result<T, Status>) -> String {
+        let mut parts = vec![self.counts()];
         if let Some(tokens) = self.input_tokens {
             parts.push(format!("input_tokens={tokens}"));
         }

@@ -144,6 +144,7 @@ pub async fn ready(
             auth_scheme: found.auth_scheme.clone(),
             model: found.instance.spec.model.clone(),
             reduced_dimensions: found.reduced_dimensions(),
+            dimensions: found.instance.spec.dimensions,
         },
         key,
         _pass: pass,

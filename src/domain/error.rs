@@ -124,6 +124,12 @@ pub enum LimitReason {
     /// The service account's credential releases per minute, counted across replicas, are used
     /// up.
     ReleaseRate,
+    /// The caller (the acting user or the account) has its share of provider calls running.
+    CallerProviderCalls,
+    /// Every place of the provider call pool is taken on this replica.
+    ProviderPool,
+    /// The process-wide budget for provider reply bytes in flight is spent.
+    ProviderReplyMemory,
 }
 
 /// How an outbound provider call failed; each maps to one gRPC code and `ErrorInfo` reason.

@@ -36,6 +36,14 @@ const RESOLVED_IN_QUERY: &[&str] = &[
 /// call, so the edge hands it the checked [`Credential`](crate::domain::caller::Credential) too.
 const CACHED_WHEN_CHECKED_FRESH: &[&str] = &["/llmregistry.v1.EmbeddingService/Embed"];
 
+/// Paths that call a provider: they wait on someone else's server, so they run in the provider
+/// call pool (with a per-caller cap) instead of holding an admission slot meant for reads and
+/// writes (see [`super::admission`]).
+const CALLS_PROVIDER: &[&str] = &[
+    "/llmregistry.v1.EmbeddingService/Embed",
+    "/llmregistry.v1.EmbeddingService/TestInstance",
+];
+
 /// Method names that only read; everything else is treated as a write (deny by default).
 pub fn is_read_only_method(method: &str) -> bool {
     method.starts_with("Get") || method.starts_with("List")
@@ -70,6 +78,8 @@ pub struct MethodFacts {
     /// ([`RESOLVED_IN_QUERY`]) or from the cache when it was checked fresh
     /// ([`CACHED_WHEN_CHECKED_FRESH`]).
     pub gets_credential: bool,
+    /// The handler calls a provider ([`CALLS_PROVIDER`]).
+    pub calls_provider: bool,
     pub target: Target,
 }
 
@@ -169,16 +179,21 @@ impl MethodTable {
                     read_only: is_read_only_method(method.name()),
                     gets_credential: RESOLVED_IN_QUERY.contains(&path.as_str())
                         || CACHED_WHEN_CHECKED_FRESH.contains(&path.as_str()),
+                    calls_provider: CALLS_PROVIDER.contains(&path.as_str()),
                     target: target_of(method.name(), &method.input()),
                     input: method.input(),
                 };
                 by_path.insert(path, Arc::new(facts));
             }
         }
-        for path in RESOLVED_IN_QUERY.iter().chain(CACHED_WHEN_CHECKED_FRESH) {
+        for path in RESOLVED_IN_QUERY
+            .iter()
+            .chain(CACHED_WHEN_CHECKED_FRESH)
+            .chain(CALLS_PROVIDER)
+        {
             anyhow::ensure!(
                 by_path.contains_key(*path),
-                "{path} is listed as getting the checked credential but is not in the contract"
+                "{path} is listed in the method table's facts but is not in the contract"
             );
         }
         Ok(Self { by_path })

@@ -147,6 +147,8 @@ pub struct Metrics {
     pub provider_requests: Family<ProviderLabels, Counter>,
     pub provider_duration: Histograms<ProtocolLabel>,
     pub provider_retries: Family<ProtocolLabel, Counter>,
+    pub provider_calls_in_flight: Gauge,
+    pub provider_reply_bytes: Gauge,
 }
 
 /// The process's metrics (made at first use).
@@ -183,6 +185,8 @@ impl Metrics {
             provider_requests: Family::default(),
             provider_duration: Family::new_with_constructor(latency_histogram),
             provider_retries: Family::default(),
+            provider_calls_in_flight: Gauge::default(),
+            provider_reply_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -195,6 +199,16 @@ impl Metrics {
             "rpc_duration_seconds",
             "RPC latency, from the edge to the status",
             metrics.rpc_duration.clone(),
+        );
+        r.register(
+            "provider_calls_in_flight",
+            "Provider calls (Embed, TestInstance) holding a place in the provider call pool",
+            metrics.provider_calls_in_flight.clone(),
+        );
+        r.register(
+            "provider_reply_bytes",
+            "Bytes of provider replies held in memory, against PROVIDER_REPLY_BUDGET_BYTES",
+            metrics.provider_reply_bytes.clone(),
         );
         r.register(
             "admission_running",

@@ -35,11 +35,7 @@ impl AddressClass {
     pub fn of(address: IpAddr) -> Self {
         match address {
             IpAddr::V4(v4) => Self::of_v4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                // ::ffff:127.0.0.1 is 127.0.0.1.
-                Some(v4) => Self::of_v4(v4),
-                None => Self::of_v6(v6),
-            },
+            IpAddr::V6(v6) => Self::of_v6(v6),
         }
     }
 
@@ -63,15 +59,38 @@ impl AddressClass {
         }
     }
 
+    /// An IPv6 address by what it reaches: one that carries an IPv4 address (mapped,
+    /// compatible, SIIT, NAT64, 6to4, Teredo) is judged by that address, since a translator or
+    /// relay on the way delivers it there: `64:ff9b::a9fe:a9fe` is the metadata service.
     fn of_v6(v6: Ipv6Addr) -> Self {
-        let first = v6.segments()[0];
         if v6.is_loopback() {
-            Self::Loopback
-        } else if first & 0xffc0 == 0xfe80 {
+            return Self::Loopback;
+        }
+        if v6.is_unspecified() || v6.is_multicast() {
+            return Self::Forbidden;
+        }
+        if let Some(embedded) = embedded_v4(v6) {
+            return match embedded {
+                Embedded::Address(v4) => Self::of_v4(v4),
+                // A local-use NAT64 prefix translates into the operator's own networks:
+                // private at best, whatever the embedded address looks like.
+                Embedded::LocalTranslation(v4) => match Self::of_v4(v4) {
+                    Self::Public => Self::Private,
+                    other => other,
+                },
+            };
+        }
+        let first = v6.segments()[0];
+        if first & 0xffc0 == 0xfe80 {
             Self::LinkLocal
         } else if first & 0xfe00 == 0xfc00 {
             Self::Private
-        } else if v6.is_unspecified() || v6.is_multicast() {
+        } else if first & 0xffc0 == 0xfec0
+            || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+            || (first == 0x0100 && v6.segments()[1..4] == [0, 0, 0])
+        {
+            // Deprecated site-local (fec0::/10, RFC 3879), documentation (2001:db8::/32) and
+            // discard-only (100::/64): never a provider.
             Self::Forbidden
         } else {
             Self::Public
@@ -86,6 +105,45 @@ impl AddressClass {
             Self::Public => "public",
             Self::Forbidden => "reserved",
         }
+    }
+}
+
+/// The IPv4 address an IPv6 address carries, by the forms that deliver to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Embedded {
+    Address(Ipv4Addr),
+    /// Behind the local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215).
+    LocalTranslation(Ipv4Addr),
+}
+
+fn embedded_v4(v6: Ipv6Addr) -> Option<Embedded> {
+    let s = v6.segments();
+    let low = Ipv4Addr::new(
+        (s[6] >> 8) as u8,
+        s[6] as u8,
+        (s[7] >> 8) as u8,
+        s[7] as u8,
+    );
+    match s {
+        // ::ffff:a.b.c.d (IPv4-mapped) and ::a.b.c.d (IPv4-compatible, deprecated but still
+        // routed by some stacks); :: and ::1 are handled before.
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] => Some(Embedded::Address(low)),
+        // ::ffff:0:a.b.c.d (SIIT, IPv4-translated, RFC 2765).
+        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(Embedded::Address(low)),
+        // 64:ff9b::/96 (NAT64 well-known prefix, RFC 6052).
+        [0x0064, 0xff9b, 0, 0, 0, 0, _, _] => Some(Embedded::Address(low)),
+        // 64:ff9b:1::/48 (NAT64 local-use prefix); the /96 embedding is the one checked.
+        [0x0064, 0xff9b, 0x0001, ..] => Some(Embedded::LocalTranslation(low)),
+        // 2002:AABB:CCDD::/48 (6to4, RFC 3056): the relay delivers to AA.BB.CC.DD.
+        [0x2002, high, next, ..] => Some(Embedded::Address(Ipv4Addr::new(
+            (high >> 8) as u8,
+            high as u8,
+            (next >> 8) as u8,
+            next as u8,
+        ))),
+        // 2001:0::/32 (Teredo, RFC 4380): the client's address is the last 32 bits inverted.
+        [0x2001, 0, ..] => Some(Embedded::Address(Ipv4Addr::from(!u32::from(low)))),
+        _ => None,
     }
 }
 
@@ -261,6 +319,31 @@ mod tests {
         assert_eq!(class("224.0.0.1"), AddressClass::Forbidden);
         assert_eq!(class("8.8.8.8"), AddressClass::Public);
         assert_eq!(class("2606:4700::1111"), AddressClass::Public);
+    }
+
+    #[test]
+    fn ipv6_addresses_carrying_ipv4_are_judged_by_the_ipv4_address() {
+        // The forms the review found treated as public, and their relatives.
+        assert_eq!(class("::127.0.0.1"), AddressClass::Loopback);
+        assert_eq!(class("::169.254.169.254"), AddressClass::LinkLocal);
+        assert_eq!(class("64:ff9b::a9fe:a9fe"), AddressClass::LinkLocal);
+        assert_eq!(class("64:ff9b::7f00:1"), AddressClass::Loopback);
+        assert_eq!(class("64:ff9b::a00:1"), AddressClass::Private);
+        assert_eq!(class("64:ff9b:1::a00:1"), AddressClass::Private);
+        assert_eq!(class("64:ff9b:1::a9fe:a9fe"), AddressClass::LinkLocal);
+        assert_eq!(class("64:ff9b:1::808:808"), AddressClass::Private);
+        assert_eq!(class("2002:7f00:1::"), AddressClass::Loopback);
+        assert_eq!(class("2002:a9fe:a9fe::1"), AddressClass::LinkLocal);
+        assert_eq!(class("2002:c0a8:101::1"), AddressClass::Private);
+        assert_eq!(class("::ffff:0:a9fe:a9fe"), AddressClass::LinkLocal);
+        assert_eq!(class("::ffff:0:7f00:1"), AddressClass::Loopback);
+        // Teredo: client 127.0.0.1 is stored inverted (0x80ff:0xfffe).
+        assert_eq!(class("2001:0:4136:e378:8000:63bf:80ff:fffe"), AddressClass::Loopback);
+        assert_eq!(class("fec0::1"), AddressClass::Forbidden);
+        assert_eq!(class("2001:db8::1"), AddressClass::Forbidden);
+        // Public IPv4 behind the well-known NAT64 prefix or 6to4 stays public.
+        assert_eq!(class("64:ff9b::808:808"), AddressClass::Public);
+        assert_eq!(class("2002:808:808::1"), AddressClass::Public);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use rand::Rng as _;
 use tokio::time::Instant;
 
-use super::{egress, scrub};
+use super::{
+    budget::{ReplyBudget, ReplyRoom},
+    egress, scrub,
+};
 use crate::domain::{DomainError, error::ProviderFailure};
 
 /// The longest pause between two attempts, whatever the backoff or `Retry-After` say.
@@ -41,17 +44,21 @@ pub struct Exchange<'a> {
     pub key: &'a str,
     pub deadline: Instant,
     pub policy: RetryPolicy,
+    /// The process-wide budget the reply's bytes are counted against.
+    pub budget: &'a ReplyBudget,
 }
 
-/// A successful exchange: the reply body and how many retries it took.
+/// A successful exchange: the reply body, the budget room it holds (until both are dropped),
+/// and how many retries it took.
 pub struct Answer {
     pub body: Bytes,
+    pub room: ReplyRoom,
     pub retries: u32,
 }
 
 /// What one attempt came to.
 enum Attempt {
-    Done(Bytes),
+    Done(Bytes, ReplyRoom),
     /// Worth another attempt (after at least `retry_after`, if the provider said so).
     Retry {
         error: DomainError,
@@ -66,9 +73,10 @@ impl Exchange<'_> {
         loop {
             attempt += 1;
             let (error, retry_after) = match self.attempt().await {
-                Attempt::Done(body) => {
+                Attempt::Done(body, room) => {
                     return Ok(Answer {
                         body,
+                        room,
                         retries: attempt - 1,
                     });
                 }
@@ -125,26 +133,27 @@ impl Exchange<'_> {
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let body = match self
+        let (body, room) = match self
             .read_bounded(response, timeout, bounded_by_deadline)
             .await
         {
-            Ok(body) => body,
+            Ok(read) => read,
             Err(failure) => return failure,
         };
         if status.is_success() {
-            return Attempt::Done(body);
+            return Attempt::Done(body, room);
         }
         self.status_failure(status, &body, retry_after)
     }
 
-    /// Reads the reply, refusing one larger than the policy allows without reading it all.
+    /// Reads the reply, refusing one larger than the policy allows without reading it all, and
+    /// counting its bytes against the process's budget before they are kept.
     async fn read_bounded(
         &self,
         mut response: reqwest::Response,
         timeout: Duration,
         bounded_by_deadline: bool,
-    ) -> Result<Bytes, Attempt> {
+    ) -> Result<(Bytes, ReplyRoom), Attempt> {
         let limit = self.policy.max_reply_bytes;
         let too_large = || {
             Attempt::Fatal(failure(
@@ -158,16 +167,31 @@ impl Exchange<'_> {
         {
             return Err(too_large());
         }
+        let mut room = ReplyRoom::default();
         let mut body = Vec::new();
+        if let Some(length) = response.content_length() {
+            // Announced and within the limit: room for all of it at once, one allocation.
+            let length = usize::try_from(length).unwrap_or(limit);
+            self.budget
+                .grow(&mut room, length, self.deadline)
+                .await
+                .map_err(Attempt::Fatal)?;
+            body.reserve_exact(length);
+        }
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
+                    let total = body.len() + chunk.len();
+                    if total > limit {
                         return Err(too_large());
                     }
+                    self.budget
+                        .grow(&mut room, total, self.deadline)
+                        .await
+                        .map_err(Attempt::Fatal)?;
                     body.extend_from_slice(&chunk);
                 }
-                Ok(None) => return Ok(Bytes::from(body)),
+                Ok(None) => return Ok((Bytes::from(body), room)),
                 Err(error) => {
                     return Err(self.transport_failure(&error, timeout, bounded_by_deadline));
                 }

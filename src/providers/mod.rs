@@ -10,13 +10,20 @@
 //! ([`scrub`]), the per-instance concurrency limit ([`gate`]), and one adapter per wire format
 //! (`wire`).
 
+pub mod budget;
 pub mod egress;
 mod exchange;
 pub mod gate;
 pub mod scrub;
 mod wire;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_util::{StreamExt as _, stream};
@@ -26,6 +33,7 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use self::{
+    budget::ReplyBudget,
     egress::{EgressPolicy, EgressRefusal, GuardedResolver},
     exchange::{Exchange, RetryPolicy},
     wire::CallShape,
@@ -52,6 +60,14 @@ pub struct ProviderSettings {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub max_reply_bytes: usize,
+    /// Reply bytes all calls of the process may hold at once.
+    pub reply_budget_bytes: usize,
+    /// Largest Embed answer, in bytes of vectors.
+    pub max_answer_bytes: usize,
+    /// Provider calls running at once (the provider call pool, see `grpc::admission`).
+    pub max_concurrent_calls: usize,
+    /// Provider calls one caller identity may have running at once.
+    pub calls_per_caller: usize,
     /// Batches of one call in flight at once.
     pub batches_in_flight: usize,
     pub concurrency_per_instance: usize,
@@ -70,7 +86,11 @@ impl Default for ProviderSettings {
             connect_timeout: Duration::from_secs(5),
             max_attempts: 3,
             backoff_base: Duration::from_millis(250),
-            max_reply_bytes: 64 * 1024 * 1024,
+            max_reply_bytes: 32 * 1024 * 1024,
+            reply_budget_bytes: 48 * 1024 * 1024,
+            max_answer_bytes: 8 * 1024 * 1024,
+            max_concurrent_calls: 64,
+            calls_per_caller: 16,
             batches_in_flight: 4,
             concurrency_per_instance: 32,
             requests_per_minute: None,
@@ -91,6 +111,8 @@ pub struct Destination {
     /// Asked of the provider only when the instance wants fewer dimensions than its definition
     /// (the model's own size); a standalone instance's size is only checked.
     pub reduced_dimensions: Option<i32>,
+    /// The instance's dimensions: no reply vector may be longer.
+    pub dimensions: Option<i32>,
 }
 
 /// What the provider answered, before the vectors are checked against the instance.
@@ -108,6 +130,7 @@ pub struct Providers {
     client: reqwest::Client,
     settings: Arc<ProviderSettings>,
     pub gate: Arc<gate::InstanceGate>,
+    budget: Arc<ReplyBudget>,
 }
 
 impl Providers {
@@ -139,6 +162,7 @@ impl Providers {
         let gate = gate::InstanceGate::new(settings.concurrency_per_instance);
         Ok(Self {
             client: builder.build()?,
+            budget: Arc::new(ReplyBudget::new(settings.reply_budget_bytes)),
             settings: Arc::new(settings),
             gate,
         })
@@ -183,6 +207,7 @@ impl Providers {
                     retry_after: None,
                 }
             })?;
+            let max_dimensions = self.answer_room(destination, inputs.len())?;
             let (auth_header, auth_value) = auth_header(destination, key)?;
             let shape = CallShape {
                 model: &destination.model,
@@ -207,6 +232,10 @@ impl Providers {
                 key: key.expose(),
                 deadline,
                 policy,
+                budget: &self.budget,
+                max_dimensions,
+                floats_left: AtomicUsize::new(self.settings.max_answer_bytes / 4),
+                max_answer_bytes: self.settings.max_answer_bytes,
             };
             // Futures named up front (not made in a closure), so that the whole call stays `Send`.
             let sends: Vec<_> = inputs
@@ -252,6 +281,38 @@ impl Providers {
     }
 }
 
+impl Providers {
+    /// The longest vector a reply may hold, after checking that the answer can fit
+    /// `PROVIDER_MAX_ANSWER_BYTES` (an instance without dimensions is held to the answer size
+    /// while its reply is read).
+    fn answer_room(&self, destination: &Destination, inputs: usize) -> Result<usize, DomainError> {
+        let max_floats = self.settings.max_answer_bytes / 4;
+        let Some(dimensions) = destination
+            .dimensions
+            .and_then(|d| usize::try_from(d).ok())
+            .filter(|d| *d > 0)
+        else {
+            return Ok(MAX_DIMENSIONS_UNSET.min(max_floats.max(1)));
+        };
+        if inputs.saturating_mul(dimensions) > max_floats {
+            return Err(DomainError::invalid(
+                "inputs",
+                format!(
+                    "{inputs} inputs of {dimensions} dimensions would answer more than {} bytes \
+                     of vectors (PROVIDER_MAX_ANSWER_BYTES); send at most {} inputs per call",
+                    self.settings.max_answer_bytes,
+                    (max_floats / dimensions).max(1)
+                ),
+            ));
+        }
+        Ok(dimensions)
+    }
+}
+
+/// The longest vector read for an instance that declares no dimensions: the most an instance
+/// may declare.
+const MAX_DIMENSIONS_UNSET: usize = crate::domain::validate::MAX_DIMENSIONS as usize;
+
 /// What every batch of one call shares.
 struct BatchCall<'a> {
     client: &'a reqwest::Client,
@@ -266,6 +327,11 @@ struct BatchCall<'a> {
     key: &'a str,
     deadline: Instant,
     policy: RetryPolicy,
+    budget: &'a ReplyBudget,
+    max_dimensions: usize,
+    /// The numbers the call's answer may still hold, shared by its batches.
+    floats_left: AtomicUsize,
+    max_answer_bytes: usize,
 }
 
 impl BatchCall<'_> {
@@ -285,14 +351,36 @@ impl BatchCall<'_> {
             key: self.key,
             deadline: self.deadline,
             policy: self.policy,
+            budget: self.budget,
         }
         .run()
         .await?;
-        let reply =
-            wire::reply(self.protocol, &answer.body).map_err(|what| DomainError::Provider {
-                failure: ProviderFailure::BadReply,
-                message: what,
-                retry_after: None,
+        let bad_reply = |message| DomainError::Provider {
+            failure: ProviderFailure::BadReply,
+            message,
+            retry_after: None,
+        };
+        let limits = wire::ReplyLimits {
+            max_vectors: texts.len(),
+            max_dimensions: self.max_dimensions,
+            max_floats: self.floats_left.load(Ordering::SeqCst),
+        };
+        let (reply, floats) =
+            wire::reply(self.protocol, &answer.body, limits).map_err(bad_reply)?;
+        // The body and its room in the budget go now; the vectors are bounded by the answer.
+        drop(answer.body);
+        drop(answer.room);
+        // Batches read in parallel each saw what was left when they began: the sum is checked.
+        self.floats_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(floats)
+            })
+            .map_err(|_| {
+                bad_reply(format!(
+                    "the provider's replies hold more numbers than the largest answer allows \
+                     ({} bytes, PROVIDER_MAX_ANSWER_BYTES)",
+                    self.max_answer_bytes
+                ))
             })?;
         if reply.vectors.len() != texts.len() {
             return Err(DomainError::DimensionsMismatch(format!(

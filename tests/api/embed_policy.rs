@@ -686,3 +686,56 @@ async fn a_caller_who_hangs_up_does_not_cut_an_embed_short_of_its_record() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn ipv6_endpoints_carrying_an_internal_ipv4_address_are_refused_before_any_connection() {
+    // Production's policy: loopback, private and link-local closed.
+    let f = Fixture::start_with(Flavor::OpenAi, 8, |settings| {
+        settings.providers.egress.allow_loopback = false;
+    })
+    .await;
+    let one = texts(1);
+    let doc = pb::EmbeddingInputType::Document;
+    // IPv4-compatible, NAT64 well-known and local-use, 6to4, SIIT, Teredo, deprecated
+    // site-local: each reaches loopback, metadata or a private network through a translator.
+    let forms = [
+        ("compatible", "[::127.0.0.1]"),
+        ("nat64", "[64:ff9b::a9fe:a9fe]"),
+        ("nat64-local", "[64:ff9b:1::a00:1]"),
+        ("sixtofour", "[2002:7f00:1::]"),
+        ("siit", "[::ffff:0:a9fe:a9fe]"),
+        ("teredo", "[2001:0:4136:e378:8000:63bf:80ff:fffe]"),
+        ("site-local", "[fec0::1]"),
+    ];
+    for (id, host) in forms {
+        let mut instances = f.app.instances();
+        instances
+            .create_instance(authed(
+                pb::CreateInstanceRequest {
+                    parent: "users/alice".into(),
+                    instance_id: id.to_owned(),
+                    instance: Some(pb::Instance {
+                        endpoint: format!("https://{host}/v1/embeddings"),
+                        api_standard: "openai".into(),
+                        model: "m".into(),
+                        api_key: random_api_key(),
+                        ..Default::default()
+                    }),
+                },
+                &f.alice,
+            ))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let refused = assert_code(
+            f.embed(&f.alice, id, &one, doc).await,
+            Code::FailedPrecondition,
+        );
+        assert_eq!(reason(&refused), "EGRESS_REFUSED", "{host}: {refused:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{host}: refused before connecting"
+        );
+    }
+    assert_eq!(f.fake.request_count(), 0);
+}

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BatchReply, CallShape};
+use super::{BatchReply, CallShape, ReplyError};
 use crate::domain::embedding::InputType;
 
 /// Cohere takes at most 96 texts per request.
@@ -36,6 +36,7 @@ struct Reply {
 
 #[derive(Deserialize)]
 struct Embeddings {
+    #[serde(deserialize_with = "super::vectors")]
     float: Vec<Vector>,
 }
 
@@ -53,8 +54,8 @@ struct BilledUnits {
     input_tokens: Option<f64>,
 }
 
-pub fn reply(body: &[u8]) -> Result<BatchReply, String> {
-    let reply: Reply = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+pub fn reply(body: &[u8]) -> Result<BatchReply, ReplyError> {
+    let reply: Reply = serde_json::from_slice(body)?;
     Ok(BatchReply {
         vectors: reply.embeddings.float.into_iter().map(|v| v.0).collect(),
         // Cohere documents billed units as numbers; whole tokens in practice.

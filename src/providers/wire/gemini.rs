@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{BatchReply, CallShape, UnusableEndpoint};
+use super::{BatchReply, CallShape, ReplyError, UnusableEndpoint};
 use crate::domain::embedding::InputType;
 
 /// Gemini takes at most 100 requests per batch.
@@ -63,6 +63,7 @@ pub fn body(shape: &CallShape<'_>, texts: &[String]) -> Value {
 
 #[derive(Deserialize)]
 struct Reply {
+    #[serde(deserialize_with = "super::vectors")]
     embeddings: Vec<ContentEmbedding>,
 }
 
@@ -72,8 +73,8 @@ struct ContentEmbedding {
     values: Vec<f32>,
 }
 
-pub fn reply(body: &[u8]) -> Result<BatchReply, String> {
-    let reply: Reply = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+pub fn reply(body: &[u8]) -> Result<BatchReply, ReplyError> {
+    let reply: Reply = serde_json::from_slice(body)?;
     Ok(BatchReply {
         vectors: reply.embeddings.into_iter().map(|e| e.values).collect(),
         input_tokens: None,

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BatchReply, CallShape};
+use super::{BatchReply, CallShape, ReplyError};
 
 /// OpenAI takes at most 2,048 inputs per request.
 pub const MAX_BATCH: usize = 2048;
@@ -25,6 +25,7 @@ pub fn body(shape: &CallShape<'_>, texts: &[String]) -> Value {
 
 #[derive(Deserialize)]
 struct Reply {
+    #[serde(deserialize_with = "super::vectors")]
     data: Vec<Item>,
     model: Option<String>,
     usage: Option<Usage>,
@@ -42,16 +43,21 @@ struct Usage {
     prompt_tokens: Option<i64>,
 }
 
-pub fn reply(body: &[u8]) -> Result<BatchReply, String> {
-    let reply: Reply = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+pub fn reply(body: &[u8]) -> Result<BatchReply, ReplyError> {
+    let reply: Reply = serde_json::from_slice(body)?;
     let count = reply.data.len();
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; count];
     for item in reply.data {
         let slot = vectors
             .get_mut(item.index)
-            .ok_or_else(|| format!("index {} is outside the {count} vectors", item.index))?;
+            .ok_or_else(|| {
+                ReplyError::Shape(format!("index {} is outside the {count} vectors", item.index))
+            })?;
         if slot.replace(item.embedding).is_some() {
-            return Err(format!("index {} appears twice", item.index));
+            return Err(ReplyError::Shape(format!(
+                "index {} appears twice",
+                item.index
+            )));
         }
     }
     Ok(BatchReply {
