@@ -7,10 +7,10 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     api::{
-        ApiContext, api_standards::ApiStandardsApi, audit::AuditApi,
-        credentials::CredentialsApi, definitions::DefinitionsApi, embeddings::EmbeddingApi,
-        instances::InstancesApi, projects::ProjectsApi, service_accounts::ServiceAccountsApi,
-        sharing::SharingApi, users::UsersApi,
+        ApiContext, api_standards::ApiStandardsApi, audit::AuditApi, credentials::CredentialsApi,
+        definitions::DefinitionsApi, embeddings::EmbeddingApi, instances::InstancesApi,
+        projects::ProjectsApi, service_accounts::ServiceAccountsApi, sharing::SharingApi,
+        users::UsersApi,
     },
     pb::{
         self,
@@ -73,7 +73,9 @@ macro_rules! ours {
 pub fn all(
     context: &ApiContext,
     limits: MessageLimits,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
 ) -> anyhow::Result<Served> {
     let mut served = Served {
         routes: RoutesBuilder::default(),
@@ -109,11 +111,21 @@ pub fn all(
         served,
         ours!(LlmInstanceServiceServer, InstancesApi(api()), limits)
     );
-    mount!(served, ours!(SharingServiceServer, SharingApi(api()), limits));
-    mount!(served, ours!(ProjectServiceServer, ProjectsApi(api()), limits));
     mount!(
         served,
-        ours!(ServiceAccountServiceServer, ServiceAccountsApi(api()), limits)
+        ours!(SharingServiceServer, SharingApi(api()), limits)
+    );
+    mount!(
+        served,
+        ours!(ProjectServiceServer, ProjectsApi(api()), limits)
+    );
+    mount!(
+        served,
+        ours!(
+            ServiceAccountServiceServer,
+            ServiceAccountsApi(api()),
+            limits
+        )
     );
     // Embed's answers are as large as their vectors: held to their own bound (checked before
     // the call, see `domain::embedding`), not to the request limit.

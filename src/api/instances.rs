@@ -71,7 +71,15 @@ pub fn to_pb(instance: Instance) -> pb::Instance {
         create_time: convert::timestamp(instance.create_time),
         update_time: convert::timestamp(instance.update_time),
         etag,
-        last_test: instance.last_test.map(test_to_pb),
+        // The test's message carries the provider's (scrubbed) words: only for roles that may
+        // test; readers see whether it succeeded and its code.
+        last_test: instance.last_test.map(|test| {
+            let mut shown = test_to_pb(test);
+            if instance.access_role < Role::Writer {
+                shown.message.clear();
+            }
+            shown
+        }),
     }
 }
 

@@ -55,6 +55,7 @@ impl SharingService for SharingApi {
                 role_from_pb(request.role),
             ),
         )?;
+        access::check_share_role(&caller, role)?;
         let share = self
             .0
             .store

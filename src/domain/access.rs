@@ -180,11 +180,12 @@ pub fn check_release_allowed(instance: &Instance) -> Result<(), DomainError> {
     }
 }
 
-/// Only the owner, a co-owner or an administrator (role OWNER), calling in person, may change
-/// whether an instance's key may be released; a writer may change the other fields. A service
-/// account acting for the owner may not: otherwise an account holding both permissions could
-/// opt any instance of a user it acts for in and take its key, and the opt-in would protect
-/// nothing. Answers the value to store.
+/// Whether an instance's key may be released is loosened only by its owner or an
+/// administrator, calling in person; it may be tightened (turned off) by anyone with role OWNER,
+/// a co-owner or a service account acting for one included. Otherwise an account holding both
+/// permissions could opt in an instance of a user it acts for, or make someone a co-owner who
+/// then opts in, and take its key: the opt-in would protect nothing. A writer may change the
+/// other fields. Answers the value to store.
 pub fn check_release_opt_in_change(
     caller: &Caller,
     current: &Instance,
@@ -193,11 +194,24 @@ pub fn check_release_opt_in_change(
     if wanted == current.allow_credential_release {
         return Ok(wanted);
     }
-    if caller.is_acting() {
-        return Err(acting_cannot("change allow_credential_release"));
+    if wanted {
+        if caller.is_acting() {
+            return Err(acting_cannot("turn allow_credential_release on"));
+        }
+        if caller.is_admin() || caller.owns(&current.name.owner) {
+            return Ok(true);
+        }
+        return Err(DomainError::PermissionDenied {
+            reason: PermissionReason::InsufficientRole,
+            message: format!(
+                "only the owner of {} (or an administrator) may turn allow_credential_release \
+                 on; co-owners may turn it off",
+                current.name
+            ),
+        });
     }
     if current.access_role >= Role::Owner {
-        Ok(wanted)
+        Ok(false)
     } else {
         Err(DomainError::PermissionDenied {
             reason: PermissionReason::InsufficientRole,
@@ -207,6 +221,17 @@ pub fn check_release_opt_in_change(
                 current.access_role.as_str()
             ),
         })
+    }
+}
+
+/// A caller acting for a user may share with any role but OWNER: a co-owner may do what the
+/// owner's account could not (manage shares in person), so granting it is an act of the owner's
+/// in person too.
+pub fn check_share_role(caller: &Caller, role: Role) -> Result<(), DomainError> {
+    if role >= Role::Owner && caller.is_acting() {
+        Err(acting_cannot("grant the role OWNER"))
+    } else {
+        Ok(())
     }
 }
 
@@ -429,6 +454,19 @@ mod tests {
         assert!(check_release_allowed(&instance(Role::Owner, false)).is_err());
         assert!(check_release_opt_in_change(&owner, &instance(Role::Owner, false), true).unwrap());
         assert!(check_release_opt_in_change(&owner, &instance(Role::Writer, false), true).is_err());
+        // A co-owner (role OWNER by a share) may turn it off, never on.
+        let co_owner = user("dave");
+        assert!(
+            check_release_opt_in_change(&co_owner, &instance(Role::Owner, false), true).is_err()
+        );
+        assert!(
+            !check_release_opt_in_change(&co_owner, &instance(Role::Owner, true), false).unwrap()
+        );
+        // An account acting for a user never grants OWNER; it may grant the other roles.
+        let acting_alice = acting("alice", vec![Permission::ActAsUser]);
+        assert!(check_share_role(&acting_alice, Role::Owner).is_err());
+        assert!(check_share_role(&acting_alice, Role::Writer).is_ok());
+        assert!(check_share_role(&owner, Role::Owner).is_ok());
         // A writer's other edits keep the value as it is.
         assert!(check_release_opt_in_change(&owner, &instance(Role::Writer, true), true).is_ok());
         let acting_owner = acting("alice", vec![Permission::ActAsUser]);

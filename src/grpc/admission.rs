@@ -4,9 +4,8 @@
 //! their latency and the rest learn immediately to back off. Health and reflection are exempt, so
 //! that probes still answer under overload.
 //!
-//! Fairness: one connection, and one caller, may hold at most a set share of the slots that can
-//! run (running and queued calls of theirs together); beyond it their calls are shed while others
-//! still get in. And since
+//! Fairness: one connection, and one caller, may hold at most a set share of the running and
+//! queued slots together; beyond it their calls are shed while others still get in. And since
 //! authentication and the request body come before this layer (see [`super`]), nothing here is
 //! ever held by a caller who is not known or whose body has not arrived.
 //!
@@ -135,7 +134,7 @@ impl Drop for Held {
     }
 }
 
-/// The shares of one connection and one caller (in percent of the slots that can run).
+/// The shares of one connection and one caller (in percent of the running and queued slots).
 #[derive(Debug, Clone, Copy)]
 pub struct FairShares {
     pub per_connection_percent: u8,
@@ -158,12 +157,10 @@ impl Admission {
         provider_calls: ProviderCallLimits,
         database_up: Arc<AtomicBool>,
     ) -> Self {
-        // Shares of what can run: against running and queued together, one caller could hold
-        // every running slot while its surplus queued.
-        let runnable = max_running.max(1);
+        let total = max_running.max(1) + max_queued;
         Self {
-            per_connection: Shares::new(runnable, fair.per_connection_percent),
-            per_caller: Shares::new(runnable, fair.per_caller_percent),
+            per_connection: Shares::new(total, fair.per_connection_percent),
+            per_caller: Shares::new(total, fair.per_caller_percent),
             providers: ProviderPool {
                 places: Arc::new(Semaphore::new(provider_calls.max_concurrent.max(1))),
                 size: provider_calls.max_concurrent.max(1),

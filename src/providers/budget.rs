@@ -72,13 +72,15 @@ impl ReplyBudget {
             return Err(refused());
         }
         let until = deadline.min(Instant::now() + WAIT);
-        let permit =
-            match tokio::time::timeout_at(until, self.units.clone().acquire_many_owned(count))
-                .await
-            {
-                Ok(Ok(permit)) => permit,
-                _ => return Err(refused()),
-            };
+        let permit = match tokio::time::timeout_at(
+            until,
+            self.units.clone().acquire_many_owned(count),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(refused()),
+        };
         metrics()
             .provider_reply_bytes
             .inc_by(i64::try_from(more * UNIT).unwrap_or(i64::MAX));
@@ -122,7 +124,11 @@ mod tests {
         ));
         drop(first);
         budget
-            .grow(&mut second, 8 * UNIT, Instant::now() + Duration::from_millis(50))
+            .grow(
+                &mut second,
+                8 * UNIT,
+                Instant::now() + Duration::from_millis(50),
+            )
             .await
             .unwrap();
         // More than the whole budget is refused at once, not waited for.

@@ -118,12 +118,7 @@ enum Embedded {
 
 fn embedded_v4(v6: Ipv6Addr) -> Option<Embedded> {
     let s = v6.segments();
-    let low = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
         // ::ffff:a.b.c.d (IPv4-mapped) and ::a.b.c.d (IPv4-compatible, deprecated but still
         // routed by some stacks); :: and ::1 are handled before.
@@ -338,7 +333,10 @@ mod tests {
         assert_eq!(class("::ffff:0:a9fe:a9fe"), AddressClass::LinkLocal);
         assert_eq!(class("::ffff:0:7f00:1"), AddressClass::Loopback);
         // Teredo: client 127.0.0.1 is stored inverted (0x80ff:0xfffe).
-        assert_eq!(class("2001:0:4136:e378:8000:63bf:80ff:fffe"), AddressClass::Loopback);
+        assert_eq!(
+            class("2001:0:4136:e378:8000:63bf:80ff:fffe"),
+            AddressClass::Loopback
+        );
         assert_eq!(class("fec0::1"), AddressClass::Forbidden);
         assert_eq!(class("2001:db8::1"), AddressClass::Forbidden);
         // Public IPv4 behind the well-known NAT64 prefix or 6to4 stays public.

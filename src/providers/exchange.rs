@@ -240,7 +240,9 @@ impl Exchange<'_> {
         body: &[u8],
         retry_after: Option<Duration>,
     ) -> Attempt {
-        let text = scrub::scrub(&super::wire::error_text(body), self.key);
+        let text = super::wire::error_text(body)
+            .map(|text| scrub::scrub(&text, self.key))
+            .unwrap_or_default();
         let code = status.as_u16();
         let said = |what: &str| {
             if text.trim().is_empty() {
@@ -257,9 +259,18 @@ impl Exchange<'_> {
                      since they would carry the key elsewhere: check the instance's endpoint"
                 ),
             )),
+            // A fixed message: a provider that refuses a key is the likeliest to quote it back,
+            // so only its error code (an identifier, and scrubbed) is kept.
             401 | 403 => Attempt::Fatal(failure(
                 ProviderFailure::RejectedKey,
-                said("the provider refused this instance's key"),
+                match super::wire::error_code(body).filter(|provider_code| {
+                    scrub::redact(provider_code, self.key) == *provider_code
+                }) {
+                    Some(provider_code) => format!(
+                        "the provider refused this instance's key ({code}, {provider_code})"
+                    ),
+                    None => format!("the provider refused this instance's key ({code})"),
+                },
             )),
             404 => Attempt::Fatal(failure(
                 ProviderFailure::NotFound,

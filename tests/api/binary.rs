@@ -20,7 +20,20 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_llm-registry");
 
 /// A command with an empty environment but PATH and a private HOME: no settings leak in.
 pub fn bare_command(home: &Path) -> Command {
-    let mut command = Command::new(BINARY);
+    wrapped_command(home, &[])
+}
+
+/// [`bare_command`] run by `wrapper` (a program and its arguments, e.g. `prlimit --as=…`,
+/// which execs the binary: its pid is the server's).
+pub fn wrapped_command(home: &Path, wrapper: &[&str]) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, arguments)) => {
+            let mut command = Command::new(program);
+            command.args(arguments).arg(BINARY);
+            command
+        }
+        None => Command::new(BINARY),
+    };
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -40,9 +53,20 @@ pub fn production_with_fakes(
     admin_token: &str,
     master: &llm_registry::vault::MasterKey,
 ) -> Command {
+    production_with_fakes_under(&[], home, database, admin_token, master)
+}
+
+/// [`production_with_fakes`], run by `wrapper` (see [`wrapped_command`]).
+pub fn production_with_fakes_under(
+    wrapper: &[&str],
+    home: &Path,
+    database: &str,
+    admin_token: &str,
+    master: &llm_registry::vault::MasterKey,
+) -> Command {
     let ca_file = home.join("provider-ca.pem");
     std::fs::write(&ca_file, &crate::fake_provider::TestCa::get().ca_pem).unwrap();
-    let mut command = bare_command(home);
+    let mut command = wrapped_command(home, wrapper);
     command
         .env("LLM_REGISTRY_MODE", "production")
         .env("DATABASE_URL", crate::helpers::database_url(database))

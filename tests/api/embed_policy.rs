@@ -647,7 +647,7 @@ async fn cached_call_targets_are_never_stale_on_any_replica() {
 }
 
 #[tokio::test]
-async fn a_caller_who_hangs_up_does_not_cut_an_embed_short_of_its_record() {
+async fn a_caller_who_hangs_up_ends_the_provider_call_and_the_use_is_recorded_cancelled() {
     let f = Fixture::start(Flavor::OpenAi, 8).await;
     f.fake.script([Behaviour::Slow(Duration::from_millis(800))]);
     let call = {
@@ -665,7 +665,9 @@ async fn a_caller_who_hangs_up_does_not_cut_an_embed_short_of_its_record() {
     while f.fake.request_count() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The caller goes away while the provider is answering.
+    // The caller goes away while the provider is answering: the provider call ends with it
+    // (issue 25: a cancelled Embed no longer runs on outside every limit), and the use is on
+    // the record as CANCELLED.
     call.abort();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -675,8 +677,9 @@ async fn a_caller_who_hangs_up_does_not_cut_an_embed_short_of_its_record() {
             .filter(|e| e.method == "EmbeddingService/Embed")
             .collect();
         if let [used] = uses.as_slice() {
-            assert_eq!(used.outcome, "OK", "{used:?}");
+            assert_eq!(used.outcome, "CANCELLED", "{used:?}");
             assert!(used.detail.contains("inputs=2"), "{used:?}");
+            assert!(used.detail.contains("reason=CANCELLED"), "{used:?}");
             break;
         }
         assert!(

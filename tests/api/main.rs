@@ -23,6 +23,7 @@ mod embed_canary;
 mod embed_policy;
 mod flood;
 mod hostile_input;
+mod hostile_provider;
 mod instances;
 mod metrics;
 mod pagination;

@@ -235,3 +235,48 @@ async fn shutdown_lets_in_flight_calls_finish() {
     assert_eq!(answer.into_inner().model, "finished-during-drain");
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn health_reports_serving_for_every_service_reflection_lists() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let app = TestApp::spawn().await;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(app.channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Ok(response)) = responses.next().await else {
+        panic!("no reflection answer")
+    };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer")
+    };
+    let listed: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    // The two the hand-kept health list once missed are among them.
+    for service in [
+        "llmregistry.v1.ServiceAccountService",
+        "llmregistry.v1.CredentialService",
+        "llmregistry.v1.EmbeddingService",
+    ] {
+        assert!(listed.iter().any(|s| s == service), "{service} is listed");
+    }
+    let mut health = HealthClient::new(app.channel.clone());
+    for service in &listed {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{service}: {e:?}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, 1, "{service} should be SERVING");
+    }
+}

@@ -1295,3 +1295,91 @@ async fn account_changes_take_effect_at_once_on_every_replica_cached_paths_inclu
         Code::PermissionDenied,
     );
 }
+
+#[tokio::test]
+async fn an_account_cannot_make_a_co_owner_who_opts_an_instance_in_for_it() {
+    let app = TestApp::spawn().await;
+    let alice = app.create_user("alice").await;
+    let dave = app.create_user("dave").await;
+    let key = random_api_key();
+    create_instance(&app, &alice, "alice", "paid", &key, false)
+        .await
+        .unwrap();
+    let gateway = create_service_account_on(
+        &app.channel,
+        &app.admin_token,
+        "gateway",
+        &[Permission::ActAsUser, Permission::ReleaseCredentials],
+        &[],
+    )
+    .await;
+    let name = "users/alice/instances/paid";
+    let share_request = |role: pb::Role| pb::ShareInstanceRequest {
+        name: name.into(),
+        grantee: "users/dave".into(),
+        role: role as i32,
+    };
+    let sharing = || pb::sharing_service_client::SharingServiceClient::new(app.channel.clone());
+
+    // Acting for alice, the account may not make dave a co-owner (nor raise him to one)...
+    let refused = assert_code(
+        sharing()
+            .share_instance(acting(share_request(pb::Role::Owner), &gateway, "alice"))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&refused), "ACT_AS_DENIED");
+    sharing()
+        .share_instance(acting(share_request(pb::Role::Writer), &gateway, "alice"))
+        .await
+        .expect("other roles may be granted while acting");
+    let refused = assert_code(
+        sharing()
+            .share_instance(acting(share_request(pb::Role::Owner), &gateway, "alice"))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&refused), "ACT_AS_DENIED");
+
+    // ...and a co-owner alice made in person may turn the opt-in off, never on.
+    sharing()
+        .share_instance(authed(share_request(pb::Role::Owner), &alice))
+        .await
+        .unwrap();
+    let opt_in = |allow: bool, token: &str| {
+        let mut instances = app.instances();
+        let request = authed(
+            pb::UpdateInstanceRequest {
+                instance: Some(pb::Instance {
+                    name: name.into(),
+                    allow_credential_release: allow,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["allow_credential_release"]),
+            },
+            token,
+        );
+        async move { instances.update_instance(request).await }
+    };
+    let refused = assert_code(opt_in(true, &dave).await, Code::PermissionDenied);
+    assert_eq!(reason(&refused), "INSUFFICIENT_ROLE");
+    assert!(refused.message().contains("only the owner"), "{refused:?}");
+    let released = credentials(&app.channel)
+        .resolve_credential(acting(resolve(name), &gateway, "alice"))
+        .await;
+    let refused = assert_code(released, Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "RELEASE_NOT_ALLOWED");
+    assert!(!refused.message().contains(&key));
+
+    // The owner opts in; the co-owner may take it back.
+    opt_in(true, &alice).await.unwrap();
+    let allowed = opt_in(false, &dave).await.unwrap().into_inner();
+    assert!(!allowed.allow_credential_release);
+    let refused = assert_code(
+        credentials(&app.channel)
+            .resolve_credential(acting(resolve(name), &gateway, "alice"))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&refused), "RELEASE_NOT_ALLOWED");
+}

@@ -234,29 +234,50 @@ where
     deserializer.deserialize_seq(Items(PhantomData))
 }
 
-/// The provider's own message in an error reply (`error.message` for OpenAI and Gemini,
-/// `message` for Cohere), else the body as text.
-pub fn error_text(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Nested {
-        message: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        error: Option<Nested>,
-        message: Option<String>,
-    }
-    match serde_json::from_slice::<Envelope>(body) {
-        Ok(Envelope {
-            error: Some(Nested {
-                message: Some(message),
-            }),
-            ..
+/// The provider's own message in an error reply, from its documented structured fields only
+/// (`error.message` for OpenAI and Gemini, `message` for Cohere): a body that is not such JSON
+/// reaches nobody.
+pub fn error_text(body: &[u8]) -> Option<String> {
+    let envelope: ErrorEnvelope = serde_json::from_slice(body).ok()?;
+    envelope
+        .error
+        .and_then(|error| error.message)
+        .or(envelope.message)
+}
+
+/// The provider's machine-readable error code, where its documented error shape has one
+/// (OpenAI `error.code` or `error.type`, Gemini `error.status`), if it reads as an identifier.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    let envelope: ErrorEnvelope = serde_json::from_slice(body).ok()?;
+    let error = envelope.error?;
+    [error.code, error.status, error.kind]
+        .into_iter()
+        .flatten()
+        .find_map(|value| match value {
+            serde_json::Value::String(code)
+                if !code.is_empty()
+                    && code.len() <= 64
+                    && code
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') =>
+            {
+                Some(code)
+            }
+            _ => None,
         })
-        | Ok(Envelope {
-            message: Some(message),
-            ..
-        }) => message,
-        _ => String::from_utf8_lossy(body).into_owned(),
-    }
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorEnvelope {
+    error: Option<ErrorFields>,
+    message: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorFields {
+    message: Option<String>,
+    code: Option<serde_json::Value>,
+    status: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
 }

@@ -48,11 +48,12 @@ pub fn reply(body: &[u8]) -> Result<BatchReply, ReplyError> {
     let count = reply.data.len();
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; count];
     for item in reply.data {
-        let slot = vectors
-            .get_mut(item.index)
-            .ok_or_else(|| {
-                ReplyError::Shape(format!("index {} is outside the {count} vectors", item.index))
-            })?;
+        let slot = vectors.get_mut(item.index).ok_or_else(|| {
+            ReplyError::Shape(format!(
+                "index {} is outside the {count} vectors",
+                item.index
+            ))
+        })?;
         if slot.replace(item.embedding).is_some() {
             return Err(ReplyError::Shape(format!(
                 "index {} appears twice",
