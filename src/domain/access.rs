@@ -453,7 +453,10 @@ mod tests {
         assert!(check_release_allowed(&instance(Role::Reader, true)).is_ok());
         assert!(check_release_allowed(&instance(Role::Owner, false)).is_err());
         assert!(check_release_opt_in_change(&owner, &instance(Role::Owner, false), true).unwrap());
-        assert!(check_release_opt_in_change(&owner, &instance(Role::Writer, false), true).is_err());
+        assert!(
+            check_release_opt_in_change(&user("bob"), &instance(Role::Writer, false), true)
+                .is_err()
+        );
         // A co-owner (role OWNER by a share) may turn it off, never on.
         let co_owner = user("dave");
         assert!(

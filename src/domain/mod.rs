@@ -6,6 +6,7 @@ pub mod access;
 pub mod api_standard;
 pub mod audit;
 pub mod caller;
+pub mod certificate_binding;
 pub mod definition;
 pub mod embedding;
 pub mod error;

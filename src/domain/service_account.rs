@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     DomainError,
+    certificate_binding::CertificateBinding,
     error::{PermissionReason, Violations},
     names::{Handle, UserKey, UserName},
     validate,
@@ -65,17 +66,6 @@ impl fmt::Display for ServiceAccountName {
     }
 }
 
-/// A distinguished name as compared for certificate binding: the attributes in the order
-/// given, each trimmed, joined by `,` (so `CN=a, O=b` and `CN=a,O=b` are the same subject).
-pub fn normalize_subject(subject: &str) -> String {
-    subject
-        .split(',')
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// The settable fields of a service account, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceAccountFields {
@@ -130,20 +120,28 @@ impl ServiceAccountFields {
         }
         users.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         users.dedup();
-        let subject = violations.take(validate::line(
-            &format!("{prefix}.client_certificate_subject"),
-            client_certificate_subject.trim(),
-            MAX_SUBJECT_LEN,
-            false,
-        ));
+        let subject_field = format!("{prefix}.client_certificate_subject");
+        let subject = violations
+            .take(validate::line(
+                &subject_field,
+                client_certificate_subject.trim(),
+                MAX_SUBJECT_LEN,
+                false,
+            ))
+            .filter(|text| !text.is_empty())
+            .and_then(|text| {
+                violations.take(
+                    CertificateBinding::parse(&text)
+                        .map(|binding| binding.to_string())
+                        .map_err(|why| DomainError::invalid(&subject_field, why)),
+                )
+            });
         violations.finish()?;
         Ok(Self {
             display_name: display_name.unwrap_or_default(),
             permissions,
             act_for_users: users,
-            client_certificate_subject: subject
-                .map(|s| normalize_subject(&s))
-                .filter(|s| !s.is_empty()),
+            client_certificate_subject: subject,
         })
     }
 }
@@ -268,10 +266,6 @@ mod tests {
         assert_eq!(
             fields.client_certificate_subject.as_deref(),
             Some("CN=gateway")
-        );
-        assert_eq!(
-            normalize_subject("CN=gateway, O=Platform"),
-            "CN=gateway,O=Platform"
         );
         let error = ServiceAccountFields::parse(
             "sa",

@@ -32,6 +32,7 @@ use crate::{
     domain::{
         DomainError,
         caller::{Caller, Credential, UnresolvedToken, UserPrincipal},
+        certificate_binding::CertificateBinding,
         error::PermissionReason,
         names::{UserKey, UserName},
         service_account::ServiceAccountPrincipal,
@@ -191,8 +192,10 @@ fn act_as(headers: &HeaderMap) -> Option<Result<UserKey, DomainError>> {
     )
 }
 
-/// A token bound to a client certificate subject is accepted only on a mutual-TLS connection
-/// whose certificate has that subject; elsewhere it is as good as unknown.
+/// A token bound to a client certificate is accepted only on a mutual-TLS connection whose
+/// certificate is the bound one (by parsed subject, fingerprint or SAN URI, see
+/// [`CertificateBinding`]); elsewhere it is as good as unknown. A stored binding that no longer
+/// parses accepts nothing.
 fn check_certificate(
     account: &ServiceAccountPrincipal,
     presented: Option<&ClientCertificate>,
@@ -200,8 +203,9 @@ fn check_certificate(
     let Some(bound) = &account.client_certificate_subject else {
         return Ok(());
     };
+    let binding = CertificateBinding::parse(bound).map_err(|_| DomainError::Unauthenticated)?;
     match presented {
-        Some(certificate) if &*certificate.subject == bound.as_str() => Ok(()),
+        Some(certificate) if binding.matches(certificate) => Ok(()),
         _ => Err(DomainError::Unauthenticated),
     }
 }

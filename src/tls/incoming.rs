@@ -22,7 +22,9 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::domain::service_account::normalize_subject;
+use sha2::Digest as _;
+
+use crate::domain::certificate_binding::PresentedCertificate;
 
 /// How long a handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,12 +47,8 @@ pub struct TlsConnectInfo {
     pub client_certificate: Option<ClientCertificate>,
 }
 
-/// The verified client certificate of a mutual-TLS connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientCertificate {
-    /// Its subject, normalized by [`normalize_subject`].
-    pub subject: Arc<str>,
-}
+/// The verified client certificate of a mutual-TLS connection, as bindings compare it.
+pub type ClientCertificate = Arc<PresentedCertificate>;
 
 impl Connected for TlsConnection {
     type ConnectInfo = TlsConnectInfo;
@@ -161,12 +159,47 @@ async fn accept_loop(
     }
 }
 
-/// The subject of the end-entity certificate the client presented (rustls has verified it
-/// against the client CA by now), if it presented one.
+/// The end-entity certificate the client presented (rustls has verified it against the client
+/// CA by now), if it presented one: its parsed subject, fingerprint and URI names.
 fn client_certificate(stream: &TlsStream<TcpStream>) -> Option<ClientCertificate> {
     let leaf = stream.get_ref().1.peer_certificates()?.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    Some(ClientCertificate {
-        subject: normalize_subject(&parsed.subject().to_string()).into(),
-    })
+    let subject = parsed
+        .subject()
+        .iter_attributes()
+        .map(|attribute| {
+            let value = attribute.as_str().map_or_else(
+                |_| {
+                    let raw = attribute.attr_value().data;
+                    format!(
+                        "#{}",
+                        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    )
+                },
+                str::to_owned,
+            );
+            (attribute.attr_type().to_id_string(), value)
+        })
+        .collect();
+    let uris = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|names| {
+            names
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Arc::new(PresentedCertificate {
+        subject,
+        sha256: sha2::Sha256::digest(leaf.as_ref()).into(),
+        uris,
+    }))
 }

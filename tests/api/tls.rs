@@ -98,6 +98,20 @@ impl Pki {
         self.sign(params)
     }
 
+    /// A client certificate with the subject `attributes` (in this order) and URI names.
+    fn client_with(&self, attributes: &[(rcgen::DnType, &str)], uris: &[&str]) -> Issued {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        for (kind, value) in attributes {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| rcgen::SanType::URI((*uri).try_into().unwrap()))
+            .collect();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
     fn sign(&self, params: rcgen::CertificateParams) -> Issued {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -757,4 +771,132 @@ async fn a_service_account_bound_to_a_client_certificate_is_accepted_only_on_its
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn certificate_bindings_compare_parsed_subjects_fingerprints_and_san_uris() {
+    use pb::{
+        ServiceAccountPermission as Permission,
+        service_account_service_client::ServiceAccountServiceClient,
+    };
+    use sha2::Digest as _;
+    let server_pki = Pki::new("llm-registry test server CA");
+    let clients_pki = Pki::new("llm-registry test clients CA");
+    let files = Files::new();
+    files.write(&server_pki.server("server", false));
+    std::fs::write(files.client_ca(), &clients_pki.ca_pem).unwrap();
+    let server = TlsServer::start(files.settings(true)).await.unwrap();
+    let connect = |issued: &Issued| {
+        let config = client_config(&server_pki.ca_pem, Some(issued));
+        async move { serving(server.addr, &config).await }
+    };
+    let spiffe = "spiffe://example.org/ns/llm/sa/gateway";
+    let genuine = clients_pki.client_with(
+        &[
+            (rcgen::DnType::CommonName, "llm-gateway"),
+            (rcgen::DnType::OrganizationName, "Platform"),
+        ],
+        &[spiffe],
+    );
+    // From the same CA: one CN whose value is the bound subject's text.
+    let crafted = clients_pki.client_with(
+        &[(rcgen::DnType::CommonName, "llm-gateway,O=Platform")],
+        &[],
+    );
+    let other_mesh_id = clients_pki.client_with(
+        &[(rcgen::DnType::CommonName, "svc-other")],
+        &["spiffe://example.org/ns/llm/sa/other"],
+    );
+    let genuine_channel = connect(&genuine).await;
+    let crafted_channel = connect(&crafted).await;
+    let other_channel = connect(&other_mesh_id).await;
+    let admin = &server.admin_token;
+    let token = create_service_account_on(
+        &genuine_channel,
+        admin,
+        "gateway",
+        &[Permission::ActAsUser, Permission::ReleaseCredentials],
+        &[],
+    )
+    .await;
+    let bind = |binding: String| {
+        let channel = genuine_channel.clone();
+        let admin = admin.clone();
+        async move {
+            ServiceAccountServiceClient::new(channel)
+                .update_service_account(authed(
+                    pb::UpdateServiceAccountRequest {
+                        service_account: Some(pb::ServiceAccount {
+                            name: "serviceAccounts/gateway".into(),
+                            client_certificate_subject: binding,
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["client_certificate_subject".into()],
+                        }),
+                    },
+                    &admin,
+                ))
+                .await
+                .map(|answer| answer.into_inner().client_certificate_subject)
+        }
+    };
+    let get_self = |channel: &Channel| {
+        let channel = channel.clone();
+        let token = token.clone();
+        async move {
+            ServiceAccountServiceClient::new(channel)
+                .get_service_account(authed(
+                    pb::GetServiceAccountRequest {
+                        name: "serviceAccounts/gateway".into(),
+                    },
+                    &token,
+                ))
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        }
+    };
+
+    // By subject: the crafted single CN is not the two attributes.
+    assert_eq!(
+        bind("CN=llm-gateway, O=Platform".into()).await.unwrap(),
+        "CN=llm-gateway,O=Platform"
+    );
+    assert_eq!(get_self(&genuine_channel).await, Ok(()));
+    assert_eq!(
+        get_self(&crafted_channel).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    // By fingerprint (written with colons, in upper case).
+    let fingerprint: Vec<String> = sha2::Sha256::digest(&genuine.der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    let stored = bind(format!("sha256:{}", fingerprint.join(":")))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        format!("sha256:{}", fingerprint.join("").to_lowercase())
+    );
+    assert_eq!(get_self(&genuine_channel).await, Ok(()));
+    assert_eq!(
+        get_self(&crafted_channel).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    // By SAN URI (a SPIFFE ID).
+    bind(format!("uri:{spiffe}")).await.unwrap();
+    assert_eq!(get_self(&genuine_channel).await, Ok(()));
+    assert_eq!(
+        get_self(&other_channel).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    // A binding that is none of these is refused, naming the field.
+    let refused = bind("sha256:1234".into()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("client_certificate_subject"),
+        "{refused:?}"
+    );
 }
