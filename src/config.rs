@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
@@ -23,6 +23,7 @@ use crate::{
     providers::{ProviderSettings, egress::EgressPolicy},
     telemetry::LogFormat,
     tls::TlsSettings,
+    tls::incoming::ConnectionLimits,
     vault::{KeyRing, MasterKey},
 };
 
@@ -158,6 +159,24 @@ pub struct ServeArgs {
     /// not answer within 20 seconds is disconnected.
     #[arg(long, env = "HTTP2_KEEPALIVE_SECS", default_value_t = 60)]
     pub http2_keepalive_secs: u64,
+    /// Connections the listener keeps open at once; beyond, new ones are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
+    pub max_connections: usize,
+    /// Connections one peer address may keep open at once (a proxy in front counts as one).
+    /// Below MAX_OPENING_CONNECTIONS, so that one peer's connections that never open cannot
+    /// take every opening place.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_PEER", default_value_t = 64)]
+    pub max_connections_per_peer: usize,
+    /// Connections still in their TLS handshake or HTTP/2 preface at once.
+    #[arg(long, env = "MAX_OPENING_CONNECTIONS", default_value_t = 256)]
+    pub max_opening_connections: usize,
+    /// Time a new connection has to finish its TLS handshake and send the HTTP/2 preface, in
+    /// milliseconds.
+    #[arg(long, env = "CONNECTION_OPENING_TIMEOUT_MS", default_value_t = 5000)]
+    pub connection_opening_timeout_ms: u64,
+    /// A connection without a stream for this long is closed, in seconds.
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub connection_idle_timeout_secs: u64,
     /// Refused calls of one caller that the audit trail records one by one per minute; further
     /// ones are counted in one summary row.
     #[arg(long, env = "REFUSALS_PER_MINUTE", default_value_t = 20)]
@@ -377,6 +396,8 @@ pub struct EdgeLimits {
     /// Refusals of one caller recorded one by one per window; the rest are counted in one row.
     pub refusals_per_window: u32,
     pub refusal_window: Duration,
+    /// Connections of the listener (caps, opening deadline, idle timeout).
+    pub connections: ConnectionLimits,
 }
 
 impl Default for EdgeLimits {
@@ -391,6 +412,13 @@ impl Default for EdgeLimits {
             http2_keepalive: Duration::from_secs(60),
             refusals_per_window: 20,
             refusal_window: Duration::from_secs(60),
+            connections: ConnectionLimits {
+                max_connections: 1000,
+                max_per_peer: 64,
+                max_opening: 256,
+                opening_timeout: Duration::from_millis(5000),
+                idle_timeout: Duration::from_secs(300),
+            },
         }
     }
 }
@@ -457,6 +485,13 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
             (token, development_ring(&serve.keys, stored.encryption_key)?)
         }
     };
+    ensure!(
+        serve.max_connections_per_peer < serve.max_opening_connections,
+        "MAX_CONNECTIONS_PER_PEER ({}) must be below MAX_OPENING_CONNECTIONS ({}): one peer's \
+         connections that never open could otherwise take every opening place",
+        serve.max_connections_per_peer,
+        serve.max_opening_connections
+    );
     Ok(ServeSettings {
         mode: global.mode,
         listen_addr: serve.listen_addr,
@@ -476,6 +511,13 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
             http2_keepalive: Duration::from_secs(serve.http2_keepalive_secs.max(1)),
             refusals_per_window: serve.refusals_per_minute,
             refusal_window: Duration::from_secs(60),
+            connections: ConnectionLimits {
+                max_connections: serve.max_connections.max(1),
+                max_per_peer: serve.max_connections_per_peer.max(1),
+                max_opening: serve.max_opening_connections.max(1),
+                opening_timeout: Duration::from_millis(serve.connection_opening_timeout_ms.max(1)),
+                idle_timeout: Duration::from_secs(serve.connection_idle_timeout_secs.max(1)),
+            },
         },
         db_max_connections: serve.db_max_connections.max(1),
         db_statement_timeout: Duration::from_millis(serve.db_statement_timeout_ms.max(100)),

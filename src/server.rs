@@ -6,7 +6,6 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +15,6 @@ use std::{
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 
@@ -238,21 +236,14 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(layers)
         .add_routes(served.routes.routes());
-    let mut accepting = None;
-    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match &tls {
-            Some(tls) => {
-                let (accept_loop, connections) = incoming::accept(listener, tls.acceptor.clone());
-                accepting = Some(accept_loop);
-                Box::pin(router.serve_with_incoming_shutdown(connections, on_shutdown))
-            }
-            // TCP_NODELAY: without it, a multi-segment answer (a page of 50 instances) waits
-            // ~40 ms on the client's delayed ACK (measured with bench/run.sh).
-            None => Box::pin(router.serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                on_shutdown,
-            )),
-        };
+    // One accept loop for plaintext and TLS: connection caps, opening deadline, idle timeout.
+    incoming::raise_descriptor_limit(&edge.connections);
+    let (accepting, connections) = incoming::accept(
+        listener,
+        tls.as_ref().map(|tls| tls.acceptor.clone()),
+        edge.connections,
+    );
+    let server = router.serve_with_incoming_shutdown(connections, on_shutdown);
     // Draining waits for in-flight calls, but a long-lived stream (a health Watch) would hold
     // it open forever: after the grace period the remaining calls are cut.
     let grace = settings.shutdown_grace;
@@ -271,9 +262,7 @@ pub async fn serve(
     if let Some(endpoint) = metrics_endpoint {
         endpoint.abort();
     }
-    if let Some(accept_loop) = accepting {
-        accept_loop.abort();
-    }
+    accepting.abort();
     drop(tls);
     store.close().await;
     result.context("serving gRPC")?;

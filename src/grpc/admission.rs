@@ -34,7 +34,7 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tonic::{body::Body, transport::server::TcpConnectInfo};
 
-use crate::tls::TlsConnectInfo;
+use crate::tls::ConnectionInfo;
 
 use super::{
     layer::{Middleware, Next},
@@ -197,7 +197,7 @@ impl Middleware for Admission {
         let extensions = request.extensions();
         let connection = extensions
             .get::<TcpConnectInfo>()
-            .or_else(|| extensions.get::<TlsConnectInfo>().map(|info| &info.tcp))
+            .or_else(|| extensions.get::<ConnectionInfo>().map(|info| &info.tcp))
             .and_then(TcpConnectInfo::remote_addr)
             .map(|addr| addr.to_string())
             .unwrap_or_default();

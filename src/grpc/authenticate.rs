@@ -39,7 +39,7 @@ use crate::{
         token,
     },
     store::Store,
-    tls::{ClientCertificate, TlsConnectInfo},
+    tls::{ClientCertificate, ConnectionInfo},
 };
 
 /// The request metadata in which a service account names the user it acts for.
@@ -234,7 +234,7 @@ impl Middleware for Authenticator {
             // unknown token costs this one lookup, usually answered by the read cache.
             let certificate = request
                 .extensions()
-                .get::<TlsConnectInfo>()
+                .get::<ConnectionInfo>()
                 .and_then(|info| info.client_certificate.clone());
             // How a refused act-as names the method in the trail (no allocation per call).
             let method = facts

@@ -79,9 +79,15 @@ impl Middleware for RpcTrace {
         request.extensions_mut().insert(trace);
         let method = self.method_label(request.uri().path());
         let started = Instant::now();
+        // The connection counts this stream open until the answer (it closes when idle).
+        let stream = request
+            .extensions()
+            .get::<crate::tls::ConnectionInfo>()
+            .map(|info| info.activity.stream());
         Box::pin(
             async move {
                 let response = next.run(request).await;
+                drop(stream);
                 let span = Span::current();
                 if let Some(code) = status_of(response.headers()) {
                     finish(&span, method, code, started);

@@ -10,7 +10,7 @@ pub mod certificate;
 pub mod incoming;
 pub mod reload;
 
-pub use incoming::{ClientCertificate, TlsConnectInfo};
+pub use incoming::{ClientCertificate, ConnectionInfo};
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -167,8 +167,17 @@ async fn test_instance_records_its_outcome_for_every_reader_without_changing_the
         serde_json::json!(["llm-registry connectivity test"])
     );
 
+    // A reader sees the outcome; the message (provider text) is for roles that may test.
     let seen = get_instance(&f.app, &bob, &f.instance).await.unwrap();
-    assert_eq!(seen.last_test, Some(result));
+    assert_eq!(
+        seen.last_test,
+        Some(pb::InstanceTestResult {
+            message: String::new(),
+            ..result.clone()
+        })
+    );
+    let seen_by_writer = get_instance(&f.app, &carol, &f.instance).await.unwrap();
+    assert_eq!(seen_by_writer.last_test, Some(result));
     assert_eq!(seen.etag, before.etag, "a test is not an edit");
 
     // A failing provider is an answer, recorded as such, with the provider's reason.
@@ -191,6 +200,16 @@ async fn test_instance_records_its_outcome_for_every_reader_without_changing_the
     assert_eq!(failed.observed_dimensions, 0);
     assert_eq!(
         get_instance(&f.app, &bob, &f.instance)
+            .await
+            .unwrap()
+            .last_test,
+        Some(pb::InstanceTestResult {
+            message: String::new(),
+            ..failed.clone()
+        })
+    );
+    assert_eq!(
+        get_instance(&f.app, &carol, &f.instance)
             .await
             .unwrap()
             .last_test,

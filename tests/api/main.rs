@@ -15,6 +15,7 @@ mod auth;
 mod authorization;
 mod canary;
 mod compression;
+mod connections;
 mod create_batches;
 mod definitions;
 mod dev_mode;

@@ -42,20 +42,20 @@ use crate::{
 };
 
 /// A certificate authority made at run time, and certificates it signs.
-struct Pki {
-    ca_pem: String,
+pub(crate) struct Pki {
+    pub(crate) ca_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 /// A certificate (PEM and DER) and its private key (PEM).
-struct Issued {
-    cert_pem: String,
+pub(crate) struct Issued {
+    pub(crate) cert_pem: String,
     der: Vec<u8>,
-    key_pem: String,
+    pub(crate) key_pem: String,
 }
 
 impl Pki {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -74,7 +74,7 @@ impl Pki {
     }
 
     /// A server certificate for `localhost` named `name`; `expired` puts its validity in 2020.
-    fn server(&self, name: &str, expired: bool) -> Issued {
+    pub(crate) fn server(&self, name: &str, expired: bool) -> Issued {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
                 .unwrap();
@@ -225,7 +225,7 @@ fn roots(ca_pem: &str) -> RootCertStore {
     roots
 }
 
-fn client_config(ca_pem: &str, identity: Option<&Issued>) -> ClientConfig {
+pub(crate) fn client_config(ca_pem: &str, identity: Option<&Issued>) -> ClientConfig {
     let builder = ClientConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))
@@ -275,7 +275,7 @@ async fn channel(
 }
 
 /// The server's health status over `channel`; `None` when the call fails.
-async fn health(channel: Channel) -> Option<i32> {
+pub(crate) async fn health(channel: Channel) -> Option<i32> {
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -286,7 +286,7 @@ async fn health(channel: Channel) -> Option<i32> {
 }
 
 /// Waits until the server answers SERVING over TLS with `config`.
-async fn serving(addr: SocketAddr, config: &ClientConfig) -> Channel {
+pub(crate) async fn serving(addr: SocketAddr, config: &ClientConfig) -> Channel {
     for _ in 0..200 {
         if let Ok(channel) = channel(addr, config.clone()).await
             && health(channel.clone()).await == Some(1)
