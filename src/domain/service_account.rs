@@ -180,6 +180,18 @@ impl ServiceAccountPrincipal {
     /// Whether this account may act for `user`, who `exists` or not. Every refusal about the
     /// user reads the same whether or not the user exists, so the act-as metadata cannot be
     /// used to learn which users there are.
+    /// Whether acting for `user` depends on the user existing: the account has ACT_AS_USER and
+    /// its list (if any) names them. Otherwise the refusal is the same for any such name.
+    pub fn may_consider(&self, user: &UserKey) -> bool {
+        self.has(Permission::ActAsUser)
+            && !user.is_system()
+            && (self.act_for_users.is_empty()
+                || self
+                    .act_for_users
+                    .iter()
+                    .any(|handle| handle.as_str() == user.as_str()))
+    }
+
     pub fn may_act_for(&self, user: &UserKey, exists: bool) -> Result<(), DomainError> {
         if !self.has(Permission::ActAsUser) {
             return Err(DomainError::PermissionDenied {
