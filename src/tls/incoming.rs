@@ -337,7 +337,13 @@ async fn accept_loop(
 ) {
     let limits = places.limits;
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // The server stopped taking connections (shutdown began): close the listener, so
+            // that new connections are refused rather than accepted and never served.
+            () = ready.closed() => return,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: pause rather than spin, then go on.
@@ -346,9 +352,6 @@ async fn accept_loop(
                 continue;
             }
         };
-        if ready.is_closed() {
-            return;
-        }
         // Over a cap: closed at once (dropping the socket), before any byte is read.
         let Some(place) = places.take(peer.ip()) else {
             tracing::debug!(%peer, "connection refused: over the connection caps");
