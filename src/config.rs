@@ -592,6 +592,13 @@ pub fn provider_settings(mode: Mode, args: &ProviderArgs) -> anyhow::Result<Prov
         args.provider_max_reply_bytes,
         args.provider_reply_budget_bytes
     );
+    anyhow::ensure!(
+        args.provider_calls_per_caller <= args.provider_max_concurrent_calls,
+        "PROVIDER_CALLS_PER_CALLER ({}) is more than PROVIDER_MAX_CONCURRENT_CALLS ({}): a caller's \
+         share is of the calls that can run; lower it or raise the pool",
+        args.provider_calls_per_caller,
+        args.provider_max_concurrent_calls
+    );
     Ok(ProviderSettings {
         egress,
         extra_ca_pem,

@@ -5,7 +5,9 @@
 //! that probes still answer under overload.
 //!
 //! Fairness: one connection, and one caller, may hold at most a set share of the running and
-//! queued slots together; beyond it their calls are shed while others still get in. And since
+//! queued slots together; beyond it their calls are shed while others still get in. Of the
+//! running slots they hold at most the same share of what can actually run: their calls beyond
+//! it wait in the queue while other callers' calls run. And since
 //! authentication and the request body come before this layer (see [`super`]), nothing here is
 //! ever held by a caller who is not known or whose body has not arrived.
 //!
@@ -31,7 +33,7 @@ use std::{
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{body::Body, transport::server::TcpConnectInfo};
 
 use crate::tls::ConnectionInfo;
@@ -76,20 +78,31 @@ struct ProviderPool {
 /// How long a caller refused a provider call place is told to wait.
 const PROVIDER_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// How many slots (running or queued) each key holds, against a cap per key.
+/// How many slots (running or queued) each key holds, against a cap per key, and the key's
+/// share of the running slots: a key over its running share waits in the queue while other
+/// keys' calls still run.
 struct Shares {
     cap: usize,
-    held: Mutex<HashMap<String, usize>>,
+    run_cap: usize,
+    held: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
 }
 
 impl Shares {
-    fn new(total: usize, percent: u8) -> Arc<Self> {
-        Self::capped((total * usize::from(percent) / 100).max(1))
+    /// `percent` of the running and queued slots in all, and of the running slots at once.
+    fn new(running: usize, queued: usize, percent: u8) -> Arc<Self> {
+        let share = |slots: usize| (slots * usize::from(percent) / 100).max(1);
+        Arc::new(Self {
+            cap: share(running + queued),
+            run_cap: share(running),
+            held: Mutex::new(HashMap::new()),
+        })
     }
 
+    /// A cap on the slots alone (the provider call pool's per-caller places).
     fn capped(cap: usize) -> Arc<Self> {
         Arc::new(Self {
             cap,
+            run_cap: cap,
             held: Mutex::new(HashMap::new()),
         })
     }
@@ -100,12 +113,15 @@ impl Shares {
             .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = held.entry(key.clone()).or_insert(0);
+        let (count, runs) = held
+            .entry(key.clone())
+            .or_insert_with(|| (0, Arc::new(Semaphore::new(self.run_cap))));
         if *count >= self.cap {
             return None;
         }
         *count += 1;
         Some(Held {
+            runs: runs.clone(),
             shares: self.clone(),
             key,
         })
@@ -116,6 +132,8 @@ impl Shares {
 struct Held {
     shares: Arc<Shares>,
     key: String,
+    /// The key's share of the running slots.
+    runs: Arc<Semaphore>,
 }
 
 impl Drop for Held {
@@ -125,7 +143,7 @@ impl Drop for Held {
             .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.key) {
+        if let Some((count, _)) = held.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
                 held.remove(&self.key);
@@ -133,6 +151,14 @@ impl Drop for Held {
         }
     }
 }
+
+/// The places a running call holds: its connection's and its caller's share of the running
+/// slots, and a slot.
+type RunPermits = (
+    OwnedSemaphorePermit,
+    OwnedSemaphorePermit,
+    OwnedSemaphorePermit,
+);
 
 /// The shares of one connection and one caller (in percent of the running and queued slots).
 #[derive(Debug, Clone, Copy)]
@@ -157,10 +183,10 @@ impl Admission {
         provider_calls: ProviderCallLimits,
         database_up: Arc<AtomicBool>,
     ) -> Self {
-        let total = max_running.max(1) + max_queued;
+        let running = max_running.max(1);
         Self {
-            per_connection: Shares::new(total, fair.per_connection_percent),
-            per_caller: Shares::new(total, fair.per_caller_percent),
+            per_connection: Shares::new(running, max_queued, fair.per_connection_percent),
+            per_caller: Shares::new(running, max_queued, fair.per_caller_percent),
             providers: ProviderPool {
                 places: Arc::new(Semaphore::new(provider_calls.max_concurrent.max(1))),
                 size: provider_calls.max_concurrent.max(1),
@@ -214,9 +240,9 @@ impl Middleware for Admission {
             return Box::pin(async { to_status(DomainError::Overloaded).into_http() });
         };
         Box::pin(async move {
-            let permit = match self.running.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
+            let permits = match self.run_now(&connection_share, &caller_share) {
+                Some(permits) => permits,
+                None => {
                     // Count ourselves in the queue; leave at once if it is full.
                     if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
                         self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -224,22 +250,44 @@ impl Middleware for Admission {
                         return to_status(DomainError::Overloaded).into_http();
                     }
                     let queued = GaugeHeld::hold(&metrics().admission_queued);
-                    let acquired = self.running.clone().acquire_owned().await;
+                    let acquired = self.run_when_free(&connection_share, &caller_share).await;
                     drop(queued);
                     self.waiting.fetch_sub(1, Ordering::SeqCst);
                     match acquired {
-                        Ok(permit) => permit,
-                        Err(_) => return to_status(DomainError::Overloaded).into_http(),
+                        Some(permits) => permits,
+                        None => return to_status(DomainError::Overloaded).into_http(),
                     }
                 }
             };
             let running = GaugeHeld::hold(&metrics().admission_running);
             let response = next.run(request).await;
             drop(running);
-            drop(permit);
+            drop(permits);
             drop((connection_share, caller_share));
             response
         })
+    }
+}
+
+impl Admission {
+    /// The places to run at once, if the connection and the caller are within their shares of
+    /// the running slots and a slot is free.
+    fn run_now(&self, connection: &Held, caller: &Held) -> Option<RunPermits> {
+        Some((
+            connection.runs.clone().try_acquire_owned().ok()?,
+            caller.runs.clone().try_acquire_owned().ok()?,
+            self.running.clone().try_acquire_owned().ok()?,
+        ))
+    }
+
+    /// The places to run, waiting for each in one order: the caller's share first (a call waiting
+    /// for it holds nothing anyone else needs), then the connection's, then a slot; a call holds
+    /// a connection's place only on its way to a slot, so no two calls wait for each other.
+    async fn run_when_free(&self, connection: &Held, caller: &Held) -> Option<RunPermits> {
+        let caller = caller.runs.clone().acquire_owned().await.ok()?;
+        let connection = connection.runs.clone().acquire_owned().await.ok()?;
+        let slot = self.running.clone().acquire_owned().await.ok()?;
+        Some((connection, caller, slot))
     }
 }
 

@@ -358,3 +358,72 @@ async fn a_flood_of_refusals_is_recorded_up_to_a_limit_then_counted() {
         "{summary:?}"
     );
 }
+
+#[tokio::test]
+async fn one_caller_runs_at_most_its_share_of_what_can_run() {
+    // 4 slots run, 8 wait; one caller may hold half of the 12, but only half of the 4 running.
+    let app = TestApp::spawn_with(|s| {
+        s.max_concurrent_requests = 4;
+        s.max_queued_requests = 8;
+        s.edge.max_share_per_caller_percent = 50;
+        s.edge.max_share_per_connection_percent = 100;
+    })
+    .await;
+    let alice = app.create_user("alice").await;
+    let bob = app.create_user("bob").await;
+    let created = create_definition(&app, &alice, "alice", "busy")
+        .await
+        .unwrap();
+    create_definition(&app, &bob, "bob", "own").await.unwrap();
+    // Hold the row, so that alice's admitted updates stay in flight.
+    let mut db = app.db().await;
+    let mut tx = sqlx::Connection::begin(&mut db).await.unwrap();
+    sqlx::query("SELECT 1 FROM definitions WHERE handle = 'busy' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let alices: Vec<_> = (0..6)
+        .map(|i| {
+            let mut client = app.definitions();
+            let request = authed(
+                pb::UpdateDefinitionRequest {
+                    definition: Some(pb::Definition {
+                        name: created.name.clone(),
+                        model: format!("m{i}"),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["model".into()],
+                    }),
+                },
+                &alice,
+            );
+            tokio::spawn(async move { client.update_definition(request).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Alice's 6 are admitted, but only 2 run (stuck on the row); bob runs at once beside them,
+    // instead of queueing behind 4 of hers.
+    let started = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        app.definitions().get_definition(authed(
+            pb::GetDefinitionRequest {
+                name: "users/bob/definitions/own".into(),
+            },
+            &bob,
+        )),
+    )
+    .await;
+    let waited = started.elapsed();
+    tx.rollback().await.unwrap();
+    answer
+        .expect("bob is not queued behind alice's running calls")
+        .unwrap();
+    assert!(waited < Duration::from_secs(1), "bob waited {waited:?}");
+    for call in alices {
+        call.await
+            .unwrap()
+            .expect("alice's calls all land once the row is free");
+    }
+}
