@@ -87,14 +87,15 @@ impl Middleware for RpcTrace {
         Box::pin(
             async move {
                 let response = next.run(request).await;
-                drop(stream);
                 let span = Span::current();
                 if let Some(code) = status_of(response.headers()) {
                     finish(&span, method, code, started);
                     return response;
                 }
                 let (parts, body) = response.into_parts();
+                // The stream counts as open until its body (a Watch's, say) is done with.
                 let body = body.map_frame(move |frame| {
+                    let _open = &stream;
                     if let Some(trailers) = frame.trailers_ref() {
                         let code = status_of(trailers).unwrap_or(Code::Unknown);
                         finish(&span, method, code, started);

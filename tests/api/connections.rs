@@ -125,3 +125,34 @@ async fn a_thousand_idle_sockets_from_one_peer_do_not_stop_another_peer() {
         drop_database_blocking(database);
     }
 }
+
+#[tokio::test]
+async fn a_connection_without_streams_is_closed_after_the_idle_timeout_and_one_in_use_is_not() {
+    let app = crate::helpers::TestApp::spawn_with(|settings| {
+        settings.edge.connections.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // A bare HTTP/2 connection that opens properly, then sends nothing: the server ends it.
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (_client, idle) = h2::client::handshake(tcp).await.unwrap();
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle).await;
+    assert!(ended.is_ok(), "the idle connection was closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the idle timeout ({:?})",
+        started.elapsed()
+    );
+    // A connection whose stream lasts longer than the idle timeout is not cut: a health Watch
+    // open for 2.5 s keeps answering on it.
+    let mut watch = HealthClient::new(app.channel.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Had the connection been closed, the stream would end (or fail) at once.
+    let next = tokio::time::timeout(Duration::from_millis(300), watch.message()).await;
+    assert!(next.is_err(), "the watched stream is still open: {next:?}");
+}
