@@ -284,7 +284,7 @@ pub struct ProviderArgs {
     pub provider_max_reply_bytes: usize,
     /// Provider reply bytes all calls of this process may hold at once; a call whose reply
     /// would go past it waits up to a second, then is refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "PROVIDER_REPLY_BUDGET_BYTES", default_value_t = 48 * 1024 * 1024)]
+    #[arg(long, env = "PROVIDER_REPLY_BUDGET_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub provider_reply_budget_bytes: usize,
     /// Largest Embed answer, in bytes of vectors (inputs x dimensions x 4): a call that could
     /// answer more is refused before it is sent, a reply that holds more is refused unread.

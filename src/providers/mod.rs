@@ -87,7 +87,7 @@ impl Default for ProviderSettings {
             max_attempts: 3,
             backoff_base: Duration::from_millis(250),
             max_reply_bytes: 32 * 1024 * 1024,
-            reply_budget_bytes: 48 * 1024 * 1024,
+            reply_budget_bytes: 32 * 1024 * 1024,
             max_answer_bytes: 8 * 1024 * 1024,
             max_concurrent_calls: 64,
             calls_per_caller: 16,

@@ -172,6 +172,11 @@ async fn replies_of_empty_overlong_or_unbounded_vectors_are_refused_in_bounded_m
             assert_bad_reply(result, "more vectors than the batch's 1 inputs");
         }
         let after = rss(pid);
+        println!(
+            "{flavor:?}: 8 replies of 4 MiB of empty vectors: server RSS {:.1} -> {:.1} MiB",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0
+        );
         assert!(
             after.saturating_sub(before) < RSS_GROWTH_BOUND,
             "{flavor:?}: 8 replies of 4 MiB of empty vectors took RSS from {before} to {after}"
