@@ -362,3 +362,66 @@ fn provider_identities(caller: &Caller) -> Vec<String> {
         Caller::ServiceAccount(account) => vec![format!("serviceAccounts/{}", account.handle)],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        caller::UserPrincipal,
+        names::Handle,
+        service_account::{Permission, ServiceAccountPrincipal},
+    };
+
+    fn handle(text: &str) -> Handle {
+        Handle::parse("h", text).unwrap()
+    }
+
+    #[test]
+    fn an_acting_call_counts_against_the_user_and_the_account() {
+        let account = Arc::new(ServiceAccountPrincipal {
+            id: 1,
+            handle: handle("gateway"),
+            permissions: vec![Permission::ActAsUser],
+            act_for_users: vec![],
+            client_certificate_subject: None,
+        });
+        let alice = UserPrincipal::new(2, handle("alice"), false);
+        assert_eq!(
+            provider_identities(&Caller::User(alice.clone().acted_for_by(account.clone()))),
+            ["users/alice", "serviceAccounts/gateway"]
+        );
+        assert_eq!(provider_identities(&Caller::User(alice)), ["users/alice"]);
+        assert_eq!(
+            provider_identities(&Caller::ServiceAccount(account)),
+            ["serviceAccounts/gateway"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_runs_at_most_its_share_of_the_running_slots_and_queues_the_rest() {
+        // 4 running slots, 8 queued, 50 %: 6 slots in all, 2 of them running.
+        let shares = Shares::new(4, 8, 50);
+        let held: Vec<Held> = (0..6)
+            .map(|_| shares.take("alice".into()).unwrap())
+            .collect();
+        assert!(
+            shares.take("alice".into()).is_none(),
+            "the whole share is held"
+        );
+        let running: Vec<_> = held
+            .iter()
+            .filter_map(|h| h.runs.clone().try_acquire_owned().ok())
+            .collect();
+        assert_eq!(running.len(), 2);
+        assert!(
+            shares.take("bob".into()).is_some(),
+            "another key has its own share"
+        );
+        drop(running);
+        drop(held);
+        assert!(
+            shares.held.lock().unwrap().is_empty(),
+            "nothing kept for idle keys"
+        );
+    }
+}

@@ -444,6 +444,7 @@ async fn cancelled_embeds_end_their_provider_calls_and_give_back_what_they_held(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    println!("cancelled provider calls settled after {settled:?}");
     assert!(
         settled.is_some(),
         "within 1 s of the cancels: provider calls in flight {} (want 0), descriptors {:?} (baseline {baseline_kinds:?})",
