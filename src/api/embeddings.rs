@@ -166,6 +166,11 @@ impl Use {
         let context = &self.context;
         let instance = &self.found.instance;
         let result = async {
+            // An answer too large for PROVIDER_MAX_ANSWER_BYTES is refused before any limit or
+            // the key is spent on it.
+            context
+                .providers
+                .answer_room(instance.spec.dimensions, inputs.len())?;
             let call = instance_use::ready(context, &self.found).await?;
             let answer = instance_use::send(
                 context,

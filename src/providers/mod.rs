@@ -6,9 +6,10 @@
 //!
 //! Safety rails, each in its own file: the egress guard ([`egress`]: https only, no internal
 //! addresses, checked on the resolved address), retries and status mapping (`exchange`: no
-//! redirects, bounded retries inside the deadline, bounded replies), scrubbing of provider text
-//! ([`scrub`]), the per-instance concurrency limit ([`gate`]), and one adapter per wire format
-//! (`wire`).
+//! redirects, bounded retries inside the deadline, bounded replies), the process-wide budget of
+//! reply bytes ([`budget`]), scrubbing of provider text ([`scrub`]), the per-instance
+//! concurrency limit ([`gate`]), and one adapter per wire format (`wire`, which parses a reply
+//! only as far as the call's answer may go).
 
 pub mod budget;
 pub mod egress;
@@ -207,7 +208,7 @@ impl Providers {
                     retry_after: None,
                 }
             })?;
-            let max_dimensions = self.answer_room(destination, inputs.len())?;
+            let max_dimensions = self.answer_room(destination.dimensions, inputs.len())?;
             let (auth_header, auth_value) = auth_header(destination, key)?;
             let shape = CallShape {
                 model: &destination.model,
@@ -282,13 +283,13 @@ impl Providers {
 }
 
 impl Providers {
-    /// The longest vector a reply may hold, after checking that the answer can fit
-    /// `PROVIDER_MAX_ANSWER_BYTES` (an instance without dimensions is held to the answer size
-    /// while its reply is read).
-    fn answer_room(&self, destination: &Destination, inputs: usize) -> Result<usize, DomainError> {
+    /// The longest vector a reply may hold, after checking that `inputs` vectors of an
+    /// instance of `dimensions` fit `PROVIDER_MAX_ANSWER_BYTES` (INVALID_ARGUMENT on `inputs`
+    /// if not; an instance without dimensions is held to the answer size while its reply is
+    /// read). Handlers ask before anything is spent on the call; `embed` asks again.
+    pub fn answer_room(&self, dimensions: Option<i32>, inputs: usize) -> Result<usize, DomainError> {
         let max_floats = self.settings.max_answer_bytes / 4;
-        let Some(dimensions) = destination
-            .dimensions
+        let Some(dimensions) = dimensions
             .and_then(|d| usize::try_from(d).ok())
             .filter(|d| *d > 0)
         else {
