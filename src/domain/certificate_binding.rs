@@ -48,8 +48,8 @@ const NAMES: &[(&str, &str)] = &[
 impl CertificateBinding {
     /// Reads a binding as an operator writes it; the error says what is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if let Some(hex) = text.strip_prefix("sha256:") {
+        let trimmed = text.trim();
+        if let Some(hex) = trimmed.strip_prefix("sha256:") {
             let digits: String = hex.chars().filter(|c| *c != ':').collect();
             let mut fingerprint = [0u8; 32];
             if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -61,12 +61,13 @@ impl CertificateBinding {
             }
             return Ok(Self::Sha256(fingerprint));
         }
-        if let Some(uri) = text.strip_prefix("uri:") {
+        if let Some(uri) = trimmed.strip_prefix("uri:") {
             let parsed = url::Url::parse(uri)
                 .map_err(|e| format!("a uri: binding needs an absolute URI ({e})"))?;
             return Ok(Self::SanUri(parsed.as_str().to_owned()));
         }
-        parse_subject(text).map(Self::Subject)
+        // Not trimmed at the end: a trailing space may be escaped (`CN=a\ `).
+        parse_subject(text.trim_start()).map(Self::Subject)
     }
 
     /// Whether `certificate` is the one this binding names.
@@ -111,44 +112,13 @@ impl fmt::Display for CertificateBinding {
 }
 
 /// An RFC 4514 distinguished name: attributes separated by unescaped `,` (or `+`), each
-/// `type=value` with `\,`-style and `\XX` escapes; spaces around them are not part of a value.
+/// `type=value` with `\,`-style and `\XX` escapes (UTF-8 bytes); spaces around them are not
+/// part of a value unless escaped.
 fn parse_subject(text: &str) -> Result<Vec<Attribute>, String> {
     let mut attributes = Vec::new();
-    let mut current = String::new();
-    let mut chars = text.chars().peekable();
-    let mut parts = Vec::new();
-    let mut escaped_tail = 0usize;
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                let next = chars.next().ok_or("a subject ends with a lone backslash")?;
-                if next.is_ascii_hexdigit() {
-                    let low = chars
-                        .next()
-                        .filter(char::is_ascii_hexdigit)
-                        .ok_or("a \\XX escape needs two hex digits")?;
-                    let byte = u8::from_str_radix(&format!("{next}{low}"), 16)
-                        .map_err(|_| "a \\XX escape needs two hex digits")?;
-                    current.push(char::from(byte));
-                } else {
-                    current.push(next);
-                }
-                escaped_tail = current.len();
-            }
-            ',' | '+' => parts.push((
-                std::mem::take(&mut current),
-                std::mem::take(&mut escaped_tail),
-            )),
-            other => current.push(other),
-        }
-    }
-    parts.push((current, escaped_tail));
-    for (part, escaped_tail) in parts {
-        // Trailing spaces that were escaped stay part of the value.
-        let (head, tail) = part.split_at(escaped_tail.min(part.len()));
-        let part = format!("{head}{}", tail.trim_end());
+    for part in split_unescaped(text) {
         let part = part.trim_start();
-        if part.is_empty() {
+        if part.trim_end().is_empty() {
             continue;
         }
         let (name, value) = part
@@ -163,19 +133,77 @@ fn parse_subject(text: &str) -> Result<Vec<Attribute>, String> {
                 .find(|(known, _)| known.eq_ignore_ascii_case(name))
                 .map(|(_, oid)| (*oid).to_owned())
                 .ok_or_else(|| {
-                    format!("{name:?} is not an attribute type this service knows (CN, O, OU, C, L, ST, DC, UID, ... or a dotted OID)")
+                    format!(
+                        "{name:?} is not an attribute type this service knows (CN, O, OU, C, L, \
+                         ST, STREET, DC, UID, SERIALNUMBER, EMAILADDRESS, or a dotted OID)"
+                    )
                 })?
         };
-        let value = value.trim_start();
+        let value = unescape(value.trim_start())?;
         if value.is_empty() {
             return Err(format!("{name} has no value"));
         }
-        attributes.push((oid, value.to_owned()));
+        attributes.push((oid, value));
     }
     if attributes.is_empty() {
         return Err("the subject names no attribute".to_owned());
     }
     Ok(attributes)
+}
+
+/// The parts of `text` between unescaped `,` and `+`.
+fn split_unescaped(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut escaped = false;
+    for (index, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ',' | '+' => {
+                parts.push(&text[start..index]);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// A value with its escapes undone; trailing spaces that were not escaped are dropped.
+fn unescape(value: &str) -> Result<String, String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut kept = 0;
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'\\' {
+            let next = *bytes
+                .get(index + 1)
+                .ok_or("a subject ends with a lone backslash")?;
+            let pair = bytes.get(index + 1..index + 3);
+            match pair.filter(|pair| pair.iter().all(u8::is_ascii_hexdigit)) {
+                Some(pair) => {
+                    let hex = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
+                    out.push(u8::from_str_radix(hex, 16).map_err(|e| e.to_string())?);
+                    index += 3;
+                }
+                None => {
+                    out.push(next);
+                    index += 2;
+                }
+            }
+            kept = out.len();
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    while out.len() > kept && out.last().is_some_and(u8::is_ascii_whitespace) {
+        out.pop();
+    }
+    String::from_utf8(out).map_err(|_| "an escaped value is not UTF-8".to_owned())
 }
 
 /// A value as RFC 4514 writes it.
@@ -233,6 +261,16 @@ mod tests {
             binding
         );
         assert!(CertificateBinding::parse("XX=1").is_err());
+        // Hex escapes are UTF-8 bytes; escaped spaces stay, others around a value go.
+        let accented = CertificateBinding::parse(r"CN=caf\C3\A9 , O=\ Platform\ ").unwrap();
+        assert!(accented.matches(&presented(&[
+            ("2.5.4.3", "café"),
+            ("2.5.4.10", " Platform ")
+        ])));
+        assert_eq!(
+            CertificateBinding::parse(&accented.to_string()).unwrap(),
+            accented
+        );
         assert!(CertificateBinding::parse("CN").is_err());
     }
 

@@ -124,11 +124,11 @@ impl ServiceAccountFields {
         let subject = violations
             .take(validate::line(
                 &subject_field,
-                client_certificate_subject.trim(),
+                client_certificate_subject,
                 MAX_SUBJECT_LEN,
                 false,
             ))
-            .filter(|text| !text.is_empty())
+            .filter(|text| !text.trim().is_empty())
             .and_then(|text| {
                 violations.take(
                     CertificateBinding::parse(&text)

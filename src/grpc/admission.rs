@@ -7,9 +7,9 @@
 //! Fairness: one connection, and one caller, may hold at most a set share of the running and
 //! queued slots together; beyond it their calls are shed while others still get in. Of the
 //! running slots they hold at most the same share of what can actually run: their calls beyond
-//! it wait in the queue while other callers' calls run. And since
-//! authentication and the request body come before this layer (see [`super`]), nothing here is
-//! ever held by a caller who is not known or whose body has not arrived.
+//! it wait in the queue while other callers' calls run. And since authentication and the
+//! request body come before this layer (see [`super`]), nothing here is ever held by a caller
+//! who is not known or whose body has not arrived.
 //!
 //! Calls that wait on a provider (Embed, TestInstance) do not take these slots: they run in a
 //! pool of their own (`PROVIDER_MAX_CONCURRENT_CALLS`), and each identity of the caller (the
@@ -34,7 +34,7 @@ use std::{
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{body::Body, transport::server::TcpConnectInfo};
+use tonic::body::Body;
 
 use crate::tls::ConnectionInfo;
 
@@ -220,11 +220,10 @@ impl Middleware for Admission {
         {
             return self.provider_call(request, next);
         }
-        let extensions = request.extensions();
-        let connection = extensions
-            .get::<TcpConnectInfo>()
-            .or_else(|| extensions.get::<ConnectionInfo>().map(|info| &info.tcp))
-            .and_then(TcpConnectInfo::remote_addr)
+        let connection = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .and_then(|info| info.tcp.remote_addr())
             .map(|addr| addr.to_string())
             .unwrap_or_default();
         let caller = request

@@ -287,7 +287,11 @@ impl Providers {
     /// instance of `dimensions` fit `PROVIDER_MAX_ANSWER_BYTES` (INVALID_ARGUMENT on `inputs`
     /// if not; an instance without dimensions is held to the answer size while its reply is
     /// read). Handlers ask before anything is spent on the call; `embed` asks again.
-    pub fn answer_room(&self, dimensions: Option<i32>, inputs: usize) -> Result<usize, DomainError> {
+    pub fn answer_room(
+        &self,
+        dimensions: Option<i32>,
+        inputs: usize,
+    ) -> Result<usize, DomainError> {
         let max_floats = self.settings.max_answer_bytes / 4;
         let Some(dimensions) = dimensions
             .and_then(|d| usize::try_from(d).ok())
