@@ -213,9 +213,12 @@ impl Connection {
         }
         loop {
             let Some(since) = self.info.activity.idle_since() else {
-                // Streams are open; look again after a while.
-                let next = Instant::now() + self.idle_timeout;
-                self.idle_check.as_mut().reset(next);
+                // Streams are open: look again once a timeout from now, and only then move the
+                // timer (not on every read: this runs whenever the socket has nothing more).
+                if self.idle_check.is_elapsed() {
+                    let next = Instant::now() + self.idle_timeout;
+                    self.idle_check.as_mut().reset(next);
+                }
                 let _ = self.idle_check.as_mut().poll(cx);
                 return None;
             };
@@ -223,7 +226,9 @@ impl Connection {
             if Instant::now() >= due {
                 return Some("the connection had no stream for the idle timeout");
             }
-            self.idle_check.as_mut().reset(due);
+            if self.idle_check.deadline() != due {
+                self.idle_check.as_mut().reset(due);
+            }
             if self.idle_check.as_mut().poll(cx).is_pending() {
                 return None;
             }
