@@ -144,8 +144,14 @@ async fn a_connection_without_streams_is_closed_after_the_idle_timeout_and_one_i
         started.elapsed()
     );
     // A connection whose stream lasts longer than the idle timeout is not cut: a health Watch
-    // open for 2.5 s keeps answering on it.
-    let mut watch = HealthClient::new(app.channel.clone())
+    // open for 2.5 s keeps answering on it. (A fresh connection: the app's own one may have
+    // idled past the timeout while the first part ran, and a call racing that close fails.)
+    let fresh = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(fresh)
         .watch(HealthCheckRequest::default())
         .await
         .unwrap()
