@@ -207,7 +207,7 @@ impl Middleware for Admission {
         request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        let method = self.methods.lookup(request.uri().path());
+        let method = self.methods.of(&request);
         if matches!(method, Method::Public) {
             return Box::pin(next.run(request));
         }

@@ -235,7 +235,7 @@ impl Middleware for Authenticator {
         mut request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        let facts = match self.methods.lookup(request.uri().path()) {
+        let facts = match self.methods.of(&request) {
             Method::Public => return Box::pin(next.run(request)),
             Method::Ours(facts) => Some(facts),
             Method::Unknown => None,

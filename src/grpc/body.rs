@@ -55,7 +55,7 @@ impl Middleware for BodyGate {
         request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        let Method::Ours(method) = self.methods.lookup(request.uri().path()) else {
+        let Method::Ours(method) = self.methods.of(&request) else {
             return Box::pin(next.run(request));
         };
         Box::pin(async move {

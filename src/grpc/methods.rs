@@ -199,6 +199,15 @@ impl MethodTable {
         Ok(Self { by_path })
     }
 
+    /// What a request's path is, as the first layer of the edge looked it up and put in the
+    /// request's extensions (see `trace`); looked up here only when it is not there.
+    pub fn of<B>(&self, request: &http::Request<B>) -> Method {
+        match request.extensions().get::<Method>() {
+            Some(method) => method.clone(),
+            None => self.lookup(request.uri().path()),
+        }
+    }
+
     pub fn lookup(&self, path: &str) -> Method {
         if PUBLIC_PREFIXES
             .iter()

@@ -255,7 +255,7 @@ impl Middleware for RefusalAudit {
         request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        let method = match self.methods.lookup(request.uri().path()) {
+        let method = match self.methods.of(&request) {
             Method::Ours(facts) if !facts.read_only => facts,
             _ => return Box::pin(next.run(request)),
         };

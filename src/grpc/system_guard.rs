@@ -65,7 +65,7 @@ impl Middleware for SystemGuard {
         request: Request<Body>,
         next: Next,
     ) -> BoxFuture<'static, Response<Body>> {
-        let Method::Ours(method) = self.methods.lookup(request.uri().path()) else {
+        let Method::Ours(method) = self.methods.of(&request) else {
             // Not ours (health, reflection) or unknown (tonic answers UNIMPLEMENTED).
             return Box::pin(next.run(request));
         };

@@ -37,14 +37,14 @@ impl RpcTrace {
 
     /// The method as a metrics label: one of the contract's, or of the public services', by
     /// path; anything else is `other`, so that made-up paths cannot grow the series.
-    fn method_label(&self, path: &str) -> &'static str {
+    fn method_label(method: &Method, path: &str) -> &'static str {
         const PUBLIC_METHODS: [&str; 4] = [
             "/grpc.health.v1.Health/Check",
             "/grpc.health.v1.Health/Watch",
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ];
-        match self.methods.lookup(path) {
+        match method {
             Method::Ours(_) => method_label(path),
             Method::Public if PUBLIC_METHODS.contains(&path) => method_label(path),
             _ => "other",
@@ -77,7 +77,10 @@ impl Middleware for RpcTrace {
         );
         let mut request = request;
         request.extensions_mut().insert(trace);
-        let method = self.method_label(request.uri().path());
+        // The one lookup of the method: every later layer reads it from the extensions.
+        let method = self.methods.lookup(request.uri().path());
+        let label = Self::method_label(&method, request.uri().path());
+        request.extensions_mut().insert(method);
         let started = Instant::now();
         // The connection counts this stream open until the answer (it closes when idle).
         let stream = request
@@ -89,7 +92,7 @@ impl Middleware for RpcTrace {
                 let response = next.run(request).await;
                 let span = Span::current();
                 if let Some(code) = status_of(response.headers()) {
-                    finish(&span, method, code, started);
+                    finish(&span, label, code, started);
                     return response;
                 }
                 let (parts, body) = response.into_parts();
@@ -98,7 +101,7 @@ impl Middleware for RpcTrace {
                     let _open = &stream;
                     if let Some(trailers) = frame.trailers_ref() {
                         let code = status_of(trailers).unwrap_or(Code::Unknown);
-                        finish(&span, method, code, started);
+                        finish(&span, label, code, started);
                     }
                     frame
                 });
