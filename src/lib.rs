@@ -2,23 +2,35 @@
 //! and README.md for running it. The binary (`main.rs`) is a thin command line over [`server`].
 
 //!
-//! Layers, bottom up (no module imports from one above it): [`pb`] (generated) and
-//! [`trace_context`] (W3C trace ids, plain data) and [`metrics`] (usable from every layer,
-//! like `tracing`), [`vault`],
-//! `domain` (no tonic, no sqlx), `store` (sqlx) and [`providers`] (outbound calls to LLM
-//! providers), `api` (handlers) and `grpc` (the edge, in front of the handlers), then
-//! [`server`], [`config`], [`tls`] (the listener's TLS) and [`telemetry`] that wire them;
-//! [`healthcheck`] is the client side of the `healthcheck` command. Only what
-//! the binary, the tests and the benchmarks use is public.
+//! Layers, bottom up; a module uses only the layers below it, and no two files use each other
+//! (checked by `.ci/layers.py`, which holds the same list):
+//!
+//! 1. [`pb`] (generated), [`trace_context`] (W3C trace ids, plain data), [`metrics`] (usable
+//!    from every layer, like `tracing`);
+//! 2. [`vault`] (keys at rest);
+//! 3. `domain` (names, rules, errors; no tonic, no sqlx);
+//! 4. `store` (sqlx), [`providers`] (outbound calls to LLM providers), [`connection`] (what a
+//!    request knows of its connection);
+//! 5. `rpc` (gRPC vocabulary the handlers and the edge share);
+//! 6. `api` (the handlers);
+//! 7. `grpc` (the edge in front of the handlers; it never uses them), [`tls`] (the listener's
+//!    connections), [`telemetry`];
+//! 8. `services` (the one list of mounted services), [`config`];
+//! 9. [`server`] and [`healthcheck`] (the client side of the `healthcheck` command), which wire
+//!    them; then `main.rs`.
+//!
+//! Only what the binary, the tests and the benchmarks use is public.
 
 mod api;
 pub mod config;
+pub mod connection;
 mod domain;
 mod grpc;
 pub mod healthcheck;
 pub mod metrics;
 pub mod pb;
 pub mod providers;
+mod rpc;
 pub mod server;
 mod services;
 mod store;

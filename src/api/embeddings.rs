@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt as _;
 
-use super::{ApiContext, caller_of, credential_of, instance_use, instances};
+use super::{ApiContext, caller_of, credential_of, deadline, instance_use, instances};
 use crate::{
     domain::{
         DomainError,
@@ -20,14 +20,15 @@ use crate::{
         audit::{Audit, SelfAudited, caller_label, subject_label},
         caller::{Caller, Credential},
         embedding::{
-            CallTarget, InputLimits, InputType, InstanceForCall, InstanceTest, PROBE_TEXT,
-            check_inputs, check_vectors,
+            CallTarget, InputLimits, InputType, InstanceForCall, PROBE_TEXT, check_inputs,
+            check_vectors,
         },
         error::both,
+        instance::InstanceTest,
         names::InstanceName,
     },
-    grpc::{deadline, refusal_audit::code_name},
     pb::v1::{self as pb, embedding_service_server::EmbeddingService},
+    rpc::code_name,
     store::UsageEvent,
     trace_context::TraceContext,
 };

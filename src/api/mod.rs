@@ -5,6 +5,7 @@ pub mod api_standards;
 pub mod audit;
 pub mod convert;
 pub mod credentials;
+pub mod deadline;
 pub mod definitions;
 pub mod embeddings;
 mod instance_use;

@@ -2,10 +2,6 @@
 //! input type, the validated request, the checked result) and of an instance's last test. The
 //! outbound call itself is `crate::providers`; who may make it is `access`.
 
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
-
 use super::{
     DomainError,
     error::Violations,
@@ -207,23 +203,6 @@ pub fn check_vectors(
         }
     }
     Ok(expected)
-}
-
-/// The outcome of an instance's last test, as recorded on the instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceTest {
-    pub time: DateTime<Utc>,
-    /// A gRPC code name: `OK` when the provider answered with a valid embedding.
-    pub code: String,
-    pub message: String,
-    pub observed_dimensions: i32,
-    pub latency: Duration,
-}
-
-impl InstanceTest {
-    pub fn succeeded(&self) -> bool {
-        self.code == "OK"
-    }
 }
 
 /// The text every TestInstance embeds: short, harmless, and the same everywhere, so a test costs

@@ -1,12 +1,13 @@
 //! Instances: a user's configured service (the fields of a definition), its write-only API key,
 //! and the roles through which others use it.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
 use super::{
     DomainError,
     definition::ServiceSpec,
-    embedding::InstanceTest,
     names::{DefinitionName, InstanceName},
 };
 use crate::vault::ApiKey;
@@ -126,5 +127,22 @@ mod tests {
                 assert!(!error.to_string().contains(bad));
             }
         }
+    }
+}
+
+/// The outcome of an instance's last test, as recorded on the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTest {
+    pub time: DateTime<Utc>,
+    /// A gRPC code name: `OK` when the provider answered with a valid embedding.
+    pub code: String,
+    pub message: String,
+    pub observed_dimensions: i32,
+    pub latency: Duration,
+}
+
+impl InstanceTest {
+    pub fn succeeded(&self) -> bool {
+        self.code == "OK"
     }
 }

@@ -36,7 +36,7 @@ use http::{Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 
-use crate::tls::ConnectionInfo;
+use crate::connection::ConnectionInfo;
 
 use super::{
     layer::{Middleware, Next},

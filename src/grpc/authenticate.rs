@@ -29,6 +29,7 @@ use super::{
     status::to_status,
 };
 use crate::{
+    connection::{ClientCertificate, ConnectionInfo},
     domain::{
         DomainError,
         caller::{Caller, Credential, UnresolvedToken, UserPrincipal},
@@ -39,7 +40,6 @@ use crate::{
         token,
     },
     store::Store,
-    tls::{ClientCertificate, ConnectionInfo},
 };
 
 /// The request metadata in which a service account names the user it acts for.

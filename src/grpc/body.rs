@@ -19,7 +19,7 @@ use tonic::body::Body;
 
 use super::{
     layer::{Middleware, Next},
-    methods::{Method, MethodTable},
+    methods::{DecodedRequest, Method, MethodTable},
     refusal_audit::RefusalRecorder,
     status::to_status,
 };
@@ -117,11 +117,6 @@ pub async fn read_body(body: Body, max_message_bytes: usize) -> Result<Bytes, Do
 pub fn with_body(parts: http::request::Parts, bytes: Bytes) -> Request<Body> {
     Request::from_parts(parts, Body::new(Full::new(bytes)))
 }
-
-/// A request message already decoded by an outer layer, so that inner layers need not buffer and
-/// decode the body again.
-#[derive(Clone)]
-pub struct DecodedRequest(pub DynamicMessage);
 
 /// The compression a request declares in `grpc-encoding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

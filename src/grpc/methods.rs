@@ -147,6 +147,11 @@ fn text_of(message: &DynamicMessage, field: &str) -> String {
 /// Top-level string fields that name the resource a request acts on.
 const TARGET_FIELDS: &[&str] = &["name", "parent"];
 
+/// A request message already decoded by an outer layer, so that inner layers need not buffer and
+/// decode the body again.
+#[derive(Clone)]
+pub struct DecodedRequest(pub DynamicMessage);
+
 /// How the edge must treat a path.
 #[derive(Debug, Clone)]
 pub enum Method {

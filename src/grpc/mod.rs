@@ -20,7 +20,6 @@
 pub mod admission;
 pub mod authenticate;
 pub mod body;
-pub mod deadline;
 pub mod layer;
 pub mod methods;
 pub mod refusal_audit;

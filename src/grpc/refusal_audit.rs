@@ -18,15 +18,15 @@ use http::{Request, Response};
 use tonic::{Code, body::Body};
 
 use super::{
-    body::DecodedRequest,
     layer::{Middleware, Next},
-    methods::{Method, MethodTable},
+    methods::{DecodedRequest, Method, MethodTable},
 };
 use crate::{
     domain::{
         audit::{SelfAudited, caller_label, subject_label},
         caller::Caller,
     },
+    rpc::code_name,
     store::Store,
 };
 
@@ -223,29 +223,6 @@ pub struct RefusalAudit {
 impl RefusalAudit {
     pub fn new(methods: Arc<MethodTable>, recorder: Arc<RefusalRecorder>) -> Self {
         Self { methods, recorder }
-    }
-}
-
-/// The canonical upper-case name of a code, as the trail records it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

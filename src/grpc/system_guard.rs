@@ -19,9 +19,9 @@ use http::{Request, Response};
 use tonic::body::Body;
 
 use super::{
-    body::{DecodedRequest, Encoding, decode_frame, read_body, with_body},
+    body::{Encoding, decode_frame, read_body, with_body},
     layer::{Middleware, Next},
-    methods::{Method, MethodFacts, MethodTable},
+    methods::{DecodedRequest, Method, MethodFacts, MethodTable},
     status::to_status,
 };
 use crate::domain::{DomainError, access, caller::Caller};

@@ -16,10 +16,10 @@ use tonic::{Code, body::Body};
 use super::{
     layer::{Middleware, Next},
     methods::{Method, MethodTable},
-    refusal_audit::code_name,
 };
 use crate::{
     metrics::{MethodLabel, RpcLabels, method_label, metrics},
+    rpc::code_name,
     trace_context::TraceContext,
 };
 use tracing::{Instrument, Span, field::Empty};
@@ -85,7 +85,7 @@ impl Middleware for RpcTrace {
         // The connection counts this stream open until the answer (it closes when idle).
         let stream = request
             .extensions()
-            .get::<crate::tls::ConnectionInfo>()
+            .get::<crate::connection::ConnectionInfo>()
             .map(|info| info.activity.stream());
         Box::pin(
             async move {

@@ -39,7 +39,10 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::domain::certificate_binding::PresentedCertificate;
+use crate::{
+    connection::{ClientCertificate, ConnectionActivity, ConnectionInfo},
+    domain::certificate_binding::PresentedCertificate,
+};
 
 /// Connections ready for the server, waiting for it to take them.
 const READY_QUEUE: usize = 128;
@@ -57,69 +60,6 @@ pub struct ConnectionLimits {
     pub opening_timeout: Duration,
     /// A connection without a stream for this long is closed.
     pub idle_timeout: Duration,
-}
-
-/// What tonic puts in the extensions of every request: the TCP addresses, the verified client
-/// certificate (mutual TLS), and the connection's stream count (see [`ConnectionActivity`]).
-#[derive(Debug, Clone)]
-pub struct ConnectionInfo {
-    pub tcp: TcpConnectInfo,
-    /// The verified client certificate, if the client presented one.
-    pub client_certificate: Option<ClientCertificate>,
-    pub activity: Arc<ConnectionActivity>,
-}
-
-/// The verified client certificate of a mutual-TLS connection, as bindings compare it.
-pub type ClientCertificate = Arc<PresentedCertificate>;
-
-/// The streams a connection has open, and when it last had one: the edge counts each request
-/// in ([`ConnectionActivity::stream`]), the connection closes itself when idle.
-#[derive(Debug)]
-pub struct ConnectionActivity {
-    streams: AtomicUsize,
-    last_stream_end: Mutex<Instant>,
-}
-
-/// One open stream; its end is recorded when dropped.
-pub struct StreamHeld(Arc<ConnectionActivity>);
-
-impl ConnectionActivity {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            streams: AtomicUsize::new(0),
-            last_stream_end: Mutex::new(Instant::now()),
-        })
-    }
-
-    /// Counts one stream open until the answer is dropped.
-    pub fn stream(self: &Arc<Self>) -> StreamHeld {
-        self.streams.fetch_add(1, Ordering::SeqCst);
-        StreamHeld(self.clone())
-    }
-
-    /// When the connection stops being wanted if nothing happens: `None` while streams are open.
-    fn idle_since(&self) -> Option<Instant> {
-        if self.streams.load(Ordering::SeqCst) > 0 {
-            return None;
-        }
-        Some(
-            *self
-                .last_stream_end
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-}
-
-impl Drop for StreamHeld {
-    fn drop(&mut self) {
-        *self
-            .0
-            .last_stream_end
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
-        self.0.streams.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// The connections held, in total and per peer address; a [`Place`] is one of them.

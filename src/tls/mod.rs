@@ -10,8 +10,6 @@ pub mod certificate;
 pub mod incoming;
 pub mod reload;
 
-pub use incoming::{ClientCertificate, ConnectionInfo};
-
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::task::JoinHandle;

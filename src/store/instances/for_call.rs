@@ -17,7 +17,8 @@ use crate::{
         DomainError,
         audit::Audit,
         caller::Caller,
-        embedding::{CallTarget, EmbeddingProtocol, InstanceForCall, InstanceTest},
+        embedding::{CallTarget, EmbeddingProtocol, InstanceForCall},
+        instance::InstanceTest,
         project::{Detachment, ProjectBinding},
     },
     store::{

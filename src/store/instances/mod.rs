@@ -29,7 +29,7 @@ use crate::domain::{
     access::{self, InstanceAction},
     caller::Caller,
     definition::ServiceSpec,
-    embedding::InstanceTest,
+    instance::InstanceTest,
     instance::{Instance, Role},
     names::{ApiStandardName, DefinitionName, InstanceName},
 };
