@@ -10,7 +10,6 @@ use std::time::Duration;
 use chrono::{SubsecRound as _, Utc};
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
-use tonic_types::StatusExt as _;
 
 use super::{ApiContext, caller_of, credential_of, deadline, instance_use, instances};
 use crate::{
@@ -199,12 +198,11 @@ impl Use {
                 input_tokens: answer.embeddings.input_tokens,
             })
         }
-        .await
-        .map_err(Status::from);
+        .await;
         self.usage.latency = self.started.elapsed();
         unfinished.finished();
         self.record(EMBED, &result).await?;
-        result
+        result.map_err(Status::from)
     }
 
     /// Embeds the probe text and records the outcome on the instance (a refusal before the
@@ -216,10 +214,10 @@ impl Use {
             Ok(call) => call,
             Err(refused) => {
                 unfinished.finished();
-                let refused = Err(Status::from(refused));
+                let refused = Err::<pb::TestInstanceResponse, _>(refused);
                 self.usage.latency = self.started.elapsed();
                 self.record(TEST, &refused).await?;
-                return refused;
+                return refused.map_err(Status::from);
             }
         };
         let probe = [PROBE_TEXT.to_owned()];
@@ -246,7 +244,6 @@ impl Use {
             }
             Err(failed) => (0, Err(failed)),
         };
-        let checked = checked.map_err(Status::from);
         let test = InstanceTest {
             // PostgreSQL keeps microseconds: the answer shows what a later read will show.
             time: Utc::now().trunc_subsecs(6),
@@ -256,7 +253,7 @@ impl Use {
                     "the provider answered with a vector of {observed} dimensions in {} ms",
                     latency.as_millis()
                 ),
-                Err(status) => status.message().to_owned(),
+                Err(error) => error.to_string(),
             },
             observed_dimensions: i32::try_from(observed).unwrap_or(i32::MAX),
             latency,
@@ -284,7 +281,7 @@ impl Use {
     async fn record<T>(
         &self,
         method: &'static str,
-        result: &Result<T, Status>,
+        result: &Result<T, DomainError>,
     ) -> Result<(), Status> {
         self.context
             .store
@@ -376,11 +373,11 @@ fn call_deadline<T>(request: &Request<T>, server_limit: Duration, started: Insta
     started + budget.saturating_sub(reserve)
 }
 
-/// The gRPC code name of a call's outcome.
-fn outcome_of<T>(result: &Result<T, Status>) -> &'static str {
+/// The gRPC code name of a call's outcome, as the error knows it.
+fn outcome_of<T>(result: &Result<T, DomainError>) -> &'static str {
     match result {
         Ok(_) => code_name(Code::Ok),
-        Err(status) => code_name(status.code()),
+        Err(error) => error.code().name(),
     }
 }
 
@@ -415,17 +412,15 @@ impl Usage {
     }
 
     /// `key=value` pairs: counts, the error's stable reason; never texts, vectors or keys.
-    fn detail<T>(&self, result: &Result<T, Status>) -> String {
+    fn detail<T>(&self, result: &Result<T, DomainError>) -> String {
         let mut parts = vec![self.counts()];
         if let Some(tokens) = self.input_tokens {
             parts.push(format!("input_tokens={tokens}"));
         }
         parts.push(format!("retries={}", self.retries));
         parts.push(format!("latency_ms={}", self.latency.as_millis()));
-        if let Err(status) = result
-            && let Some(info) = status.get_details_error_info()
-        {
-            parts.push(format!("reason={}", info.reason));
+        if let Err(error) = result {
+            parts.push(format!("reason={}", error.reason()));
         }
         parts.join(" ")
     }

@@ -1,5 +1,7 @@
-//! The closed set of errors the service can answer with. Each variant maps to exactly one gRPC
-//! code and one stable `ErrorInfo` reason in `grpc::status`; messages never carry secrets.
+//! The closed set of errors the service can answer with. Each error knows its gRPC code (named
+//! here, so that the domain knows no tonic) and its stable `ErrorInfo` reason
+//! ([`DomainError::code`], [`DomainError::reason`]): the status mapping, the metrics and the
+//! audit trail all ask it. Messages never carry secrets.
 
 use std::fmt;
 
@@ -180,7 +182,132 @@ pub enum PermissionReason {
     ReleaseDenied,
 }
 
+/// The gRPC status codes the service answers with, as gRPC names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    Aborted,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    DeadlineExceeded,
+    Unauthenticated,
+    Unimplemented,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The canonical upper-case name, as the audit trail records outcomes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::NotFound => "NOT_FOUND",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::Aborted => "ABORTED",
+            Self::FailedPrecondition => "FAILED_PRECONDITION",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Unimplemented => "UNIMPLEMENTED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+}
+
 impl DomainError {
+    /// The gRPC code this error answers with.
+    pub fn code(&self) -> ErrorCode {
+        self.code_and_reason().0
+    }
+
+    /// The stable `ErrorInfo` reason clients may switch on (also the metrics' and the audit
+    /// trail's word for it).
+    pub fn reason(&self) -> &'static str {
+        self.code_and_reason().1
+    }
+
+    /// The one table of codes and reasons.
+    fn code_and_reason(&self) -> (ErrorCode, &'static str) {
+        match self {
+            Self::InvalidArgument(_) => (ErrorCode::InvalidArgument, "INVALID_ARGUMENT"),
+            Self::NotFound(_) => (ErrorCode::NotFound, "NOT_FOUND"),
+            Self::AlreadyExists(_) => (ErrorCode::AlreadyExists, "ALREADY_EXISTS"),
+            Self::PermissionDenied { reason, .. } => (
+                ErrorCode::PermissionDenied,
+                match reason {
+                    PermissionReason::AdminOnly => "ADMIN_ONLY",
+                    PermissionReason::SystemNamespace => "SYSTEM_NAMESPACE_READ_ONLY",
+                    PermissionReason::ForeignNamespace => "FOREIGN_NAMESPACE",
+                    PermissionReason::InsufficientRole => "INSUFFICIENT_ROLE",
+                    PermissionReason::ReservedUser => "RESERVED_USER",
+                    PermissionReason::ActAsDenied => "ACT_AS_DENIED",
+                    PermissionReason::ReleaseDenied => "RELEASE_DENIED",
+                },
+            ),
+            Self::EtagMismatch(_) => (ErrorCode::Aborted, "ETAG_MISMATCH"),
+            Self::InUse { .. } => (ErrorCode::FailedPrecondition, "RESOURCE_IN_USE"),
+            Self::FailedPrecondition { reason, .. } => (
+                ErrorCode::FailedPrecondition,
+                match reason {
+                    PreconditionReason::KeyRebindRequired => "KEY_REBIND_REQUIRED",
+                    PreconditionReason::InstanceRevoked => "INSTANCE_REVOKED",
+                    PreconditionReason::NoEmbeddingProtocol => "NO_EMBEDDING_PROTOCOL",
+                    PreconditionReason::NoApiKey => "NO_API_KEY",
+                    PreconditionReason::ReleaseNotAllowed => "RELEASE_NOT_ALLOWED",
+                    PreconditionReason::PlaintextTransport => "PLAINTEXT_TRANSPORT",
+                },
+            ),
+            Self::Overloaded => (ErrorCode::ResourceExhausted, "OVERLOADED"),
+            Self::InstanceLimited { reason, .. } => (
+                ErrorCode::ResourceExhausted,
+                match reason {
+                    LimitReason::Concurrency => "INSTANCE_CONCURRENCY_LIMITED",
+                    LimitReason::Rate => "INSTANCE_RATE_LIMITED",
+                    LimitReason::ReleaseRate => "CREDENTIAL_RELEASE_RATE_LIMITED",
+                    LimitReason::CallerProviderCalls => "CALLER_PROVIDER_CALLS_LIMITED",
+                    LimitReason::ProviderPool => "PROVIDER_POOL_FULL",
+                    LimitReason::ProviderReplyMemory => "PROVIDER_REPLY_MEMORY_LIMITED",
+                },
+            ),
+            Self::DimensionsMismatch(_) => (ErrorCode::FailedPrecondition, "DIMENSIONS_MISMATCH"),
+            Self::Provider { failure, .. } => match failure {
+                ProviderFailure::RejectedRequest => {
+                    (ErrorCode::InvalidArgument, "PROVIDER_REJECTED_REQUEST")
+                }
+                ProviderFailure::RejectedKey => {
+                    (ErrorCode::FailedPrecondition, "PROVIDER_REJECTED_KEY")
+                }
+                ProviderFailure::NotFound => (ErrorCode::FailedPrecondition, "PROVIDER_NOT_FOUND"),
+                ProviderFailure::Redirected => {
+                    (ErrorCode::FailedPrecondition, "PROVIDER_REDIRECTED")
+                }
+                ProviderFailure::RateLimited => {
+                    (ErrorCode::ResourceExhausted, "PROVIDER_RATE_LIMITED")
+                }
+                ProviderFailure::Unavailable => (ErrorCode::Unavailable, "PROVIDER_UNAVAILABLE"),
+                ProviderFailure::BadReply => (ErrorCode::Unavailable, "PROVIDER_BAD_REPLY"),
+                ProviderFailure::DeadlineExceeded => {
+                    (ErrorCode::DeadlineExceeded, "PROVIDER_TIMEOUT")
+                }
+                ProviderFailure::EgressRefused => (ErrorCode::FailedPrecondition, "EGRESS_REFUSED"),
+                ProviderFailure::InsecureEndpoint => {
+                    (ErrorCode::FailedPrecondition, "PLAIN_HTTP_REFUSED")
+                }
+            },
+            Self::BodyTimeout(_) => (ErrorCode::DeadlineExceeded, "REQUEST_BODY_TIMEOUT"),
+            Self::TooLarge(_) => (ErrorCode::ResourceExhausted, "MESSAGE_TOO_LARGE"),
+            Self::Unauthenticated => (ErrorCode::Unauthenticated, "UNAUTHENTICATED"),
+            Self::Unimplemented(_) => (ErrorCode::Unimplemented, "NOT_IMPLEMENTED"),
+            Self::Unavailable => (ErrorCode::Unavailable, "DATABASE_UNAVAILABLE"),
+            Self::Internal(_) => (ErrorCode::Internal, "INTERNAL"),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }

@@ -2,7 +2,7 @@
 //! labels, so that a provider cannot grow the series), with its latency.
 
 use crate::{
-    domain::{DomainError, embedding::EmbeddingProtocol, error::ProviderFailure},
+    domain::{DomainError, embedding::EmbeddingProtocol},
     metrics::{ProtocolLabel, ProviderLabels, metrics},
 };
 
@@ -20,9 +20,10 @@ pub(super) fn record_call(
         .provider_requests
         .get_or_create(&ProviderLabels {
             protocol,
+            // The error's own stable reason: a closed set, the same word as in ErrorInfo.
             outcome: match answer {
-                Ok(_) => "ok",
-                Err(error) => outcome_label(error),
+                Ok(_) => "OK",
+                Err(error) => error.reason(),
             },
         })
         .inc();
@@ -39,26 +40,5 @@ pub(super) fn protocol_label(protocol: EmbeddingProtocol) -> &'static str {
         EmbeddingProtocol::OpenAiEmbeddings => "openai",
         EmbeddingProtocol::CohereV2Embed => "cohere",
         EmbeddingProtocol::GeminiEmbedContent => "gemini",
-    }
-}
-
-/// A failed provider call's outcome as a metrics label (a closed set).
-fn outcome_label(error: &DomainError) -> &'static str {
-    match error {
-        DomainError::Provider { failure, .. } => match failure {
-            ProviderFailure::RejectedRequest => "rejected_request",
-            ProviderFailure::RejectedKey => "rejected_key",
-            ProviderFailure::NotFound => "not_found",
-            ProviderFailure::Redirected => "redirected",
-            ProviderFailure::RateLimited => "rate_limited",
-            ProviderFailure::Unavailable => "unavailable",
-            ProviderFailure::BadReply => "bad_reply",
-            ProviderFailure::DeadlineExceeded => "deadline_exceeded",
-            ProviderFailure::EgressRefused => "egress_refused",
-            ProviderFailure::InsecureEndpoint => "insecure_endpoint",
-        },
-        DomainError::DimensionsMismatch(_) => "dimensions_mismatch",
-        DomainError::FailedPrecondition { .. } => "precondition",
-        _ => "error",
     }
 }

@@ -222,8 +222,10 @@ async fn provider_calls_vault_opens_and_usage_commits_are_counted() {
     let text = get(metrics_addr, "/metrics").await.1;
     let delta =
         |series: &str| value(&text, series).unwrap_or(0.0) - value(&before, series).unwrap_or(0.0);
-    let ok = "llmr_provider_requests_total{protocol=\"openai\",outcome=\"ok\"}";
-    let limited = "llmr_provider_requests_total{protocol=\"openai\",outcome=\"rate_limited\"}";
+    // The outcome is the error's own stable reason (issue 26: the metrics ask the error).
+    let ok = "llmr_provider_requests_total{protocol=\"openai\",outcome=\"OK\"}";
+    let limited =
+        "llmr_provider_requests_total{protocol=\"openai\",outcome=\"PROVIDER_RATE_LIMITED\"}";
     assert!(delta(ok) >= 2.0, "{ok} in {text}");
     assert!(delta(limited) >= 1.0, "{limited} in {text}");
     assert!(
