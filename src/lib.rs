@@ -1,5 +1,5 @@
-//! llm-registry: a gRPC registry of LLM and embedding services. See DESIGN.md for the contract
-//! and README.md for running it. The binary (`main.rs`) is a thin command line over [`server`].
+//! llm-registry: a gRPC registry of LLM and embedding services. docs/architecture.md explains
+//! how it is built and why; README.md how to run it. The binary (`main.rs`) is a thin command line over [`server`].
 
 //!
 //! Layers, bottom up; a module uses only the layers below it, and no two files use each other

@@ -1,5 +1,5 @@
-//! Who may do what: the whole access policy of DESIGN.md ("Authorization") in one file, next to
-//! the matrix that tests it (`tests/authorization_matrix.tsv`). Handlers and the store ask these
+//! Who may do what: the whole access policy (docs/architecture.md, "Where each rule lives") in
+//! one file, next to the matrix that tests it (`tests/authorization_matrix.tsv`). Handlers and the store ask these
 //! functions; nothing else decides access.
 //!
 //! Two answers hide existence: a read of what a caller may not see is [`hidden`] (NOT_FOUND,
@@ -264,7 +264,7 @@ fn acting_cannot(what: &str) -> DomainError {
     }
 }
 
-/// What a caller wants to do with an instance (the rows of DESIGN.md's authorization table).
+/// What a caller wants to do with an instance (the rows of the authorization table, README.md "Access").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceAction {
     /// Get, appear in lists, bind a project.

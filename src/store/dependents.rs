@@ -1,5 +1,5 @@
 //! The projects that depend on what a delete or a revocation takes away, and what happens to them
-//! (DESIGN.md, "Deletes and revocation"). The owner's right to revoke always wins: without
+//! (README.md, "Access"; docs/operations.md, "Deletes, revocation and detached projects"). The owner's right to revoke always wins: without
 //! `force` the call is refused (naming the caller's own projects and only counting other users',
 //! whose names are theirs to know), and with it every dependent project is detached: its binding
 //! cleared, the reason and time recorded, one audit event each.

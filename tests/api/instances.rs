@@ -617,7 +617,7 @@ async fn the_authorization_table_holds() {
     );
 
     // A project in use blocks the delete (without `force`); another user's project is counted,
-    // not named (DESIGN.md, "Deletes and revocation").
+    // not named (docs/operations.md, "Deletes, revocation and detached projects").
     let mut db = app.db().await;
     sqlx::query(
         "INSERT INTO projects (owner_id, handle, instance_id) \

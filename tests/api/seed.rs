@@ -1,5 +1,5 @@
 //! A new database is usable at once: three API standards and five `_system` definitions with
-//! DESIGN.md's exact values.
+//! the exact values the migrations seed (the providers' published endpoints, models and sizes).
 
 use llm_registry::pb::v1 as pb;
 
