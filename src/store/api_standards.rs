@@ -2,8 +2,6 @@
 
 use chrono::{DateTime, Utc};
 
-use sqlx::AssertSqlSafe;
-
 use super::{
     Store,
     change::Change,
@@ -31,8 +29,11 @@ struct ApiStandardRow {
     update_time: DateTime<Utc>,
 }
 
-const COLUMNS: &str =
-    "handle, description, auth_header, auth_scheme, protocol, revision, create_time, update_time";
+macro_rules! columns {
+    () => {
+        "handle, description, auth_header, auth_scheme, protocol, revision, create_time, update_time"
+    };
+}
 
 impl ApiStandardRow {
     fn into_domain(self) -> Result<ApiStandard, DomainError> {
@@ -61,10 +62,11 @@ impl Store {
         fields: &ApiStandardFields,
     ) -> Result<ApiStandard, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
-        let created = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
+        let created = sqlx::query_as::<_, ApiStandardRow>(concat!(
             "INSERT INTO api_standards (handle, description, auth_header, auth_scheme, protocol) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
-        )))
+             VALUES ($1, $2, $3, $4, $5) RETURNING ",
+            columns!()
+        ))
         .bind(name.0.as_str())
         .bind(&fields.description)
         .bind(&fields.auth_header)
@@ -82,9 +84,11 @@ impl Store {
         &self,
         name: &ApiStandardName,
     ) -> Result<ApiStandard, DomainError> {
-        sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM api_standards WHERE handle = $1"
-        )))
+        sqlx::query_as::<_, ApiStandardRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_standards WHERE handle = $1"
+        ))
         .bind(name.0.as_str())
         .fetch_optional(&self.pool)
         .await
@@ -97,9 +101,11 @@ impl Store {
         &self,
         page: &PageRequest,
     ) -> Result<Page<ApiStandard>, DomainError> {
-        let found = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM api_standards WHERE handle > $1 ORDER BY handle LIMIT $2"
-        )))
+        let found = sqlx::query_as::<_, ApiStandardRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_standards WHERE handle > $1 ORDER BY handle LIMIT $2"
+        ))
         .bind(cursor::handle_after(page)?)
         .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
@@ -125,10 +131,8 @@ impl Store {
         let current = Self::lock_api_standard(change.tx(), name).await?;
         change.check_etag(etag, &current)?;
         let fields = change_fields(&current)?;
-        let updated = sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
-            "UPDATE api_standards SET description = $2, auth_header = $3, auth_scheme = $4, \
-             protocol = $5, revision = revision + 1, update_time = clock_timestamp() WHERE handle = $1 RETURNING {COLUMNS}"
-        )))
+        let updated = sqlx::query_as::<_, ApiStandardRow>(concat!("UPDATE api_standards SET description = $2, auth_header = $3, auth_scheme = $4, \
+             protocol = $5, revision = revision + 1, update_time = clock_timestamp() WHERE handle = $1 RETURNING ", columns!()))
         .bind(name.0.as_str())
         .bind(&fields.description)
         .bind(&fields.auth_header)
@@ -185,9 +189,11 @@ impl Store {
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         name: &ApiStandardName,
     ) -> Result<ApiStandard, DomainError> {
-        sqlx::query_as::<_, ApiStandardRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM api_standards WHERE handle = $1 FOR UPDATE"
-        )))
+        sqlx::query_as::<_, ApiStandardRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_standards WHERE handle = $1 FOR UPDATE"
+        ))
         .bind(name.0.as_str())
         .fetch_optional(&mut **tx)
         .await

@@ -79,6 +79,9 @@ async fn create_locked(admin: &mut PgConnection, name: &str) -> anyhow::Result<b
     if exists {
         return Ok(false);
     }
+    // The one statement whose text is built at run time, and why: CREATE DATABASE takes its name
+    // as an identifier, never as a parameter. The name comes from the operator's DATABASE_URL
+    // and is quoted as an identifier (doubled quotes), so it cannot end the statement.
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
         .execute(&mut *admin)

@@ -2,8 +2,6 @@
 
 use chrono::{DateTime, Utc};
 
-use sqlx::AssertSqlSafe;
-
 use super::{
     Store,
     change::Change,
@@ -33,9 +31,13 @@ struct DefinitionRow {
     update_time: DateTime<Utc>,
 }
 
-const SELECT: &str = "SELECT u.handle AS owner, d.handle, d.endpoint, s.handle AS api_standard, \
+macro_rules! select_definitions {
+    () => {
+        "SELECT u.handle AS owner, d.handle, d.endpoint, s.handle AS api_standard, \
     d.model, d.dimensions, d.context_limit, d.description, d.revision, d.create_time, d.update_time \
-    FROM definitions d JOIN users u ON u.id = d.owner_id JOIN api_standards s ON s.id = d.api_standard_id";
+    FROM definitions d JOIN users u ON u.id = d.owner_id JOIN api_standards s ON s.id = d.api_standard_id"
+    };
+}
 
 impl DefinitionRow {
     fn into_domain(self) -> Result<Definition, DomainError> {
@@ -102,7 +104,7 @@ impl Store {
         executor: impl sqlx::PgExecutor<'e>,
         id: i64,
     ) -> Result<Definition, DomainError> {
-        sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!("{SELECT} WHERE d.id = $1")))
+        sqlx::query_as::<_, DefinitionRow>(concat!(select_definitions!(), " WHERE d.id = $1"))
             .bind(id)
             .fetch_one(executor)
             .await
@@ -115,9 +117,10 @@ impl Store {
         &self,
         name: &DefinitionName,
     ) -> Result<Option<Definition>, DomainError> {
-        sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!(
-            "{SELECT} WHERE u.handle = $1 AND d.handle = $2"
-        )))
+        sqlx::query_as::<_, DefinitionRow>(concat!(
+            select_definitions!(),
+            " WHERE u.handle = $1 AND d.handle = $2"
+        ))
         .bind(name.owner.as_str())
         .bind(name.handle.as_str())
         .fetch_optional(&self.pool)
@@ -134,9 +137,10 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Page<Definition>, DomainError> {
         let owner_id = Self::user_id(&self.pool, owner.0.as_str()).await?;
-        let found = sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!(
-            "{SELECT} WHERE d.owner_id = $1 AND d.handle > $2 ORDER BY d.handle LIMIT $3"
-        )))
+        let found = sqlx::query_as::<_, DefinitionRow>(concat!(
+            select_definitions!(),
+            " WHERE d.owner_id = $1 AND d.handle > $2 ORDER BY d.handle LIMIT $3"
+        ))
         .bind(owner_id)
         .bind(cursor::handle_after(page)?)
         .bind(cursor::fetch_limit(page))
@@ -217,9 +221,10 @@ impl Store {
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         name: &DefinitionName,
     ) -> Result<Definition, DomainError> {
-        sqlx::query_as::<_, DefinitionRow>(AssertSqlSafe(format!(
-            "{SELECT} WHERE u.handle = $1 AND d.handle = $2 FOR UPDATE OF d"
-        )))
+        sqlx::query_as::<_, DefinitionRow>(concat!(
+            select_definitions!(),
+            " WHERE u.handle = $1 AND d.handle = $2 FOR UPDATE OF d"
+        ))
         .bind(name.owner.as_str())
         .bind(name.handle.as_str())
         .fetch_optional(&mut **tx)

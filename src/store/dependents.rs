@@ -8,7 +8,7 @@
 //! row FOR SHARE, so a bind and a revocation take turns: a bind that commits first is found here
 //! and detached; one that waits finds the instance gone or unshared and is refused.
 
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::{change::Change, errors};
 use crate::domain::{DomainError, caller::Caller, names::ProjectName};
@@ -40,26 +40,39 @@ pub(super) async fn dependents(
 ) -> Result<Vec<Dependent>, DomainError> {
     // One statement per scope, so that each walks its own index (projects_instance, or the
     // user's instances) rather than one plan for three predicates joined by OR.
-    const SELECT: &str =
-        "SELECT p.id, u.handle, p.handle FROM projects p JOIN users u ON u.id = p.owner_id";
-    const ORDER: &str = "ORDER BY u.handle, p.handle FOR UPDATE OF p";
+    macro_rules! select_dependents {
+        () => {
+            "SELECT p.id, u.handle, p.handle FROM projects p JOIN users u ON u.id = p.owner_id"
+        };
+    }
+    macro_rules! order_dependents {
+        () => {
+            "ORDER BY u.handle, p.handle FOR UPDATE OF p"
+        };
+    }
     let query = match revoked {
-        Revoked::Instance(instance_id) => sqlx::query_as(AssertSqlSafe(format!(
-            "{SELECT} WHERE p.instance_id = $1 {ORDER}"
-        )))
+        Revoked::Instance(instance_id) => sqlx::query_as(concat!(
+            select_dependents!(),
+            " WHERE p.instance_id = $1 ",
+            order_dependents!()
+        ))
         .bind(instance_id),
         Revoked::Share {
             instance_id,
             grantee_id,
-        } => sqlx::query_as(AssertSqlSafe(format!(
-            "{SELECT} WHERE p.instance_id = $1 AND p.owner_id = $2 {ORDER}"
-        )))
+        } => sqlx::query_as(concat!(
+            select_dependents!(),
+            " WHERE p.instance_id = $1 AND p.owner_id = $2 ",
+            order_dependents!()
+        ))
         .bind(instance_id)
         .bind(grantee_id),
-        Revoked::InstancesOf(user_id) => sqlx::query_as(AssertSqlSafe(format!(
-            "{SELECT} WHERE p.owner_id <> $1 \
-             AND p.instance_id IN (SELECT id FROM instances WHERE owner_id = $1) {ORDER}"
-        )))
+        Revoked::InstancesOf(user_id) => sqlx::query_as(concat!(
+            select_dependents!(),
+            " WHERE p.owner_id <> $1 \
+             AND p.instance_id IN (SELECT id FROM instances WHERE owner_id = $1) ",
+            order_dependents!()
+        ))
         .bind(user_id),
     };
     let rows: Vec<(i64, String, String)> = query.fetch_all(&mut **tx).await.map_err(errors::db)?;

@@ -3,7 +3,7 @@
 //! waits and then sees the new project.
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::{
     Store,
@@ -33,11 +33,15 @@ struct ProjectRow {
     update_time: DateTime<Utc>,
 }
 
-const SELECT: &str = "SELECT u.handle AS owner, p.handle, p.description, iu.handle AS instance_owner, \
+macro_rules! select_projects {
+    () => {
+        "SELECT u.handle AS owner, p.handle, p.description, iu.handle AS instance_owner, \
     i.handle AS instance_handle, p.detach_reason, p.detach_time, p.revision, p.create_time, \
     p.update_time \
     FROM projects p JOIN users u ON u.id = p.owner_id \
-    LEFT JOIN instances i ON i.id = p.instance_id LEFT JOIN users iu ON iu.id = i.owner_id";
+    LEFT JOIN instances i ON i.id = p.instance_id LEFT JOIN users iu ON iu.id = i.owner_id"
+    };
+}
 
 impl ProjectRow {
     fn into_domain(self) -> Result<Project, DomainError> {
@@ -132,7 +136,7 @@ impl Store {
         tx: &mut Transaction<'_, Postgres>,
         id: i64,
     ) -> Result<Project, DomainError> {
-        sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!("{SELECT} WHERE p.id = $1")))
+        sqlx::query_as::<_, ProjectRow>(concat!(select_projects!(), " WHERE p.id = $1"))
             .bind(id)
             .fetch_one(&mut **tx)
             .await
@@ -141,9 +145,10 @@ impl Store {
     }
 
     pub async fn find_project(&self, name: &ProjectName) -> Result<Option<Project>, DomainError> {
-        sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!(
-            "{SELECT} WHERE u.handle = $1 AND p.handle = $2"
-        )))
+        sqlx::query_as::<_, ProjectRow>(concat!(
+            select_projects!(),
+            " WHERE u.handle = $1 AND p.handle = $2"
+        ))
         .bind(name.owner.as_str())
         .bind(name.handle.as_str())
         .fetch_optional(&self.pool)
@@ -159,9 +164,10 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Page<Project>, DomainError> {
         let owner_id = Self::user_id(&self.pool, owner.0.as_str()).await?;
-        let found = sqlx::query_as::<_, ProjectRow>(AssertSqlSafe(format!(
-            "{SELECT} WHERE p.owner_id = $1 AND p.handle > $2 ORDER BY p.handle LIMIT $3"
-        )))
+        let found = sqlx::query_as::<_, ProjectRow>(concat!(
+            select_projects!(),
+            " WHERE p.owner_id = $1 AND p.handle > $2 ORDER BY p.handle LIMIT $3"
+        ))
         .bind(owner_id)
         .bind(cursor::handle_after(page)?)
         .bind(cursor::fetch_limit(page))

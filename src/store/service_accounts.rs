@@ -7,7 +7,7 @@ use super::read_cache::scope_counter;
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     Store,
@@ -41,8 +41,12 @@ struct AccountRow {
     update_time: DateTime<Utc>,
 }
 
-const ACCOUNT_COLUMNS: &str = "handle, display_name, permissions, act_for_users, \
-     client_certificate_subject, revision, create_time, update_time";
+macro_rules! account_columns {
+    () => {
+        "handle, display_name, permissions, act_for_users, \
+     client_certificate_subject, revision, create_time, update_time"
+    };
+}
 
 fn permissions_of(stored: &[String]) -> Result<Vec<Permission>, DomainError> {
     stored
@@ -179,11 +183,12 @@ impl Store {
     ) -> Result<ServiceAccount, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         let (permissions, users, subject) = stored(fields);
-        let created = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+        let created = sqlx::query_as::<_, AccountRow>(concat!(
             "INSERT INTO service_accounts (handle, display_name, permissions, act_for_users, \
              client_certificate_subject, token_hash) VALUES ($1, $2, $3, $4, $5, $6) \
-             RETURNING {ACCOUNT_COLUMNS}"
-        )))
+             RETURNING ",
+            account_columns!()
+        ))
         .bind(name.0.as_str())
         .bind(&fields.display_name)
         .bind(permissions)
@@ -202,9 +207,11 @@ impl Store {
         &self,
         name: &ServiceAccountName,
     ) -> Result<ServiceAccount, DomainError> {
-        sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE handle = $1"
-        )))
+        sqlx::query_as::<_, AccountRow>(concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM service_accounts WHERE handle = $1"
+        ))
         .bind(name.0.as_str())
         .fetch_optional(&self.pool)
         .await
@@ -218,10 +225,12 @@ impl Store {
         &self,
         page: &PageRequest,
     ) -> Result<Page<ServiceAccount>, DomainError> {
-        let found = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE handle > $1 \
+        let found = sqlx::query_as::<_, AccountRow>(concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM service_accounts WHERE handle > $1 \
              ORDER BY handle LIMIT $2"
-        )))
+        ))
         .bind(cursor::handle_after(page)?)
         .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
@@ -250,11 +259,12 @@ impl Store {
         change.check_etag(etag, &current)?;
         let fields = change_fields(&current)?;
         let (permissions, users, subject) = stored(&fields);
-        let updated = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+        let updated = sqlx::query_as::<_, AccountRow>(concat!(
             "UPDATE service_accounts SET display_name = $2, permissions = $3, act_for_users = $4, \
              client_certificate_subject = $5, revision = revision + 1, \
-             update_time = clock_timestamp() WHERE handle = $1 RETURNING {ACCOUNT_COLUMNS}"
-        )))
+             update_time = clock_timestamp() WHERE handle = $1 RETURNING ",
+            account_columns!()
+        ))
         .bind(name.0.as_str())
         .bind(&fields.display_name)
         .bind(permissions)
@@ -283,10 +293,11 @@ impl Store {
     ) -> Result<ServiceAccount, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         Self::lock_service_account(change.tx(), name).await?;
-        let rotated = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
+        let rotated = sqlx::query_as::<_, AccountRow>(concat!(
             "UPDATE service_accounts SET token_hash = $2, revision = revision + 1, \
-             update_time = clock_timestamp() WHERE handle = $1 RETURNING {ACCOUNT_COLUMNS}"
-        )))
+             update_time = clock_timestamp() WHERE handle = $1 RETURNING ",
+            account_columns!()
+        ))
         .bind(name.0.as_str())
         .bind(token_hash)
         .fetch_one(&mut **change.tx())
@@ -335,9 +346,11 @@ impl Store {
         tx: &mut Transaction<'static, Postgres>,
         name: &ServiceAccountName,
     ) -> Result<ServiceAccount, DomainError> {
-        sqlx::query_as::<_, AccountRow>(AssertSqlSafe(format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE handle = $1 FOR UPDATE"
-        )))
+        sqlx::query_as::<_, AccountRow>(concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM service_accounts WHERE handle = $1 FOR UPDATE"
+        ))
         .bind(name.0.as_str())
         .fetch_optional(&mut **tx)
         .await

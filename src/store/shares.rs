@@ -2,7 +2,6 @@
 //! revoking and binding projects to the instance take turns.
 
 use chrono::{DateTime, Utc};
-use sqlx::AssertSqlSafe;
 
 use super::{
     Store,
@@ -30,7 +29,11 @@ struct ShareRow {
     update_time: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "g.handle AS grantee, s.role, s.create_time, s.update_time";
+macro_rules! share_columns {
+    () => {
+        "g.handle AS grantee, s.role, s.create_time, s.update_time"
+    };
+}
 
 impl ShareRow {
     fn into_domain(self, instance: &InstanceName) -> Result<Share, DomainError> {
@@ -75,14 +78,12 @@ impl Store {
             .ok_or_else(|| {
                 DomainError::invalid("grantee", format!("there is no user users/{grantee}"))
             })?;
-        let row = sqlx::query_as::<_, ShareRow>(AssertSqlSafe(format!(
-            "WITH upserted AS ( \
+        let row = sqlx::query_as::<_, ShareRow>(concat!("WITH upserted AS ( \
                 INSERT INTO shares AS s (instance_id, grantee_id, role) VALUES ($1, $2, $3) \
                 ON CONFLICT (instance_id, grantee_id) DO UPDATE SET role = EXCLUDED.role, \
                     update_time = CASE WHEN s.role = EXCLUDED.role THEN s.update_time ELSE clock_timestamp() END \
                 RETURNING * \
-             ) SELECT {COLUMNS} FROM upserted s JOIN users g ON g.id = s.grantee_id"
-        )))
+             ) SELECT ", share_columns!(), " FROM upserted s JOIN users g ON g.id = s.grantee_id"))
         .bind(instance_id)
         .bind(grantee_id)
         .bind(role.as_str())
@@ -160,11 +161,13 @@ impl Store {
             InstanceAction::Manage,
             instance,
         )?;
-        let rows = sqlx::query_as::<_, ShareRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM shares s JOIN users g ON g.id = s.grantee_id \
+        let rows = sqlx::query_as::<_, ShareRow>(concat!(
+            "SELECT ",
+            share_columns!(),
+            " FROM shares s JOIN users g ON g.id = s.grantee_id \
              JOIN instances i ON i.id = s.instance_id JOIN users o ON o.id = i.owner_id \
              WHERE o.handle = $1 AND i.handle = $2 AND g.handle > $3 ORDER BY g.handle LIMIT $4"
-        )))
+        ))
         .bind(instance.owner.as_str())
         .bind(instance.handle.as_str())
         .bind(cursor::handle_after(page)?)

@@ -3,7 +3,7 @@
 use super::read_cache::scope_counter;
 use chrono::{DateTime, Utc};
 
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::{
     Store,
@@ -32,7 +32,11 @@ struct UserRow {
     update_time: DateTime<Utc>,
 }
 
-const USER_COLUMNS: &str = "handle, display_name, is_admin, revision, create_time, update_time";
+macro_rules! user_columns {
+    () => {
+        "handle, display_name, is_admin, revision, create_time, update_time"
+    };
+}
 
 impl UserRow {
     fn into_domain(self) -> Result<User, DomainError> {
@@ -125,10 +129,8 @@ impl Store {
     ) -> Result<User, DomainError> {
         let name = UserName(UserKey::from(new.handle.clone()));
         let mut change = Change::begin(self, audit, &name).await?;
-        let created = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
-            "INSERT INTO users (handle, display_name, is_admin, token_hash) VALUES ($1, $2, $3, $4) \
-             RETURNING {USER_COLUMNS}"
-        )))
+        let created = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (handle, display_name, is_admin, token_hash) VALUES ($1, $2, $3, $4) \
+             RETURNING ", user_columns!()))
         .bind(new.handle.as_str())
         .bind(&new.fields.display_name)
         .bind(new.fields.is_admin)
@@ -142,9 +144,11 @@ impl Store {
     }
 
     pub async fn get_user(&self, name: &UserName) -> Result<User, DomainError> {
-        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE handle = $1"
-        )))
+        sqlx::query_as::<_, UserRow>(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE handle = $1"
+        ))
         .bind(name.0.as_str())
         .fetch_optional(&self.pool)
         .await
@@ -155,9 +159,11 @@ impl Store {
 
     /// Users in handle order, after the page cursor (the last handle served).
     pub async fn list_users(&self, page: &PageRequest) -> Result<Page<User>, DomainError> {
-        let found = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE handle > $1 ORDER BY handle LIMIT $2"
-        )))
+        let found = sqlx::query_as::<_, UserRow>(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE handle > $1 ORDER BY handle LIMIT $2"
+        ))
         .bind(cursor::handle_after(page)?)
         .bind(cursor::fetch_limit(page))
         .fetch_all(&self.pool)
@@ -184,10 +190,11 @@ impl Store {
         let current = Self::lock_user(change.tx(), name).await?;
         change.check_etag(etag, &current)?;
         let fields = change_fields(&current)?;
-        let updated = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
+        let updated = sqlx::query_as::<_, UserRow>(concat!(
             "UPDATE users SET display_name = $2, is_admin = $3, revision = revision + 1, \
-             update_time = clock_timestamp() WHERE handle = $1 RETURNING {USER_COLUMNS}"
-        )))
+             update_time = clock_timestamp() WHERE handle = $1 RETURNING ",
+            user_columns!()
+        ))
         .bind(name.0.as_str())
         .bind(&fields.display_name)
         .bind(fields.is_admin)
@@ -208,10 +215,8 @@ impl Store {
     ) -> Result<User, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         Self::lock_user(change.tx(), name).await?;
-        let rotated = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
-            "UPDATE users SET token_hash = $2, revision = revision + 1, update_time = clock_timestamp() \
-             WHERE handle = $1 RETURNING {USER_COLUMNS}"
-        )))
+        let rotated = sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET token_hash = $2, revision = revision + 1, update_time = clock_timestamp() \
+             WHERE handle = $1 RETURNING ", user_columns!()))
         .bind(name.0.as_str())
         .bind(token_hash)
         .fetch_one(&mut **change.tx())
@@ -266,9 +271,11 @@ impl Store {
         tx: &mut Transaction<'static, Postgres>,
         name: &UserName,
     ) -> Result<User, DomainError> {
-        sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE handle = $1 FOR UPDATE"
-        )))
+        sqlx::query_as::<_, UserRow>(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE handle = $1 FOR UPDATE"
+        ))
         .bind(name.0.as_str())
         .fetch_optional(&mut **tx)
         .await

@@ -6,7 +6,7 @@
 //! its dimensions, to tell whether the instance asks for a reduced size.
 
 use crate::store::read_cache::{instance_answer_counters, scope_counter};
-use std::{sync::LazyLock, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Row, postgres::PgRow};
@@ -34,53 +34,53 @@ use crate::{
 /// What a call needs beyond the instance's visible columns, for the instance `x` found, and the
 /// counters of the read cache scopes its answer depends on (the caller `$1`'s row, the instance
 /// with its shares, the API standards, the definition), read in the same snapshot.
-const CALL_COLUMNS: &str = concat!(
-    instance_answer_counters!("$1"),
-    ", kd.id AS cache_definition_id, \
-     ",
-    scope_counter!(5, "kd.id"),
-    " AS definition_counter, \
-     k.api_key_ciphertext AS call_ciphertext, \
-     k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
-     kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
-     kd.dimensions AS call_definition_dimensions"
-);
+macro_rules! call_columns {
+    () => {
+        concat!(
+            instance_answer_counters!("$1"),
+            ", kd.id AS cache_definition_id, ",
+            scope_counter!(5, "kd.id"),
+            " AS definition_counter, \
+             k.api_key_ciphertext AS call_ciphertext, \
+             k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
+             kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
+             kd.dimensions AS call_definition_dimensions"
+        )
+    };
+}
 
-/// The joins behind [`CALL_COLUMNS`] (primary-key lookups on the found instance).
-const CALL_JOINS: &str = "LEFT JOIN instances k ON k.id = x.id \
-     LEFT JOIN api_standards kst ON kst.id = k.api_standard_id \
-     LEFT JOIN definitions kd ON kd.id = k.definition_id";
+/// The joins behind [`call_columns`] (primary-key lookups on the found instance).
+macro_rules! call_joins {
+    () => {
+        "LEFT JOIN instances k ON k.id = x.id \
+         LEFT JOIN api_standards kst ON kst.id = k.api_standard_id \
+         LEFT JOIN definitions kd ON kd.id = k.definition_id"
+    };
+}
 
 /// Instance `$2`/`$3` as caller `$1` sees it, with what a call needs.
-static FIND_INSTANCE: LazyLock<String> = LazyLock::new(|| {
-    with_call_columns(concat!(
-        "SELECT x.*, NULL::bigint AS cache_project_id, 0::bigint AS project_counter, \
-         {CALL} FROM (",
-        select_instances!("$1"),
-        " WHERE u.handle = $2 AND i.handle = $3) x {JOINS}"
-    ))
-});
+const FIND_INSTANCE: &str = concat!(
+    "SELECT x.*, NULL::bigint AS cache_project_id, 0::bigint AS project_counter, ",
+    call_columns!(),
+    " FROM (",
+    select_instances!("$1"),
+    " WHERE u.handle = $2 AND i.handle = $3) x ",
+    call_joins!()
+);
 
 /// Project `$2`/`$3` (its detachment columns) and the instance bound to it, in one statement.
-static FIND_PROJECT_INSTANCE: LazyLock<String> = LazyLock::new(|| {
-    with_call_columns(concat!(
-        "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, \
+const FIND_PROJECT_INSTANCE: &str = concat!(
+    "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, \
      p.id AS cache_project_id, ",
-        scope_counter!(4, "p.id"),
-        " AS project_counter, \
-     x.*, {CALL} FROM projects p JOIN users pu ON pu.id = p.owner_id \
-     LEFT JOIN LATERAL (",
-        select_instances!("$1"),
-        " WHERE i.id = p.instance_id) x ON true {JOINS} \
-     WHERE pu.handle = $2 AND p.handle = $3"
-    ))
-});
-
-fn with_call_columns(statement: &str) -> String {
-    statement
-        .replace("{CALL}", CALL_COLUMNS)
-        .replace("{JOINS}", CALL_JOINS)
-}
+    scope_counter!(4, "p.id"),
+    " AS project_counter, x.*, ",
+    call_columns!(),
+    " FROM projects p JOIN users pu ON pu.id = p.owner_id LEFT JOIN LATERAL (",
+    select_instances!("$1"),
+    " WHERE i.id = p.instance_id) x ON true ",
+    call_joins!(),
+    " WHERE pu.handle = $2 AND p.handle = $3"
+);
 
 impl Store {
     /// The instance a call names, as `caller` sees it, with its destination: `None` when it
@@ -112,10 +112,10 @@ impl Store {
         }
         let start = self.cache.read_start();
         let (statement, owner, handle) = match target {
-            CallTarget::Instance(name) => (&*FIND_INSTANCE, &name.owner, &name.handle),
-            CallTarget::Project(name) => (&*FIND_PROJECT_INSTANCE, &name.owner, &name.handle),
+            CallTarget::Instance(name) => (FIND_INSTANCE, &name.owner, &name.handle),
+            CallTarget::Project(name) => (FIND_PROJECT_INSTANCE, &name.owner, &name.handle),
         };
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+        let Some(row) = sqlx::query(statement)
             .bind(caller_id(caller))
             .bind(owner.as_str())
             .bind(handle.as_str())

@@ -21,7 +21,7 @@ pub(super) use update_hints::UpdateHints;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::{Store, errors};
 use crate::domain::{
@@ -91,9 +91,6 @@ macro_rules! select_instances {
         )
     };
 }
-
-/// [`select_instances`] for the caller whose user id is `$1`.
-const SELECT: &str = select_instances!("$1");
 
 // Path-based, so that the sibling modules can use the macro too.
 use select_instances;
@@ -190,9 +187,10 @@ impl Store {
         name: &InstanceName,
         action: InstanceAction,
     ) -> Result<(i64, Instance), DomainError> {
-        let found = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
-            "{SELECT} WHERE u.handle = $2 AND i.handle = $3 FOR UPDATE OF i"
-        )))
+        let found = sqlx::query_as::<_, InstanceRow>(concat!(
+            select_instances!("$1"),
+            " WHERE u.handle = $2 AND i.handle = $3 FOR UPDATE OF i"
+        ))
         .bind(caller_id(caller))
         .bind(name.owner.as_str())
         .bind(name.handle.as_str())

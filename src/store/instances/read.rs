@@ -1,9 +1,7 @@
 //! Reading instances as a caller sees them: one by name, and the paged list of those a user can
 //! use.
 
-use sqlx::AssertSqlSafe;
-
-use super::{InstanceRow, SELECT, caller_id};
+use super::{InstanceRow, caller_id, select_instances};
 use crate::{
     domain::{
         DomainError,
@@ -26,9 +24,10 @@ impl Store {
         caller: &Caller,
         name: &InstanceName,
     ) -> Result<Option<Instance>, DomainError> {
-        let row = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
-            "{SELECT} WHERE u.handle = $2 AND i.handle = $3"
-        )))
+        let row = sqlx::query_as::<_, InstanceRow>(concat!(
+            select_instances!("$1"),
+            " WHERE u.handle = $2 AND i.handle = $3"
+        ))
         .bind(caller_id(caller))
         .bind(name.owner.as_str())
         .bind(name.handle.as_str())
@@ -61,15 +60,13 @@ impl Store {
             _ => Self::user_id(&self.pool, user.0.as_str()).await?,
         };
         let after = cursor::start_after::<RowId>(page)?.map_or(0, |RowId(id)| id);
-        let rows = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
-            "WITH page AS ( \
+        let rows = sqlx::query_as::<_, InstanceRow>(concat!("WITH page AS ( \
                 (SELECT id FROM instances WHERE $3 AND owner_id = $2 AND id > $5 ORDER BY id LIMIT $6) \
                 UNION ALL \
                 (SELECT instance_id FROM shares WHERE $4 AND grantee_id = $2 AND instance_id > $5 \
                  ORDER BY instance_id LIMIT $6) \
              ) \
-             {SELECT} WHERE i.id = ANY (ARRAY(SELECT id FROM page)) ORDER BY i.id LIMIT $6"
-        )))
+             ", select_instances!("$1"), " WHERE i.id = ANY (ARRAY(SELECT id FROM page)) ORDER BY i.id LIMIT $6"))
         .bind(caller_id(caller))
         .bind(user_id)
         .bind(scope != Scope::Shared)
