@@ -268,7 +268,7 @@ impl Metrics {
         );
         r.register(
             "read_cache_invalidations",
-            "Epoch moves seen: every cached answer became stale",
+            "Cached answers found stale (a scope they depend on changed), and resets of the whole cache",
             metrics.cache_invalidations.clone(),
         );
         r.register(

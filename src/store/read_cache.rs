@@ -117,7 +117,9 @@ impl Deps {
 }
 
 /// Proof that a probe round sent after the current call arrived has been applied: only with it
-/// may a call answer from the cache. Made by [`super::scope_probe`] only.
+/// may a call answer from the cache. Made by [`super::scope_probe`] when its round for the call
+/// is applied, and by the token paths (`instances::by_token`, `instances::for_call`) for a call
+/// whose token the edge checked through the probe already.
 #[derive(Debug, Clone, Copy)]
 pub struct Fresh(());
 

@@ -48,7 +48,7 @@ const MAX_CHANGES_PER_ROUND: usize = 1000;
 /// snapshot, in the same order, each at most one more than [`MAX_CHANGES_PER_ROUND`]. Most
 /// rounds see no change at all, and then only the newest `changed_xid` is read (one probe at the
 /// end of the index; a subquery in a branch not taken is not run), so a quiet round costs about
-/// what the old single-row epoch read did.
+/// one single-row read.
 const ROUND: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, \
      CASE WHEN (SELECT max(changed_xid) FROM read_cache_scopes) >= $1::text::xid8 THEN \
        ARRAY(SELECT scope FROM read_cache_scopes WHERE changed_xid >= $1::text::xid8 \
