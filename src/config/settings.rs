@@ -1,0 +1,387 @@
+//! The arguments of `serve` and `rotate-keys` turned into validated settings: production's
+//! refusals, the key ring, TLS, the edge's limits and the provider settings.
+
+use std::{fs, net::SocketAddr, time::Duration};
+
+use anyhow::{Context, bail, ensure};
+use zeroize::Zeroizing;
+
+use super::{
+    DEV_DATABASE_URL, GlobalArgs, KeyArgs, Mode, ProviderArgs, ServeArgs, TlsArgs, admin_token,
+    dev_secrets::development_secrets,
+};
+use crate::{
+    providers::{ProviderSettings, egress::EgressPolicy},
+    tls::{TlsSettings, incoming::ConnectionLimits},
+    vault::{KeyRing, MasterKey},
+};
+
+/// Everything `serve` needs, validated. Its `Debug` leaves out the secrets.
+#[derive(Clone)]
+pub struct ServeSettings {
+    pub mode: Mode,
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    pub admin_token: Zeroizing<String>,
+    pub key_ring: KeyRing,
+    pub request_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub max_queued_requests: usize,
+    pub db_max_connections: u32,
+    pub db_statement_timeout: Duration,
+    pub read_cache_entries: usize,
+    pub health_check_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub edge: EdgeLimits,
+    pub providers: ProviderSettings,
+    /// TLS on the listener; `None` serves plaintext (development, or TLS ended upstream).
+    pub tls: Option<TlsSettings>,
+    /// Where Prometheus scrapes; `None`: no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
+    pub release: ReleaseSettings,
+}
+
+impl std::fmt::Debug for ServeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeSettings")
+            .field("mode", &self.mode)
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &"[redacted]")
+            .field("admin_token", &"[redacted]")
+            .field("key_ring", &self.key_ring.key_ids())
+            .field("request_timeout", &self.request_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_queued_requests", &self.max_queued_requests)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("db_statement_timeout", &self.db_statement_timeout)
+            .field("read_cache_entries", &self.read_cache_entries)
+            .field("health_check_interval", &self.health_check_interval)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("edge", &self.edge)
+            .field("providers", &self.providers)
+            .field("tls", &self.tls)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("release", &self.release)
+            .finish()
+    }
+}
+
+/// How ResolveCredential may release keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseSettings {
+    /// Releases per service account and minute, across replicas; 0: none at all.
+    pub per_minute: u32,
+    /// Keys may be released over a plaintext listener: TLS ends upstream, or the operator
+    /// allowed it explicitly. With TLS on the listener this does not matter.
+    pub plaintext_allowed: bool,
+}
+
+impl Default for ReleaseSettings {
+    /// The defaults of the command line: 600 a minute, never over plaintext.
+    fn default() -> Self {
+        Self {
+            per_minute: 600,
+            plaintext_allowed: false,
+        }
+    }
+}
+
+/// What one connection or caller may hold at the edge, and the HTTP/2 limits (see
+/// docs/operations.md, "Limits").
+#[derive(Debug, Clone)]
+pub struct EdgeLimits {
+    pub request_body_timeout: Duration,
+    pub max_share_per_connection_percent: u8,
+    pub max_share_per_caller_percent: u8,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_header_list_bytes: u32,
+    pub http2_keepalive: Duration,
+    /// Refusals of one caller recorded one by one per window; the rest are counted in one row.
+    pub refusals_per_window: u32,
+    pub refusal_window: Duration,
+    /// Connections of the listener (caps, opening deadline, idle timeout).
+    pub connections: ConnectionLimits,
+}
+
+impl Default for EdgeLimits {
+    /// The defaults of the command line.
+    fn default() -> Self {
+        Self {
+            request_body_timeout: Duration::from_millis(5000),
+            max_share_per_connection_percent: 50,
+            max_share_per_caller_percent: 50,
+            http2_max_concurrent_streams: 128,
+            http2_max_header_list_bytes: 16 * 1024,
+            http2_keepalive: Duration::from_secs(60),
+            refusals_per_window: 20,
+            refusal_window: Duration::from_secs(60),
+            connections: ConnectionLimits {
+                max_connections: 1000,
+                max_per_peer: 64,
+                max_opening: 256,
+                opening_timeout: Duration::from_millis(5000),
+                idle_timeout: Duration::from_secs(300),
+            },
+        }
+    }
+}
+
+/// The database URL for any command: given, or the development default.
+pub fn database_url(global: &GlobalArgs) -> anyhow::Result<String> {
+    match (&global.database_url, global.mode) {
+        (Some(url), _) if !url.trim().is_empty() => Ok((**url).to_owned()),
+        (_, Mode::Development) => Ok(DEV_DATABASE_URL.to_owned()),
+        (_, Mode::Production) => bail!("production mode needs DATABASE_URL (or --database-url)"),
+    }
+}
+
+/// Resolves and validates the settings of `serve`.
+pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<ServeSettings> {
+    let (admin_token, key_ring) = match global.mode {
+        Mode::Production => {
+            let mut problems = Vec::new();
+            if global
+                .database_url
+                .as_deref()
+                .is_none_or(|url| url.trim().is_empty())
+            {
+                problems.push("DATABASE_URL is missing".to_owned());
+            }
+            let token = match serve.admin_token.as_deref() {
+                None | Some("") => {
+                    problems.push("ADMIN_TOKEN is missing".to_owned());
+                    None
+                }
+                Some(token) => admin_token(token).map_err(|p| problems.push(p)).ok(),
+            };
+            let ring = explicit_ring(&serve.keys, &mut problems);
+            if serve.tls.tls_cert_file.is_none() && !serve.tls.tls_terminated_upstream {
+                problems.push(
+                    "gRPC is served over TLS in production: set TLS_CERT_FILE and TLS_KEY_FILE, \
+                     or, if TLS ends in front of the service (a mesh sidecar or a load balancer), \
+                     set TLS_TERMINATED_UPSTREAM=true"
+                        .to_owned(),
+                );
+            }
+            match (token, ring) {
+                (Some(token), Some(ring)) if problems.is_empty() => (token, ring),
+                _ => bail!("production mode refuses to start: {}", problems.join("; ")),
+            }
+        }
+        Mode::Development => {
+            let stored = development_secrets(global)?;
+            let token = match serve.admin_token.as_deref().filter(|t| !t.is_empty()) {
+                Some(token) => admin_token(token).map_err(anyhow::Error::msg)?,
+                None => stored.admin_token,
+            };
+            (token, development_ring(&serve.keys, stored.encryption_key)?)
+        }
+    };
+    ensure!(
+        serve.max_connections_per_peer < serve.max_opening_connections,
+        "MAX_CONNECTIONS_PER_PEER ({}) must be below MAX_OPENING_CONNECTIONS ({}): one peer's \
+         connections that never open could otherwise take every opening place",
+        serve.max_connections_per_peer,
+        serve.max_opening_connections
+    );
+    Ok(ServeSettings {
+        mode: global.mode,
+        listen_addr: serve.listen_addr,
+        database_url: database_url(global)?,
+        admin_token,
+        key_ring,
+        request_timeout: Duration::from_secs(serve.request_timeout_secs.max(1)),
+        max_message_bytes: serve.max_message_bytes.max(1024),
+        max_concurrent_requests: serve.max_concurrent_requests.max(1),
+        max_queued_requests: serve.max_queued_requests,
+        edge: EdgeLimits {
+            request_body_timeout: Duration::from_millis(serve.request_body_timeout_ms.max(1)),
+            max_share_per_connection_percent: serve.max_share_per_connection_percent,
+            max_share_per_caller_percent: serve.max_share_per_caller_percent,
+            http2_max_concurrent_streams: serve.http2_max_concurrent_streams.max(1),
+            http2_max_header_list_bytes: serve.http2_max_header_list_bytes.max(1024),
+            http2_keepalive: Duration::from_secs(serve.http2_keepalive_secs.max(1)),
+            refusals_per_window: serve.refusals_per_minute,
+            refusal_window: Duration::from_secs(60),
+            connections: ConnectionLimits {
+                max_connections: serve.max_connections.max(1),
+                max_per_peer: serve.max_connections_per_peer.max(1),
+                max_opening: serve.max_opening_connections.max(1),
+                opening_timeout: Duration::from_millis(serve.connection_opening_timeout_ms.max(1)),
+                idle_timeout: Duration::from_secs(serve.connection_idle_timeout_secs.max(1)),
+            },
+        },
+        db_max_connections: serve.db_max_connections.max(1),
+        db_statement_timeout: Duration::from_millis(serve.db_statement_timeout_ms.max(100)),
+        read_cache_entries: serve.read_cache_entries,
+        health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),
+        shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),
+        providers: provider_settings(global.mode, &serve.providers)?,
+        tls: tls_settings(&serve.tls)?,
+        metrics_addr: serve.metrics_addr,
+        release: ReleaseSettings {
+            per_minute: serve.release.credential_releases_per_minute,
+            plaintext_allowed: serve.tls.tls_terminated_upstream
+                || serve.release.allow_plaintext_credential_release,
+        },
+    })
+}
+
+/// The listener's TLS, if its files are named; half a pair, or a client CA without a
+/// certificate, refuses the start (the files themselves are checked when the server starts).
+pub fn tls_settings(args: &TlsArgs) -> anyhow::Result<Option<TlsSettings>> {
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsSettings {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: args.tls_client_ca_file.clone(),
+            reload_interval: Duration::from_millis(args.tls_reload_interval_ms.max(100)),
+        })),
+        (Some(_), None) => bail!("TLS_CERT_FILE is set but TLS_KEY_FILE is not: set both"),
+        (None, Some(_)) => bail!("TLS_KEY_FILE is set but TLS_CERT_FILE is not: set both"),
+        (None, None) if args.tls_client_ca_file.is_some() => {
+            bail!("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The settings of outbound provider calls; a CA file that cannot be read refuses the start.
+pub fn provider_settings(mode: Mode, args: &ProviderArgs) -> anyhow::Result<ProviderSettings> {
+    let allowed = match (&args.provider_egress_allow, mode) {
+        (Some(list), _) => list.clone(),
+        (None, Mode::Development) => "loopback".to_owned(),
+        (None, Mode::Production) => String::new(),
+    };
+    let mut egress = EgressPolicy::default();
+    for class in allowed.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        match class {
+            "loopback" => egress.allow_loopback = true,
+            "private" => egress.allow_private = true,
+            "link-local" => egress.allow_link_local = true,
+            other => bail!(
+                "PROVIDER_EGRESS_ALLOW: unknown address class {other:?}; use loopback, private or link-local"
+            ),
+        }
+    }
+    egress.plain_http_hosts = args
+        .provider_plain_http_hosts
+        .split(',')
+        .map(|host| host.trim().trim_matches(['[', ']']).to_ascii_lowercase())
+        .filter(|host| !host.is_empty())
+        .collect();
+    let extra_ca_pem = match &args.provider_ca_file {
+        None => None,
+        Some(path) => Some(
+            fs::read(path)
+                .with_context(|| format!("PROVIDER_CA_FILE {} cannot be read", path.display()))?,
+        ),
+    };
+    anyhow::ensure!(
+        args.provider_max_reply_bytes <= args.provider_reply_budget_bytes,
+        "PROVIDER_MAX_REPLY_BYTES ({}) is larger than PROVIDER_REPLY_BUDGET_BYTES ({}): one \
+         reply could never be read; raise the budget or lower the reply limit",
+        args.provider_max_reply_bytes,
+        args.provider_reply_budget_bytes
+    );
+    anyhow::ensure!(
+        args.provider_calls_per_caller <= args.provider_max_concurrent_calls,
+        "PROVIDER_CALLS_PER_CALLER ({}) is more than PROVIDER_MAX_CONCURRENT_CALLS ({}): a caller's \
+         share is of the calls that can run; lower it or raise the pool",
+        args.provider_calls_per_caller,
+        args.provider_max_concurrent_calls
+    );
+    Ok(ProviderSettings {
+        egress,
+        extra_ca_pem,
+        attempt_timeout: Duration::from_millis(args.provider_attempt_timeout_ms.max(1)),
+        connect_timeout: Duration::from_millis(args.provider_connect_timeout_ms.max(1)),
+        max_attempts: args.provider_max_attempts.max(1),
+        backoff_base: Duration::from_millis(args.provider_backoff_base_ms),
+        max_reply_bytes: args.provider_max_reply_bytes.max(1024),
+        reply_budget_bytes: args.provider_reply_budget_bytes,
+        max_answer_bytes: args.provider_max_answer_bytes.max(1024),
+        max_concurrent_calls: args.provider_max_concurrent_calls.max(1),
+        calls_per_caller: args.provider_calls_per_caller.max(1),
+        batches_in_flight: args.provider_batches_in_flight.max(1),
+        concurrency_per_instance: args.provider_concurrency_per_instance.max(1),
+        requests_per_minute: (args.provider_requests_per_minute > 0)
+            .then_some(args.provider_requests_per_minute),
+        max_inputs: args.provider_max_inputs.max(1),
+        max_input_bytes: args.provider_max_input_bytes.max(1),
+    })
+}
+
+/// The key ring of `rotate-keys`: the same rules as `serve`, without the admin token.
+pub fn rotation_key_ring(global: &GlobalArgs, keys: &KeyArgs) -> anyhow::Result<KeyRing> {
+    match global.mode {
+        Mode::Production => {
+            let mut problems = Vec::new();
+            match explicit_ring(keys, &mut problems) {
+                Some(ring) if problems.is_empty() => Ok(ring),
+                _ => bail!("rotate-keys refuses to run: {}", problems.join("; ")),
+            }
+        }
+        Mode::Development => development_ring(keys, development_secrets(global)?.encryption_key),
+    }
+}
+
+/// `ENCRYPTION_KEYS_PREVIOUS`: comma-separated base64 keys; problems name the entry, not the key.
+fn previous_keys(keys: &KeyArgs, problems: &mut Vec<String>) -> Vec<MasterKey> {
+    let Some(list) = keys.encryption_keys_previous.as_deref() else {
+        return Vec::new();
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            MasterKey::from_base64(entry)
+                .map_err(|e| problems.push(format!("ENCRYPTION_KEYS_PREVIOUS entry {} {e}", i + 1)))
+                .ok()
+        })
+        .collect()
+}
+
+fn ring(
+    primary: MasterKey,
+    previous: Vec<MasterKey>,
+    problems: &mut Vec<String>,
+) -> Option<KeyRing> {
+    KeyRing::new(primary, previous)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok()
+}
+
+/// The ring from explicit settings only (production).
+fn explicit_ring(keys: &KeyArgs, problems: &mut Vec<String>) -> Option<KeyRing> {
+    let primary = match keys.encryption_key.as_deref() {
+        None | Some("") => {
+            problems.push("ENCRYPTION_KEY is missing".to_owned());
+            None
+        }
+        Some(encoded) => MasterKey::from_base64(encoded)
+            .map_err(|e| problems.push(format!("ENCRYPTION_KEY {e}")))
+            .ok(),
+    };
+    let previous = previous_keys(keys, problems);
+    ring(primary?, previous, problems)
+}
+
+/// The ring in development: an explicit primary wins over the secrets file's key.
+fn development_ring(keys: &KeyArgs, stored: MasterKey) -> anyhow::Result<KeyRing> {
+    let mut problems = Vec::new();
+    let primary = match keys.encryption_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(encoded) => {
+            MasterKey::from_base64(encoded).map_err(|e| anyhow::anyhow!("ENCRYPTION_KEY {e}"))?
+        }
+        None => stored,
+    };
+    let previous = previous_keys(keys, &mut problems);
+    match ring(primary, previous, &mut problems) {
+        Some(ring) if problems.is_empty() => Ok(ring),
+        _ => bail!("{}", problems.join("; ")),
+    }
+}
