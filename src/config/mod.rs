@@ -154,20 +154,24 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
     /// Longest time one request may take, in seconds.
-    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,
     /// Largest request or response message, in bytes.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..))]
     pub max_message_bytes: usize,
     /// Calls served at once across all connections; more wait their turn.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_concurrent_requests: usize,
     /// Calls that may wait for a turn; beyond that, calls are shed with RESOURCE_EXHAUSTED.
     #[arg(long, env = "MAX_QUEUED_REQUESTS", default_value_t = 256)]
     pub max_queued_requests: usize,
     /// How long a request's body may take to arrive after its headers, in milliseconds. A call
     /// whose body is late is refused (DEADLINE_EXCEEDED) before it takes an admission slot.
-    #[arg(long, env = "REQUEST_BODY_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "REQUEST_BODY_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub request_body_timeout_ms: u64,
     /// The share of the running and queued slots (percent) that one connection may hold.
     #[arg(long, env = "MAX_SHARE_PER_CONNECTION_PERCENT", default_value_t = 50,
@@ -178,32 +182,40 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u8).range(1..=100))]
     pub max_share_per_caller_percent: u8,
     /// HTTP/2 streams one connection may have open at once.
-    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 128)]
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub http2_max_concurrent_streams: u32,
     /// Largest HTTP/2 header list a request may send, in bytes.
-    #[arg(long, env = "HTTP2_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024)]
+    #[arg(long, env = "HTTP2_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..))]
     pub http2_max_header_list_bytes: u32,
     /// How often an idle connection is pinged (HTTP/2 keep-alive), in seconds; a peer that does
     /// not answer within 20 seconds is disconnected.
-    #[arg(long, env = "HTTP2_KEEPALIVE_SECS", default_value_t = 60)]
+    #[arg(long, env = "HTTP2_KEEPALIVE_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub http2_keepalive_secs: u64,
     /// Connections the listener keeps open at once; beyond, new ones are closed at once.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
     /// Connections one peer address may keep open at once (a proxy in front counts as one).
     /// Below MAX_OPENING_CONNECTIONS, so that one peer's connections that never open cannot
     /// take every opening place.
-    #[arg(long, env = "MAX_CONNECTIONS_PER_PEER", default_value_t = 64)]
+    #[arg(long, env = "MAX_CONNECTIONS_PER_PEER", default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections_per_peer: usize,
     /// Connections still in their TLS handshake or HTTP/2 preface at once.
-    #[arg(long, env = "MAX_OPENING_CONNECTIONS", default_value_t = 256)]
+    #[arg(long, env = "MAX_OPENING_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_opening_connections: usize,
     /// Time a new connection has to finish its TLS handshake and send the HTTP/2 preface, in
     /// milliseconds.
-    #[arg(long, env = "CONNECTION_OPENING_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "CONNECTION_OPENING_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub connection_opening_timeout_ms: u64,
     /// A connection without a stream for this long is closed, in seconds.
-    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub connection_idle_timeout_secs: u64,
     /// Refused calls of one caller that the audit trail records one by one per minute; further
     /// ones are counted in one summary row.
@@ -211,10 +223,12 @@ pub struct ServeArgs {
     pub refusals_per_minute: u32,
     /// Longest time one SQL statement of a call may run before PostgreSQL cancels it, in
     /// milliseconds (migrations are exempt).
-    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
     pub db_statement_timeout_ms: u64,
     /// Size of the database connection pool.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub db_max_connections: u32,
     /// Answers the read cache may hold (who holds a token; GetInstance answers); 0 turns it
     /// off. The cache is never stale, across replicas too: see docs/operations.md.
@@ -224,7 +238,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
     /// How often health probes the database, in milliseconds.
-    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..))]
     pub health_check_interval_ms: u64,
     /// Address of the Prometheus metrics listener (`GET /metrics`), e.g. `0.0.0.0:9090`; off
     /// when unset. Never the gRPC port.
@@ -275,7 +290,8 @@ pub struct TlsArgs {
     #[arg(long, env = "TLS_TERMINATED_UPSTREAM", default_value_t = false)]
     pub tls_terminated_upstream: bool,
     /// How often the certificate files are checked for a change, in milliseconds.
-    #[arg(long, env = "TLS_RELOAD_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(long, env = "TLS_RELOAD_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..))]
     pub tls_reload_interval_ms: u64,
 }
 
@@ -295,20 +311,24 @@ pub struct ProviderArgs {
     #[arg(long, env = "PROVIDER_CA_FILE")]
     pub provider_ca_file: Option<PathBuf>,
     /// Longest wait for one provider request (one attempt), in milliseconds.
-    #[arg(long, env = "PROVIDER_ATTEMPT_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "PROVIDER_ATTEMPT_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub provider_attempt_timeout_ms: u64,
     /// Longest wait for a connection to a provider, in milliseconds.
-    #[arg(long, env = "PROVIDER_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "PROVIDER_CONNECT_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub provider_connect_timeout_ms: u64,
     /// Attempts per provider request, the first included (429, 408, 5xx and connection errors
     /// are retried).
-    #[arg(long, env = "PROVIDER_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "PROVIDER_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub provider_max_attempts: u32,
     /// The first retry's backoff, in milliseconds; it doubles per attempt, with jitter.
     #[arg(long, env = "PROVIDER_BACKOFF_BASE_MS", default_value_t = 250)]
     pub provider_backoff_base_ms: u64,
     /// Largest provider reply read, in bytes (at most PROVIDER_REPLY_BUDGET_BYTES).
-    #[arg(long, env = "PROVIDER_MAX_REPLY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = "PROVIDER_MAX_REPLY_BYTES", default_value_t = 32 * 1024 * 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..))]
     pub provider_max_reply_bytes: usize,
     /// Provider reply bytes all calls of this process may hold at once; a call whose reply
     /// would go past it waits up to a second, then is refused with RESOURCE_EXHAUSTED.
@@ -316,30 +336,37 @@ pub struct ProviderArgs {
     pub provider_reply_budget_bytes: usize,
     /// Largest Embed answer, in bytes of vectors (inputs x dimensions x 4): a call that could
     /// answer more is refused before it is sent, a reply that holds more is refused unread.
-    #[arg(long, env = "PROVIDER_MAX_ANSWER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "PROVIDER_MAX_ANSWER_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..))]
     pub provider_max_answer_bytes: usize,
     /// Provider calls (Embed, TestInstance) running at once on this replica, in a pool of
     /// their own apart from MAX_CONCURRENT_REQUESTS; beyond, RESOURCE_EXHAUSTED at once.
-    #[arg(long, env = "PROVIDER_MAX_CONCURRENT_CALLS", default_value_t = 64)]
+    #[arg(long, env = "PROVIDER_MAX_CONCURRENT_CALLS", default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub provider_max_concurrent_calls: usize,
     /// Provider calls one caller may have running at once on this replica; the acting user and
     /// the service account acting for them each count.
-    #[arg(long, env = "PROVIDER_CALLS_PER_CALLER", default_value_t = 16)]
+    #[arg(long, env = "PROVIDER_CALLS_PER_CALLER", default_value_t = 16,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub provider_calls_per_caller: usize,
     /// Batches of one Embed call sent at once.
-    #[arg(long, env = "PROVIDER_BATCHES_IN_FLIGHT", default_value_t = 4)]
+    #[arg(long, env = "PROVIDER_BATCHES_IN_FLIGHT", default_value_t = 4,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub provider_batches_in_flight: usize,
     /// Provider calls of one instance running at once on this replica.
-    #[arg(long, env = "PROVIDER_CONCURRENCY_PER_INSTANCE", default_value_t = 32)]
+    #[arg(long, env = "PROVIDER_CONCURRENCY_PER_INSTANCE", default_value_t = 32,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub provider_concurrency_per_instance: usize,
     /// Provider calls per instance per minute, counted across all replicas; 0 means no limit.
     #[arg(long, env = "PROVIDER_REQUESTS_PER_MINUTE", default_value_t = 0)]
     pub provider_requests_per_minute: u32,
     /// Texts per Embed call.
-    #[arg(long, env = "PROVIDER_MAX_INPUTS", default_value_t = 512)]
+    #[arg(long, env = "PROVIDER_MAX_INPUTS", default_value_t = 512,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub provider_max_inputs: usize,
     /// Bytes per text of an Embed call.
-    #[arg(long, env = "PROVIDER_MAX_INPUT_BYTES", default_value_t = 32 * 1024)]
+    #[arg(long, env = "PROVIDER_MAX_INPUT_BYTES", default_value_t = 32 * 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub provider_max_input_bytes: usize,
 }
 
@@ -412,6 +439,25 @@ mod tests {
                 assert!(!shown.contains(secret), "a secret in {shown}");
             }
             assert!(shown.contains("[redacted]"));
+        }
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_naming_the_setting_and_the_range() {
+        for (flag, value, range) in [
+            ("--max-message-bytes", "10", "1024.."),
+            ("--request-timeout-secs", "0", "1.."),
+            ("--db-statement-timeout-ms", "5", "100.."),
+            ("--provider-max-inputs", "0", "1.."),
+        ] {
+            let refused = Cli::try_parse_from(["llm-registry", flag, value])
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default();
+            assert!(
+                refused.contains(flag) && refused.contains(range),
+                "{flag} {value}: {refused}"
+            );
         }
     }
 }

@@ -78,16 +78,6 @@ pub struct ReleaseSettings {
     pub plaintext_allowed: bool,
 }
 
-impl Default for ReleaseSettings {
-    /// The defaults of the command line: 600 a minute, never over plaintext.
-    fn default() -> Self {
-        Self {
-            per_minute: 600,
-            plaintext_allowed: false,
-        }
-    }
-}
-
 /// What one connection or caller may hold at the edge, and the HTTP/2 limits (see
 /// docs/operations.md, "Limits").
 #[derive(Debug, Clone)]
@@ -103,29 +93,6 @@ pub struct EdgeLimits {
     pub refusal_window: Duration,
     /// Connections of the listener (caps, opening deadline, idle timeout).
     pub connections: ConnectionLimits,
-}
-
-impl Default for EdgeLimits {
-    /// The defaults of the command line.
-    fn default() -> Self {
-        Self {
-            request_body_timeout: Duration::from_millis(5000),
-            max_share_per_connection_percent: 50,
-            max_share_per_caller_percent: 50,
-            http2_max_concurrent_streams: 128,
-            http2_max_header_list_bytes: 16 * 1024,
-            http2_keepalive: Duration::from_secs(60),
-            refusals_per_window: 20,
-            refusal_window: Duration::from_secs(60),
-            connections: ConnectionLimits {
-                max_connections: 1000,
-                max_per_peer: 64,
-                max_opening: 256,
-                opening_timeout: Duration::from_millis(5000),
-                idle_timeout: Duration::from_secs(300),
-            },
-        }
-    }
 }
 
 /// The database URL for any command: given, or the development default.
@@ -192,31 +159,31 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         database_url: database_url(global)?,
         admin_token,
         key_ring,
-        request_timeout: Duration::from_secs(serve.request_timeout_secs.max(1)),
-        max_message_bytes: serve.max_message_bytes.max(1024),
-        max_concurrent_requests: serve.max_concurrent_requests.max(1),
+        request_timeout: Duration::from_secs(serve.request_timeout_secs),
+        max_message_bytes: serve.max_message_bytes,
+        max_concurrent_requests: serve.max_concurrent_requests,
         max_queued_requests: serve.max_queued_requests,
         edge: EdgeLimits {
-            request_body_timeout: Duration::from_millis(serve.request_body_timeout_ms.max(1)),
+            request_body_timeout: Duration::from_millis(serve.request_body_timeout_ms),
             max_share_per_connection_percent: serve.max_share_per_connection_percent,
             max_share_per_caller_percent: serve.max_share_per_caller_percent,
-            http2_max_concurrent_streams: serve.http2_max_concurrent_streams.max(1),
-            http2_max_header_list_bytes: serve.http2_max_header_list_bytes.max(1024),
-            http2_keepalive: Duration::from_secs(serve.http2_keepalive_secs.max(1)),
+            http2_max_concurrent_streams: serve.http2_max_concurrent_streams,
+            http2_max_header_list_bytes: serve.http2_max_header_list_bytes,
+            http2_keepalive: Duration::from_secs(serve.http2_keepalive_secs),
             refusals_per_window: serve.refusals_per_minute,
             refusal_window: Duration::from_secs(60),
             connections: ConnectionLimits {
-                max_connections: serve.max_connections.max(1),
-                max_per_peer: serve.max_connections_per_peer.max(1),
-                max_opening: serve.max_opening_connections.max(1),
-                opening_timeout: Duration::from_millis(serve.connection_opening_timeout_ms.max(1)),
-                idle_timeout: Duration::from_secs(serve.connection_idle_timeout_secs.max(1)),
+                max_connections: serve.max_connections,
+                max_per_peer: serve.max_connections_per_peer,
+                max_opening: serve.max_opening_connections,
+                opening_timeout: Duration::from_millis(serve.connection_opening_timeout_ms),
+                idle_timeout: Duration::from_secs(serve.connection_idle_timeout_secs),
             },
         },
-        db_max_connections: serve.db_max_connections.max(1),
-        db_statement_timeout: Duration::from_millis(serve.db_statement_timeout_ms.max(100)),
+        db_max_connections: serve.db_max_connections,
+        db_statement_timeout: Duration::from_millis(serve.db_statement_timeout_ms),
         read_cache_entries: serve.read_cache_entries,
-        health_check_interval: Duration::from_millis(serve.health_check_interval_ms.max(100)),
+        health_check_interval: Duration::from_millis(serve.health_check_interval_ms),
         shutdown_grace: Duration::from_secs(serve.shutdown_grace_secs),
         providers: provider_settings(global.mode, &serve.providers)?,
         tls: tls_settings(&serve.tls)?,
@@ -237,7 +204,7 @@ pub fn tls_settings(args: &TlsArgs) -> anyhow::Result<Option<TlsSettings>> {
             cert_file: cert_file.clone(),
             key_file: key_file.clone(),
             client_ca_file: args.tls_client_ca_file.clone(),
-            reload_interval: Duration::from_millis(args.tls_reload_interval_ms.max(100)),
+            reload_interval: Duration::from_millis(args.tls_reload_interval_ms),
         })),
         (Some(_), None) => bail!("TLS_CERT_FILE is set but TLS_KEY_FILE is not: set both"),
         (None, Some(_)) => bail!("TLS_KEY_FILE is set but TLS_CERT_FILE is not: set both"),
@@ -296,21 +263,21 @@ pub fn provider_settings(mode: Mode, args: &ProviderArgs) -> anyhow::Result<Prov
     Ok(ProviderSettings {
         egress,
         extra_ca_pem,
-        attempt_timeout: Duration::from_millis(args.provider_attempt_timeout_ms.max(1)),
-        connect_timeout: Duration::from_millis(args.provider_connect_timeout_ms.max(1)),
-        max_attempts: args.provider_max_attempts.max(1),
+        attempt_timeout: Duration::from_millis(args.provider_attempt_timeout_ms),
+        connect_timeout: Duration::from_millis(args.provider_connect_timeout_ms),
+        max_attempts: args.provider_max_attempts,
         backoff_base: Duration::from_millis(args.provider_backoff_base_ms),
-        max_reply_bytes: args.provider_max_reply_bytes.max(1024),
+        max_reply_bytes: args.provider_max_reply_bytes,
         reply_budget_bytes: args.provider_reply_budget_bytes,
-        max_answer_bytes: args.provider_max_answer_bytes.max(1024),
-        max_concurrent_calls: args.provider_max_concurrent_calls.max(1),
-        calls_per_caller: args.provider_calls_per_caller.max(1),
-        batches_in_flight: args.provider_batches_in_flight.max(1),
-        concurrency_per_instance: args.provider_concurrency_per_instance.max(1),
+        max_answer_bytes: args.provider_max_answer_bytes,
+        max_concurrent_calls: args.provider_max_concurrent_calls,
+        calls_per_caller: args.provider_calls_per_caller,
+        batches_in_flight: args.provider_batches_in_flight,
+        concurrency_per_instance: args.provider_concurrency_per_instance,
         requests_per_minute: (args.provider_requests_per_minute > 0)
             .then_some(args.provider_requests_per_minute),
-        max_inputs: args.provider_max_inputs.max(1),
-        max_input_bytes: args.provider_max_input_bytes.max(1),
+        max_inputs: args.provider_max_inputs,
+        max_input_bytes: args.provider_max_input_bytes,
     })
 }
 

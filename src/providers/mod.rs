@@ -51,7 +51,8 @@ use crate::{
     vault::ApiKey,
 };
 
-/// Everything the operator sets about provider calls.
+/// Everything the operator sets about provider calls (made by `config::provider_settings`;
+/// the defaults are the command line's).
 #[derive(Debug, Clone)]
 pub struct ProviderSettings {
     pub egress: EgressPolicy,
@@ -77,29 +78,6 @@ pub struct ProviderSettings {
     pub requests_per_minute: Option<u32>,
     pub max_inputs: usize,
     pub max_input_bytes: usize,
-}
-
-impl Default for ProviderSettings {
-    fn default() -> Self {
-        Self {
-            egress: EgressPolicy::default(),
-            extra_ca_pem: None,
-            attempt_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            max_attempts: 3,
-            backoff_base: Duration::from_millis(250),
-            max_reply_bytes: 32 * 1024 * 1024,
-            reply_budget_bytes: 32 * 1024 * 1024,
-            max_answer_bytes: 8 * 1024 * 1024,
-            max_concurrent_calls: 64,
-            calls_per_caller: 16,
-            batches_in_flight: 4,
-            concurrency_per_instance: 32,
-            requests_per_minute: None,
-            max_inputs: 512,
-            max_input_bytes: 32 * 1024,
-        }
-    }
 }
 
 /// Where and how to call, as stored on the instance and its API standard.

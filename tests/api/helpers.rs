@@ -3,16 +3,16 @@
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
+use clap::Parser as _;
 use llm_registry::{
     IssuedToken,
-    config::{EdgeLimits, Mode, ReleaseSettings, ServeSettings},
+    config::{Cli, ServeSettings, serve_settings},
     pb::v1::{
         self as pb, api_standard_service_client::ApiStandardServiceClient,
         llm_definition_service_client::LlmDefinitionServiceClient,
         llm_instance_service_client::LlmInstanceServiceClient,
         user_service_client::UserServiceClient,
     },
-    providers::ProviderSettings,
     vault::{KeyRing, MasterKey},
 };
 use rand::Rng;
@@ -20,7 +20,6 @@ use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
-use zeroize::Zeroizing;
 
 /// The server that tests create databases on; override with TEST_DATABASE_URL.
 pub fn server_url() -> String {
@@ -81,34 +80,41 @@ pub struct TestApp {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The settings a test server starts with, made the way the binary makes them: the command line
+/// parsed by clap (so every default is the real one) and validated by `serve_settings`, then
+/// the test's key ring put in. Production mode, plaintext as behind a mesh that ends TLS
+/// (`TLS_TERMINATED_UPSTREAM`; tests/api/tls.rs serves over TLS), and production's egress policy:
+/// no loopback, so fakes must be opted into (`trust_fakes`).
 pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeSettings {
-    ServeSettings {
-        mode: Mode::Production,
-        listen_addr: "127.0.0.1:0".parse().expect("address"),
-        database_url: database_url(database),
-        admin_token: Zeroizing::new(admin_token.to_owned()),
-        key_ring: key_ring.clone(),
-        request_timeout: Duration::from_secs(30),
-        max_message_bytes: 1024 * 1024,
-        max_concurrent_requests: 64,
-        max_queued_requests: 256,
-        db_max_connections: 5,
-        db_statement_timeout: Duration::from_secs(10),
-        read_cache_entries: 10_000,
-        health_check_interval: Duration::from_millis(200),
-        shutdown_grace: Duration::from_secs(1),
-        edge: EdgeLimits::default(),
-        // Production's egress policy: no loopback, so fakes must be opted into (`trust_fakes`).
-        providers: ProviderSettings::default(),
-        // Plaintext, as behind a mesh that ends TLS; tests/api/tls.rs serves over TLS.
-        tls: None,
-        metrics_addr: None,
-        // As TLS_TERMINATED_UPSTREAM=true gives; tests/api/service_accounts.rs turns it off.
-        release: ReleaseSettings {
-            plaintext_allowed: true,
-            ..ReleaseSettings::default()
-        },
-    }
+    let url = database_url(database);
+    // Parsing wants a well-formed key; the test's own ring replaces the one it makes.
+    let placeholder_key = MasterKey::generate().to_base64();
+    let cli = Cli::try_parse_from([
+        "llm-registry",
+        "--mode",
+        "production",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+        "--admin-token",
+        admin_token,
+        "--encryption-key",
+        placeholder_key.as_str(),
+        "--tls-terminated-upstream",
+        // A small pool per test server, since many run at once against one PostgreSQL; health
+        // probed often and a short grace, so that outage and shutdown tests run quickly.
+        "--db-max-connections",
+        "5",
+        "--health-check-interval-ms",
+        "200",
+        "--shutdown-grace-secs",
+        "1",
+    ])
+    .expect("the test settings parse");
+    let mut settings = serve_settings(&cli.global, &cli.serve).expect("the test settings hold");
+    settings.key_ring = key_ring.clone();
+    settings
 }
 
 /// Lets the server call the fake providers of `fake_provider`: loopback allowed, their test CA
