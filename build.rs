@@ -49,6 +49,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Makes the commit the binary is built from available as `LLMR_GIT_COMMIT` (`--version` prints
 /// it): HEAD's abbreviated hash; `unknown` outside a git checkout (a source tarball) or without
 /// git. Uncommitted changes are not tracked (that would rebuild on every `git add`).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a build script: nothing async to block"
+)]
 fn announce_commit() {
     // HEAD moves on checkout; a commit rewrites its branch under refs (or packed-refs).
     for path in [".git/HEAD", ".git/refs", ".git/packed-refs"] {

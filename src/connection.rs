@@ -3,8 +3,9 @@
 //! its open streams. The listener ([`crate::tls::incoming`]) makes it; the edge
 //! ([`crate::grpc`]) reads it. Plain data, below both.
 
+use parking_lot::Mutex;
 use std::sync::{
-    Arc, Mutex,
+    Arc,
     atomic::{AtomicUsize, Ordering},
 };
 
@@ -56,22 +57,13 @@ impl ConnectionActivity {
         if self.streams.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        Some(
-            *self
-                .last_stream_end
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Some(*self.last_stream_end.lock())
     }
 }
 
 impl Drop for StreamHeld {
     fn drop(&mut self) {
-        *self
-            .0
-            .last_stream_end
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        *self.0.last_stream_end.lock() = Instant::now();
         self.0.streams.fetch_sub(1, Ordering::SeqCst);
     }
 }

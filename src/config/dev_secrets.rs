@@ -45,6 +45,10 @@ pub(super) struct DevSecrets {
     pub(super) encryption_key: MasterKey,
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "start-up, before anything is served: a small private file read once"
+)]
 fn load_or_create_secrets_file(path: &Path) -> anyhow::Result<DevSecrets> {
     if !path.exists() {
         create_secrets_file(path)?;

@@ -23,10 +23,11 @@
 //! database down, calls fail at once with UNAVAILABLE instead of each waiting out the pool's
 //! connect timeout; the watcher's next good ping closes the circuit again.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
@@ -109,10 +110,7 @@ impl Shares {
 
     /// One more slot for `key`, or `None` when it holds its whole share already.
     fn take(self: &Arc<Self>, key: String) -> Option<Held> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self.held.lock();
         let (count, runs) = held
             .entry(key.clone())
             .or_insert_with(|| (0, Arc::new(Semaphore::new(self.run_cap))));
@@ -138,11 +136,7 @@ struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let mut held = self
-            .shares
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self.shares.held.lock();
         if let Some((count, _)) = held.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
@@ -418,9 +412,6 @@ mod tests {
         );
         drop(running);
         drop(held);
-        assert!(
-            shares.held.lock().unwrap().is_empty(),
-            "nothing kept for idle keys"
-        );
+        assert!(shares.held.lock().is_empty(), "nothing kept for idle keys");
     }
 }

@@ -7,9 +7,10 @@
 //! that records its calls itself (Embed, TestInstance) claims the request's [`SelfAudited`] once
 //! it has, and the call is not recorded twice.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -129,10 +130,8 @@ impl RefusalRecorder {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Window>> {
-        self.windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Window>> {
+        self.windows.lock()
     }
 
     async fn write_summary(&self, label: &str, count: u64) {

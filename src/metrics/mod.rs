@@ -9,10 +9,8 @@
 
 pub mod endpoint;
 
-use std::{
-    collections::HashSet,
-    sync::{OnceLock, RwLock},
-};
+use parking_lot::RwLock;
+use std::{collections::HashSet, sync::OnceLock};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -59,16 +57,10 @@ pub struct MethodLabel {
 pub fn method_label(path: &str) -> &'static str {
     static LABELS: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
     let labels = LABELS.get_or_init(Default::default);
-    if let Some(label) = labels
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(path)
-    {
+    if let Some(label) = labels.read().get(path) {
         return label;
     }
-    let mut labels = labels
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut labels = labels.write();
     if let Some(label) = labels.get(path) {
         return label;
     }

@@ -4,11 +4,8 @@
 //! call over the limit is refused at once (RESOURCE_EXHAUSTED with a retry hint) rather than
 //! queued, since it would otherwise hold an admission slot while it waits.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::domain::{DomainError, error::LimitReason};
 
@@ -42,10 +39,7 @@ impl InstanceGate {
         instance: i64,
         name: &dyn std::fmt::Display,
     ) -> Result<GatePass, DomainError> {
-        let mut running = self
-            .running
-            .lock()
-            .map_err(|_| DomainError::Internal("the instance gate's lock is poisoned".into()))?;
+        let mut running = self.running.lock();
         let count = running.entry(instance).or_insert(0);
         if *count >= self.limit {
             return Err(DomainError::InstanceLimited {
@@ -67,17 +61,13 @@ impl InstanceGate {
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.running.lock().map(|r| r.len()).unwrap_or(usize::MAX)
+        self.running.lock().len()
     }
 }
 
 impl Drop for GatePass {
     fn drop(&mut self) {
-        // A poisoned lock only means another pass panicked mid-update; the map is still sound.
-        let mut running = match self.gate.running.lock() {
-            Ok(running) => running,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut running = self.gate.running.lock();
         if let Some(count) = running.get_mut(&self.instance) {
             *count -= 1;
             if *count == 0 {

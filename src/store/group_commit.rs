@@ -15,9 +15,10 @@
 //! [`BatchOutcome::RunAlone`] with its values, and its caller runs the one-row statement, which
 //! gives exactly the answer a lone write would get.
 
+use parking_lot::Mutex;
 use std::{
     future::Future,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
 };
 
 use sqlx::PgPool;
@@ -105,11 +106,7 @@ impl<S: BatchStatement> GroupCommit<S> {
     /// Queues `values` and waits for its batch to commit (or to skip it).
     pub async fn submit(&self, values: S::Values) -> BatchOutcome<S> {
         self.started.get_or_init(|| {
-            let receiver = self
-                .receiver
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
+            let receiver = self.receiver.lock().take();
             if let Some(receiver) = receiver {
                 tokio::spawn(dispatch::<S>(self.pool.clone(), receiver));
             }

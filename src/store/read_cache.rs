@@ -24,10 +24,8 @@
 //! bounded, and when they are forgotten no answer read before that moment may be added (see
 //! [`ReadStart`]).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     domain::{
@@ -308,9 +306,7 @@ impl ReadCache {
 
     /// Applies one probe round: the scopes that changed and their counters.
     pub(super) fn apply_round(&self, changed: &[(i64, i64)]) {
-        let Some(mut entries) = self.lock() else {
-            return;
-        };
+        let mut entries = self.entries.lock();
         for &(scope, value) in changed {
             let known = entries.known.entry(scope).or_insert(value);
             *known = (*known).max(value);
@@ -329,9 +325,7 @@ impl ReadCache {
     /// Applies a round that saw too many changes to list: every answer and every known counter
     /// is dropped, and reads in flight may not add theirs (they may predate those changes).
     pub(super) fn reset_round(&self) {
-        let Some(mut entries) = self.lock() else {
-            return;
-        };
+        let mut entries = self.entries.lock();
         entries.known.clear();
         entries.clear_answers();
         entries.resets += 1;
@@ -341,21 +335,16 @@ impl ReadCache {
 
     /// Where the cache stands before a query whose answer may be added.
     pub fn read_start(&self) -> ReadStart {
-        self.lock().map_or(
-            ReadStart {
-                rounds_applied: 0,
-                resets: u64::MAX,
-            },
-            |entries| ReadStart {
-                rounds_applied: entries.rounds_applied,
-                resets: entries.resets,
-            },
-        )
+        let entries = self.entries.lock();
+        ReadStart {
+            rounds_applied: entries.rounds_applied,
+            resets: entries.resets,
+        }
     }
 
     /// The user holding this token, if known and current.
     pub fn principal(&self, _fresh: &Fresh, token_hash: &[u8; 32]) -> Option<UserPrincipal> {
-        let mut entries = self.lock()?;
+        let mut entries = self.entries.lock();
         let Entries {
             known, principals, ..
         } = &mut *entries;
@@ -364,7 +353,7 @@ impl ReadCache {
 
     /// A service account and the user it names, if known and current.
     pub fn account(&self, _fresh: &Fresh, key: &AccountKey) -> Option<AccountAnswer> {
-        let mut entries = self.lock()?;
+        let mut entries = self.entries.lock();
         let Entries {
             known, accounts, ..
         } = &mut *entries;
@@ -373,7 +362,7 @@ impl ReadCache {
 
     /// The GetInstance answer for this question, if known and current.
     pub fn instance(&self, _fresh: &Fresh, key: &InstanceKey) -> Option<(UserPrincipal, Instance)> {
-        let mut entries = self.lock()?;
+        let mut entries = self.entries.lock();
         let Entries {
             known, instances, ..
         } = &mut *entries;
@@ -382,7 +371,7 @@ impl ReadCache {
 
     /// What an Embed of `key` needs, if known and current.
     pub fn call_target(&self, _fresh: &Fresh, key: &CallKey) -> Option<InstanceForCall> {
-        let mut entries = self.lock()?;
+        let mut entries = self.entries.lock();
         let Entries {
             known,
             call_targets,
@@ -471,11 +460,11 @@ impl ReadCache {
         &self,
         start: ReadStart,
         deps: &Deps,
-    ) -> Option<std::sync::MutexGuard<'_, Entries>> {
+    ) -> Option<parking_lot::MutexGuard<'_, Entries>> {
         if !self.enabled() {
             return None;
         }
-        let mut entries = self.lock()?;
+        let mut entries = self.entries.lock();
         if start.rounds_applied == 0
             || start.resets != entries.resets
             || !is_current(&entries.known, deps)
@@ -498,13 +487,7 @@ impl ReadCache {
 
     /// Answers held now.
     pub fn len(&self) -> usize {
-        self.lock().map_or(0, |entries| entries.len())
-    }
-
-    /// The entries; `None` (a miss) if a panic elsewhere poisoned the lock, which never happens
-    /// while holding it here, but a miss is always a safe answer.
-    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Entries>> {
-        self.entries.lock().ok()
+        self.entries.lock().len()
     }
 }
 

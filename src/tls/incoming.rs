@@ -13,6 +13,7 @@
 //! nobody else. A refused handshake (no client certificate under mutual TLS, a protocol below
 //! TLS 1.2) ends there, logged at debug: it is the peer's problem, not ours.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     future::Future,
@@ -20,7 +21,7 @@ use std::{
     net::IpAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -78,10 +79,7 @@ struct Place {
 
 impl Places {
     fn take(self: &Arc<Self>, peer: IpAddr) -> Option<Place> {
-        let mut per_peer = self
-            .per_peer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut per_peer = self.per_peer.lock();
         let held = per_peer.entry(peer).or_insert(0);
         if *held >= self.limits.max_per_peer
             || self.total.load(Ordering::SeqCst) >= self.limits.max_connections
@@ -102,11 +100,7 @@ impl Places {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut per_peer = self
-            .places
-            .per_peer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut per_peer = self.places.per_peer.lock();
         if let Some(held) = per_peer.get_mut(&self.peer) {
             *held -= 1;
             if *held == 0 {

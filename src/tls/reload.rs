@@ -5,11 +5,8 @@
 //! a key that does not match, an expired certificate) is logged as an error and the certificate
 //! in use is kept; the next change is tried again.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use parking_lot::RwLock;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio_rustls::rustls::{
     crypto::CryptoProvider,
@@ -34,20 +31,14 @@ impl ReloadingCertificate {
 
     fn replace(&self, next: Arc<CertifiedKey>) {
         // A poisoned lock only means a panic elsewhere while holding it; the value is whole.
-        let mut current = self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = self.current.write();
         *current = next;
     }
 }
 
 impl ResolvesServerCert for ReloadingCertificate {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.current.read();
         Some(Arc::clone(&current))
     }
 }

@@ -10,7 +10,8 @@
 //! never a wrong answer. Hints hold what the caller may see of the instance and nothing secret
 //! (no key, sealed or not).
 
-use std::{collections::HashMap, sync::Mutex};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 
 use crate::domain::{caller::Caller, instance::Instance, names::InstanceName};
 
@@ -39,14 +40,12 @@ impl UpdateHints {
 
     /// Takes the hint (a concurrent update by the same caller reads the database instead).
     pub fn take(&self, key: &HintKey) -> Option<Instance> {
-        self.entries.lock().ok()?.remove(key)
+        self.entries.lock().remove(key)
     }
 
     /// Keeps `instance`, just written by the caller of `key`, for its next update.
     pub fn keep(&self, key: HintKey, instance: Instance) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
+        let mut entries = self.entries.lock();
         if entries.len() >= CAPACITY {
             entries.clear();
         }
