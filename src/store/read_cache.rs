@@ -143,14 +143,28 @@ struct Tagged<T> {
     answer: T,
 }
 
-/// An Embed question: who asks (user id) and which instance or project it names.
-pub type CallKey = (i64, String);
+/// An Embed question: who asks (a user in person, by id) and which instance or project it names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CallKey {
+    pub user_id: i64,
+    /// The full name of the instance or project.
+    pub target: String,
+}
 
-/// A GetInstance question: who asks (by token hash) and for which instance.
-pub type InstanceKey = ([u8; 32], String, String);
+/// A GetInstance question: who asks (by the hash of their token) and for which instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceKey {
+    pub token_hash: [u8; 32],
+    pub owner: String,
+    pub handle: String,
+}
 
 /// A service account question: its token hash and the user it names to act for ("" for none).
-pub type AccountKey = ([u8; 32], String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountKey {
+    pub token_hash: [u8; 32],
+    pub act_as: String,
+}
 
 /// A service account and, when it names one, the user it acts for.
 pub type AccountAnswer = (Arc<ServiceAccountPrincipal>, Option<UserPrincipal>);
@@ -424,7 +438,7 @@ impl ReadCache {
     ) {
         if let Some(mut entries) = self.room_for(start, &deps) {
             entries.principals.insert(
-                key.0,
+                key.token_hash,
                 Tagged {
                     deps: caller_deps,
                     answer: answer.0.clone(),

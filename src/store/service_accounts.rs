@@ -15,7 +15,7 @@ use super::{
     cursor::{self, HandleKey},
     errors,
     rate_windows::{self, Windows},
-    read_cache::{Deps, ScopeKind, scope},
+    read_cache::{AccountKey, Deps, ScopeKind, scope},
 };
 use crate::domain::{
     DomainError,
@@ -99,10 +99,10 @@ impl Store {
         token_hash: &[u8; 32],
         act_as: Option<&UserKey>,
     ) -> Result<(Arc<ServiceAccountPrincipal>, Option<UserPrincipal>), DomainError> {
-        let key = (
-            *token_hash,
-            act_as.map(|u| u.as_str().to_owned()).unwrap_or_default(),
-        );
+        let key = AccountKey {
+            token_hash: *token_hash,
+            act_as: act_as.map(|u| u.as_str().to_owned()).unwrap_or_default(),
+        };
         if let Some(fresh) = self.fresh().await
             && let Some(answer) = self.cache.account(&fresh, &key)
         {

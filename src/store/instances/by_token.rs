@@ -17,7 +17,7 @@ use crate::{
     },
     store::{
         Store, errors,
-        read_cache::{Deps, Fresh, SHARED_SCOPE, ScopeKind, scope},
+        read_cache::{Deps, Fresh, InstanceKey, SHARED_SCOPE, ScopeKind, scope},
     },
 };
 
@@ -72,11 +72,11 @@ impl Store {
             }
             Credential::Token(token) => token,
         };
-        let question = (
-            *token.hash(),
-            name.owner.as_str().to_owned(),
-            name.handle.as_str().to_owned(),
-        );
+        let question = InstanceKey {
+            token_hash: *token.hash(),
+            owner: name.owner.as_str().to_owned(),
+            handle: name.handle.as_str().to_owned(),
+        };
         // The edge checked the token in this call with the cache fresh for it.
         let fresh = match token.checked_fresh() {
             true if self.cache.enabled() => Some(Fresh::after_a_round_applied()),

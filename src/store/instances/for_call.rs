@@ -26,7 +26,7 @@ use crate::{
         change::Change,
         errors,
         rate_windows::{self, Windows},
-        read_cache::{Deps, Fresh, SHARED_SCOPE, ScopeKind, scope},
+        read_cache::{CallKey, Deps, Fresh, SHARED_SCOPE, ScopeKind, scope},
     },
     vault::Sealed,
 };
@@ -100,9 +100,10 @@ impl Store {
         let key = match caller {
             // Keyed by user id, so only for the user in person: an account acting for them sees
             // less (never an administrator's view), and must not share answers with them.
-            Caller::User(user) if self.cache.enabled() && user.via.is_none() => {
-                Some((user.id, target.to_string()))
-            }
+            Caller::User(user) if self.cache.enabled() && user.via.is_none() => Some(CallKey {
+                user_id: user.id,
+                target: target.to_string(),
+            }),
             _ => None,
         };
         if let (Some(key), true) = (&key, checked_fresh)
@@ -140,7 +141,7 @@ impl Store {
             let id = |column: &str| row.try_get::<Option<i64>, _>(column).map_err(errors::db);
             let deps = Deps::new()
                 .with(
-                    Some(scope(ScopeKind::User, key.0)),
+                    Some(scope(ScopeKind::User, key.user_id)),
                     counter("caller_counter")?,
                 )
                 .with(
