@@ -24,15 +24,18 @@
 //! bounded, and when they are forgotten no answer read before that moment may be added (see
 //! [`ReadStart`]).
 
+mod generations;
+
 use parking_lot::Mutex;
 use std::{collections::HashMap, sync::Arc};
 
+use self::generations::{Generations, Tagged, is_current, lookup};
 use crate::{
     domain::{
         caller::UserPrincipal, embedding::InstanceForCall, instance::Instance,
         service_account::ServiceAccountPrincipal,
     },
-    metrics::{KindLabel, metrics},
+    metrics::metrics,
 };
 
 /// The scope of what every tenant shares (API standards).
@@ -136,13 +139,6 @@ pub struct ReadStart {
     resets: u64,
 }
 
-/// An answer and the counters it was read at.
-#[derive(Debug, Clone)]
-struct Tagged<T> {
-    deps: Deps,
-    answer: T,
-}
-
 /// An Embed question: who asks (a user in person, by id) and which instance or project it names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CallKey {
@@ -169,42 +165,6 @@ pub struct AccountKey {
 /// A service account and, when it names one, the user it acts for.
 pub type AccountAnswer = (Arc<ServiceAccountPrincipal>, Option<UserPrincipal>);
 
-/// One kind of answer, in two generations: answers are added to the young one; when the cache
-/// is full the young generation becomes the old one and the old one is dropped, and an answer
-/// found in the old generation moves back to the young one. So the answers in use survive a
-/// full cache (an approximation of least-recently-used with no bookkeeping per hit), where
-/// starting over emptied it and every hot answer had to be read again.
-#[derive(Debug)]
-struct Generations<K, T> {
-    young: HashMap<K, Tagged<T>>,
-    old: HashMap<K, Tagged<T>>,
-}
-
-impl<K, T> Default for Generations<K, T> {
-    fn default() -> Self {
-        Self {
-            young: HashMap::new(),
-            old: HashMap::new(),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq, T> Generations<K, T> {
-    fn insert(&mut self, key: K, tagged: Tagged<T>) {
-        self.old.remove(&key);
-        self.young.insert(key, tagged);
-    }
-
-    fn age(&mut self) {
-        self.old = std::mem::take(&mut self.young);
-    }
-
-    fn clear(&mut self) {
-        self.young.clear();
-        self.old.clear();
-    }
-}
-
 #[derive(Debug, Default)]
 struct Entries {
     /// The newest counter heard of for each scope that changed since this process started (or
@@ -221,13 +181,6 @@ struct Entries {
     /// (caller's user id, instance or project name) → what an Embed needs of the instance (its
     /// sealed key, never the opened one).
     call_targets: Generations<CallKey, InstanceForCall>,
-}
-
-/// Whether an answer read at `deps` is as new as everything this process heard of (`known`).
-fn is_current(known: &HashMap<i64, i64>, deps: &Deps) -> bool {
-    deps.0
-        .iter()
-        .all(|(scope, value)| known.get(scope).is_none_or(|known| value >= known))
 }
 
 impl Entries {
@@ -259,43 +212,6 @@ impl Entries {
         self.instances.clear();
         self.call_targets.clear();
     }
-}
-
-/// Looks `key` up in `map`: the answer if it is current (moved to the young generation if it
-/// was in the old one), else `None` (and a stale one is dropped, counted as an invalidation).
-fn lookup<K, T>(
-    known: &HashMap<i64, i64>,
-    map: &mut Generations<K, T>,
-    key: &K,
-    kind: &'static str,
-) -> Option<T>
-where
-    K: std::hash::Hash + Eq + Clone,
-    T: Clone,
-{
-    let found = if let Some(tagged) = map.young.get(key) {
-        if is_current(known, &tagged.deps) {
-            Some(tagged.answer.clone())
-        } else {
-            map.young.remove(key);
-            metrics().cache_invalidations.inc();
-            None
-        }
-    } else {
-        match map.old.remove(key) {
-            None => None,
-            Some(tagged) if is_current(known, &tagged.deps) => {
-                let answer = tagged.answer.clone();
-                map.young.insert(key.clone(), tagged);
-                Some(answer)
-            }
-            Some(_) => {
-                metrics().cache_invalidations.inc();
-                None
-            }
-        }
-    };
-    counted(kind, found)
 }
 
 /// See the module documentation. Shared by all calls of one process.
@@ -505,130 +421,5 @@ impl ReadCache {
     }
 }
 
-/// Counts a lookup of `kind` as a hit or a miss.
-fn counted<T>(kind: &'static str, found: Option<T>) -> Option<T> {
-    let metrics = metrics();
-    let family = if found.is_some() {
-        &metrics.cache_hits
-    } else {
-        &metrics.cache_misses
-    };
-    family.get_or_create(&KindLabel { kind }).inc();
-    found
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::names::Handle;
-
-    fn alice() -> UserPrincipal {
-        UserPrincipal::new(7, Handle::parse("user", "alice").unwrap(), false)
-    }
-
-    fn fresh() -> Fresh {
-        Fresh::after_a_round_applied()
-    }
-
-    #[test]
-    fn a_changed_scope_drops_only_the_answers_that_depend_on_it() {
-        let cache = ReadCache::new(100);
-        cache.apply_round(&[]);
-        let start = cache.read_start();
-        cache.remember_principal(start, Deps::new().with(Some(7), 3), [1; 32], alice());
-        cache.remember_principal(start, Deps::new().with(Some(8), 0), [2; 32], alice());
-        assert_ne!(
-            scope(ScopeKind::User, 7),
-            scope(ScopeKind::Instance, 7),
-            "kinds do not collide"
-        );
-        assert!(cache.principal(&fresh(), &[1; 32]).is_some());
-        // Scope 7 moved to 4: its answer goes, scope 8's stays.
-        cache.apply_round(&[(7, 4)]);
-        assert!(cache.principal(&fresh(), &[1; 32]).is_none());
-        assert!(cache.principal(&fresh(), &[2; 32]).is_some());
-        // An answer read before the move is not taken; one read after it is.
-        let start = cache.read_start();
-        cache.remember_principal(start, Deps::new().with(Some(7), 3), [1; 32], alice());
-        assert!(cache.principal(&fresh(), &[1; 32]).is_none());
-        cache.remember_principal(start, Deps::new().with(Some(7), 4), [1; 32], alice());
-        assert!(cache.principal(&fresh(), &[1; 32]).is_some());
-        // An older report of a scope does not lower what is known.
-        cache.apply_round(&[(7, 2)]);
-        assert!(cache.principal(&fresh(), &[1; 32]).is_some());
-    }
-
-    #[test]
-    fn nothing_is_added_before_the_first_round_or_across_a_reset() {
-        let cache = ReadCache::new(100);
-        let before = cache.read_start();
-        cache.apply_round(&[]);
-        cache.remember_principal(before, Deps::new().with(Some(7), 0), [1; 32], alice());
-        assert!(
-            cache.principal(&fresh(), &[1; 32]).is_none(),
-            "read before any round"
-        );
-        let start = cache.read_start();
-        // A reset (too many known counters) forgets changes a read in flight may have missed.
-        let many: Vec<(i64, i64)> = (1..=2000).map(|scope| (scope, 1)).collect();
-        cache.apply_round(&many);
-        cache.remember_principal(start, Deps::new().with(Some(7), 0), [1; 32], alice());
-        assert!(
-            cache.principal(&fresh(), &[1; 32]).is_none(),
-            "read across a reset"
-        );
-        // A round with too many changes to list resets too.
-        let start = cache.read_start();
-        cache.remember_principal(start, Deps::new().with(Some(7), 0), [1; 32], alice());
-        assert!(cache.principal(&fresh(), &[1; 32]).is_some());
-        let in_flight = cache.read_start();
-        cache.reset_round();
-        assert!(
-            cache.principal(&fresh(), &[1; 32]).is_none(),
-            "every answer dropped"
-        );
-        cache.remember_principal(in_flight, Deps::new().with(Some(7), 0), [1; 32], alice());
-        assert!(
-            cache.principal(&fresh(), &[1; 32]).is_none(),
-            "read across the reset"
-        );
-    }
-
-    #[test]
-    fn a_full_cache_drops_its_older_generation_keeps_what_is_used_and_zero_turns_it_off() {
-        // Capacity 10: the young generation ages when it would pass 5 with the next answer.
-        let cache = ReadCache::new(10);
-        cache.apply_round(&[]);
-        let start = cache.read_start();
-        let add = |n: u8| cache.remember_principal(start, Deps::new(), [n; 32], alice());
-        let held = |n: u8| cache.principal(&fresh(), &[n; 32]).is_some();
-        for n in 0..4 {
-            add(n);
-        }
-        add(4); // ages: old {0, 1, 2, 3}, young {4}
-        assert!(
-            held(1),
-            "found in the old generation, moved back to the young one"
-        );
-        add(5);
-        add(6);
-        add(7); // ages again: {0, 2, 3} dropped; old {4, 1, 5, 6}, young {7}
-        for n in [0, 2, 3] {
-            assert!(
-                !held(n),
-                "{n} was not used since the older generation began"
-            );
-        }
-        for n in [1, 4, 5, 6, 7] {
-            assert!(held(n), "{n} is in a generation still held");
-        }
-        for n in 8..200 {
-            add(n);
-            assert!(cache.len() <= 10, "never more than the capacity");
-        }
-        let off = ReadCache::new(0);
-        off.apply_round(&[]);
-        off.remember_principal(off.read_start(), Deps::new(), [0; 32], alice());
-        assert!(off.principal(&fresh(), &[0; 32]).is_none());
-    }
-}
+mod tests;
