@@ -7,6 +7,7 @@ use super::{
     change::Change,
     cursor::{self, HandleKey},
     errors,
+    rows::{self, DomainRow},
 };
 use crate::domain::{
     DomainError,
@@ -35,7 +36,9 @@ macro_rules! columns {
     };
 }
 
-impl ApiStandardRow {
+impl DomainRow for ApiStandardRow {
+    type Domain = ApiStandard;
+
     fn into_domain(self) -> Result<ApiStandard, DomainError> {
         Ok(ApiStandard {
             handle: errors::stored_handle(&self.handle)?,
@@ -62,7 +65,7 @@ impl Store {
         fields: &ApiStandardFields,
     ) -> Result<ApiStandard, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
-        let created = sqlx::query_as::<_, ApiStandardRow>(concat!(
+        let created = rows::inserted(sqlx::query_as::<_, ApiStandardRow>(concat!(
             "INSERT INTO api_standards (handle, description, auth_header, auth_scheme, protocol) \
              VALUES ($1, $2, $3, $4, $5) RETURNING ",
             columns!()
@@ -71,11 +74,7 @@ impl Store {
         .bind(&fields.description)
         .bind(&fields.auth_header)
         .bind(&fields.auth_scheme)
-        .bind(stored_protocol(fields.protocol))
-        .fetch_one(&mut **change.tx())
-        .await
-        .map_err(|e| errors::on_insert(e, &name.to_string()))?
-        .into_domain()?;
+        .bind(stored_protocol(fields.protocol)), &mut **change.tx(), &name.to_string()).await?;
         change.commit("created").await?;
         Ok(created)
     }
@@ -84,36 +83,34 @@ impl Store {
         &self,
         name: &ApiStandardName,
     ) -> Result<ApiStandard, DomainError> {
-        sqlx::query_as::<_, ApiStandardRow>(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM api_standards WHERE handle = $1"
-        ))
-        .bind(name.0.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()
+        rows::optional(
+            sqlx::query_as::<_, ApiStandardRow>(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM api_standards WHERE handle = $1"
+            ))
+            .bind(name.0.as_str()),
+            &self.pool,
+        )
+        .await?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))
     }
 
     pub async fn list_api_standards(
         &self,
         page: &PageRequest,
     ) -> Result<Page<ApiStandard>, DomainError> {
-        let found = sqlx::query_as::<_, ApiStandardRow>(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM api_standards WHERE handle > $1 ORDER BY handle LIMIT $2"
-        ))
-        .bind(cursor::handle_after(page)?)
-        .bind(cursor::fetch_limit(page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(errors::db)?
-        .into_iter()
-        .map(ApiStandardRow::into_domain)
-        .collect::<Result<Vec<_>, _>>()?;
+        let found = rows::all(
+            sqlx::query_as::<_, ApiStandardRow>(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM api_standards WHERE handle > $1 ORDER BY handle LIMIT $2"
+            ))
+            .bind(cursor::handle_after(page)?)
+            .bind(cursor::fetch_limit(page)),
+            &self.pool,
+        )
+        .await?;
         Ok(cursor::page_of(found, page, |standard| {
             HandleKey(standard.handle.to_string())
         }))
@@ -131,17 +128,13 @@ impl Store {
         let current = Self::lock_api_standard(change.tx(), name).await?;
         change.check_etag(etag, &current)?;
         let fields = change_fields(&current)?;
-        let updated = sqlx::query_as::<_, ApiStandardRow>(concat!("UPDATE api_standards SET description = $2, auth_header = $3, auth_scheme = $4, \
+        let updated = rows::one(sqlx::query_as::<_, ApiStandardRow>(concat!("UPDATE api_standards SET description = $2, auth_header = $3, auth_scheme = $4, \
              protocol = $5, revision = revision + 1, update_time = clock_timestamp() WHERE handle = $1 RETURNING ", columns!()))
         .bind(name.0.as_str())
         .bind(&fields.description)
         .bind(&fields.auth_header)
         .bind(&fields.auth_scheme)
-        .bind(stored_protocol(fields.protocol))
-        .fetch_one(&mut **change.tx())
-        .await
-        .map_err(errors::db)?
-        .into_domain()?;
+        .bind(stored_protocol(fields.protocol)), &mut **change.tx()).await?;
         change.commit("").await?;
         Ok(updated)
     }
@@ -189,17 +182,17 @@ impl Store {
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         name: &ApiStandardName,
     ) -> Result<ApiStandard, DomainError> {
-        sqlx::query_as::<_, ApiStandardRow>(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM api_standards WHERE handle = $1 FOR UPDATE"
-        ))
-        .bind(name.0.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()
+        rows::optional(
+            sqlx::query_as::<_, ApiStandardRow>(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM api_standards WHERE handle = $1 FOR UPDATE"
+            ))
+            .bind(name.0.as_str()),
+            &mut **tx,
+        )
+        .await?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))
     }
 }
 

@@ -7,6 +7,7 @@ use super::{
     change::Change,
     cursor::{self, HandleKey},
     errors,
+    rows::{self, DomainRow},
 };
 use crate::domain::{
     DomainError,
@@ -39,7 +40,9 @@ macro_rules! select_definitions {
     };
 }
 
-impl DefinitionRow {
+impl DomainRow for DefinitionRow {
+    type Domain = Definition;
+
     fn into_domain(self) -> Result<Definition, DomainError> {
         let owner = UserKey::parse("stored", &self.owner).map_err(|_| {
             DomainError::Internal(format!("malformed stored owner {:?}", self.owner))
@@ -104,12 +107,12 @@ impl Store {
         executor: impl sqlx::PgExecutor<'e>,
         id: i64,
     ) -> Result<Definition, DomainError> {
-        sqlx::query_as::<_, DefinitionRow>(concat!(select_definitions!(), " WHERE d.id = $1"))
-            .bind(id)
-            .fetch_one(executor)
-            .await
-            .map_err(errors::db)?
-            .into_domain()
+        rows::one(
+            sqlx::query_as::<_, DefinitionRow>(concat!(select_definitions!(), " WHERE d.id = $1"))
+                .bind(id),
+            executor,
+        )
+        .await
     }
 
     /// The definition, or `None` when it does not exist.
@@ -117,17 +120,16 @@ impl Store {
         &self,
         name: &DefinitionName,
     ) -> Result<Option<Definition>, DomainError> {
-        sqlx::query_as::<_, DefinitionRow>(concat!(
-            select_definitions!(),
-            " WHERE u.handle = $1 AND d.handle = $2"
-        ))
-        .bind(name.owner.as_str())
-        .bind(name.handle.as_str())
-        .fetch_optional(&self.pool)
+        rows::optional(
+            sqlx::query_as::<_, DefinitionRow>(concat!(
+                select_definitions!(),
+                " WHERE u.handle = $1 AND d.handle = $2"
+            ))
+            .bind(name.owner.as_str())
+            .bind(name.handle.as_str()),
+            &self.pool,
+        )
         .await
-        .map_err(errors::db)?
-        .map(DefinitionRow::into_domain)
-        .transpose()
     }
 
     /// One owner's definitions in handle order after the cursor; NOT_FOUND if the owner is missing.
@@ -137,19 +139,17 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Page<Definition>, DomainError> {
         let owner_id = Self::user_id(&self.pool, owner.0.as_str()).await?;
-        let found = sqlx::query_as::<_, DefinitionRow>(concat!(
-            select_definitions!(),
-            " WHERE d.owner_id = $1 AND d.handle > $2 ORDER BY d.handle LIMIT $3"
-        ))
-        .bind(owner_id)
-        .bind(cursor::handle_after(page)?)
-        .bind(cursor::fetch_limit(page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(errors::db)?
-        .into_iter()
-        .map(DefinitionRow::into_domain)
-        .collect::<Result<Vec<_>, _>>()?;
+        let found = rows::all(
+            sqlx::query_as::<_, DefinitionRow>(concat!(
+                select_definitions!(),
+                " WHERE d.owner_id = $1 AND d.handle > $2 ORDER BY d.handle LIMIT $3"
+            ))
+            .bind(owner_id)
+            .bind(cursor::handle_after(page)?)
+            .bind(cursor::fetch_limit(page)),
+            &self.pool,
+        )
+        .await?;
         Ok(cursor::page_of(found, page, |definition| {
             HandleKey(definition.name.handle.to_string())
         }))
@@ -221,16 +221,16 @@ impl Store {
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         name: &DefinitionName,
     ) -> Result<Definition, DomainError> {
-        sqlx::query_as::<_, DefinitionRow>(concat!(
-            select_definitions!(),
-            " WHERE u.handle = $1 AND d.handle = $2 FOR UPDATE OF d"
-        ))
-        .bind(name.owner.as_str())
-        .bind(name.handle.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()
+        rows::optional(
+            sqlx::query_as::<_, DefinitionRow>(concat!(
+                select_definitions!(),
+                " WHERE u.handle = $1 AND d.handle = $2 FOR UPDATE OF d"
+            ))
+            .bind(name.owner.as_str())
+            .bind(name.handle.as_str()),
+            &mut **tx,
+        )
+        .await?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))
     }
 }

@@ -21,6 +21,7 @@ mod keys;
 mod projects;
 mod rate_windows;
 mod read_cache;
+mod rows;
 mod scope_probe;
 mod service_accounts;
 mod shares;

@@ -10,6 +10,7 @@ use super::{
     change::Change,
     cursor::{self, HandleKey},
     errors,
+    rows::{self, DomainRow},
 };
 use crate::domain::{
     DomainError,
@@ -43,7 +44,9 @@ macro_rules! select_projects {
     };
 }
 
-impl ProjectRow {
+impl DomainRow for ProjectRow {
+    type Domain = Project;
+
     fn into_domain(self) -> Result<Project, DomainError> {
         Ok(Project {
             name: ProjectName::new(
@@ -136,26 +139,25 @@ impl Store {
         tx: &mut Transaction<'_, Postgres>,
         id: i64,
     ) -> Result<Project, DomainError> {
-        sqlx::query_as::<_, ProjectRow>(concat!(select_projects!(), " WHERE p.id = $1"))
-            .bind(id)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(errors::db)?
-            .into_domain()
+        rows::one(
+            sqlx::query_as::<_, ProjectRow>(concat!(select_projects!(), " WHERE p.id = $1"))
+                .bind(id),
+            &mut **tx,
+        )
+        .await
     }
 
     pub async fn find_project(&self, name: &ProjectName) -> Result<Option<Project>, DomainError> {
-        sqlx::query_as::<_, ProjectRow>(concat!(
-            select_projects!(),
-            " WHERE u.handle = $1 AND p.handle = $2"
-        ))
-        .bind(name.owner.as_str())
-        .bind(name.handle.as_str())
-        .fetch_optional(&self.pool)
+        rows::optional(
+            sqlx::query_as::<_, ProjectRow>(concat!(
+                select_projects!(),
+                " WHERE u.handle = $1 AND p.handle = $2"
+            ))
+            .bind(name.owner.as_str())
+            .bind(name.handle.as_str()),
+            &self.pool,
+        )
         .await
-        .map_err(errors::db)?
-        .map(ProjectRow::into_domain)
-        .transpose()
     }
 
     pub async fn list_projects(
@@ -164,19 +166,17 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Page<Project>, DomainError> {
         let owner_id = Self::user_id(&self.pool, owner.0.as_str()).await?;
-        let found = sqlx::query_as::<_, ProjectRow>(concat!(
-            select_projects!(),
-            " WHERE p.owner_id = $1 AND p.handle > $2 ORDER BY p.handle LIMIT $3"
-        ))
-        .bind(owner_id)
-        .bind(cursor::handle_after(page)?)
-        .bind(cursor::fetch_limit(page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(errors::db)?
-        .into_iter()
-        .map(ProjectRow::into_domain)
-        .collect::<Result<Vec<_>, _>>()?;
+        let found = rows::all(
+            sqlx::query_as::<_, ProjectRow>(concat!(
+                select_projects!(),
+                " WHERE p.owner_id = $1 AND p.handle > $2 ORDER BY p.handle LIMIT $3"
+            ))
+            .bind(owner_id)
+            .bind(cursor::handle_after(page)?)
+            .bind(cursor::fetch_limit(page)),
+            &self.pool,
+        )
+        .await?;
         Ok(cursor::page_of(found, page, |project| {
             HandleKey(project.name.handle.to_string())
         }))

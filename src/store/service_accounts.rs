@@ -16,6 +16,7 @@ use super::{
     errors,
     rate_windows::{self, Windows},
     read_cache::{AccountKey, Deps, ScopeKind, scope},
+    rows::{self, DomainRow},
 };
 use crate::domain::{
     DomainError,
@@ -62,7 +63,9 @@ fn handles_of(stored: &[String]) -> Result<Vec<Handle>, DomainError> {
     stored.iter().map(|h| errors::stored_handle(h)).collect()
 }
 
-impl AccountRow {
+impl DomainRow for AccountRow {
+    type Domain = ServiceAccount;
+
     fn into_domain(self) -> Result<ServiceAccount, DomainError> {
         Ok(ServiceAccount {
             name: ServiceAccountName(errors::stored_handle(&self.handle)?),
@@ -183,22 +186,23 @@ impl Store {
     ) -> Result<ServiceAccount, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         let (permissions, users, subject) = stored(fields);
-        let created = sqlx::query_as::<_, AccountRow>(concat!(
-            "INSERT INTO service_accounts (handle, display_name, permissions, act_for_users, \
+        let created = rows::inserted(
+            sqlx::query_as::<_, AccountRow>(concat!(
+                "INSERT INTO service_accounts (handle, display_name, permissions, act_for_users, \
              client_certificate_subject, token_hash) VALUES ($1, $2, $3, $4, $5, $6) \
              RETURNING ",
-            account_columns!()
-        ))
-        .bind(name.0.as_str())
-        .bind(&fields.display_name)
-        .bind(permissions)
-        .bind(users)
-        .bind(subject)
-        .bind(token_hash)
-        .fetch_one(&mut **change.tx())
-        .await
-        .map_err(|e| errors::on_insert(e, &name.to_string()))?
-        .into_domain()?;
+                account_columns!()
+            ))
+            .bind(name.0.as_str())
+            .bind(&fields.display_name)
+            .bind(permissions)
+            .bind(users)
+            .bind(subject)
+            .bind(token_hash),
+            &mut **change.tx(),
+            &name.to_string(),
+        )
+        .await?;
         change.commit("created; token issued").await?;
         Ok(created)
     }
@@ -207,17 +211,17 @@ impl Store {
         &self,
         name: &ServiceAccountName,
     ) -> Result<ServiceAccount, DomainError> {
-        sqlx::query_as::<_, AccountRow>(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM service_accounts WHERE handle = $1"
-        ))
-        .bind(name.0.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()
+        rows::optional(
+            sqlx::query_as::<_, AccountRow>(concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM service_accounts WHERE handle = $1"
+            ))
+            .bind(name.0.as_str()),
+            &self.pool,
+        )
+        .await?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))
     }
 
     /// Service accounts in handle order, after the page cursor (the last handle served).
@@ -225,20 +229,18 @@ impl Store {
         &self,
         page: &PageRequest,
     ) -> Result<Page<ServiceAccount>, DomainError> {
-        let found = sqlx::query_as::<_, AccountRow>(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM service_accounts WHERE handle > $1 \
+        let found = rows::all(
+            sqlx::query_as::<_, AccountRow>(concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM service_accounts WHERE handle > $1 \
              ORDER BY handle LIMIT $2"
-        ))
-        .bind(cursor::handle_after(page)?)
-        .bind(cursor::fetch_limit(page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(errors::db)?
-        .into_iter()
-        .map(AccountRow::into_domain)
-        .collect::<Result<Vec<_>, _>>()?;
+            ))
+            .bind(cursor::handle_after(page)?)
+            .bind(cursor::fetch_limit(page)),
+            &self.pool,
+        )
+        .await?;
         Ok(cursor::page_of(found, page, |account| {
             HandleKey(account.name.0.to_string())
         }))
@@ -259,7 +261,7 @@ impl Store {
         change.check_etag(etag, &current)?;
         let fields = change_fields(&current)?;
         let (permissions, users, subject) = stored(&fields);
-        let updated = sqlx::query_as::<_, AccountRow>(concat!(
+        let updated = rows::one(sqlx::query_as::<_, AccountRow>(concat!(
             "UPDATE service_accounts SET display_name = $2, permissions = $3, act_for_users = $4, \
              client_certificate_subject = $5, revision = revision + 1, \
              update_time = clock_timestamp() WHERE handle = $1 RETURNING ",
@@ -269,11 +271,7 @@ impl Store {
         .bind(&fields.display_name)
         .bind(permissions)
         .bind(users)
-        .bind(subject)
-        .fetch_one(&mut **change.tx())
-        .await
-        .map_err(errors::db)?
-        .into_domain()?;
+        .bind(subject), &mut **change.tx()).await?;
         let detail = if fields.permissions == current.fields.permissions {
             String::new()
         } else {
@@ -293,17 +291,17 @@ impl Store {
     ) -> Result<ServiceAccount, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         Self::lock_service_account(change.tx(), name).await?;
-        let rotated = sqlx::query_as::<_, AccountRow>(concat!(
-            "UPDATE service_accounts SET token_hash = $2, revision = revision + 1, \
+        let rotated = rows::one(
+            sqlx::query_as::<_, AccountRow>(concat!(
+                "UPDATE service_accounts SET token_hash = $2, revision = revision + 1, \
              update_time = clock_timestamp() WHERE handle = $1 RETURNING ",
-            account_columns!()
-        ))
-        .bind(name.0.as_str())
-        .bind(token_hash)
-        .fetch_one(&mut **change.tx())
-        .await
-        .map_err(errors::db)?
-        .into_domain()?;
+                account_columns!()
+            ))
+            .bind(name.0.as_str())
+            .bind(token_hash),
+            &mut **change.tx(),
+        )
+        .await?;
         change.commit("token rotated").await?;
         Ok(rotated)
     }
@@ -346,16 +344,16 @@ impl Store {
         tx: &mut Transaction<'static, Postgres>,
         name: &ServiceAccountName,
     ) -> Result<ServiceAccount, DomainError> {
-        sqlx::query_as::<_, AccountRow>(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM service_accounts WHERE handle = $1 FOR UPDATE"
-        ))
-        .bind(name.0.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()
+        rows::optional(
+            sqlx::query_as::<_, AccountRow>(concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM service_accounts WHERE handle = $1 FOR UPDATE"
+            ))
+            .bind(name.0.as_str()),
+            &mut **tx,
+        )
+        .await?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))
     }
 }

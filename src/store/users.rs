@@ -12,6 +12,7 @@ use super::{
     dependents::{self, Revoked},
     errors,
     read_cache::{Deps, ScopeKind, scope},
+    rows::{self, DomainRow},
 };
 use crate::domain::{
     DomainError,
@@ -38,7 +39,9 @@ macro_rules! user_columns {
     };
 }
 
-impl UserRow {
+impl DomainRow for UserRow {
+    type Domain = User;
+
     fn into_domain(self) -> Result<User, DomainError> {
         let handle = UserKey::parse("stored", &self.handle).map_err(|_| {
             DomainError::Internal(format!("malformed stored user handle {:?}", self.handle))
@@ -129,49 +132,43 @@ impl Store {
     ) -> Result<User, DomainError> {
         let name = UserName(UserKey::from(new.handle.clone()));
         let mut change = Change::begin(self, audit, &name).await?;
-        let created = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (handle, display_name, is_admin, token_hash) VALUES ($1, $2, $3, $4) \
+        let created = rows::inserted(sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (handle, display_name, is_admin, token_hash) VALUES ($1, $2, $3, $4) \
              RETURNING ", user_columns!()))
         .bind(new.handle.as_str())
         .bind(&new.fields.display_name)
         .bind(new.fields.is_admin)
-        .bind(token_hash)
-        .fetch_one(&mut **change.tx())
-        .await
-        .map_err(|e| errors::on_insert(e, &name.to_string()))?
-        .into_domain()?;
+        .bind(token_hash), &mut **change.tx(), &name.to_string()).await?;
         change.commit("created; token issued").await?;
         Ok(created)
     }
 
     pub async fn get_user(&self, name: &UserName) -> Result<User, DomainError> {
-        sqlx::query_as::<_, UserRow>(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE handle = $1"
-        ))
-        .bind(name.0.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()
+        rows::optional(
+            sqlx::query_as::<_, UserRow>(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE handle = $1"
+            ))
+            .bind(name.0.as_str()),
+            &self.pool,
+        )
+        .await?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))
     }
 
     /// Users in handle order, after the page cursor (the last handle served).
     pub async fn list_users(&self, page: &PageRequest) -> Result<Page<User>, DomainError> {
-        let found = sqlx::query_as::<_, UserRow>(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE handle > $1 ORDER BY handle LIMIT $2"
-        ))
-        .bind(cursor::handle_after(page)?)
-        .bind(cursor::fetch_limit(page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(errors::db)?
-        .into_iter()
-        .map(UserRow::into_domain)
-        .collect::<Result<Vec<_>, _>>()?;
+        let found = rows::all(
+            sqlx::query_as::<_, UserRow>(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE handle > $1 ORDER BY handle LIMIT $2"
+            ))
+            .bind(cursor::handle_after(page)?)
+            .bind(cursor::fetch_limit(page)),
+            &self.pool,
+        )
+        .await?;
         Ok(cursor::page_of(found, page, |user| {
             HandleKey(user.handle.to_string())
         }))
@@ -190,18 +187,18 @@ impl Store {
         let current = Self::lock_user(change.tx(), name).await?;
         change.check_etag(etag, &current)?;
         let fields = change_fields(&current)?;
-        let updated = sqlx::query_as::<_, UserRow>(concat!(
-            "UPDATE users SET display_name = $2, is_admin = $3, revision = revision + 1, \
+        let updated = rows::one(
+            sqlx::query_as::<_, UserRow>(concat!(
+                "UPDATE users SET display_name = $2, is_admin = $3, revision = revision + 1, \
              update_time = clock_timestamp() WHERE handle = $1 RETURNING ",
-            user_columns!()
-        ))
-        .bind(name.0.as_str())
-        .bind(&fields.display_name)
-        .bind(fields.is_admin)
-        .fetch_one(&mut **change.tx())
-        .await
-        .map_err(errors::db)?
-        .into_domain()?;
+                user_columns!()
+            ))
+            .bind(name.0.as_str())
+            .bind(&fields.display_name)
+            .bind(fields.is_admin),
+            &mut **change.tx(),
+        )
+        .await?;
         change.commit("").await?;
         Ok(updated)
     }
@@ -215,14 +212,10 @@ impl Store {
     ) -> Result<User, DomainError> {
         let mut change = Change::begin(self, audit, name).await?;
         Self::lock_user(change.tx(), name).await?;
-        let rotated = sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET token_hash = $2, revision = revision + 1, update_time = clock_timestamp() \
+        let rotated = rows::one(sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET token_hash = $2, revision = revision + 1, update_time = clock_timestamp() \
              WHERE handle = $1 RETURNING ", user_columns!()))
         .bind(name.0.as_str())
-        .bind(token_hash)
-        .fetch_one(&mut **change.tx())
-        .await
-        .map_err(errors::db)?
-        .into_domain()?;
+        .bind(token_hash), &mut **change.tx()).await?;
         change.commit("token rotated").await?;
         Ok(rotated)
     }
@@ -271,16 +264,16 @@ impl Store {
         tx: &mut Transaction<'static, Postgres>,
         name: &UserName,
     ) -> Result<User, DomainError> {
-        sqlx::query_as::<_, UserRow>(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE handle = $1 FOR UPDATE"
-        ))
-        .bind(name.0.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(errors::db)?
-        .ok_or_else(|| DomainError::NotFound(name.to_string()))?
-        .into_domain()
+        rows::optional(
+            sqlx::query_as::<_, UserRow>(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE handle = $1 FOR UPDATE"
+            ))
+            .bind(name.0.as_str()),
+            &mut **tx,
+        )
+        .await?
+        .ok_or_else(|| DomainError::NotFound(name.to_string()))
     }
 }
