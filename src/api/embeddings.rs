@@ -277,6 +277,18 @@ impl Use {
         })
     }
 
+    /// The use's audit event with this outcome and detail.
+    fn event(&self, method: &'static str, outcome: &'static str, detail: String) -> UsageEvent {
+        UsageEvent {
+            caller: caller_label(&self.caller),
+            subject: subject_label(&self.caller),
+            method,
+            resource: self.found.instance.name.to_string(),
+            outcome,
+            detail,
+        }
+    }
+
     /// The use's audit event (see `store::usage_events`); the call fails if it cannot be written.
     async fn record<T>(
         &self,
@@ -285,14 +297,7 @@ impl Use {
     ) -> Result<(), Status> {
         self.context
             .store
-            .record_use(UsageEvent {
-                caller: caller_label(&self.caller),
-                subject: subject_label(&self.caller),
-                method,
-                resource: self.found.instance.name.to_string(),
-                outcome: outcome_of(result),
-                detail: self.usage.detail(result),
-            })
+            .record_use(self.event(method, outcome_of(result), self.usage.detail(result)))
             .await
             .map_err(Status::from)
     }
@@ -312,14 +317,8 @@ impl Unfinished {
     fn new(call: &Use, method: &'static str) -> Self {
         Self {
             store: call.context.store.clone(),
-            event: Some(UsageEvent {
-                caller: caller_label(&call.caller),
-                subject: subject_label(&call.caller),
-                method,
-                resource: call.found.instance.name.to_string(),
-                outcome: code_name(Code::Cancelled),
-                detail: String::new(),
-            }),
+            // The detail is written when the use is dropped (its latency is known then).
+            event: Some(call.event(method, code_name(Code::Cancelled), String::new())),
             started: call.started,
             usage_detail: call.usage.counts(),
         }

@@ -407,7 +407,16 @@ pub async fn get_instance(app: &TestApp, token: &str, name: &str) -> Result<pb::
 /// The audit events of `resource` (and what lies under it) that the holder of `token` may read,
 /// newest first, up to 1000.
 pub async fn audit_events(app: &TestApp, token: &str, resource: &str) -> Vec<pb::AuditEvent> {
-    llm_registry::pb::v1::audit_service_client::AuditServiceClient::new(app.channel.clone())
+    audit_events_on(&app.channel, token, resource).await
+}
+
+/// [`audit_events`] on any server.
+pub async fn audit_events_on(
+    channel: &Channel,
+    token: &str,
+    resource: &str,
+) -> Vec<pb::AuditEvent> {
+    llm_registry::pb::v1::audit_service_client::AuditServiceClient::new(channel.clone())
         .list_audit_events(authed(
             pb::ListAuditEventsRequest {
                 resource: resource.to_owned(),

@@ -16,8 +16,8 @@ use crate::{
     embed::{Fixture, model_of, texts},
     fake_provider::{Behaviour, FakeProvider, Flavor},
     helpers::{
-        assert_code, authed, create_database, create_user_on, drop_database_blocking,
-        random_api_key, reason, unique_name, wait_until_serving,
+        assert_code, audit_events_on, authed, create_database, create_user_on,
+        drop_database_blocking, random_api_key, reason, unique_name, wait_until_serving,
     },
 };
 
@@ -520,20 +520,8 @@ fn socket_peers(pid: u32) -> Vec<u16> {
 async fn cancelled_uses(channel: &Channel, token: &str, names: &[String]) -> usize {
     let mut recorded = 0;
     for name in names {
-        let events = pb::audit_service_client::AuditServiceClient::new(channel.clone())
-            .list_audit_events(authed(
-                pb::ListAuditEventsRequest {
-                    resource: name.clone(),
-                    page_size: 1000,
-                    ..Default::default()
-                },
-                token,
-            ))
+        recorded += audit_events_on(channel, token, name)
             .await
-            .unwrap()
-            .into_inner()
-            .events;
-        recorded += events
             .iter()
             .filter(|e| e.method == "EmbeddingService/Embed" && e.outcome == "CANCELLED")
             .inspect(|e| assert!(e.detail.contains("reason=CANCELLED"), "{e:?}"))

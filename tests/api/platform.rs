@@ -18,6 +18,30 @@ const OUR_SERVICES: [&str; 7] = [
     "llmregistry.v1.UserService",
 ];
 
+/// The services v1 reflection lists.
+async fn listed_services(app: &TestApp) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(app.channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Ok(response)) = responses.next().await else {
+        panic!("no reflection answer")
+    };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
 #[tokio::test]
 async fn reflection_v1_and_v1alpha_list_all_services_and_health() {
     let app = TestApp::spawn().await;
@@ -31,26 +55,7 @@ async fn reflection_v1_and_v1alpha_list_all_services_and_health() {
         .collect();
 
     {
-        use tonic_reflection::pb::v1::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        };
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = ServerReflectionClient::new(app.channel.clone())
-            .server_reflection_info(tokio_stream::iter([request]))
-            .await
-            .unwrap()
-            .into_inner();
-        let Some(Ok(response)) = responses.next().await else {
-            panic!("no reflection answer")
-        };
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("unexpected reflection answer")
-        };
-        let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+        let names: BTreeSet<String> = listed_services(&app).await.into_iter().collect();
         assert!(
             names.is_superset(&expected),
             "v1 reflection lists {names:?}"
@@ -238,27 +243,8 @@ async fn shutdown_lets_in_flight_calls_finish() {
 
 #[tokio::test]
 async fn health_reports_serving_for_every_service_reflection_lists() {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
     let app = TestApp::spawn().await;
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(app.channel.clone())
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(Ok(response)) = responses.next().await else {
-        panic!("no reflection answer")
-    };
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection answer")
-    };
-    let listed: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let listed = listed_services(&app).await;
     // The two the hand-kept health list once missed are among them.
     for service in [
         "llmregistry.v1.ServiceAccountService",

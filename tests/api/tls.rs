@@ -162,6 +162,18 @@ impl Drop for Files {
     }
 }
 
+/// A server requiring client certificates from a clients CA: the server's PKI, the clients',
+/// the files (kept alive with the server) and the server.
+async fn mutual_tls_server() -> (Pki, Pki, Files, TlsServer) {
+    let server_pki = Pki::new("llm-registry test server CA");
+    let clients_pki = Pki::new("llm-registry test clients CA");
+    let files = Files::new();
+    files.write(&server_pki.server("server", false));
+    std::fs::write(files.client_ca(), &clients_pki.ca_pem).unwrap();
+    let server = TlsServer::start(files.settings(true)).await.unwrap();
+    (server_pki, clients_pki, files, server)
+}
+
 /// An in-process server over TLS on a fresh database.
 struct TlsServer {
     addr: SocketAddr,
@@ -676,12 +688,7 @@ async fn a_service_account_bound_to_a_client_certificate_is_accepted_only_on_its
         ServiceAccountPermission as Permission, credential_service_client::CredentialServiceClient,
         service_account_service_client::ServiceAccountServiceClient,
     };
-    let server_pki = Pki::new("llm-registry test server CA");
-    let clients_pki = Pki::new("llm-registry test clients CA");
-    let files = Files::new();
-    files.write(&server_pki.server("server", false));
-    std::fs::write(files.client_ca(), &clients_pki.ca_pem).unwrap();
-    let server = TlsServer::start(files.settings(true)).await.unwrap();
+    let (server_pki, clients_pki, _files, server) = mutual_tls_server().await;
     let gateway_cert = clients_pki.client("svc-gateway");
     let gateway = serving(
         server.addr,
@@ -780,12 +787,7 @@ async fn certificate_bindings_compare_parsed_subjects_fingerprints_and_san_uris(
         service_account_service_client::ServiceAccountServiceClient,
     };
     use sha2::Digest as _;
-    let server_pki = Pki::new("llm-registry test server CA");
-    let clients_pki = Pki::new("llm-registry test clients CA");
-    let files = Files::new();
-    files.write(&server_pki.server("server", false));
-    std::fs::write(files.client_ca(), &clients_pki.ca_pem).unwrap();
-    let server = TlsServer::start(files.settings(true)).await.unwrap();
+    let (server_pki, clients_pki, _files, server) = mutual_tls_server().await;
     let connect = |issued: &Issued| {
         let config = client_config(&server_pki.ca_pem, Some(issued));
         async move { serving(server.addr, &config).await }
