@@ -1,6 +1,7 @@
 //! Whether refusals of `x-llmr-act-as` tell which users exist by their timing (issue 25, point
 //! 9): a service account restricted to one user names, in turn, users that exist and users that
-//! do not, none of which it may act for; the refusal of each is timed. Prints the median and
+//! do not (19 of each, every name as often as every other), none of which it may act for; the
+//! refusal of each is timed. Prints the median and
 //! 90th percentile of both kinds and how often a blind guess (by the midpoint of the medians)
 //! tells them apart. Run by bench/act_as_timing.sh against a running server.
 
@@ -104,13 +105,13 @@ async fn main() -> anyhow::Result<()> {
     // Warm up both paths, then alternate, so that drift affects both kinds alike.
     for index in 0..200 {
         refuse(format!("timing-{}", 1 + index % 19)).await;
-        refuse(format!("missing-{index}")).await;
+        refuse(format!("missing-{}", 1 + index % 19)).await;
     }
     let mut existing = Vec::with_capacity(args.samples);
     let mut missing = Vec::with_capacity(args.samples);
     for index in 0..args.samples {
         existing.push(refuse(format!("timing-{}", 1 + index % 19)).await);
-        missing.push(refuse(format!("absent-{index}")).await);
+        missing.push(refuse(format!("missing-{}", 1 + index % 19)).await);
     }
     let guess_threshold = {
         let mut e = existing.clone();

@@ -112,19 +112,10 @@ impl Authenticator {
             }
             Presented::ServiceAccount(hash) => {
                 let named = act_as.as_ref().and_then(|named| named.as_ref().ok());
-                // The account first, by its token alone; the named user is looked up only when
-                // the account may act for them. A name the account may not act for is refused
-                // on the same path whether or not the user exists, so its timing tells nothing.
-                let (account, _) = self.store.service_account_by_token(&hash, None).await?;
-                let user = match named {
-                    Some(named) if account.may_consider(named) => {
-                        self.store
-                            .service_account_by_token(&hash, Some(named))
-                            .await?
-                            .1
-                    }
-                    _ => None,
-                };
+                // One lookup (usually the read cache's): a name the account may not act for
+                // comes back without its user, cached alike whether or not the user exists, so
+                // the refusal's timing tells nothing (see `Store::service_account_by_token`).
+                let (account, user) = self.store.service_account_by_token(&hash, named).await?;
                 check_certificate(&account, certificate)?;
                 let named = act_as.transpose()?;
                 let caller = self.acting(account, named, user, method).await?;

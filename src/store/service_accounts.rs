@@ -159,9 +159,14 @@ impl Store {
                 row.try_get("user_is_admin").map_err(errors::db)?,
             )),
         };
-        // Only answers that found what they named are kept (a user created later would bump no
-        // scope).
-        if act_as.is_none() || user.is_some() {
+        // A name the account may not act for is answered without its user, and kept like any
+        // answer: whether that user exists changes nothing of the refusal, so refusals of
+        // existing and missing users take the same path (no existence oracle by timing).
+        let considered = act_as.is_none_or(|named| account.may_consider(named));
+        let user = user.filter(|_| considered);
+        // Otherwise only answers that found what they named are kept (a user created later
+        // would bump no scope).
+        if act_as.is_none() || user.is_some() || !considered {
             let deps = Deps::new()
                 .with(
                     Some(scope(ScopeKind::ServiceAccount, account.id)),
