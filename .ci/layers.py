@@ -18,7 +18,7 @@ LAYERS = [
     ["domain"],
     ["store", "providers", "connection"],
     ["rpc"],
-    ["api"],
+    ["api", "import"],
     ["grpc", "tls", "telemetry"],
     ["services", "config"],
     ["healthcheck", "server"],

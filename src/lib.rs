@@ -12,7 +12,7 @@
 //! 4. `store` (sqlx), [`providers`] (outbound calls to LLM providers), [`connection`] (what a
 //!    request knows of its connection);
 //! 5. `rpc` (gRPC vocabulary the handlers and the edge share);
-//! 6. `api` (the handlers);
+//! 6. `api` (the handlers), `import` (the `import-dhamps-vdb` command);
 //! 7. `grpc` (the edge in front of the handlers; it never uses them), [`tls`] (the listener's
 //!    connections), [`telemetry`];
 //! 8. `services` (the one list of mounted services), [`config`];
@@ -27,6 +27,7 @@ pub mod connection;
 mod domain;
 mod grpc;
 pub mod healthcheck;
+mod import;
 pub mod metrics;
 pub mod pb;
 pub mod providers;

@@ -1,5 +1,5 @@
-//! The `llm-registry` command line: `serve` (the default), `migrate`, `rotate-keys` and
-//! `healthcheck`.
+//! The `llm-registry` command line: `serve` (the default), `migrate`, `rotate-keys`,
+//! `import-dhamps-vdb` and `healthcheck`.
 
 use std::process::ExitCode;
 
@@ -62,6 +62,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ring.primary_id(),
                 report.already_current
             );
+            Ok(())
+        }
+        Some(Command::ImportDhampsVdb(args)) => {
+            let url = config::database_url(&cli.global)?;
+            let ring = config::command_key_ring(&cli.global, &args.keys, "import-dhamps-vdb")?;
+            let environment_key = std::env::var(config::DHAMPS_KEY_VARIABLE)
+                .ok()
+                .map(zeroize::Zeroizing::new);
+            let options = config::import_options(&args, environment_key)?;
+            let report =
+                server::import_dhamps_vdb(cli.global.mode, &url, &ring, &options).await?;
+            if let Some(path) = &args.report {
+                std::fs::write(path, report.to_json()?)
+                    .map_err(|e| anyhow::anyhow!("writing the report to {}: {e}", path.display()))?;
+            }
+            print!("{}", report.to_text());
             Ok(())
         }
         Some(Command::Healthcheck(args)) => {

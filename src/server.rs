@@ -101,6 +101,21 @@ pub async fn rotate_keys(
         .map_err(|e| anyhow::anyhow!("rotation stopped: {e}"))
 }
 
+/// The `import-dhamps-vdb` command: the registry's database prepared as for `serve` (migrations
+/// applied), then the whole import in one transaction.
+pub async fn import_dhamps_vdb(
+    mode: Mode,
+    database_url: &str,
+    ring: &KeyRing,
+    options: &crate::import::ImportOptions,
+) -> anyhow::Result<crate::import::Report> {
+    let store = prepare_database(mode, database_url, 2, 0, None).await?;
+    store.check_key_ring_covers_database(ring).await?;
+    let report = crate::import::run(&store, ring, options).await;
+    store.close().await;
+    report
+}
+
 /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
 pub async fn serve(
     settings: ServeSettings,

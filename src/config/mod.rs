@@ -11,13 +11,15 @@
 //! validated settings, and [`dev_secrets`] keeps development mode's generated secrets.
 
 mod dev_secrets;
+mod import;
 mod settings;
 
 pub use self::{
     dev_secrets::default_dev_secrets_file,
+    import::{DHAMPS_KEY_VARIABLE, ImportDhampsVdbArgs, import_options},
     settings::{
-        EdgeLimits, ReleaseSettings, ServeSettings, database_url, provider_settings,
-        rotation_key_ring, serve_settings, tls_settings,
+        EdgeLimits, ReleaseSettings, ServeSettings, command_key_ring, database_url,
+        provider_settings, rotation_key_ring, serve_settings, tls_settings,
     },
 };
 
@@ -85,6 +87,10 @@ pub enum Command {
     /// Re-encrypt every stored API key under the primary key, in batches, while the service
     /// keeps serving. Safe to interrupt and run again.
     RotateKeys(RotateKeysArgs),
+    /// Bring a dhamps-vdb deployment over: its users (their dhamps-vdb API keys keep working as
+    /// bearer tokens), API standards, definitions, instances with their provider keys, shares
+    /// and projects, in one transaction. Safe to run again: nothing is imported twice.
+    ImportDhampsVdb(Box<ImportDhampsVdbArgs>),
     /// Ask a running server's health service; exit 0 only when it answers SERVING (for images
     /// without grpc_health_probe).
     Healthcheck(HealthcheckArgs),

@@ -283,12 +283,22 @@ pub fn provider_settings(mode: Mode, args: &ProviderArgs) -> anyhow::Result<Prov
 
 /// The key ring of `rotate-keys`: the same rules as `serve`, without the admin token.
 pub fn rotation_key_ring(global: &GlobalArgs, keys: &KeyArgs) -> anyhow::Result<KeyRing> {
+    command_key_ring(global, keys, "rotate-keys")
+}
+
+/// The key ring of an operator command (`rotate-keys`, `import-dhamps-vdb`), as `serve` would
+/// have it: explicit in production, the stored development key otherwise.
+pub fn command_key_ring(
+    global: &GlobalArgs,
+    keys: &KeyArgs,
+    command: &str,
+) -> anyhow::Result<KeyRing> {
     match global.mode {
         Mode::Production => {
             let mut problems = Vec::new();
             match explicit_ring(keys, &mut problems) {
                 Some(ring) if problems.is_empty() => Ok(ring),
-                _ => bail!("rotate-keys refuses to run: {}", problems.join("; ")),
+                _ => bail!("{command} refuses to run: {}", problems.join("; ")),
             }
         }
         Mode::Development => development_ring(keys, development_secrets(global)?.encryption_key),

@@ -16,6 +16,7 @@ mod definitions;
 mod dependents;
 mod errors;
 mod group_commit;
+pub mod import;
 mod instances;
 mod keys;
 mod projects;

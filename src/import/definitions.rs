@@ -1,0 +1,224 @@
+//! Definitions (dhamps-vdb schema 4). `_system` ones are matched by handle to the registry's
+//! `_system` definitions (and created under `_system` when it has none of that handle); others
+//! are created under their owner. `is_public` and `definitions_shared_with` have no equivalent
+//! here (every user may read `_system` definitions, and only those): dropped and counted. A zero
+//! `dimensions` or `context_limit` becomes unset. Also the service-field mapping instances share.
+
+use serde_json::json;
+
+use super::{
+    Import,
+    ledger::{Handles, Verdict, audit_detail, fingerprint, judge, last_segment, resolve, resolve_users},
+    report::{Action, Kind},
+    source::SourceDefinition,
+    text,
+};
+use crate::{
+    domain::{names::SYSTEM_USER, validate},
+    store::import::{HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewDefinition, ServiceFields, ServiceUpdate, Times},
+};
+
+/// The service columns of a definition or instance as dhamps-vdb has them.
+pub struct SourceService<'a> {
+    pub endpoint: &'a str,
+    pub model: &'a str,
+    pub dimensions: i32,
+    pub context_limit: i32,
+    pub description: &'a str,
+    /// Whether the source has a context limit at all (schema 3 does not).
+    pub has_context_limit: bool,
+}
+
+/// The registry's service fields for a source service, with what was changed on the way; or why
+/// it cannot be taken over (an endpoint or model the registry refuses).
+pub fn service_fields(
+    service: &SourceService<'_>,
+    api_standard_id: i64,
+) -> Result<(ServiceFields, Vec<String>), String> {
+    // The refusal names the rule broken, never the value (an endpoint may hold credentials).
+    let endpoint = validate::endpoint("endpoint", service.endpoint)
+        .map_err(|e| format!("its endpoint is refused here: {e}"))?;
+    let model = validate::line("model", service.model.trim(), validate::MAX_MODEL_LEN, true)
+        .map_err(|e| format!("its model is refused here: {e}"))?;
+    let mut reasons = Vec::new();
+    let mut count = |value: i32, what: &str, max: i32, meaningful: bool| {
+        if value == 0 {
+            if meaningful {
+                reasons.push(format!("{what} 0 made unset"));
+            }
+            Ok(None)
+        } else if !(1..=max).contains(&value) {
+            Err(format!("its {what} {value} is outside 1..={max}"))
+        } else {
+            Ok(Some(value))
+        }
+    };
+    let dimensions = count(service.dimensions, "dimensions", validate::MAX_DIMENSIONS, true)?;
+    let context_limit = count(
+        service.context_limit,
+        "context_limit",
+        validate::MAX_CONTEXT_LIMIT,
+        service.has_context_limit,
+    )?;
+    let (description, changes) = text::description(service.description);
+    reasons.extend(changes);
+    Ok((
+        ServiceFields {
+            endpoint,
+            api_standard_id,
+            model,
+            dimensions,
+            context_limit,
+            description,
+        },
+        reasons,
+    ))
+}
+
+pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> anyhow::Result<()> {
+    let keys: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    let ledger = import.tx.ledger(LedgerKind::Definition, &keys).await?;
+    let owners = resolve_users(import, rows.iter().map(|r| r.owner.clone())).await?;
+    let standard_keys: Vec<String> = rows.iter().map(|r| r.api_standard.clone()).collect();
+    let standards = resolve(import, LedgerKind::ApiStandard, &standard_keys).await?;
+    let system_handles: Vec<String> = rows
+        .iter()
+        .filter(|r| r.owner == SYSTEM_USER)
+        .map(|r| text::handle(&r.handle, "d"))
+        .collect();
+    let seeded = import.tx.system_definition_ids(&system_handles).await?;
+
+    let mut records = Vec::new();
+    let mut events = Vec::new();
+    let mut new_rows = Vec::new();
+    let mut wanted = Vec::new();
+    for row in &rows {
+        let source = format!("definitions/{} ({}/{})", row.id, row.owner, row.handle);
+        let key = row.id.to_string();
+        if row.is_public && row.owner != SYSTEM_USER {
+            import.report.drop_count("definition is_public flags", 1);
+        }
+        import.report.drop_count("definition shares (definitions_shared_with)", row.shared_with.max(0) as u64);
+        let print = fingerprint(&json!([
+            row.id, row.handle, row.owner, row.endpoint, row.description, row.api_standard,
+            row.model, row.dimensions, row.context_limit, row.created.timestamp_micros(), row.updated.timestamp_micros()
+        ]));
+        let Some(owner) = owners.get(&row.owner) else {
+            import.report.add(Kind::Definition, source, None, Action::Skipped, vec![format!("its owner {:?} was not imported", row.owner)]);
+            continue;
+        };
+        if row.owner == SYSTEM_USER {
+            let handle = text::handle(&row.handle, "d");
+            if let Some(id) = seeded
+                .get(&handle)
+                .filter(|_| ledger.get(&key).is_none_or(|e| e.target_version == "matched"))
+            {
+                let name = format!("users/{SYSTEM_USER}/definitions/{handle}");
+                records.push(record(&key, *id, &name, print, "matched".to_owned()));
+                import.report.add(Kind::Definition, source, Some(name), Action::Matched, vec!["the registry's _system definition of this name is used".to_owned()]);
+                continue;
+            }
+        }
+        let Some(standard) = standards.get(&row.api_standard) else {
+            import.report.add(Kind::Definition, source, None, Action::Skipped, vec![format!("its API standard {:?} was not imported", row.api_standard)]);
+            continue;
+        };
+        let service = SourceService {
+            endpoint: &row.endpoint,
+            model: &row.model,
+            dimensions: row.dimensions,
+            context_limit: row.context_limit,
+            description: &row.description,
+            has_context_limit: true,
+        };
+        let (fields, mut reasons) = match service_fields(&service, standard.id) {
+            Ok(mapped) => mapped,
+            Err(why) => {
+                import.report.add(Kind::Definition, source, None, Action::Skipped, vec![why]);
+                continue;
+            }
+        };
+        let verdict = judge(ledger.get(&key), &print);
+        if let Some((action, target, why)) = verdict.idle() {
+            import.report.add(Kind::Definition, source, target, action, vec![why]);
+            continue;
+        }
+        match verdict {
+            Verdict::New => {
+                let base = text::handle(&row.handle, "d");
+                if base != row.handle {
+                    reasons.push(format!("handle is not valid here: made {base:?}"));
+                }
+                wanted.push((owner.id, base));
+                new_rows.push((row, key, print, owner.clone(), fields, reasons));
+            }
+            Verdict::Same { entry, .. } => {
+                import.report.add(Kind::Definition, source, Some(entry.target_name.clone()), Action::Unchanged, vec![]);
+            }
+            Verdict::Changed { entry } => {
+                let update = ServiceUpdate {
+                    id: entry.target_id,
+                    service: fields,
+                    definition_id: None,
+                    key: None,
+                    updated: row.updated,
+                };
+                let revision = import.tx.update_definition(&update).await?;
+                events.push(ImportEvent {
+                    resource: entry.target_name.clone(),
+                    detail: audit_detail(Action::Updated, &source, &reasons),
+                });
+                records.push(record(&key, entry.target_id, &entry.target_name, print, revision.to_string()));
+                import.report.add(Kind::Definition, source, Some(entry.target_name.clone()), Action::Updated, reasons);
+            }
+            Verdict::Conflict { .. } | Verdict::Gone { .. } => {}
+        }
+    }
+    let given = Handles::default()
+        .allocate(import, HandleTable::Definitions, &wanted)
+        .await?;
+    let inserts: Vec<NewDefinition> = new_rows
+        .iter()
+        .zip(&given)
+        .map(|((row, _, _, owner, fields, _), handle)| NewDefinition {
+            owner_id: owner.id,
+            handle: handle.clone(),
+            service: fields.clone(),
+            times: Times {
+                created: row.created,
+                updated: row.updated,
+            },
+        })
+        .collect();
+    let ids = import.tx.insert_definitions(&inserts).await?;
+    for ((row, key, print, owner, _, mut reasons), handle) in new_rows.into_iter().zip(given) {
+        let name = format!("{}/definitions/{handle}", owner.name);
+        let id = *ids
+            .get(&(owner.id, handle.clone()))
+            .ok_or_else(|| anyhow::anyhow!("an imported definition was not written"))?;
+        let base = text::handle(&row.handle, "d");
+        if handle != base {
+            reasons.push(format!("handle {base:?} is taken in {}: made {handle:?}", last_segment(&owner.name)));
+        }
+        let source = format!("definitions/{} ({}/{})", row.id, row.owner, row.handle);
+        events.push(ImportEvent {
+            resource: name.clone(),
+            detail: audit_detail(Action::Imported, &source, &reasons),
+        });
+        records.push(record(&key, id, &name, print, "1".to_owned()));
+        import.report.add(Kind::Definition, source, Some(name), Action::Imported, reasons);
+    }
+    import.tx.record(LedgerKind::Definition, &records).await?;
+    import.tx.audit(&events).await
+}
+
+fn record(source_key: &str, id: i64, name: &str, fingerprint: Vec<u8>, version: String) -> LedgerRecord {
+    LedgerRecord {
+        source_key: source_key.to_owned(),
+        target_id: id,
+        target_user_id: None,
+        target_name: name.to_owned(),
+        fingerprint,
+        target_version: version,
+    }
+}
