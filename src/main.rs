@@ -71,11 +71,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok()
                 .map(zeroize::Zeroizing::new);
             let options = config::import_options(&args, environment_key)?;
-            let report =
-                server::import_dhamps_vdb(cli.global.mode, &url, &ring, &options).await?;
+            let report = server::import_dhamps_vdb(cli.global.mode, &url, &ring, &options).await?;
             if let Some(path) = &args.report {
-                std::fs::write(path, report.to_json()?)
-                    .map_err(|e| anyhow::anyhow!("writing the report to {}: {e}", path.display()))?;
+                std::fs::write(path, report.to_json()?).map_err(|e| {
+                    anyhow::anyhow!("writing the report to {}: {e}", path.display())
+                })?;
             }
             print!("{}", report.to_text());
             Ok(())

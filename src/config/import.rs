@@ -54,9 +54,9 @@ pub fn import_options(
 ) -> anyhow::Result<ImportOptions> {
     let environment_key = environment_key.filter(|key| !key.is_empty());
     let current = match (environment_key, &args.source_encryption_key_file) {
-        (Some(_), Some(_)) => bail!(
-            "both {DHAMPS_KEY_VARIABLE} and --source-encryption-key-file are given: give one"
-        ),
+        (Some(_), Some(_)) => {
+            bail!("both {DHAMPS_KEY_VARIABLE} and --source-encryption-key-file are given: give one")
+        }
         (Some(key), None) => Some(key),
         (None, Some(path)) => {
             let text = read_secret_file(path, "--source-encryption-key-file")?;
@@ -108,7 +108,8 @@ fn read_secret_file(path: &Path, flag: &str) -> anyhow::Result<Zeroizing<String>
             metadata.permissions().mode() & 0o777
         );
     }
-    let bytes = Zeroizing::new(fs::read(path).with_context(|| format!("{flag} {}", path.display()))?);
+    let bytes =
+        Zeroizing::new(fs::read(path).with_context(|| format!("{flag} {}", path.display()))?);
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| anyhow::anyhow!("{flag} {} is not UTF-8 text", path.display()))?;
     Ok(Zeroizing::new(text.to_owned()))

@@ -8,14 +8,19 @@ use serde_json::json;
 
 use super::{
     Import,
-    ledger::{Handles, Verdict, audit_detail, fingerprint, judge, last_segment, resolve, resolve_users},
+    ledger::{
+        Handles, Verdict, audit_detail, fingerprint, judge, last_segment, resolve, resolve_users,
+    },
     report::{Action, Kind},
     source::SourceDefinition,
     text,
 };
 use crate::{
     domain::{names::SYSTEM_USER, validate},
-    store::import::{HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewDefinition, ServiceFields, ServiceUpdate, Times},
+    store::import::{
+        HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewDefinition, ServiceFields,
+        ServiceUpdate, Times,
+    },
 };
 
 /// The service columns of a definition or instance as dhamps-vdb has them.
@@ -53,7 +58,12 @@ pub fn service_fields(
             Ok(Some(value))
         }
     };
-    let dimensions = count(service.dimensions, "dimensions", validate::MAX_DIMENSIONS, true)?;
+    let dimensions = count(
+        service.dimensions,
+        "dimensions",
+        validate::MAX_DIMENSIONS,
+        true,
+    )?;
     let context_limit = count(
         service.context_limit,
         "context_limit",
@@ -98,29 +108,63 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
         if row.is_public && row.owner != SYSTEM_USER {
             import.report.drop_count("definition is_public flags", 1);
         }
-        import.report.drop_count("definition shares (definitions_shared_with)", row.shared_with.max(0) as u64);
+        import.report.drop_count(
+            "definition shares (definitions_shared_with)",
+            row.shared_with.max(0) as u64,
+        );
         let print = fingerprint(&json!([
-            row.id, row.handle, row.owner, row.endpoint, row.description, row.api_standard,
-            row.model, row.dimensions, row.context_limit, row.created.timestamp_micros(), row.updated.timestamp_micros()
+            row.id,
+            row.handle,
+            row.owner,
+            row.endpoint,
+            row.description,
+            row.api_standard,
+            row.model,
+            row.dimensions,
+            row.context_limit,
+            row.created.timestamp_micros(),
+            row.updated.timestamp_micros()
         ]));
         let Some(owner) = owners.get(&row.owner) else {
-            import.report.add(Kind::Definition, source, None, Action::Skipped, vec![format!("its owner {:?} was not imported", row.owner)]);
+            import.report.add(
+                Kind::Definition,
+                source,
+                None,
+                Action::Skipped,
+                vec![format!("its owner {:?} was not imported", row.owner)],
+            );
             continue;
         };
         if row.owner == SYSTEM_USER {
             let handle = text::handle(&row.handle, "d");
-            if let Some(id) = seeded
-                .get(&handle)
-                .filter(|_| ledger.get(&key).is_none_or(|e| e.target_version == "matched"))
-            {
+            if let Some(id) = seeded.get(&handle).filter(|_| {
+                ledger
+                    .get(&key)
+                    .is_none_or(|e| e.target_version == "matched")
+            }) {
                 let name = format!("users/{SYSTEM_USER}/definitions/{handle}");
                 records.push(record(&key, *id, &name, print, "matched".to_owned()));
-                import.report.add(Kind::Definition, source, Some(name), Action::Matched, vec!["the registry's _system definition of this name is used".to_owned()]);
+                import.report.add(
+                    Kind::Definition,
+                    source,
+                    Some(name),
+                    Action::Matched,
+                    vec!["the registry's _system definition of this name is used".to_owned()],
+                );
                 continue;
             }
         }
         let Some(standard) = standards.get(&row.api_standard) else {
-            import.report.add(Kind::Definition, source, None, Action::Skipped, vec![format!("its API standard {:?} was not imported", row.api_standard)]);
+            import.report.add(
+                Kind::Definition,
+                source,
+                None,
+                Action::Skipped,
+                vec![format!(
+                    "its API standard {:?} was not imported",
+                    row.api_standard
+                )],
+            );
             continue;
         };
         let service = SourceService {
@@ -134,13 +178,17 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
         let (fields, mut reasons) = match service_fields(&service, standard.id) {
             Ok(mapped) => mapped,
             Err(why) => {
-                import.report.add(Kind::Definition, source, None, Action::Skipped, vec![why]);
+                import
+                    .report
+                    .add(Kind::Definition, source, None, Action::Skipped, vec![why]);
                 continue;
             }
         };
         let verdict = judge(ledger.get(&key), &print);
         if let Some((action, target, why)) = verdict.idle() {
-            import.report.add(Kind::Definition, source, target, action, vec![why]);
+            import
+                .report
+                .add(Kind::Definition, source, target, action, vec![why]);
             continue;
         }
         match verdict {
@@ -153,7 +201,13 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
                 new_rows.push((row, key, print, owner.clone(), fields, reasons));
             }
             Verdict::Same { entry, .. } => {
-                import.report.add(Kind::Definition, source, Some(entry.target_name.clone()), Action::Unchanged, vec![]);
+                import.report.add(
+                    Kind::Definition,
+                    source,
+                    Some(entry.target_name.clone()),
+                    Action::Unchanged,
+                    vec![],
+                );
             }
             Verdict::Changed { entry } => {
                 let update = ServiceUpdate {
@@ -168,8 +222,20 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
                     resource: entry.target_name.clone(),
                     detail: audit_detail(Action::Updated, &source, &reasons),
                 });
-                records.push(record(&key, entry.target_id, &entry.target_name, print, revision.to_string()));
-                import.report.add(Kind::Definition, source, Some(entry.target_name.clone()), Action::Updated, reasons);
+                records.push(record(
+                    &key,
+                    entry.target_id,
+                    &entry.target_name,
+                    print,
+                    revision.to_string(),
+                ));
+                import.report.add(
+                    Kind::Definition,
+                    source,
+                    Some(entry.target_name.clone()),
+                    Action::Updated,
+                    reasons,
+                );
             }
             Verdict::Conflict { .. } | Verdict::Gone { .. } => {}
         }
@@ -198,7 +264,10 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
             .ok_or_else(|| anyhow::anyhow!("an imported definition was not written"))?;
         let base = text::handle(&row.handle, "d");
         if handle != base {
-            reasons.push(format!("handle {base:?} is taken in {}: made {handle:?}", last_segment(&owner.name)));
+            reasons.push(format!(
+                "handle {base:?} is taken in {}: made {handle:?}",
+                last_segment(&owner.name)
+            ));
         }
         let source = format!("definitions/{} ({}/{})", row.id, row.owner, row.handle);
         events.push(ImportEvent {
@@ -206,13 +275,25 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
             detail: audit_detail(Action::Imported, &source, &reasons),
         });
         records.push(record(&key, id, &name, print, "1".to_owned()));
-        import.report.add(Kind::Definition, source, Some(name), Action::Imported, reasons);
+        import.report.add(
+            Kind::Definition,
+            source,
+            Some(name),
+            Action::Imported,
+            reasons,
+        );
     }
     import.tx.record(LedgerKind::Definition, &records).await?;
     import.tx.audit(&events).await
 }
 
-fn record(source_key: &str, id: i64, name: &str, fingerprint: Vec<u8>, version: String) -> LedgerRecord {
+fn record(
+    source_key: &str,
+    id: i64,
+    name: &str,
+    fingerprint: Vec<u8>,
+    version: String,
+) -> LedgerRecord {
     LedgerRecord {
         source_key: source_key.to_owned(),
         target_id: id,

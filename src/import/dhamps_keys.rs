@@ -91,7 +91,11 @@ mod tests {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let mut sealed = nonce.to_vec();
-        sealed.extend(cipher.encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes()).unwrap());
+        sealed.extend(
+            cipher
+                .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+                .unwrap(),
+        );
         sealed
     }
 

@@ -17,14 +17,19 @@ use serde_json::json;
 use super::{
     Import,
     definitions::{SourceService, service_fields},
-    ledger::{Handles, Resolved, Verdict, audit_detail, fingerprint, judge, last_segment, resolve, resolve_users},
+    ledger::{
+        Handles, Resolved, Verdict, audit_detail, fingerprint, judge, last_segment, resolve,
+        resolve_users,
+    },
     report::{Action, Kind},
     source::{SchemaVersion, SourceInstance},
     text,
 };
 use crate::{
     domain::{instance::api_key, names::SYSTEM_USER},
-    store::import::{HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewInstance, ServiceUpdate, Times},
+    store::import::{
+        HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewInstance, ServiceUpdate, Times,
+    },
     vault::{ApiKey, Sealed},
 };
 
@@ -41,7 +46,12 @@ fn source_key(import: &Import<'_>, row: &SourceInstance, reasons: &mut Vec<Strin
             None | Some([]) => return SourceKey::None,
             Some(sealed) => match import.source_keys.open(sealed) {
                 Ok(key) => key,
-                Err(why) => return SourceKey::Unusable(format!("{}: imported without a key", why.explain())),
+                Err(why) => {
+                    return SourceKey::Unusable(format!(
+                        "{}: imported without a key",
+                        why.explain()
+                    ));
+                }
             },
         },
         SchemaVersion::V3 => match row.plain_key.as_deref() {
@@ -60,7 +70,9 @@ fn source_key(import: &Import<'_>, row: &SourceInstance, reasons: &mut Vec<Strin
     // quotes the key.
     match api_key("api_key", trimmed) {
         Ok(key) => SourceKey::Opened(key),
-        Err(e) => SourceKey::Unusable(format!("its key is refused here ({e}): imported without a key")),
+        Err(e) => SourceKey::Unusable(format!(
+            "its key is refused here ({e}): imported without a key"
+        )),
     }
 }
 
@@ -84,11 +96,29 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
         let source = format!("instances/{} ({}/{})", row.id, row.owner, row.handle);
         let key = row.id.to_string();
         let Some(owner) = owners.get(&row.owner).filter(|_| row.owner != SYSTEM_USER) else {
-            import.report.add(Kind::Instance, source, None, Action::Skipped, vec![format!("its owner {:?} has no user here that may own instances", row.owner)]);
+            import.report.add(
+                Kind::Instance,
+                source,
+                None,
+                Action::Skipped,
+                vec![format!(
+                    "its owner {:?} has no user here that may own instances",
+                    row.owner
+                )],
+            );
             continue;
         };
         let Some(standard) = standards.get(&row.api_standard) else {
-            import.report.add(Kind::Instance, source, None, Action::Skipped, vec![format!("its API standard {:?} was not imported", row.api_standard)]);
+            import.report.add(
+                Kind::Instance,
+                source,
+                None,
+                Action::Skipped,
+                vec![format!(
+                    "its API standard {:?} was not imported",
+                    row.api_standard
+                )],
+            );
             continue;
         };
         let service = SourceService {
@@ -102,14 +132,20 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
         let (fields, mut reasons) = match service_fields(&service, standard.id) {
             Ok(mapped) => mapped,
             Err(why) => {
-                import.report.add(Kind::Instance, source, None, Action::Skipped, vec![why]);
+                import
+                    .report
+                    .add(Kind::Instance, source, None, Action::Skipped, vec![why]);
                 continue;
             }
         };
         let definition_id = match row.definition_id {
             None => None,
             Some(id) => match definitions.get(&id.to_string()) {
-                Some((definition, owner_id)) if *owner_id == owner.id || definition.name.starts_with("users/_system/") => Some(definition.id),
+                Some((definition, owner_id))
+                    if *owner_id == owner.id || definition.name.starts_with("users/_system/") =>
+                {
+                    Some(definition.id)
+                }
                 Some((definition, _)) => {
                     reasons.push(format!("its link to {} was dropped: an instance here may only come from its owner's or a _system definition", definition.name));
                     None
@@ -120,15 +156,28 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
                 }
             },
         };
-        let has_source_key = row.sealed_key.as_ref().is_some_and(|k| !k.is_empty()) || row.plain_key.as_ref().is_some_and(|k| !k.is_empty());
+        let has_source_key = row.sealed_key.as_ref().is_some_and(|k| !k.is_empty())
+            || row.plain_key.as_ref().is_some_and(|k| !k.is_empty());
         let print = fingerprint(&json!([
-            row.id, row.handle, row.owner, row.endpoint, row.description, row.api_standard,
-            row.model, row.dimensions, row.context_limit, row.definition_id, has_source_key,
-            row.created.timestamp_micros(), row.updated.timestamp_micros()
+            row.id,
+            row.handle,
+            row.owner,
+            row.endpoint,
+            row.description,
+            row.api_standard,
+            row.model,
+            row.dimensions,
+            row.context_limit,
+            row.definition_id,
+            has_source_key,
+            row.created.timestamp_micros(),
+            row.updated.timestamp_micros()
         ]));
         let verdict = judge(ledger.get(&key), &print);
         if let Some((action, target, why)) = verdict.idle() {
-            import.report.add(Kind::Instance, source, target, action, vec![why]);
+            import
+                .report
+                .add(Kind::Instance, source, target, action, vec![why]);
             continue;
         }
         let opened = source_key(import, row, &mut reasons);
@@ -147,70 +196,160 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
                     SourceKey::Opened(key) => Some(import.ring.seal(key, &uid)),
                     _ => None,
                 };
-                new_rows.push((row, key, print, owner.clone(), uid, fields, definition_id, sealed, reasons));
+                new_rows.push((
+                    row,
+                    key,
+                    print,
+                    owner.clone(),
+                    uid,
+                    fields,
+                    definition_id,
+                    sealed,
+                    reasons,
+                ));
             }
             Verdict::Same { entry, untouched } => {
                 // The registry's key, if the instance is as the import left it, follows the source's.
-                let change = if untouched { key_change(import, &opened, stored.get(&entry.target_id))? } else { None };
+                let change = if untouched {
+                    key_change(import, &opened, stored.get(&entry.target_id))?
+                } else {
+                    None
+                };
                 match change {
                     Some((sealed, why)) => {
                         reasons.push(why);
-                        let update = ServiceUpdate { id: entry.target_id, service: fields, definition_id, key: Some(sealed), updated: row.updated };
+                        let update = ServiceUpdate {
+                            id: entry.target_id,
+                            service: fields,
+                            definition_id,
+                            key: Some(sealed),
+                            updated: row.updated,
+                        };
                         let revision = import.tx.update_instance(&update).await?;
-                        events.push(ImportEvent { resource: entry.target_name.clone(), detail: audit_detail(Action::Updated, &source, &reasons) });
-                        records.push(record(&key, entry.target_id, &entry.target_name, print, revision));
-                        import.report.add(Kind::Instance, source, Some(entry.target_name.clone()), Action::Updated, reasons);
+                        events.push(ImportEvent {
+                            resource: entry.target_name.clone(),
+                            detail: audit_detail(Action::Updated, &source, &reasons),
+                        });
+                        records.push(record(
+                            &key,
+                            entry.target_id,
+                            &entry.target_name,
+                            print,
+                            revision,
+                        ));
+                        import.report.add(
+                            Kind::Instance,
+                            source,
+                            Some(entry.target_name.clone()),
+                            Action::Updated,
+                            reasons,
+                        );
                     }
                     None => {
                         // Only what still matters: a key that does not open is worth saying again.
-                        let still = match opened { SourceKey::Unusable(why) => vec![why], _ => vec![] };
-                        import.report.add(Kind::Instance, source, Some(entry.target_name.clone()), Action::Unchanged, still);
+                        let still = match opened {
+                            SourceKey::Unusable(why) => vec![why],
+                            _ => vec![],
+                        };
+                        import.report.add(
+                            Kind::Instance,
+                            source,
+                            Some(entry.target_name.clone()),
+                            Action::Unchanged,
+                            still,
+                        );
                     }
                 }
             }
             Verdict::Changed { entry } => {
                 let key_update = match (&opened, stored.get(&entry.target_id)) {
-                    (SourceKey::Opened(key), Some((uid, _))) => Some(Some(import.ring.seal(key, uid))),
+                    (SourceKey::Opened(key), Some((uid, _))) => {
+                        Some(Some(import.ring.seal(key, uid)))
+                    }
                     (SourceKey::None, _) => Some(None),
                     // A key that does not open does not take away the one the registry has.
                     _ => None,
                 };
-                let update = ServiceUpdate { id: entry.target_id, service: fields, definition_id, key: key_update, updated: row.updated };
+                let update = ServiceUpdate {
+                    id: entry.target_id,
+                    service: fields,
+                    definition_id,
+                    key: key_update,
+                    updated: row.updated,
+                };
                 let revision = import.tx.update_instance(&update).await?;
-                events.push(ImportEvent { resource: entry.target_name.clone(), detail: audit_detail(Action::Updated, &source, &reasons) });
-                records.push(record(&key, entry.target_id, &entry.target_name, print, revision));
-                import.report.add(Kind::Instance, source, Some(entry.target_name.clone()), Action::Updated, reasons);
+                events.push(ImportEvent {
+                    resource: entry.target_name.clone(),
+                    detail: audit_detail(Action::Updated, &source, &reasons),
+                });
+                records.push(record(
+                    &key,
+                    entry.target_id,
+                    &entry.target_name,
+                    print,
+                    revision,
+                ));
+                import.report.add(
+                    Kind::Instance,
+                    source,
+                    Some(entry.target_name.clone()),
+                    Action::Updated,
+                    reasons,
+                );
             }
             Verdict::Conflict { .. } | Verdict::Gone { .. } => {}
         }
     }
 
-    let given = Handles::default().allocate(import, HandleTable::Instances, &wanted).await?;
+    let given = Handles::default()
+        .allocate(import, HandleTable::Instances, &wanted)
+        .await?;
     let inserts: Vec<NewInstance> = new_rows
         .iter()
         .zip(&given)
-        .map(|((row, _, _, owner, uid, fields, definition_id, sealed, _), handle)| NewInstance {
-            uid: uid.clone(),
-            owner_id: owner.id,
-            handle: handle.clone(),
-            definition_id: *definition_id,
-            service: fields.clone(),
-            sealed: sealed.clone(),
-            times: Times { created: row.created, updated: row.updated },
-        })
+        .map(
+            |((row, _, _, owner, uid, fields, definition_id, sealed, _), handle)| NewInstance {
+                uid: uid.clone(),
+                owner_id: owner.id,
+                handle: handle.clone(),
+                definition_id: *definition_id,
+                service: fields.clone(),
+                sealed: sealed.clone(),
+                times: Times {
+                    created: row.created,
+                    updated: row.updated,
+                },
+            },
+        )
         .collect();
     let ids = import.tx.insert_instances(&inserts).await?;
-    for ((row, key, print, owner, uid, _, _, _, mut reasons), handle) in new_rows.into_iter().zip(given) {
+    for ((row, key, print, owner, uid, _, _, _, mut reasons), handle) in
+        new_rows.into_iter().zip(given)
+    {
         let name = format!("{}/instances/{handle}", owner.name);
-        let id = *ids.get(&uid).ok_or_else(|| anyhow::anyhow!("an imported instance was not written"))?;
+        let id = *ids
+            .get(&uid)
+            .ok_or_else(|| anyhow::anyhow!("an imported instance was not written"))?;
         let base = text::handle(&row.handle, "i");
         if handle != base {
-            reasons.push(format!("handle {base:?} is taken in {}: made {handle:?}", last_segment(&owner.name)));
+            reasons.push(format!(
+                "handle {base:?} is taken in {}: made {handle:?}",
+                last_segment(&owner.name)
+            ));
         }
         let source = format!("instances/{} ({}/{})", row.id, row.owner, row.handle);
-        events.push(ImportEvent { resource: name.clone(), detail: audit_detail(Action::Imported, &source, &reasons) });
+        events.push(ImportEvent {
+            resource: name.clone(),
+            detail: audit_detail(Action::Imported, &source, &reasons),
+        });
         records.push(record(&key, id, &name, print, 1));
-        import.report.add(Kind::Instance, source, Some(name), Action::Imported, reasons);
+        import.report.add(
+            Kind::Instance,
+            source,
+            Some(name),
+            Action::Imported,
+            reasons,
+        );
     }
     import.tx.record(LedgerKind::Instance, &records).await?;
     import.tx.audit(&events).await
@@ -222,7 +361,11 @@ async fn linkable_definitions(
     import: &mut Import<'_>,
     rows: &[SourceInstance],
 ) -> anyhow::Result<HashMap<String, (Resolved, i64)>> {
-    let keys: Vec<String> = rows.iter().filter_map(|r| r.definition_id).map(|id| id.to_string()).collect();
+    let keys: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.definition_id)
+        .map(|id| id.to_string())
+        .collect();
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
@@ -233,7 +376,11 @@ async fn linkable_definitions(
         .await?;
     Ok(resolved
         .into_iter()
-        .filter_map(|(key, definition)| owners.get(&definition.id).map(|owner| (key, (definition.clone(), *owner))))
+        .filter_map(|(key, definition)| {
+            owners
+                .get(&definition.id)
+                .map(|owner| (key, (definition.clone(), *owner)))
+        })
         .collect())
 }
 
@@ -254,12 +401,24 @@ fn key_change(
         .map_err(|e| anyhow::anyhow!("a stored key of an imported instance does not open: {e}"))?;
     Ok(match current {
         Some(current) if current == *source => None,
-        Some(_) => Some((Some(import.ring.seal(source, uid)), "its key changed in dhamps-vdb: the new one is put in".to_owned())),
-        None => Some((Some(import.ring.seal(source, uid)), "its key opens now: put in".to_owned())),
+        Some(_) => Some((
+            Some(import.ring.seal(source, uid)),
+            "its key changed in dhamps-vdb: the new one is put in".to_owned(),
+        )),
+        None => Some((
+            Some(import.ring.seal(source, uid)),
+            "its key opens now: put in".to_owned(),
+        )),
     })
 }
 
-fn record(source_key: &str, id: i64, name: &str, fingerprint: Vec<u8>, revision: i64) -> LedgerRecord {
+fn record(
+    source_key: &str,
+    id: i64,
+    name: &str,
+    fingerprint: Vec<u8>,
+    revision: i64,
+) -> LedgerRecord {
     LedgerRecord {
         source_key: source_key.to_owned(),
         target_id: id,

@@ -21,7 +21,10 @@ pub enum Verdict<'e> {
     New,
     /// Imported before and unchanged in the source; `untouched` when the registry's object is
     /// also as the import left it.
-    Same { entry: &'e LedgerEntry, untouched: bool },
+    Same {
+        entry: &'e LedgerEntry,
+        untouched: bool,
+    },
     /// Changed in the source; the registry's object is as the import left it: update it.
     Changed { entry: &'e LedgerEntry },
     /// Changed in the source and in the registry: left alone.

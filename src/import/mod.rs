@@ -131,4 +131,3 @@ pub async fn run(store: &Store, ring: &KeyRing, options: &ImportOptions) -> anyh
     }
     Ok(report)
 }
-

@@ -9,12 +9,16 @@ use serde_json::json;
 
 use super::{
     Import,
-    ledger::{Handles, Verdict, audit_detail, fingerprint, judge, last_segment, resolve, resolve_users},
+    ledger::{
+        Handles, Verdict, audit_detail, fingerprint, judge, last_segment, resolve, resolve_users,
+    },
     report::{Action, Kind},
     source::SourceProject,
     text,
 };
-use crate::store::import::{HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewProject, ProjectUpdate, Times};
+use crate::store::import::{
+    HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewProject, ProjectUpdate, Times,
+};
 
 /// Where a project's binding stands: an instance, or detached with a reason.
 struct Binding {
@@ -26,7 +30,11 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
     let keys: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
     let ledger = import.tx.ledger(LedgerKind::Project, &keys).await?;
     let owners = resolve_users(import, rows.iter().map(|r| r.owner.clone())).await?;
-    let instance_keys: Vec<String> = rows.iter().filter_map(|r| r.instance_id).map(|id| id.to_string()).collect();
+    let instance_keys: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.instance_id)
+        .map(|id| id.to_string())
+        .collect();
     let instances = resolve(import, LedgerKind::Instance, &instance_keys).await?;
     let pairs: Vec<(i64, i64)> = rows
         .iter()
@@ -44,29 +52,61 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
     for row in &rows {
         let source = format!("projects/{} ({}/{})", row.id, row.owner, row.handle);
         let key = row.id.to_string();
-        import.report.drop_count("project metadata schemes", u64::from(row.has_metadata_scheme));
-        import.report.drop_count("project public_read flags", u64::from(row.public_read));
-        import.report.drop_count("project members (users_projects)", row.members.max(0) as u64);
-        import.report.drop_count("further LLM services of a project (schema 3)", row.other_instances.max(0) as u64);
+        import.report.drop_count(
+            "project metadata schemes",
+            u64::from(row.has_metadata_scheme),
+        );
+        import
+            .report
+            .drop_count("project public_read flags", u64::from(row.public_read));
+        import.report.drop_count(
+            "project members (users_projects)",
+            row.members.max(0) as u64,
+        );
+        import.report.drop_count(
+            "further LLM services of a project (schema 3)",
+            row.other_instances.max(0) as u64,
+        );
         let Some(owner) = owners.get(&row.owner).filter(|o| o.name != "users/_system") else {
-            import.report.skip(Kind::Project, source, format!("its owner {:?} has no user here that may own projects", row.owner));
+            import.report.skip(
+                Kind::Project,
+                source,
+                format!(
+                    "its owner {:?} has no user here that may own projects",
+                    row.owner
+                ),
+            );
             continue;
         };
         let (description, mut reasons) = text::description(&row.description);
         if row.other_instances > 0 {
-            reasons.push(format!("it was linked to {} more LLM service(s): only the first is kept", row.other_instances));
+            reasons.push(format!(
+                "it was linked to {} more LLM service(s): only the first is kept",
+                row.other_instances
+            ));
         }
         let binding = match row.instance_id {
-            None => Binding { instance_id: None, detach_reason: "imported from dhamps-vdb without an instance".to_owned() },
+            None => Binding {
+                instance_id: None,
+                detach_reason: "imported from dhamps-vdb without an instance".to_owned(),
+            },
             Some(id) => match instances.get(&id.to_string()) {
-                Some(instance) if usable.contains(&(instance.id, owner.id)) => Binding { instance_id: Some(instance.id), detach_reason: String::new() },
+                Some(instance) if usable.contains(&(instance.id, owner.id)) => Binding {
+                    instance_id: Some(instance.id),
+                    detach_reason: String::new(),
+                },
                 Some(instance) => Binding {
                     instance_id: None,
-                    detach_reason: format!("imported from dhamps-vdb: {} may not use {} here (no share)", owner.name, instance.name),
+                    detach_reason: format!(
+                        "imported from dhamps-vdb: {} may not use {} here (no share)",
+                        owner.name, instance.name
+                    ),
                 },
                 None => Binding {
                     instance_id: None,
-                    detach_reason: format!("imported from dhamps-vdb: its instance (dhamps-vdb id {id}) was not imported"),
+                    detach_reason: format!(
+                        "imported from dhamps-vdb: its instance (dhamps-vdb id {id}) was not imported"
+                    ),
                 },
             },
         };
@@ -74,12 +114,20 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
             reasons.push(format!("detached: {}", binding.detach_reason));
         }
         let print = fingerprint(&json!([
-            row.id, row.handle, row.owner, row.description, row.instance_id, row.other_instances,
-            row.created.timestamp_micros(), row.updated.timestamp_micros()
+            row.id,
+            row.handle,
+            row.owner,
+            row.description,
+            row.instance_id,
+            row.other_instances,
+            row.created.timestamp_micros(),
+            row.updated.timestamp_micros()
         ]));
         let verdict = judge(ledger.get(&key), &print);
         if let Some((action, target, why)) = verdict.idle() {
-            import.report.add(Kind::Project, source, target, action, vec![why]);
+            import
+                .report
+                .add(Kind::Project, source, target, action, vec![why]);
             continue;
         }
         match verdict {
@@ -89,10 +137,24 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
                     reasons.push(format!("handle is not valid here: made {base:?}"));
                 }
                 wanted.push((owner.id, base));
-                new_rows.push((row, key, print, owner.clone(), description, binding, reasons));
+                new_rows.push((
+                    row,
+                    key,
+                    print,
+                    owner.clone(),
+                    description,
+                    binding,
+                    reasons,
+                ));
             }
             Verdict::Same { entry, .. } => {
-                import.report.add(Kind::Project, source, Some(entry.target_name.clone()), Action::Unchanged, vec![]);
+                import.report.add(
+                    Kind::Project,
+                    source,
+                    Some(entry.target_name.clone()),
+                    Action::Unchanged,
+                    vec![],
+                );
             }
             Verdict::Changed { entry } => {
                 let update = ProjectUpdate {
@@ -103,25 +165,47 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
                     updated: row.updated,
                 };
                 let revision = import.tx.update_project(&update).await?;
-                events.push(ImportEvent { resource: entry.target_name.clone(), detail: audit_detail(Action::Updated, &source, &reasons) });
-                records.push(record(&key, entry.target_id, &entry.target_name, print, revision));
-                import.report.add(Kind::Project, source, Some(entry.target_name.clone()), Action::Updated, reasons);
+                events.push(ImportEvent {
+                    resource: entry.target_name.clone(),
+                    detail: audit_detail(Action::Updated, &source, &reasons),
+                });
+                records.push(record(
+                    &key,
+                    entry.target_id,
+                    &entry.target_name,
+                    print,
+                    revision,
+                ));
+                import.report.add(
+                    Kind::Project,
+                    source,
+                    Some(entry.target_name.clone()),
+                    Action::Updated,
+                    reasons,
+                );
             }
             Verdict::Conflict { .. } | Verdict::Gone { .. } => {}
         }
     }
-    let given = Handles::default().allocate(import, HandleTable::Projects, &wanted).await?;
+    let given = Handles::default()
+        .allocate(import, HandleTable::Projects, &wanted)
+        .await?;
     let inserts: Vec<NewProject> = new_rows
         .iter()
         .zip(&given)
-        .map(|((row, _, _, owner, description, binding, _), handle)| NewProject {
-            owner_id: owner.id,
-            handle: handle.clone(),
-            description: description.clone(),
-            instance_id: binding.instance_id,
-            detach_reason: binding.detach_reason.clone(),
-            times: Times { created: row.created, updated: row.updated },
-        })
+        .map(
+            |((row, _, _, owner, description, binding, _), handle)| NewProject {
+                owner_id: owner.id,
+                handle: handle.clone(),
+                description: description.clone(),
+                instance_id: binding.instance_id,
+                detach_reason: binding.detach_reason.clone(),
+                times: Times {
+                    created: row.created,
+                    updated: row.updated,
+                },
+            },
+        )
         .collect();
     let ids = import.tx.insert_projects(&inserts).await?;
     for ((row, key, print, owner, _, _, mut reasons), handle) in new_rows.into_iter().zip(given) {
@@ -131,18 +215,32 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
             .ok_or_else(|| anyhow::anyhow!("an imported project was not written"))?;
         let base = text::handle(&row.handle, "p");
         if handle != base {
-            reasons.push(format!("handle {base:?} is taken in {}: made {handle:?}", last_segment(&owner.name)));
+            reasons.push(format!(
+                "handle {base:?} is taken in {}: made {handle:?}",
+                last_segment(&owner.name)
+            ));
         }
         let source = format!("projects/{} ({}/{})", row.id, row.owner, row.handle);
-        events.push(ImportEvent { resource: name.clone(), detail: audit_detail(Action::Imported, &source, &reasons) });
+        events.push(ImportEvent {
+            resource: name.clone(),
+            detail: audit_detail(Action::Imported, &source, &reasons),
+        });
         records.push(record(&key, id, &name, print, 1));
-        import.report.add(Kind::Project, source, Some(name), Action::Imported, reasons);
+        import
+            .report
+            .add(Kind::Project, source, Some(name), Action::Imported, reasons);
     }
     import.tx.record(LedgerKind::Project, &records).await?;
     import.tx.audit(&events).await
 }
 
-fn record(source_key: &str, id: i64, name: &str, fingerprint: Vec<u8>, revision: i64) -> LedgerRecord {
+fn record(
+    source_key: &str,
+    id: i64,
+    name: &str,
+    fingerprint: Vec<u8>,
+    revision: i64,
+) -> LedgerRecord {
     LedgerRecord {
         source_key: source_key.to_owned(),
         target_id: id,

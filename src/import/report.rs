@@ -77,7 +77,14 @@ pub struct Report {
 
 impl Report {
     /// Counts one object; an item is kept when it was not taken over exactly as it was.
-    pub fn add(&mut self, kind: Kind, source: String, target: Option<String>, action: Action, reasons: Vec<String>) {
+    pub fn add(
+        &mut self,
+        kind: Kind,
+        source: String,
+        target: Option<String>,
+        action: Action,
+        reasons: Vec<String>,
+    ) {
         let counts = self.counts.entry(kind).or_default();
         match action {
             Action::Imported => counts.imported += 1,
@@ -91,7 +98,11 @@ impl Report {
         if written && !reasons.is_empty() {
             counts.changed_on_the_way_in += 1;
         }
-        let noteworthy = !reasons.is_empty() || !matches!(action, Action::Imported | Action::Updated | Action::Unchanged);
+        let noteworthy = !reasons.is_empty()
+            || !matches!(
+                action,
+                Action::Imported | Action::Updated | Action::Unchanged
+            );
         if noteworthy {
             self.items.push(Item {
                 kind,
@@ -127,13 +138,24 @@ impl Report {
         let _ = writeln!(
             out,
             "dhamps-vdb import{} (source schema version {})",
-            if self.dry_run { ", dry run: nothing was written" } else { "" },
+            if self.dry_run {
+                ", dry run: nothing was written"
+            } else {
+                ""
+            },
             self.schema_version
         );
         let _ = writeln!(
             out,
             "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>10}{:>9}",
-            "kind", "imported", "matched", "updated", "unchanged", "skipped", "conflicts", "changed"
+            "kind",
+            "imported",
+            "matched",
+            "updated",
+            "unchanged",
+            "skipped",
+            "conflicts",
+            "changed"
         );
         for (kind, c) in &self.counts {
             let _ = writeln!(
@@ -161,13 +183,30 @@ impl Report {
                 "{} {} {}{}: {}",
                 action_name(item.action),
                 kind_name(item.kind),
-                item.source.escape_debug(),
-                item.target.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default(),
-                item.reasons.join("; ").escape_debug()
+                printable(&item.source),
+                item.target
+                    .as_deref()
+                    .map(|t| format!(" -> {t}"))
+                    .unwrap_or_default(),
+                printable(&item.reasons.join("; "))
             );
         }
         out
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`), so that another system's data
+/// cannot move the cursor or recolour the terminal; everything else as it is.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn kind_name(kind: Kind) -> &'static str {

@@ -28,7 +28,10 @@ fn role(source: &str) -> Option<&'static str> {
 }
 
 pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::Result<()> {
-    let keys: Vec<String> = rows.iter().map(|r| format!("{}/{}", r.instance_id, r.grantee)).collect();
+    let keys: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}/{}", r.instance_id, r.grantee))
+        .collect();
     let ledger = import.tx.ledger(LedgerKind::Share, &keys).await?;
     let instance_keys: Vec<String> = rows.iter().map(|r| r.instance_id.to_string()).collect();
     let instances = resolve(import, LedgerKind::Instance, &instance_keys).await?;
@@ -40,31 +43,59 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
     for (row, key) in rows.iter().zip(keys) {
         let source = format!("instances/{}/shared_with/{}", row.instance_id, row.grantee);
         let Some(instance) = instances.get(&row.instance_id.to_string()) else {
-            import.report.skip(Kind::Share, source, format!("its instance {} was not imported", row.instance_id));
+            import.report.skip(
+                Kind::Share,
+                source,
+                format!("its instance {} was not imported", row.instance_id),
+            );
             continue;
         };
         if row.grantee == SYSTEM_USER {
-            import.report.skip(Kind::Share, source, "a share to _system has no meaning here".to_owned());
+            import.report.skip(
+                Kind::Share,
+                source,
+                "a share to _system has no meaning here".to_owned(),
+            );
             continue;
         }
         let Some(grantee) = grantees.get(&row.grantee) else {
-            import.report.skip(Kind::Share, source, format!("its user {:?} was not imported", row.grantee));
+            import.report.skip(
+                Kind::Share,
+                source,
+                format!("its user {:?} was not imported", row.grantee),
+            );
             continue;
         };
         let grantee_handle = grantee.name.trim_start_matches("users/");
         if instance.name.starts_with(&format!("{}/", grantee.name)) {
-            import.report.skip(Kind::Share, source, format!("{} owns the instance here", grantee.name));
+            import.report.skip(
+                Kind::Share,
+                source,
+                format!("{} owns the instance here", grantee.name),
+            );
             continue;
         }
         let Some(mapped) = role(&row.role) else {
-            import.report.skip(Kind::Share, source, format!("role {:?} is unknown", row.role));
+            import.report.skip(
+                Kind::Share,
+                source,
+                format!("role {:?} is unknown", row.role),
+            );
             continue;
         };
         let name = format!("{}/shares/{grantee_handle}", instance.name);
-        let print = fingerprint(&json!([row.instance_id, row.grantee, row.role, row.created.timestamp_micros(), row.updated.timestamp_micros()]));
+        let print = fingerprint(&json!([
+            row.instance_id,
+            row.grantee,
+            row.role,
+            row.created.timestamp_micros(),
+            row.updated.timestamp_micros()
+        ]));
         let verdict = judge(ledger.get(&key), &print);
         if let Some((action, target, why)) = verdict.idle() {
-            import.report.add(Kind::Share, source, target, action, vec![why]);
+            import
+                .report
+                .add(Kind::Share, source, target, action, vec![why]);
             continue;
         }
         let record = |print: Vec<u8>| LedgerRecord {
@@ -81,19 +112,32 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
                     instance_id: instance.id,
                     grantee_id: grantee.id,
                     role: mapped,
-                    times: Times { created: row.created, updated: row.updated },
+                    times: Times {
+                        created: row.created,
+                        updated: row.updated,
+                    },
                 };
                 new_rows.push((share, record(print), source, name));
             }
             Verdict::Same { .. } => {
-                import.report.add(Kind::Share, source, Some(name), Action::Unchanged, vec![]);
+                import
+                    .report
+                    .add(Kind::Share, source, Some(name), Action::Unchanged, vec![]);
             }
             Verdict::Changed { .. } => {
-                import.tx.update_share(instance.id, grantee.id, mapped, row.updated).await?;
+                import
+                    .tx
+                    .update_share(instance.id, grantee.id, mapped, row.updated)
+                    .await?;
                 let reasons = vec![format!("role now {mapped}")];
-                events.push(ImportEvent { resource: name.clone(), detail: audit_detail(Action::Updated, &source, &reasons) });
+                events.push(ImportEvent {
+                    resource: name.clone(),
+                    detail: audit_detail(Action::Updated, &source, &reasons),
+                });
                 records.push(record(print));
-                import.report.add(Kind::Share, source, Some(name), Action::Updated, reasons);
+                import
+                    .report
+                    .add(Kind::Share, source, Some(name), Action::Updated, reasons);
             }
             Verdict::Conflict { .. } | Verdict::Gone { .. } => {}
         }
@@ -103,9 +147,14 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
     for (share, record, source, name) in new_rows {
         if created.contains(&(share.instance_id, share.grantee_id)) {
             let reasons: Vec<String> = Vec::new();
-            events.push(ImportEvent { resource: name.clone(), detail: audit_detail(Action::Imported, &source, &reasons) });
+            events.push(ImportEvent {
+                resource: name.clone(),
+                detail: audit_detail(Action::Imported, &source, &reasons),
+            });
             records.push(record);
-            import.report.add(Kind::Share, source, Some(name), Action::Imported, reasons);
+            import
+                .report
+                .add(Kind::Share, source, Some(name), Action::Imported, reasons);
         } else {
             import.report.add(
                 Kind::Share,

@@ -57,7 +57,14 @@ impl SchemaVersion {
             Self::V3 => &[
                 (
                     "users",
-                    &["user_handle", "name", "email", "vdb_api_key", "created_at", "updated_at"],
+                    &[
+                        "user_handle",
+                        "name",
+                        "email",
+                        "vdb_api_key",
+                        "created_at",
+                        "updated_at",
+                    ],
                 ),
                 ("api_standards", STANDARDS),
                 (
@@ -76,15 +83,34 @@ impl SchemaVersion {
                         "updated_at",
                     ],
                 ),
-                ("users_llm_services", &["user_handle", "llm_service_id", "role", "created_at", "updated_at"]),
+                (
+                    "users_llm_services",
+                    &[
+                        "user_handle",
+                        "llm_service_id",
+                        "role",
+                        "created_at",
+                        "updated_at",
+                    ],
+                ),
                 ("projects", COMMON_PROJECTS),
-                ("projects_llm_services", &["project_id", "llm_service_id", "created_at"]),
+                (
+                    "projects_llm_services",
+                    &["project_id", "llm_service_id", "created_at"],
+                ),
                 ("users_projects", MEMBERS),
             ],
             Self::V4 => &[
                 (
                     "users",
-                    &["user_handle", "name", "email", "vdb_key", "created_at", "updated_at"],
+                    &[
+                        "user_handle",
+                        "name",
+                        "email",
+                        "vdb_key",
+                        "created_at",
+                        "updated_at",
+                    ],
                 ),
                 ("api_standards", STANDARDS),
                 (
@@ -123,8 +149,30 @@ impl SchemaVersion {
                         "updated_at",
                     ],
                 ),
-                ("instances_shared_with", &["user_handle", "instance_id", "role", "created_at", "updated_at"]),
-                ("projects", &["project_id", "project_handle", "owner", "description", "metadata_scheme", "public_read", "instance_id", "created_at", "updated_at"]),
+                (
+                    "instances_shared_with",
+                    &[
+                        "user_handle",
+                        "instance_id",
+                        "role",
+                        "created_at",
+                        "updated_at",
+                    ],
+                ),
+                (
+                    "projects",
+                    &[
+                        "project_id",
+                        "project_handle",
+                        "owner",
+                        "description",
+                        "metadata_scheme",
+                        "public_read",
+                        "instance_id",
+                        "created_at",
+                        "updated_at",
+                    ],
+                ),
                 ("users_projects", MEMBERS),
             ],
         }
@@ -226,7 +274,11 @@ pub struct SourceProject {
 macro_rules! valid_first {
     ($column:literal) => {
         concat!(
-            "(", $column, " ~ '^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$') DESC, ", $column, " COLLATE \"C\""
+            "(",
+            $column,
+            " ~ '^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$') DESC, ",
+            $column,
+            " COLLATE \"C\""
         )
     };
 }
@@ -361,7 +413,9 @@ impl Source {
             .execute(&mut connection)
             .await
             .map_err(|_| {
-                anyhow::anyhow!("--source-timezone {timezone:?} is not a time zone PostgreSQL knows")
+                anyhow::anyhow!(
+                    "--source-timezone {timezone:?} is not a time zone PostgreSQL knows"
+                )
             })?;
         let version = detect(&mut connection).await?;
         Ok(Self {

@@ -28,13 +28,19 @@ fn auth(row: &SourceStandard) -> Result<(String, String), String> {
         "auth_bearer" if field.is_empty() => ("Authorization", "Bearer"),
         "auth_bearer" => (field, "Bearer"),
         "custom_header" if !field.is_empty() => (field, ""),
-        "custom_header" => return Err("custom_header without a key_field names no header".to_owned()),
+        "custom_header" => {
+            return Err("custom_header without a key_field names no header".to_owned());
+        }
         "body_form" | "query_param" => {
             return Err(format!(
                 "key method {} (the key in the request {}) cannot be expressed here; everything \
                  using this standard is skipped",
                 row.key_method,
-                if row.key_method == "body_form" { "body" } else { "URL" }
+                if row.key_method == "body_form" {
+                    "body"
+                } else {
+                    "URL"
+                }
             ));
         }
         other => return Err(format!("unknown key method {other:?}")),
@@ -63,8 +69,19 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
     let mut wanted = Vec::new();
     for row in &rows {
         let source = format!("api_standards/{}", row.handle);
-        let print = fingerprint(&json!([row.handle, row.description, row.key_method, row.key_field, row.created.timestamp_micros(), row.updated.timestamp_micros()]));
-        if let Some(id) = SEEDED.contains(&row.handle.as_str()).then(|| seeded.get(&row.handle)).flatten() {
+        let print = fingerprint(&json!([
+            row.handle,
+            row.description,
+            row.key_method,
+            row.key_field,
+            row.created.timestamp_micros(),
+            row.updated.timestamp_micros()
+        ]));
+        if let Some(id) = SEEDED
+            .contains(&row.handle.as_str())
+            .then(|| seeded.get(&row.handle))
+            .flatten()
+        {
             let name = format!("apiStandards/{}", row.handle);
             records.push(record(&row.handle, *id, &name, print, "matched"));
             import.report.add(
@@ -79,7 +96,9 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
         let (header, scheme) = match auth(row) {
             Ok(auth) => auth,
             Err(why) => {
-                import.report.add(Kind::ApiStandard, source, None, Action::Skipped, vec![why]);
+                import
+                    .report
+                    .add(Kind::ApiStandard, source, None, Action::Skipped, vec![why]);
                 continue;
             }
         };
@@ -96,7 +115,9 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
         };
         let verdict = judge(ledger.get(&row.handle), &print);
         if let Some((action, target, why)) = verdict.idle() {
-            import.report.add(Kind::ApiStandard, source, target, action, vec![why]);
+            import
+                .report
+                .add(Kind::ApiStandard, source, target, action, vec![why]);
             continue;
         }
         match verdict {
@@ -114,17 +135,42 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
                 new_rows.push((row, print, standard, reasons));
             }
             Verdict::Same { entry, .. } => {
-                let action = if entry.target_version == "matched" { Action::Matched } else { Action::Unchanged };
-                import.report.add(Kind::ApiStandard, source, Some(entry.target_name.clone()), action, vec![]);
+                let action = if entry.target_version == "matched" {
+                    Action::Matched
+                } else {
+                    Action::Unchanged
+                };
+                import.report.add(
+                    Kind::ApiStandard,
+                    source,
+                    Some(entry.target_name.clone()),
+                    action,
+                    vec![],
+                );
             }
             Verdict::Changed { entry } => {
-                let revision = import.tx.update_standard(entry.target_id, &standard).await?;
+                let revision = import
+                    .tx
+                    .update_standard(entry.target_id, &standard)
+                    .await?;
                 events.push(ImportEvent {
                     resource: entry.target_name.clone(),
                     detail: audit_detail(Action::Updated, &source, &reasons),
                 });
-                records.push(record(&row.handle, entry.target_id, &entry.target_name, print, &revision.to_string()));
-                import.report.add(Kind::ApiStandard, source, Some(entry.target_name.clone()), Action::Updated, reasons);
+                records.push(record(
+                    &row.handle,
+                    entry.target_id,
+                    &entry.target_name,
+                    print,
+                    &revision.to_string(),
+                ));
+                import.report.add(
+                    Kind::ApiStandard,
+                    source,
+                    Some(entry.target_name.clone()),
+                    Action::Updated,
+                    reasons,
+                );
             }
             Verdict::Conflict { .. } | Verdict::Gone { .. } => {}
         }
@@ -156,13 +202,25 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
             detail: audit_detail(Action::Imported, &source, &reasons),
         });
         records.push(record(&row.handle, id, &name, print, "1"));
-        import.report.add(Kind::ApiStandard, source, Some(name), Action::Imported, reasons);
+        import.report.add(
+            Kind::ApiStandard,
+            source,
+            Some(name),
+            Action::Imported,
+            reasons,
+        );
     }
     import.tx.record(LedgerKind::ApiStandard, &records).await?;
     import.tx.audit(&events).await
 }
 
-fn record(source_key: &str, id: i64, name: &str, fingerprint: Vec<u8>, version: &str) -> LedgerRecord {
+fn record(
+    source_key: &str,
+    id: i64,
+    name: &str,
+    fingerprint: Vec<u8>,
+    version: &str,
+) -> LedgerRecord {
     LedgerRecord {
         source_key: source_key.to_owned(),
         target_id: id,

@@ -58,7 +58,12 @@ pub fn display_name(source: &str) -> (String, Vec<String>) {
     if out != source {
         changes.push("control characters in the display name replaced by spaces".to_owned());
     }
-    cut(&mut out, validate::MAX_DISPLAY_NAME_LEN, "display name", &mut changes);
+    cut(
+        &mut out,
+        validate::MAX_DISPLAY_NAME_LEN,
+        "display name",
+        &mut changes,
+    );
     (out, changes)
 }
 
@@ -83,7 +88,12 @@ pub fn description(source: &str) -> (String, Vec<String>) {
     if out != unified {
         changes.push("control characters in the description replaced by spaces".to_owned());
     }
-    cut(&mut out, validate::MAX_DESCRIPTION_LEN, "description", &mut changes);
+    cut(
+        &mut out,
+        validate::MAX_DESCRIPTION_LEN,
+        "description",
+        &mut changes,
+    );
     (out, changes)
 }
 

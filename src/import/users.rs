@@ -55,15 +55,24 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceUser>) -> anyhow::R
                 source,
                 Some(format!("users/{SYSTEM_USER}")),
                 Action::Matched,
-                vec!["dhamps-vdb's _system is the registry's _system, which has no token".to_owned()],
+                vec![
+                    "dhamps-vdb's _system is the registry's _system, which has no token".to_owned(),
+                ],
             );
             continue;
         }
         let (display_name, mut reasons) = text::display_name(&row.name);
-        let print = fingerprint(&json!([row.handle, row.name, row.created.timestamp_micros(), row.updated.timestamp_micros()]));
+        let print = fingerprint(&json!([
+            row.handle,
+            row.name,
+            row.created.timestamp_micros(),
+            row.updated.timestamp_micros()
+        ]));
         let verdict = judge(ledger.get(&row.handle), &print);
         if let Some((action, target, why)) = verdict.idle() {
-            import.report.add(Kind::User, source, target, action, vec![why]);
+            import
+                .report
+                .add(Kind::User, source, target, action, vec![why]);
             continue;
         }
         // A digest some other registry user has already is not given to this one.
@@ -103,38 +112,80 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceUser>) -> anyhow::R
                 if untouched && wanted_digest.is_some() && wanted_digest != current {
                     let revision = import
                         .tx
-                        .update_user(entry.target_id, &display_name, wanted_digest.as_deref(), row.updated)
+                        .update_user(
+                            entry.target_id,
+                            &display_name,
+                            wanted_digest.as_deref(),
+                            row.updated,
+                        )
                         .await?;
                     let reasons = vec!["its dhamps-vdb key changed: the token follows".to_owned()];
                     events.push(ImportEvent {
                         resource: entry.target_name.clone(),
                         detail: audit_detail(Action::Updated, &source, &reasons),
                     });
-                    records.push(record(&row.handle, entry.target_id, &entry.target_name, print, revision));
-                    import.report.add(Kind::User, source, Some(entry.target_name.clone()), Action::Updated, reasons);
+                    records.push(record(
+                        &row.handle,
+                        entry.target_id,
+                        &entry.target_name,
+                        print,
+                        revision,
+                    ));
+                    import.report.add(
+                        Kind::User,
+                        source,
+                        Some(entry.target_name.clone()),
+                        Action::Updated,
+                        reasons,
+                    );
                 } else {
-                    import.report.add(Kind::User, source, Some(entry.target_name.clone()), Action::Unchanged, vec![]);
+                    import.report.add(
+                        Kind::User,
+                        source,
+                        Some(entry.target_name.clone()),
+                        Action::Unchanged,
+                        vec![],
+                    );
                 }
             }
             Verdict::Changed { entry } => {
                 let token_hash = usable(Some(entry.target_id));
                 let revision = import
                     .tx
-                    .update_user(entry.target_id, &display_name, token_hash.as_deref(), row.updated)
+                    .update_user(
+                        entry.target_id,
+                        &display_name,
+                        token_hash.as_deref(),
+                        row.updated,
+                    )
                     .await?;
                 events.push(ImportEvent {
                     resource: entry.target_name.clone(),
                     detail: audit_detail(Action::Updated, &source, &reasons),
                 });
-                records.push(record(&row.handle, entry.target_id, &entry.target_name, print, revision));
-                import.report.add(Kind::User, source, Some(entry.target_name.clone()), Action::Updated, reasons);
+                records.push(record(
+                    &row.handle,
+                    entry.target_id,
+                    &entry.target_name,
+                    print,
+                    revision,
+                ));
+                import.report.add(
+                    Kind::User,
+                    source,
+                    Some(entry.target_name.clone()),
+                    Action::Updated,
+                    reasons,
+                );
             }
             Verdict::Conflict { .. } | Verdict::Gone { .. } => {}
         }
     }
 
     let mut handles = Handles::default();
-    let given = handles.allocate(import, HandleTable::Users, &wanted).await?;
+    let given = handles
+        .allocate(import, HandleTable::Users, &wanted)
+        .await?;
     let inserts: Vec<NewUser> = new_rows
         .iter()
         .zip(&given)
@@ -164,13 +215,21 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceUser>) -> anyhow::R
             detail: audit_detail(Action::Imported, &source, &reasons),
         });
         records.push(record(&row.handle, id, &name, print, 1));
-        import.report.add(Kind::User, source, Some(name), Action::Imported, reasons);
+        import
+            .report
+            .add(Kind::User, source, Some(name), Action::Imported, reasons);
     }
     import.tx.record(LedgerKind::User, &records).await?;
     import.tx.audit(&events).await
 }
 
-fn record(source_key: &str, id: i64, name: &str, fingerprint: Vec<u8>, revision: i64) -> LedgerRecord {
+fn record(
+    source_key: &str,
+    id: i64,
+    name: &str,
+    fingerprint: Vec<u8>,
+    revision: i64,
+) -> LedgerRecord {
     LedgerRecord {
         source_key: source_key.to_owned(),
         target_id: id,

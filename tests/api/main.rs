@@ -28,6 +28,7 @@ mod embed_policy;
 mod flood;
 mod hostile_input;
 mod hostile_provider;
+mod import_dhamps;
 mod instances;
 mod metrics;
 mod pagination;

@@ -60,7 +60,10 @@ impl LedgerKind {
             };
         }
         match self {
-            Self::User => lookup!("LEFT JOIN users t ON t.id = l.target_id", "t.revision::text"),
+            Self::User => lookup!(
+                "LEFT JOIN users t ON t.id = l.target_id",
+                "t.revision::text"
+            ),
             Self::ApiStandard => lookup!(
                 "LEFT JOIN api_standards t ON t.id = l.target_id",
                 "t.revision::text"
@@ -216,10 +219,8 @@ impl ImportTx {
             return Ok(());
         }
         let resources: Vec<&str> = events.iter().map(|e| e.resource.as_str()).collect();
-        let owners: Vec<Option<&str>> = events
-            .iter()
-            .map(|e| resource_owner(&e.resource))
-            .collect();
+        let owners: Vec<Option<&str>> =
+            events.iter().map(|e| resource_owner(&e.resource)).collect();
         let details: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
         sqlx::query(
             "INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail) \

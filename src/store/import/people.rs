@@ -49,7 +49,10 @@ pub struct ProjectUpdate {
 
 impl ImportTx {
     /// Which of these token digests a registry user already has.
-    pub async fn taken_token_hashes(&mut self, hashes: &[Vec<u8>]) -> anyhow::Result<HashSet<Vec<u8>>> {
+    pub async fn taken_token_hashes(
+        &mut self,
+        hashes: &[Vec<u8>],
+    ) -> anyhow::Result<HashSet<Vec<u8>>> {
         let rows: Vec<Vec<u8>> =
             sqlx::query_scalar("SELECT token_hash FROM users WHERE token_hash = ANY($1)")
                 .bind(hashes)
@@ -85,8 +88,16 @@ impl ImportTx {
              RETURNING handle, id",
         )
         .bind(rows.iter().map(|r| r.handle.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.display_name.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.token_hash.as_deref()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.display_name.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.token_hash.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.times.created).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.times.updated).collect::<Vec<_>>())
         .fetch_all(&mut *self.tx)
@@ -118,7 +129,10 @@ impl ImportTx {
     }
 
     /// Creates shares that do not exist yet; the (instance, grantee) pairs it created.
-    pub async fn insert_shares(&mut self, rows: &[NewShare]) -> anyhow::Result<HashSet<(i64, i64)>> {
+    pub async fn insert_shares(
+        &mut self,
+        rows: &[NewShare],
+    ) -> anyhow::Result<HashSet<(i64, i64)>> {
         if rows.is_empty() {
             return Ok(HashSet::new());
         }
@@ -198,9 +212,17 @@ impl ImportTx {
         )
         .bind(rows.iter().map(|r| r.owner_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.handle.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.description.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.description.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.instance_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.detach_reason.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.detach_reason.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.times.created).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.times.updated).collect::<Vec<_>>())
         .fetch_all(&mut *self.tx)

@@ -63,6 +63,9 @@ pub struct ServiceUpdate {
     pub updated: chrono::DateTime<chrono::Utc>,
 }
 
+/// An instance's id, uid, and stored key (ciphertext and key id), as read.
+type StoredKeyRow = (i64, String, Option<Vec<u8>>, Option<String>);
+
 fn service_columns<'a, T: 'a>(
     rows: impl Iterator<Item = &'a T> + Clone,
     service: impl Fn(&'a T) -> &'a ServiceFields,
@@ -88,7 +91,10 @@ struct ServiceColumns<'a> {
 
 impl ImportTx {
     /// The registry's API standards by handle.
-    pub async fn standard_ids(&mut self, handles: &[String]) -> anyhow::Result<HashMap<String, i64>> {
+    pub async fn standard_ids(
+        &mut self,
+        handles: &[String],
+    ) -> anyhow::Result<HashMap<String, i64>> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT handle, id FROM api_standards WHERE handle = ANY($1)")
                 .bind(handles)
@@ -114,9 +120,21 @@ impl ImportTx {
              RETURNING handle, id",
         )
         .bind(rows.iter().map(|r| r.handle.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.description.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.auth_header.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.auth_scheme.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.description.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.auth_header.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.auth_scheme.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.times.created).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.times.updated).collect::<Vec<_>>())
         .fetch_all(&mut *self.tx)
@@ -306,7 +324,7 @@ impl ImportTx {
         &mut self,
         ids: &[i64],
     ) -> anyhow::Result<HashMap<i64, (String, Option<Sealed>)>> {
-        let rows: Vec<(i64, String, Option<Vec<u8>>, Option<String>)> = sqlx::query_as(
+        let rows: Vec<StoredKeyRow> = sqlx::query_as(
             "SELECT id, uid::text, api_key_ciphertext, api_key_key_id FROM instances \
              WHERE id = ANY($1)",
         )
