@@ -8,6 +8,7 @@
 
 mod people;
 mod services;
+mod statistics;
 
 pub use people::{NewProject, NewShare, NewUser, ProjectUpdate};
 pub use services::{NewDefinition, NewInstance, NewStandard, ServiceFields, ServiceUpdate};
@@ -20,6 +21,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::Store;
 use crate::domain::audit::resource_owner;
+use statistics::Table;
 
 /// The kinds of source rows the ledger knows, in the order an import writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,6 +128,8 @@ pub struct ImportTx {
     source: &'static str,
     /// The operator command, as the audit trail names the caller and method.
     command: &'static str,
+    /// Rows written per table, for [`statistics`].
+    growth: statistics::Growth,
 }
 
 impl Store {
@@ -144,6 +148,7 @@ impl Store {
             tx,
             source,
             command,
+            growth: statistics::Growth::default(),
         })
     }
 }
@@ -210,7 +215,7 @@ impl ImportTx {
         .execute(&mut *self.tx)
         .await
         .with_context(|| format!("writing the import ledger ({})", kind.as_str()))?;
-        Ok(())
+        self.wrote(statistics::Table::Ledger, rows.len()).await
     }
 
     /// Records one audit event per imported or updated object, caller and method the command.

@@ -103,6 +103,7 @@ impl ImportTx {
         .fetch_all(&mut *self.tx)
         .await
         .context("creating users")?;
+        self.wrote(super::Table::Users, created.len()).await?;
         Ok(created.into_iter().collect())
     }
 
@@ -151,6 +152,7 @@ impl ImportTx {
         .fetch_all(&mut *self.tx)
         .await
         .context("creating shares")?;
+        self.wrote(super::Table::Shares, created.len()).await?;
         Ok(created.into_iter().collect())
     }
 
@@ -228,6 +230,7 @@ impl ImportTx {
         .fetch_all(&mut *self.tx)
         .await
         .context("creating projects")?;
+        self.wrote(super::Table::Projects, created.len()).await?;
         Ok(created
             .into_iter()
             .map(|(owner, handle, id)| ((owner, handle), id))

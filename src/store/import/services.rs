@@ -140,6 +140,8 @@ impl ImportTx {
         .fetch_all(&mut *self.tx)
         .await
         .context("creating API standards")?;
+        self.wrote(super::Table::ApiStandards, created.len())
+            .await?;
         Ok(created.into_iter().collect())
     }
 
@@ -215,6 +217,7 @@ impl ImportTx {
         .fetch_all(&mut *self.tx)
         .await
         .context("creating definitions")?;
+        self.wrote(super::Table::Definitions, created.len()).await?;
         Ok(created
             .into_iter()
             .map(|(owner, handle, id)| ((owner, handle), id))
@@ -285,6 +288,7 @@ impl ImportTx {
         .fetch_all(&mut *self.tx)
         .await
         .context("creating instances")?;
+        self.wrote(super::Table::Instances, created.len()).await?;
         Ok(created.into_iter().collect())
     }
 
