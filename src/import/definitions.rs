@@ -40,12 +40,19 @@ pub fn service_fields(
     service: &SourceService<'_>,
     api_standard_id: i64,
 ) -> Result<(ServiceFields, Vec<String>), String> {
-    // The refusal names the rule broken, never the value (an endpoint may hold credentials).
-    let endpoint = validate::endpoint("endpoint", service.endpoint)
-        .map_err(|e| format!("its endpoint is refused here: {e}"))?;
-    let model = validate::line("model", service.model.trim(), validate::MAX_MODEL_LEN, true)
-        .map_err(|e| format!("its model is refused here: {e}"))?;
     let mut reasons = Vec::new();
+    let (endpoint, model) = (service.endpoint.trim(), service.model.trim());
+    if endpoint.len() != service.endpoint.len() {
+        reasons.push("surrounding whitespace trimmed from the endpoint".to_owned());
+    }
+    if model.len() != service.model.len() {
+        reasons.push("surrounding whitespace trimmed from the model".to_owned());
+    }
+    // The refusal names the rule broken, never the value (an endpoint may hold credentials).
+    let endpoint = validate::endpoint("endpoint", endpoint)
+        .map_err(|e| format!("its endpoint is refused here: {e}"))?;
+    let model = validate::line("model", model, validate::MAX_MODEL_LEN, true)
+        .map_err(|e| format!("its model is refused here: {e}"))?;
     let mut count = |value: i32, what: &str, max: i32, meaningful: bool| {
         if value == 0 {
             if meaningful {
@@ -301,5 +308,39 @@ fn record(
         target_name: name.to_owned(),
         fingerprint,
         target_version: version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service<'a>(endpoint: &'a str, model: &'a str, dimensions: i32) -> SourceService<'a> {
+        SourceService {
+            endpoint,
+            model,
+            dimensions,
+            context_limit: 0,
+            description: "",
+            has_context_limit: false,
+        }
+    }
+
+    #[test]
+    fn service_fields_are_trimmed_unset_or_refused_without_echoing_the_endpoint() {
+        let (fields, reasons) =
+            service_fields(&service(" https://example.com/embed\n", "m ", 0), 7).unwrap();
+        assert_eq!(fields.endpoint, "https://example.com/embed");
+        assert_eq!(fields.model, "m");
+        assert_eq!((fields.dimensions, fields.context_limit), (None, None));
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        let refused =
+            service_fields(&service("https://me:secret@example.com/", "m", 8), 7).unwrap_err();
+        assert!(
+            refused.contains("credentials") && !refused.contains("secret"),
+            "{refused}"
+        );
+        assert!(service_fields(&service("https://example.com/", "m", -3), 7).is_err());
+        assert!(service_fields(&service("ftp://example.com/", "m", 8), 7).is_err());
     }
 }
