@@ -82,11 +82,14 @@ pub fn all(
         names: vec![""],
     };
     mount!(served, health);
+    // google.rpc's error details are registered too, so that reflection-only clients (buf curl,
+    // grpcurl) can decode the ErrorInfo and RetryInfo in a refusal instead of showing bytes.
     mount!(
         served,
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?
     );
     mount!(
@@ -94,6 +97,7 @@ pub fn all(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?
     );
     let api = || context.clone();

@@ -85,15 +85,20 @@ call() {
     printf '%s\n' "$out"
     return "$rc"
 }
-# expect_code CODE TOKEN METHOD JSON: the call must fail with that gRPC code (buf's spelling).
+# expect_code CODE TOKEN METHOD JSON: the call must fail with that gRPC code (buf's spelling),
+# and what buf prints must name the error's reason (the message ends with it in brackets: buf
+# shows ErrorInfo only as bytes). With REASON set, it must be that reason.
 expect_code() {
     local want=$1 out
     shift
     if out=$(call "$@"); then fail "$2 succeeded; expected $want: $out"; fi
-    local got
+    local got reason
     got=$(jq -r '.code // empty' <<<"$out" 2>/dev/null || true)
     [ "$got" = "$want" ] || fail "$2: expected $want, got '${got:-?}': $out"
-    echo "   $2 -> $want, as expected"
+    reason=$(jq -r '.message // empty' <<<"$out" | sed -n 's/.*\[\([A-Z_]*\)\]$/\1/p')
+    [ -n "$reason" ] || fail "$2: the printed error names no reason: $out"
+    [ -z "${REASON:-}" ] || [ "$reason" = "$REASON" ] || fail "$2: expected reason $REASON: $out"
+    echo "   $2 -> $want ($reason), as expected"
 }
 
 step "health turns SERVING (reflection-only client)"
@@ -161,11 +166,11 @@ through=$(call "$BOB" llmregistry.v1.ProjectService/GetProjectInstance \
 step "refusals come back with the documented codes"
 expect_code permission_denied "$ALICE" llmregistry.v1.LlmDefinitionService/CreateDefinition \
     '{"parent":"users/_system","definitionId":"mine","definition":{"endpoint":"https://example.com/v1","apiStandard":"openai","model":"m"}}'
-expect_code not_found "$CAROL" llmregistry.v1.LlmInstanceService/GetInstance \
+REASON=NOT_FOUND expect_code not_found "$CAROL" llmregistry.v1.LlmInstanceService/GetInstance \
     '{"name":"users/alice/instances/main"}'
 expect_code permission_denied "$BOB" llmregistry.v1.LlmInstanceService/DeleteInstance \
     '{"name":"users/alice/instances/main"}'
-expect_code unauthenticated "" llmregistry.v1.LlmInstanceService/GetInstance \
+REASON=UNAUTHENTICATED expect_code unauthenticated "" llmregistry.v1.LlmInstanceService/GetInstance \
     '{"name":"users/alice/instances/main"}'
 expect_code invalid_argument "$ALICE" llmregistry.v1.LlmInstanceService/GetInstance \
     '{"name":"not a name"}'

@@ -3,6 +3,13 @@
 //! the details. Every status carries `google.rpc.ErrorInfo` with the reason (clients may switch
 //! on it); INVALID_ARGUMENT also carries `google.rpc.BadRequest` with one violation per bad
 //! field. Internal details are logged here and never sent.
+//!
+//! The message also ends with the reason in brackets (`users/x not found [NOT_FOUND]`). Terminal
+//! clients print the message but not the details: buf curl decodes a detail only if its own
+//! binary knows the type, and grpcurl does not resolve details through reflection (its issue
+//! #238), so without this the README's table of reasons could not be used from a terminal.
+//! google.rpc's descriptors are served by reflection too (`services.rs`) for clients that do
+//! look them up there.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -49,7 +56,7 @@ pub fn to_status(error: DomainError) -> Status {
         }
         _ => {}
     }
-    Status::with_error_details(code, error.to_string(), details)
+    Status::with_error_details(code, format!("{error} [{reason}]"), details)
 }
 
 /// tonic's code for the domain's.
@@ -73,5 +80,20 @@ fn grpc_code(code: ErrorCode) -> Code {
 impl From<DomainError> for Status {
     fn from(error: DomainError) -> Self {
         to_status(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_ends_with_the_reason_that_error_info_carries() {
+        let status = to_status(DomainError::NotFound("users/nobody".to_owned()));
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "users/nobody not found [NOT_FOUND]");
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "NOT_FOUND");
+        assert_eq!(info.domain, ERROR_DOMAIN);
     }
 }

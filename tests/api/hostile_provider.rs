@@ -555,7 +555,7 @@ async fn provider_text_reaches_callers_only_from_structured_fields_and_scrubbed(
     assert_eq!(reason(&refused), "PROVIDER_REJECTED_KEY");
     assert_eq!(
         refused.message(),
-        "the provider refused this instance's key (401, invalid_api_key)"
+        "the provider refused this instance's key (401, invalid_api_key) [PROVIDER_REJECTED_KEY]"
     );
 
     // Other failures carry the provider's message field, scrubbed of every spelling of the key

@@ -266,3 +266,39 @@ async fn health_reports_serving_for_every_service_reflection_lists() {
         assert_eq!(status, 1, "{service} should be SERVING");
     }
 }
+
+/// google.rpc's error details are resolvable through reflection, for the clients that look a
+/// detail's type up there.
+#[tokio::test]
+async fn reflection_knows_the_error_detail_types() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let app = TestApp::spawn().await;
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.RetryInfo",
+        "google.rpc.BadRequest",
+    ] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
+        };
+        let mut responses = ServerReflectionClient::new(app.channel.clone())
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(Ok(response)) = responses.next().await else {
+            panic!("no reflection answer")
+        };
+        let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+            panic!(
+                "{symbol} is not known to reflection: {:?}",
+                response.message_response
+            )
+        };
+        assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
+    }
+}
