@@ -275,6 +275,7 @@ async fn accept_loop(
     ready: mpsc::Sender<Connection>,
 ) {
     let limits = places.limits;
+    let refusals = Arc::new(super::handshake_log::HandshakeLog::default());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -308,6 +309,7 @@ async fn accept_loop(
         };
         let tls = tls.clone();
         let ready = ready.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + limits.opening_timeout;
             let (transport, client_certificate) = match tls {
@@ -319,7 +321,7 @@ async fn accept_loop(
                             (Transport::Tls(Box::new(stream)), certificate)
                         }
                         Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake refused");
+                            refusals.refused(peer, &error);
                             return;
                         }
                         Err(_) => {

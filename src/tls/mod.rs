@@ -7,6 +7,7 @@
 //! start with a message naming the file and the problem ([`certificate`]).
 
 pub mod certificate;
+mod handshake_log;
 pub mod incoming;
 pub mod reload;
 
