@@ -20,7 +20,7 @@ LAYERS = [
     ["rpc"],
     ["api", "import"],
     ["grpc", "tls", "telemetry"],
-    ["services", "config"],
+    ["services", "config", "dev_postgres"],
     ["healthcheck", "server"],
     ["lib", "main"],
 ]

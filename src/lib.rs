@@ -15,7 +15,8 @@
 //! 6. `api` (the handlers), `import` (the `import-dhamps-vdb` command);
 //! 7. `grpc` (the edge in front of the handlers; it never uses them), [`tls`] (the listener's
 //!    connections), [`telemetry`];
-//! 8. `services` (the one list of mounted services), [`config`];
+//! 8. `services` (the one list of mounted services), [`config`], [`dev_postgres`] (development
+//!    mode's own PostgreSQL);
 //! 9. [`server`] and [`healthcheck`] (the client side of the `healthcheck` command), which wire
 //!    them; then `main.rs`.
 //!
@@ -24,6 +25,7 @@
 mod api;
 pub mod config;
 pub mod connection;
+pub mod dev_postgres;
 mod domain;
 mod grpc;
 pub mod healthcheck;

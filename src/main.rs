@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use llm_registry::{
     config::{self, Cli, Command},
-    server, telemetry,
+    dev_postgres, server, telemetry,
 };
 use tokio::net::TcpListener;
 
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Migrate) => {
-            let url = config::database_url(&cli.global)?;
+            let (_own_postgres, url) = development_database(&cli.global).await?;
             server::migrate(cli.global.mode, &url).await?;
             tracing::info!("migrations applied");
             Ok(())
@@ -90,8 +90,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The database URL of a command; in development mode without DATABASE_URL, when nothing
+/// answers on the default address, that of a PostgreSQL it starts for itself (stopped when the
+/// returned value is dropped).
+async fn development_database(
+    global: &config::GlobalArgs,
+) -> anyhow::Result<(Option<dev_postgres::DevPostgres>, String)> {
+    let url = config::database_url(global)?;
+    if global.mode != config::Mode::Development
+        || global.database_url.is_some()
+        || dev_postgres::default_answers().await
+    {
+        return Ok((None, url));
+    }
+    let state_dir = global.dev_state_dir();
+    let dir = global.dev_postgres_dir.clone();
+    // initdb and pg_ctl block for a few seconds, before anything else runs.
+    let started = tokio::task::spawn_blocking(move || {
+        dev_postgres::DevPostgres::start(dir.as_deref(), &state_dir)
+    })
+    .await??;
+    Ok(match started {
+        Some(own) => {
+            let url = own.url(config::DEV_DATABASE_NAME);
+            (Some(own), url)
+        }
+        None => (None, url),
+    })
+}
+
 async fn serve(global: &config::GlobalArgs, args: &config::ServeArgs) -> anyhow::Result<()> {
-    let settings = config::serve_settings(global, args)?;
+    let (_own_postgres, database_url) = development_database(global).await?;
+    let mut settings = config::serve_settings(global, args)?;
+    settings.database_url = database_url;
     let listener = TcpListener::bind(settings.listen_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen_addr))?;

@@ -58,6 +58,8 @@ impl fmt::Debug for SecretText {
 }
 
 pub const DEV_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/llm_registry";
+/// The database development mode uses (on 127.0.0.1:5432, or on the PostgreSQL it starts).
+pub const DEV_DATABASE_NAME: &str = "llm_registry";
 /// An admin token shorter than this is refused: it would be guessable.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
@@ -147,6 +149,22 @@ pub struct GlobalArgs {
     /// $XDG_STATE_HOME/llm-registry/dev-secrets.env (or ~/.local/state/...).
     #[arg(long, env = "DEV_SECRETS_FILE", global = true)]
     pub dev_secrets_file: Option<PathBuf>,
+    /// Where development mode keeps the PostgreSQL it starts when none answers on 127.0.0.1:5432
+    /// and no DATABASE_URL is given. Default: postgres/ beside the secrets file (as root:
+    /// /var/tmp/llm-registry-postgres).
+    #[arg(long, env = "DEV_POSTGRES_DIR", global = true)]
+    pub dev_postgres_dir: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The directory of development mode's state (its secrets file's).
+    pub fn dev_state_dir(&self) -> PathBuf {
+        let file = self
+            .dev_secrets_file
+            .clone()
+            .unwrap_or_else(default_dev_secrets_file);
+        file.parent().map(PathBuf::from).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -197,3 +197,87 @@ async fn development_mode_names_the_unreachable_database_once_without_its_passwo
         "the password is never shown: {stderr}"
     );
 }
+
+/// With no DATABASE_URL and nothing answering on 127.0.0.1:5432, development mode creates its
+/// own PostgreSQL, serves on it, stops it on exit, and reuses it (data kept) on the next start.
+/// The binary runs in a network namespace of its own (`unshare -n`, as root: CI's case), where
+/// the machine's PostgreSQL on 127.0.0.1:5432 cannot be reached; the cluster is reached by its
+/// Unix socket, which the namespace does not hide.
+#[tokio::test]
+async fn development_mode_starts_its_own_postgres_when_none_answers() {
+    let root =
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if root.ok() != Some(true) {
+        eprintln!("skipped: needs root for `unshare -n` (CI runs it)");
+        return;
+    }
+    let home = temp_home();
+    let cluster = home.join("own-postgres");
+    let script = format!(
+        r#"set -e
+ip link set lo up
+export HOME={home} DEV_POSTGRES_DIR={cluster} LISTEN_ADDR=127.0.0.1:50123 RUST_LOG=info
+run() {{
+    {bin} > {home}/server-$1.log 2>&1 &
+    pid=$!
+    for i in $(seq 1 120); do {bin} healthcheck --addr 127.0.0.1:50123 >/dev/null 2>&1 && break; sleep 0.25; done
+    {bin} healthcheck --addr 127.0.0.1:50123
+    kill $pid; wait $pid
+}}
+run 1
+run 2
+"#,
+        home = home.display(),
+        cluster = cluster.display(),
+        bin = crate::binary::BINARY,
+    );
+    let output = tokio::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output()
+        .await
+        .expect("unshare runs");
+    let log =
+        |n: u32| std::fs::read_to_string(home.join(format!("server-{n}.log"))).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        log(1),
+        log(2)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout)
+            .matches("SERVING")
+            .count(),
+        2
+    );
+    for (n, created) in [(1, "created=true"), (2, "created=false")] {
+        let log = log(n);
+        assert!(log.contains("so it started its own"), "{log}");
+        assert!(log.contains(created), "{log}");
+        assert!(log.contains("stopped its own PostgreSQL"), "{log}");
+    }
+    // The second start found the database the first one created.
+    assert!(
+        !log(2).contains("created the development database"),
+        "{}",
+        log(2)
+    );
+    // Stopped on exit: nothing runs on the cluster any more.
+    let bindir = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .unwrap();
+    let pg_ctl =
+        std::path::PathBuf::from(String::from_utf8_lossy(&bindir.stdout).trim()).join("pg_ctl");
+    let status = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_ctl)
+        .arg("-D")
+        .arg(cluster.join("data"))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!status.status.success(), "the cluster still runs");
+    let _ = std::fs::remove_dir_all(&home);
+}
