@@ -13,7 +13,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2
+try:
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc as _protoc  # noqa: F401 (checked here, used below)
+except ImportError:
+    sys.exit(
+        "docs/gen_api.py needs grpcio-tools: pip install -r clients/python/requirements.txt "
+        "(.ci/run installs it in target/ci-venv)"
+    )
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"

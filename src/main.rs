@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use llm_registry::{
     config::{self, Cli, Command},
     dev_postgres, server, telemetry,
@@ -17,7 +16,7 @@ use tokio::net::TcpListener;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_process();
     if let Err(error) = telemetry::init(cli.global.log_format, &cli.global.log_filter) {
         eprintln!("error: invalid log settings: {error:#}");
         return ExitCode::from(2);
@@ -48,8 +47,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Migrate) => {
             let (_own_postgres, url) = development_database(&cli.global).await?;
+            // The store logs how many it applied.
             server::migrate(cli.global.mode, &url).await?;
-            tracing::info!("migrations applied");
             Ok(())
         }
         Some(Command::RotateKeys(args)) => {

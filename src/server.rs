@@ -326,10 +326,16 @@ fn announce(settings: &ServeSettings, address: SocketAddr, tls: Option<&ServerTl
         key_ids = ?settings.key_ring.key_ids(),
         "serving gRPC (health and reflection need no token)"
     );
-    if settings.mode == Mode::Development && tls.is_none() {
+    if settings.mode == Mode::Development {
+        // The same hint over TLS: the client needs the CA (and, with mutual TLS, a certificate).
+        let (flags, scheme) = if tls.is_some() {
+            ("--cacert <the CA that signed the certificate>", "https")
+        } else {
+            ("--http2-prior-knowledge", "http")
+        };
         tracing::warn!(
-            "try: buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $ADMIN_TOKEN\" \
-             -d '{{\"parent\":\"users/_system\"}}' http://{address}/llmregistry.v1.LlmDefinitionService/ListDefinitions \
+            "try: buf curl --protocol grpc {flags} -H \"authorization: Bearer $ADMIN_TOKEN\" \
+             -d '{{\"parent\":\"users/_system\"}}' {scheme}://{address}/llmregistry.v1.LlmDefinitionService/ListDefinitions \
              (ADMIN_TOKEN is in the development secrets file named above)"
         );
     }

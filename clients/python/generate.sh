@@ -5,6 +5,10 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 proto="$here/../../proto"
 out="$here/generated"
+if ! python3 -c 'import grpc_tools' 2>/dev/null; then
+    echo "clients/python/generate.sh needs grpcio-tools: pip install -r $here/requirements.txt" >&2
+    exit 1
+fi
 rm -rf "$out"
 mkdir -p "$out"
 python3 -m grpc_tools.protoc -I "$proto" \

@@ -90,6 +90,8 @@ def open_channel(addr, ca_pem=None):
 
 def run(addr, admin_token, api_key, ca_pem=None, provider_endpoint=None, provider_key=None):
     outcome = Outcome()
+    tag = secrets.token_hex(3)
+    who = {name: f"{name}-{tag}" for name in ("alice", "bob", "carol", "gateway")}
     with open_channel(addr, ca_pem) as channel:
         users = users_pb2_grpc.UserServiceStub(channel)
         definitions = definitions_pb2_grpc.LlmDefinitionServiceStub(channel)
@@ -97,18 +99,19 @@ def run(addr, admin_token, api_key, ca_pem=None, provider_endpoint=None, provide
         sharing = sharing_pb2_grpc.SharingServiceStub(channel)
         projects = projects_pb2_grpc.ProjectServiceStub(channel)
 
-        # The admin creates two users (and a stranger); each token is shown once.
+        # The admin creates two users (and a stranger); each token is shown once. Handles carry
+        # a suffix of this run's, so the journey can run any number of times on one database.
         tokens = {}
-        for handle in ("alice", "bob", "carol"):
+        for name in ("alice", "bob", "carol"):
             created = users.CreateUser(
                 users_pb2.CreateUserRequest(
-                    user_id=handle, user=users_pb2.User(display_name=handle.title())
+                    user_id=who[name], user=users_pb2.User(display_name=name.title())
                 ),
                 metadata=bearer(admin_token),
             )
-            assert created.user.name == f"users/{handle}", created
+            assert created.user.name == f"users/{who[name]}", created
             assert created.token.startswith("llmr_")
-            tokens[handle] = created.token
+            tokens[name] = created.token
 
         # Alice lists the operators' templates.
         listed = outcome.keep(
@@ -125,7 +128,7 @@ def run(addr, admin_token, api_key, ca_pem=None, provider_endpoint=None, provide
         instance = outcome.keep(
             instances.CreateInstanceFromDefinition(
                 instances_pb2.CreateInstanceFromDefinitionRequest(
-                    parent="users/alice",
+                    parent=f"users/{who['alice']}",
                     instance_id="main",
                     source_definition=source.name,
                     instance=instances_pb2.Instance(api_key=api_key),
@@ -133,7 +136,7 @@ def run(addr, admin_token, api_key, ca_pem=None, provider_endpoint=None, provide
                 metadata=bearer(tokens["alice"]),
             )
         )
-        assert instance.name == "users/alice/instances/main", instance
+        assert instance.name == f"users/{who['alice']}/instances/main", instance
         assert instance.has_api_key and instance.api_key == ""
         assert instance.endpoint == source.endpoint and instance.model == source.model
 
@@ -141,17 +144,17 @@ def run(addr, admin_token, api_key, ca_pem=None, provider_endpoint=None, provide
         share = outcome.keep(
             sharing.ShareInstance(
                 sharing_pb2.ShareInstanceRequest(
-                    name=instance.name, grantee="users/bob", role=instances_pb2.ROLE_READER
+                    name=instance.name, grantee=f"users/{who['bob']}", role=instances_pb2.ROLE_READER
                 ),
                 metadata=bearer(tokens["alice"]),
             )
         )
-        assert share.grantee == "users/bob", share
+        assert share.grantee == f"users/{who['bob']}", share
 
         # Bob lists it, binds a project to it and reads it through the project.
         seen = outcome.keep(
             instances.ListInstances(
-                instances_pb2.ListInstancesRequest(parent="users/bob"),
+                instances_pb2.ListInstancesRequest(parent=f"users/{who['bob']}"),
                 metadata=bearer(tokens["bob"]),
             )
         )
@@ -160,7 +163,7 @@ def run(addr, admin_token, api_key, ca_pem=None, provider_endpoint=None, provide
         project = outcome.keep(
             projects.CreateProject(
                 projects_pb2.CreateProjectRequest(
-                    parent="users/bob",
+                    parent=f"users/{who['bob']}",
                     project_id="search",
                     project=projects_pb2.Project(instance=instance.name),
                 ),
@@ -203,15 +206,15 @@ def run(addr, admin_token, api_key, ca_pem=None, provider_endpoint=None, provide
         )
         print("refusals: PERMISSION_DENIED on _system, NOT_FOUND for a stranger, as documented")
         if provider_endpoint:
-            service_account_journey(channel, outcome, admin_token, tokens, provider_endpoint,
-                                    provider_key)
+            service_account_journey(channel, outcome, admin_token, tokens, who,
+                                    provider_endpoint, provider_key)
     for response in outcome.responses:
         assert api_key not in response, "the API key came back in a response"
         assert not provider_key or provider_key not in response, "a key came back in a response"
     return outcome
 
 
-def service_account_journey(channel, outcome, admin_token, tokens, endpoint, provider_key):
+def service_account_journey(channel, outcome, admin_token, tokens, who, endpoint, provider_key):
     """An internal service (an LLM gateway) with an identity of its own acts for alice."""
     accounts = service_accounts_pb2_grpc.ServiceAccountServiceStub(channel)
     instances = instances_pb2_grpc.LlmInstanceServiceStub(channel)
@@ -222,7 +225,7 @@ def service_account_journey(channel, outcome, admin_token, tokens, endpoint, pro
 
     created = accounts.CreateServiceAccount(
         service_accounts_pb2.CreateServiceAccountRequest(
-            service_account_id="gateway",
+            service_account_id=who["gateway"],
             service_account=service_accounts_pb2.ServiceAccount(
                 display_name="LLM gateway",
                 permissions=[
@@ -240,7 +243,7 @@ def service_account_journey(channel, outcome, admin_token, tokens, endpoint, pro
     outcome.keep(
         instances.CreateInstance(
             instances_pb2.CreateInstanceRequest(
-                parent="users/alice",
+                parent=f"users/{who['alice']}",
                 instance_id="fast",
                 instance=instances_pb2.Instance(
                     endpoint=endpoint, api_standard="openai", model="text-embedding-3-small",
@@ -253,8 +256,8 @@ def service_account_journey(channel, outcome, admin_token, tokens, endpoint, pro
     outcome.keep(
         projects.CreateProject(
             projects_pb2.CreateProjectRequest(
-                parent="users/alice", project_id="rag",
-                project=projects_pb2.Project(instance="users/alice/instances/fast"),
+                parent=f"users/{who['alice']}", project_id="rag",
+                project=projects_pb2.Project(instance=f"users/{who['alice']}/instances/fast"),
             ),
             metadata=bearer(tokens["alice"]),
         )
@@ -263,17 +266,17 @@ def service_account_journey(channel, outcome, admin_token, tokens, endpoint, pro
     # Acting for alice: her instances, and embeddings through her project.
     listed = outcome.keep(
         instances.ListInstances(
-            instances_pb2.ListInstancesRequest(parent="users/alice"),
-            metadata=acting(gateway, "alice"),
+            instances_pb2.ListInstancesRequest(parent=f"users/{who['alice']}"),
+            metadata=acting(gateway, who["alice"]),
         )
     )
     names = sorted(i.name for i in listed.instances)
-    assert names == ["users/alice/instances/fast", "users/alice/instances/main"], names
+    assert names == [f"users/{who['alice']}/instances/fast", f"users/{who['alice']}/instances/main"], names
     embedded = outcome.keep(
         embeddings.Embed(
-            embeddings_pb2.EmbedRequest(name="users/alice/projects/rag",
+            embeddings_pb2.EmbedRequest(name=f"users/{who['alice']}/projects/rag",
                                         inputs=["hello world", "bonjour"]),
-            metadata=acting(gateway, "alice"),
+            metadata=acting(gateway, who["alice"]),
         )
     )
     assert len(embedded.embeddings) == 2 and embedded.dimensions == 8, embedded
@@ -281,29 +284,29 @@ def service_account_journey(channel, outcome, admin_token, tokens, endpoint, pro
 
     # The one answer that carries a key (not kept with the other responses).
     released = credentials.ResolveCredential(
-        credentials_pb2.ResolveCredentialRequest(name="users/alice/projects/rag"),
-        metadata=acting(gateway, "alice"),
+        credentials_pb2.ResolveCredentialRequest(name=f"users/{who['alice']}/projects/rag"),
+        metadata=acting(gateway, who["alice"]),
     )
     assert released.api_key == provider_key and released.auth_header == "Authorization"
-    assert released.endpoint == endpoint and released.project == "users/alice/projects/rag"
+    assert released.endpoint == endpoint and released.project == f"users/{who['alice']}/projects/rag"
 
     # The trail names both identities; alice reads it.
     events = outcome.keep(
         audit.ListAuditEvents(
-            audit_pb2.ListAuditEventsRequest(resource="users/alice/instances/fast"),
+            audit_pb2.ListAuditEventsRequest(resource=f"users/{who['alice']}/instances/fast"),
             metadata=bearer(tokens["alice"]),
         )
     )
     for method in ("EmbeddingService/Embed", "CredentialService/ResolveCredential"):
-        assert any(e.method == method and e.caller == "serviceAccounts/gateway"
-                   and e.subject == "users/alice" for e in events.events), (method, events)
+        assert any(e.method == method and e.caller == f"serviceAccounts/{who['gateway']}"
+                   and e.subject == f"users/{who['alice']}" for e in events.events), (method, events)
 
     # Only service accounts act for others.
     expect_code(
         grpc.StatusCode.PERMISSION_DENIED,
         instances.ListInstances,
-        instances_pb2.ListInstancesRequest(parent="users/alice"),
-        metadata=acting(tokens["bob"], "alice"),
+        instances_pb2.ListInstancesRequest(parent=f"users/{who['alice']}"),
+        metadata=acting(tokens["bob"], who["alice"]),
     )
     print("service account: acted for alice, audited with both identities")
 

@@ -105,6 +105,12 @@ class JourneyTest(unittest.TestCase):
             provider_endpoint=self.provider_endpoint, provider_key=provider_key,
         )
         self.assertGreaterEqual(len(outcome.responses), 11)
+        # Handles carry a per-run suffix: the journey runs again on the same database.
+        again = journey.run(
+            f"localhost:{port}", self.admin_token, api_key, ca_pem=ca,
+            provider_endpoint=self.provider_endpoint, provider_key=provider_key,
+        )
+        self.assertEqual(len(again.responses), len(outcome.responses))
         self.assertIn(
             f"Bearer {provider_key}", [r["authorization"] for r in self.provider_requests]
         )

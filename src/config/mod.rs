@@ -80,6 +80,28 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+impl Cli {
+    /// The command line of the process. The top-level help lists the commands and the settings
+    /// every command shares; the server's own settings, which also apply when no command is
+    /// given, are listed by `serve --help` alone rather than twice.
+    pub fn from_process() -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let command = Self::command()
+            .mut_args(|arg| {
+                if arg.is_global_set() {
+                    arg
+                } else {
+                    arg.hide(true)
+                }
+            })
+            .after_help(
+                "The server's settings (they apply when no command is given, too): \
+                 llm-registry serve --help",
+            );
+        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply migrations, then serve gRPC until SIGINT/SIGTERM (the default command).
@@ -420,7 +442,8 @@ pub struct RotateKeysArgs {
 fn admin_token(token: &str) -> Result<Zeroizing<String>, String> {
     if token.len() < MIN_ADMIN_TOKEN_LEN {
         return Err(format!(
-            "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+            "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters (make one with \
+             `openssl rand -base64 32`)"
         ));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {

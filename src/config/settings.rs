@@ -118,7 +118,10 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
             }
             let token = match serve.admin_token.as_deref() {
                 None | Some("") => {
-                    problems.push("ADMIN_TOKEN is missing".to_owned());
+                    problems.push(
+                        "ADMIN_TOKEN is missing (make one with `openssl rand -base64 32`)"
+                            .to_owned(),
+                    );
                     None
                 }
                 Some(token) => admin_token(token).map_err(|p| problems.push(p)).ok(),
@@ -336,7 +339,9 @@ fn ring(
 fn explicit_ring(keys: &KeyArgs, problems: &mut Vec<String>) -> Option<KeyRing> {
     let primary = match keys.encryption_key.as_deref() {
         None | Some("") => {
-            problems.push("ENCRYPTION_KEY is missing".to_owned());
+            problems.push(
+                "ENCRYPTION_KEY is missing (make one with `openssl rand -base64 32`)".to_owned(),
+            );
             None
         }
         Some(encoded) => MasterKey::from_base64(encoded)

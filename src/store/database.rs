@@ -20,8 +20,11 @@ pub async fn connect(
     max_connections: u32,
     statement_timeout: Option<Duration>,
 ) -> anyhow::Result<PgPool> {
-    let mut options =
-        PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug);
+    // Notices (`relation "_sqlx_migrations" already exists, skipping` on every start) say
+    // nothing to an operator; warnings and errors still come through.
+    let mut options = PgConnectOptions::from_str(url)?
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .options([("client_min_messages", "warning")]);
     if let Some(timeout) = statement_timeout {
         options = options.options([("statement_timeout", format!("{}", timeout.as_millis()))]);
     }
@@ -91,6 +94,27 @@ async fn create_locked(admin: &mut PgConnection, name: &str) -> anyhow::Result<b
 
 /// Applies every pending migration.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let applied_before = applied_migrations(pool).await;
     MIGRATOR.run(pool).await?;
+    let applied_now = applied_migrations(pool).await;
+    let ran = applied_now.saturating_sub(applied_before);
+    tracing::info!(
+        applied = ran,
+        total = applied_now,
+        "{}",
+        if ran == 0 {
+            "migrations: the schema is current"
+        } else {
+            "migrations applied"
+        }
+    );
     Ok(())
+}
+
+/// How many migrations the database records as applied (0 before the first).
+async fn applied_migrations(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
 }
