@@ -46,7 +46,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Migrate) => {
-            let (_own_postgres, url) = development_database(&cli.global).await?;
+            let own = own_postgres(&cli.global).await?;
+            let url = match &own {
+                Some(own) => own.url(config::DEV_DATABASE_NAME),
+                None => config::database_url(&cli.global)?,
+            };
             // The store logs how many it applied.
             server::migrate(cli.global.mode, &url).await?;
             Ok(())
@@ -89,39 +93,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The database URL of a command; in development mode without DATABASE_URL, when nothing
-/// answers on the default address, that of a PostgreSQL it starts for itself (stopped when the
-/// returned value is dropped).
-async fn development_database(
+/// In development mode without DATABASE_URL, when nothing answers on the default address: a
+/// PostgreSQL of the command's own (stopped when the returned value is dropped).
+async fn own_postgres(
     global: &config::GlobalArgs,
-) -> anyhow::Result<(Option<dev_postgres::DevPostgres>, String)> {
-    let url = config::database_url(global)?;
+) -> anyhow::Result<Option<dev_postgres::DevPostgres>> {
     if global.mode != config::Mode::Development
         || global.database_url.is_some()
         || dev_postgres::default_answers().await
     {
-        return Ok((None, url));
+        return Ok(None);
     }
     let state_dir = global.dev_state_dir();
     let dir = global.dev_postgres_dir.clone();
     // initdb and pg_ctl block for a few seconds, before anything else runs.
-    let started = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         dev_postgres::DevPostgres::start(dir.as_deref(), &state_dir)
     })
-    .await??;
-    Ok(match started {
-        Some(own) => {
-            let url = own.url(config::DEV_DATABASE_NAME);
-            (Some(own), url)
-        }
-        None => (None, url),
-    })
+    .await?
 }
 
 async fn serve(global: &config::GlobalArgs, args: &config::ServeArgs) -> anyhow::Result<()> {
-    let (_own_postgres, database_url) = development_database(global).await?;
+    let own = own_postgres(global).await?;
     let mut settings = config::serve_settings(global, args)?;
-    settings.database_url = database_url;
+    if let Some(own) = &own {
+        settings.database_url = own.url(config::DEV_DATABASE_NAME);
+    }
     let listener = TcpListener::bind(settings.listen_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen_addr))?;

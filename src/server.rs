@@ -196,6 +196,7 @@ pub async fn serve(
             store.clone(),
             &settings.admin_token,
             refusals.clone(),
+            settings.dev_secrets_file.as_deref(),
         )))
         .layer(MiddlewareLayer::new(BodyGate::new(
             methods.clone(),

@@ -37,6 +37,9 @@ pub struct ServeSettings {
     pub providers: ProviderSettings,
     /// TLS on the listener; `None` serves plaintext (development, or TLS ended upstream).
     pub tls: Option<TlsSettings>,
+    /// Development mode: the file holding the generated admin token (named in the log when a
+    /// call is refused as UNAUTHENTICATED). `None` in production.
+    pub dev_secrets_file: Option<std::path::PathBuf>,
     /// Where Prometheus scrapes; `None`: no metrics listener.
     pub metrics_addr: Option<SocketAddr>,
     pub release: ReleaseSettings,
@@ -157,6 +160,12 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         serve.max_opening_connections
     );
     Ok(ServeSettings {
+        dev_secrets_file: (global.mode == Mode::Development).then(|| {
+            global
+                .dev_secrets_file
+                .clone()
+                .unwrap_or_else(super::default_dev_secrets_file)
+        }),
         mode: global.mode,
         listen_addr: serve.listen_addr,
         database_url: database_url(global)?,

@@ -60,6 +60,9 @@ pub struct Authenticator {
     admin_token_hash: [u8; 32],
     /// Where refused act-as calls are recorded.
     refusals: Arc<RefusalRecorder>,
+    /// Development mode: where the admin token is, said in the log (at most every 10 s) when a
+    /// call is refused as UNAUTHENTICATED, since a newcomer's first call usually is.
+    unauthenticated_hint: Option<(String, parking_lot::Mutex<Option<std::time::Instant>>)>,
 }
 
 impl Authenticator {
@@ -68,13 +71,36 @@ impl Authenticator {
         store: Store,
         admin_token: &str,
         refusals: Arc<RefusalRecorder>,
+        dev_secrets_file: Option<&std::path::Path>,
     ) -> Self {
         Self {
             methods,
             store,
             admin_token_hash: token::hash(admin_token),
             refusals,
+            unauthenticated_hint: dev_secrets_file
+                .map(|file| (file.display().to_string(), parking_lot::Mutex::new(None))),
         }
+    }
+
+    /// Says in the log where development mode's admin token is, at most every 10 seconds.
+    fn hint_unauthenticated(&self) {
+        let Some((file, last)) = &self.unauthenticated_hint else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        {
+            let mut last = last.lock();
+            if last.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(10)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        tracing::info!(
+            secrets_file = %file,
+            "a call was refused as UNAUTHENTICATED; development mode's admin token is ADMIN_TOKEN \
+             in the secrets file, and users' tokens come from CreateUser"
+        );
     }
 
     /// What the token claims to be; no database work.
@@ -248,7 +274,12 @@ impl Middleware for Authenticator {
                 .await;
             let (caller, credential) = match checked {
                 Ok(checked) => checked,
-                Err(error) => return to_status(error).into_http(),
+                Err(error) => {
+                    if matches!(error, DomainError::Unauthenticated) {
+                        self.hint_unauthenticated();
+                    }
+                    return to_status(error).into_http();
+                }
             };
             tracing::Span::current().record("caller", caller.label());
             request.extensions_mut().insert(caller);

@@ -65,14 +65,30 @@ async fn development_mode_starts_on_bare_postgres_and_reuses_its_secrets() {
     assert_eq!(secret(&file, "ADMIN_TOKEN"), token, "token reused");
     assert_eq!(secret(&file, "ENCRYPTION_KEY"), key, "key reused");
     assert_eq!(list_system(addr, &token).await, 5);
+    // A newcomer's first call without a token: the log says where the admin token is.
+    let refused = LlmDefinitionServiceClient::new(wait_until_serving(addr).await)
+        .list_definitions(pb::ListDefinitionsRequest {
+            parent: "users/_system".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     terminate(child).await;
+    let mut hinted = false;
     // No secret ever reached the log.
     while let Ok(line) = lines.try_recv() {
         assert!(
             !line.contains(&token) && !line.contains(&key),
             "secret in log: {line}"
         );
+        hinted |= line.contains("refused as UNAUTHENTICATED")
+            && line.contains(&file.display().to_string());
     }
+    assert!(
+        hinted,
+        "the log names the secrets file after an UNAUTHENTICATED call"
+    );
     drop_database_blocking(database);
     let _ = std::fs::remove_dir_all(&home);
 }
