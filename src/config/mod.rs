@@ -80,13 +80,32 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+/// The shared settings that only commands using the database read.
+const DATABASE_SETTINGS: &[&str] = &[
+    "mode",
+    "database_url",
+    "dev_secrets_file",
+    "dev_postgres_dir",
+];
+
 impl Cli {
     /// The command line of the process. The top-level help lists the commands and the settings
     /// every command shares; the server's own settings, which also apply when no command is
     /// given, are listed by `serve --help` alone rather than twice.
     pub fn from_process() -> Self {
         use clap::{CommandFactory as _, FromArgMatches as _};
-        let command = Self::command()
+        let command = Self::command();
+        // `healthcheck` talks to a server, not to a database: the shared database settings are
+        // still accepted there (scripts may pass them to every command) but not listed.
+        let database_settings: Vec<clap::Arg> = command
+            .get_arguments()
+            .filter(|arg| DATABASE_SETTINGS.contains(&arg.get_id().as_str()))
+            .map(|arg| arg.clone().global(false).hide(true))
+            .collect();
+        let command = command
+            .mut_subcommand("healthcheck", |healthcheck| {
+                healthcheck.args(database_settings)
+            })
             .mut_args(|arg| {
                 if arg.is_global_set() {
                     arg

@@ -297,3 +297,48 @@ run 2
     assert!(!status.status.success(), "the cluster still runs");
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// Each command's help lists what applies to it: the top level the commands and shared settings
+/// (the server's own under `serve --help`), `healthcheck` no database settings.
+#[tokio::test]
+async fn help_lists_what_applies_to_each_command() {
+    let home = temp_home();
+    let help = |args: &'static [&'static str]| {
+        let mut command = bare_command(&home);
+        command.args(args);
+        async move {
+            let output = command.output().await.unwrap();
+            assert!(output.status.success(), "{args:?}");
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    let top = help(&["--help"]).await;
+    assert!(
+        top.contains("import-dhamps-vdb") && top.contains("--database-url"),
+        "{top}"
+    );
+    assert!(
+        !top.contains("--listen-addr"),
+        "the server's settings are listed twice: {top}"
+    );
+    assert!(top.contains("llm-registry serve --help"), "{top}");
+    let serve = help(&["serve", "--help"]).await;
+    assert!(
+        serve.contains("--listen-addr") && serve.contains("--database-url"),
+        "{serve}"
+    );
+    let healthcheck = help(&["healthcheck", "--help"]).await;
+    assert!(healthcheck.contains("--addr"), "{healthcheck}");
+    for other in [
+        "--database-url",
+        "--mode",
+        "--dev-secrets-file",
+        "--listen-addr",
+    ] {
+        assert!(
+            !healthcheck.contains(other),
+            "healthcheck lists {other}: {healthcheck}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}
