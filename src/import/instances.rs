@@ -147,11 +147,18 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
                     Some(definition.id)
                 }
                 Some((definition, _)) => {
-                    reasons.push(format!("its link to {} was dropped: an instance here may only come from its owner's or a _system definition", definition.name));
+                    reasons.push(format!(
+                        "its link to {} was dropped: an instance here may only come from its \
+                         owner's or a _system definition",
+                        definition.name
+                    ));
                     None
                 }
                 None => {
-                    reasons.push(format!("its link to dhamps-vdb definition {id} was dropped: that definition was not imported"));
+                    reasons.push(format!(
+                        "its link to dhamps-vdb definition {id} was dropped: that definition \
+                         was not imported"
+                    ));
                     None
                 }
             },
@@ -209,7 +216,7 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
                 ));
             }
             Verdict::Same { entry, untouched } => {
-                // The registry's key, if the instance is as the import left it, follows the source's.
+                // If the instance is as the import left it, its key follows the source's.
                 let change = if untouched {
                     key_change(import, &opened, stored.get(&entry.target_id))?
                 } else {

@@ -105,7 +105,8 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
                 None => Binding {
                     instance_id: None,
                     detach_reason: format!(
-                        "imported from dhamps-vdb: its instance (dhamps-vdb id {id}) was not imported"
+                        "imported from dhamps-vdb: its instance (dhamps-vdb id {id}) was not \
+                         imported"
                     ),
                 },
             },

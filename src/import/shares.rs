@@ -161,7 +161,11 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
                 source,
                 Some(name),
                 Action::Skipped,
-                vec!["the registry already has a share of this instance for this user: left as it is".to_owned()],
+                vec![
+                    "the registry already has a share of this instance for this user: left as \
+                     it is"
+                        .to_owned(),
+                ],
             );
         }
     }

@@ -229,7 +229,8 @@ impl ImportTx {
         let details: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
         sqlx::query(
             "INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail) \
-             SELECT $1, $1, r, o, 'OK', d FROM unnest($2::text[], $3::text[], $4::text[]) AS x(r, o, d)",
+             SELECT $1, $1, r, o, 'OK', d \
+             FROM unnest($2::text[], $3::text[], $4::text[]) AS x(r, o, d)",
         )
         .bind(self.command)
         .bind(resources)

@@ -165,7 +165,8 @@ impl ImportTx {
         updated: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         sqlx::query(
-            "UPDATE shares SET role = $3, update_time = $4 WHERE instance_id = $1 AND grantee_id = $2",
+            "UPDATE shares SET role = $3, update_time = $4 \
+             WHERE instance_id = $1 AND grantee_id = $2",
         )
         .bind(instance_id)
         .bind(grantee_id)
