@@ -85,6 +85,9 @@ impl Handles {
         table: HandleTable,
         wanted: &[(i64, String)],
     ) -> anyhow::Result<Vec<String>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
         let taken = import.tx.taken_handles(table, wanted).await?;
         let mut out = Vec::with_capacity(wanted.len());
         for (owner, base) in wanted {
