@@ -988,6 +988,57 @@ async fn a_dry_run_writes_nothing_and_refusals_name_their_cause() {
         "a dry run writes nothing"
     );
 
+    // The key from a file instead of the environment: one trailing line break is not part of
+    // it; a file that others may read is refused, naming it.
+    let keys = temp_home();
+    let key_file = keys.join("dhamps-key");
+    write_private(&key_file, &format!("{}\n", source.encryption_key));
+    let key_arg = key_file.to_str().unwrap().to_owned();
+    let (output, from_file) = import(
+        &app,
+        &source.db.url(),
+        None,
+        None,
+        &["--dry-run", "--source-encryption-key-file", &key_arg],
+    )
+    .await;
+    succeeded(&output);
+    let from_file = from_file.unwrap();
+    assert_eq!(count(&from_file, "instance", "imported"), 7);
+    // Only the instance sealed under the older key (not given here) stays without its key.
+    let unopened: Vec<&Value> = from_file["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| reasons(item).contains("opens under none"))
+        .collect();
+    assert_eq!(unopened.len(), 1, "{unopened:#?}");
+    assert!(
+        unopened[0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("/Old.Key)")
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (output, _) = import(
+        &app,
+        &source.db.url(),
+        None,
+        None,
+        &["--source-encryption-key-file", &key_arg],
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("may be read by group or others") && stderr.contains(&key_arg),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&keys);
+
     // No key for a source that has encrypted keys.
     let (output, _) = import(&app, &source.db.url(), None, None, &[]).await;
     assert!(!output.status.success());
