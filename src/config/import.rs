@@ -114,3 +114,73 @@ fn read_secret_file(path: &Path, flag: &str) -> anyhow::Result<Zeroizing<String>
         .map_err(|_| anyhow::anyhow!("{flag} {} is not UTF-8 text", path.display()))?;
     Ok(Zeroizing::new(text.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn args(extra: &[&str]) -> ImportDhampsVdbArgs {
+        let mut argv = vec![
+            "llm-registry",
+            "import-dhamps-vdb",
+            "--source-url",
+            "postgres://x/y",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(Command::ImportDhampsVdb(args)) => *args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn private_file(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("llmr-import-{name}-{}", std::process::id()));
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    #[test]
+    fn keys_come_from_the_environment_or_files_never_both() {
+        let env_key = || Some(Zeroizing::new("from the environment".to_owned()));
+        let options = import_options(&args(&[]), env_key()).unwrap();
+        assert_eq!(options.source_keys.len(), 1);
+        assert_eq!(options.source_timezone, "UTC");
+
+        let current = private_file("current", "from a file\r\n");
+        let previous = private_file("previous", "older one\n\nolder two\n");
+        let (current_arg, previous_arg) = (current.to_str().unwrap(), previous.to_str().unwrap());
+        let both = args(&["--source-encryption-key-file", current_arg]);
+        assert!(
+            import_options(&both, env_key())
+                .unwrap_err()
+                .to_string()
+                .contains("give one")
+        );
+        let from_files = args(&[
+            "--source-encryption-key-file",
+            current_arg,
+            "--source-previous-keys-file",
+            previous_arg,
+        ]);
+        let keys: Vec<String> = import_options(&from_files, None)
+            .unwrap()
+            .source_keys
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(keys, ["from a file", "older one", "older two"]);
+        let previous_alone = args(&["--source-previous-keys-file", previous_arg]);
+        assert!(
+            import_options(&previous_alone, None)
+                .unwrap_err()
+                .to_string()
+                .contains("needs the current key")
+        );
+        let _ = fs::remove_file(current);
+        let _ = fs::remove_file(previous);
+    }
+}

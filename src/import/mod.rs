@@ -61,6 +61,21 @@ pub struct ImportOptions {
     pub dry_run: bool,
 }
 
+/// Never shows the source URL (it may hold a password) or the keys.
+impl std::fmt::Debug for ImportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportOptions")
+            .field("source_url", &"<redacted>")
+            .field(
+                "source_keys",
+                &format_args!("{} key(s), redacted", self.source_keys.len()),
+            )
+            .field("source_timezone", &self.source_timezone)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
+}
+
 /// What every kind's step works with: the registry's transaction, the vault, the source's keys
 /// and the report being written.
 struct Import<'a> {
