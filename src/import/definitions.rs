@@ -9,7 +9,8 @@ use serde_json::json;
 use super::{
     Import,
     ledger::{
-        Handles, Verdict, audit_detail, fingerprint, judge, last_segment, resolve, resolve_users,
+        Handles, Verdict, Written, fingerprint, judge, last_segment, numbered, record, resolve,
+        resolve_users,
     },
     report::{Action, Kind},
     source::SourceDefinition,
@@ -17,10 +18,7 @@ use super::{
 };
 use crate::{
     domain::{names::SYSTEM_USER, validate},
-    store::import::{
-        HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewDefinition, ServiceFields,
-        ServiceUpdate, Times,
-    },
+    store::import::{HandleTable, LedgerKind, NewDefinition, ServiceFields, ServiceUpdate, Times},
 };
 
 /// The service columns of a definition or instance as dhamps-vdb has them.
@@ -105,12 +103,11 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
         .collect();
     let seeded = import.tx.system_definition_ids(&system_handles).await?;
 
-    let mut records = Vec::new();
-    let mut events = Vec::new();
+    let mut written = Written::default();
     let mut new_rows = Vec::new();
     let mut wanted = Vec::new();
     for row in &rows {
-        let source = format!("definitions/{} ({}/{})", row.id, row.owner, row.handle);
+        let source = row.identity();
         let key = row.id.to_string();
         if row.is_public && row.owner != SYSTEM_USER {
             import.report.drop_count("definition is_public flags", 1);
@@ -150,7 +147,7 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
                     .is_none_or(|e| e.target_version == "matched")
             }) {
                 let name = format!("users/{SYSTEM_USER}/definitions/{handle}");
-                records.push(record(&key, *id, &name, print, "matched".to_owned()));
+                written.matched(record(&key, *id, &name, print, "matched"));
                 import.report.add(
                     Kind::Definition,
                     source,
@@ -225,22 +222,12 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
                     updated: row.updated,
                 };
                 let revision = import.tx.update_definition(&update).await?;
-                events.push(ImportEvent {
-                    resource: entry.target_name.clone(),
-                    detail: audit_detail(Action::Updated, &source, &reasons),
-                });
-                records.push(record(
-                    &key,
-                    entry.target_id,
-                    &entry.target_name,
-                    print,
-                    revision.to_string(),
-                ));
-                import.report.add(
+                written.wrote(
+                    &mut import.report,
                     Kind::Definition,
-                    source,
-                    Some(entry.target_name.clone()),
                     Action::Updated,
+                    source,
+                    record(&key, entry.target_id, &entry.target_name, print, revision),
                     reasons,
                 );
             }
@@ -264,51 +251,29 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
         })
         .collect();
     let ids = import.tx.insert_definitions(&inserts).await?;
-    for ((row, key, print, owner, _, mut reasons), handle) in new_rows.into_iter().zip(given) {
+    for (((row, key, print, owner, _, mut reasons), handle), (_, base)) in
+        new_rows.into_iter().zip(given).zip(wanted)
+    {
         let name = format!("{}/definitions/{handle}", owner.name);
         let id = *ids
             .get(&(owner.id, handle.clone()))
             .ok_or_else(|| anyhow::anyhow!("an imported definition was not written"))?;
-        let base = text::handle(&row.handle, "d");
-        if handle != base {
-            reasons.push(format!(
-                "handle {base:?} is taken in {}: made {handle:?}",
-                last_segment(&owner.name)
-            ));
-        }
-        let source = format!("definitions/{} ({}/{})", row.id, row.owner, row.handle);
-        events.push(ImportEvent {
-            resource: name.clone(),
-            detail: audit_detail(Action::Imported, &source, &reasons),
-        });
-        records.push(record(&key, id, &name, print, "1".to_owned()));
-        import.report.add(
+        reasons.extend(numbered(
+            &base,
+            &handle,
+            &format!("in {}", last_segment(&owner.name)),
+        ));
+        let source = row.identity();
+        written.wrote(
+            &mut import.report,
             Kind::Definition,
-            source,
-            Some(name),
             Action::Imported,
+            source,
+            record(&key, id, &name, print, 1),
             reasons,
         );
     }
-    import.tx.record(LedgerKind::Definition, &records).await?;
-    import.tx.audit(&events).await
-}
-
-fn record(
-    source_key: &str,
-    id: i64,
-    name: &str,
-    fingerprint: Vec<u8>,
-    version: String,
-) -> LedgerRecord {
-    LedgerRecord {
-        source_key: source_key.to_owned(),
-        target_id: id,
-        target_user_id: None,
-        target_name: name.to_owned(),
-        fingerprint,
-        target_version: version,
-    }
+    written.flush(import, LedgerKind::Definition).await
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use super::{
     Import,
     definitions::{SourceService, service_fields},
     ledger::{
-        Handles, Resolved, Verdict, audit_detail, fingerprint, judge, last_segment, resolve,
-        resolve_users,
+        Handles, Resolved, Verdict, Written, fingerprint, judge, last_segment, numbered, record,
+        resolve, resolve_users,
     },
     report::{Action, Kind},
     source::{SchemaVersion, SourceInstance},
@@ -27,9 +27,7 @@ use super::{
 };
 use crate::{
     domain::{instance::api_key, names::SYSTEM_USER},
-    store::import::{
-        HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewInstance, ServiceUpdate, Times,
-    },
+    store::import::{HandleTable, LedgerKind, NewInstance, ServiceUpdate, Times},
     vault::{ApiKey, Sealed},
 };
 
@@ -88,12 +86,11 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
         .instance_keys(&ledger.values().map(|e| e.target_id).collect::<Vec<_>>())
         .await?;
 
-    let mut records = Vec::new();
-    let mut events = Vec::new();
+    let mut written = Written::default();
     let mut new_rows = Vec::new();
     let mut wanted = Vec::new();
     for row in &rows {
-        let source = format!("instances/{} ({}/{})", row.id, row.owner, row.handle);
+        let source = row.identity();
         let key = row.id.to_string();
         let Some(owner) = owners.get(&row.owner).filter(|_| row.owner != SYSTEM_USER) else {
             import.report.add(
@@ -233,22 +230,12 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
                             updated: row.updated,
                         };
                         let revision = import.tx.update_instance(&update).await?;
-                        events.push(ImportEvent {
-                            resource: entry.target_name.clone(),
-                            detail: audit_detail(Action::Updated, &source, &reasons),
-                        });
-                        records.push(record(
-                            &key,
-                            entry.target_id,
-                            &entry.target_name,
-                            print,
-                            revision,
-                        ));
-                        import.report.add(
+                        written.wrote(
+                            &mut import.report,
                             Kind::Instance,
-                            source,
-                            Some(entry.target_name.clone()),
                             Action::Updated,
+                            source,
+                            record(&key, entry.target_id, &entry.target_name, print, revision),
                             reasons,
                         );
                     }
@@ -285,22 +272,12 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
                     updated: row.updated,
                 };
                 let revision = import.tx.update_instance(&update).await?;
-                events.push(ImportEvent {
-                    resource: entry.target_name.clone(),
-                    detail: audit_detail(Action::Updated, &source, &reasons),
-                });
-                records.push(record(
-                    &key,
-                    entry.target_id,
-                    &entry.target_name,
-                    print,
-                    revision,
-                ));
-                import.report.add(
+                written.wrote(
+                    &mut import.report,
                     Kind::Instance,
-                    source,
-                    Some(entry.target_name.clone()),
                     Action::Updated,
+                    source,
+                    record(&key, entry.target_id, &entry.target_name, print, revision),
                     reasons,
                 );
             }
@@ -330,36 +307,29 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
         )
         .collect();
     let ids = import.tx.insert_instances(&inserts).await?;
-    for ((row, key, print, owner, uid, _, _, _, mut reasons), handle) in
-        new_rows.into_iter().zip(given)
+    for (((row, key, print, owner, uid, _, _, _, mut reasons), handle), (_, base)) in
+        new_rows.into_iter().zip(given).zip(wanted)
     {
         let name = format!("{}/instances/{handle}", owner.name);
         let id = *ids
             .get(&uid)
             .ok_or_else(|| anyhow::anyhow!("an imported instance was not written"))?;
-        let base = text::handle(&row.handle, "i");
-        if handle != base {
-            reasons.push(format!(
-                "handle {base:?} is taken in {}: made {handle:?}",
-                last_segment(&owner.name)
-            ));
-        }
-        let source = format!("instances/{} ({}/{})", row.id, row.owner, row.handle);
-        events.push(ImportEvent {
-            resource: name.clone(),
-            detail: audit_detail(Action::Imported, &source, &reasons),
-        });
-        records.push(record(&key, id, &name, print, 1));
-        import.report.add(
+        reasons.extend(numbered(
+            &base,
+            &handle,
+            &format!("in {}", last_segment(&owner.name)),
+        ));
+        let source = row.identity();
+        written.wrote(
+            &mut import.report,
             Kind::Instance,
-            source,
-            Some(name),
             Action::Imported,
+            source,
+            record(&key, id, &name, print, 1),
             reasons,
         );
     }
-    import.tx.record(LedgerKind::Instance, &records).await?;
-    import.tx.audit(&events).await
+    written.flush(import, LedgerKind::Instance).await
 }
 
 /// The source's definitions these rows link to, as imported: the registry definition and its
@@ -417,21 +387,4 @@ fn key_change(
             "its key opens now: put in".to_owned(),
         )),
     })
-}
-
-fn record(
-    source_key: &str,
-    id: i64,
-    name: &str,
-    fingerprint: Vec<u8>,
-    revision: i64,
-) -> LedgerRecord {
-    LedgerRecord {
-        source_key: source_key.to_owned(),
-        target_id: id,
-        target_user_id: None,
-        target_name: name.to_owned(),
-        fingerprint,
-        target_version: revision.to_string(),
-    }
 }

@@ -6,8 +6,12 @@ use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest as _, Sha256};
 
-use super::{Import, SOURCE_SYSTEM, report::Action, text};
-use crate::store::import::{HandleTable, LedgerEntry, LedgerKind};
+use super::{
+    Import, SOURCE_SYSTEM,
+    report::{Action, Kind, Report},
+    text,
+};
+use crate::store::import::{HandleTable, ImportEvent, LedgerEntry, LedgerKind, LedgerRecord};
 
 /// SHA-256 of a source row's non-secret columns. Secrets (keys, key digests) are never part of
 /// it: they are compared with the registry's live rows instead.
@@ -177,8 +181,78 @@ pub fn last_segment(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
+/// The ledger row of a source row that became registry object `target_id` (`target_name`),
+/// whose version the import left at `version` (a revision, or `matched`).
+pub fn record(
+    source_key: &str,
+    target_id: i64,
+    target_name: &str,
+    fingerprint: Vec<u8>,
+    version: impl ToString,
+) -> LedgerRecord {
+    LedgerRecord {
+        source_key: source_key.to_owned(),
+        target_id,
+        target_user_id: None,
+        target_name: target_name.to_owned(),
+        fingerprint,
+        target_version: version.to_string(),
+    }
+}
+
+/// What a chunk wrote: gathered so that its ledger rows and audit events each go in with one
+/// statement ([`Written::flush`]).
+#[derive(Default)]
+pub struct Written {
+    events: Vec<ImportEvent>,
+    records: Vec<LedgerRecord>,
+}
+
+impl Written {
+    /// An object the import created or updated: its audit event, its ledger row, its report line.
+    pub fn wrote(
+        &mut self,
+        report: &mut Report,
+        kind: Kind,
+        action: Action,
+        source: String,
+        record: LedgerRecord,
+        reasons: Vec<String>,
+    ) {
+        self.events.push(ImportEvent {
+            resource: record.target_name.clone(),
+            detail: audit_detail(action, &source, &reasons),
+        });
+        report.add(
+            kind,
+            source,
+            Some(record.target_name.clone()),
+            action,
+            reasons,
+        );
+        self.records.push(record);
+    }
+
+    /// A registry object used as it is (a seeded standard, a `_system` definition): a ledger row
+    /// only, so that later kinds find it.
+    pub fn matched(&mut self, record: LedgerRecord) {
+        self.records.push(record);
+    }
+
+    /// Writes the chunk's ledger rows of `kind` and its audit events.
+    pub async fn flush(self, import: &mut Import<'_>, kind: LedgerKind) -> anyhow::Result<()> {
+        import.tx.record(kind, &self.records).await?;
+        import.tx.audit(&self.events).await
+    }
+}
+
+/// The report's reason when `base` was taken `where` (`here`, `in alice`) and `given` was made.
+pub fn numbered(base: &str, given: &str, place: &str) -> Option<String> {
+    (base != given).then(|| format!("handle {base:?} is taken {place}: made {given:?}"))
+}
+
 /// The audit detail of an imported or updated object.
-pub fn audit_detail(action: Action, source: &str, reasons: &[String]) -> String {
+fn audit_detail(action: Action, source: &str, reasons: &[String]) -> String {
     let verb = match action {
         Action::Updated => "updated from",
         _ => "imported from",

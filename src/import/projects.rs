@@ -10,15 +10,14 @@ use serde_json::json;
 use super::{
     Import,
     ledger::{
-        Handles, Verdict, audit_detail, fingerprint, judge, last_segment, resolve, resolve_users,
+        Handles, Verdict, Written, fingerprint, judge, last_segment, numbered, record, resolve,
+        resolve_users,
     },
     report::{Action, Kind},
     source::SourceProject,
     text,
 };
-use crate::store::import::{
-    HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewProject, ProjectUpdate, Times,
-};
+use crate::store::import::{HandleTable, LedgerKind, NewProject, ProjectUpdate, Times};
 
 /// Where a project's binding stands: an instance, or detached with a reason.
 struct Binding {
@@ -45,12 +44,11 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
         .collect();
     let usable = import.tx.may_use(&pairs).await?;
 
-    let mut records = Vec::new();
-    let mut events = Vec::new();
+    let mut written = Written::default();
     let mut new_rows = Vec::new();
     let mut wanted = Vec::new();
     for row in &rows {
-        let source = format!("projects/{} ({}/{})", row.id, row.owner, row.handle);
+        let source = row.identity();
         let key = row.id.to_string();
         import.report.drop_count(
             "project metadata schemes",
@@ -166,22 +164,12 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
                     updated: row.updated,
                 };
                 let revision = import.tx.update_project(&update).await?;
-                events.push(ImportEvent {
-                    resource: entry.target_name.clone(),
-                    detail: audit_detail(Action::Updated, &source, &reasons),
-                });
-                records.push(record(
-                    &key,
-                    entry.target_id,
-                    &entry.target_name,
-                    print,
-                    revision,
-                ));
-                import.report.add(
+                written.wrote(
+                    &mut import.report,
                     Kind::Project,
-                    source,
-                    Some(entry.target_name.clone()),
                     Action::Updated,
+                    source,
+                    record(&key, entry.target_id, &entry.target_name, print, revision),
                     reasons,
                 );
             }
@@ -209,45 +197,27 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceProject>) -> anyhow
         )
         .collect();
     let ids = import.tx.insert_projects(&inserts).await?;
-    for ((row, key, print, owner, _, _, mut reasons), handle) in new_rows.into_iter().zip(given) {
+    for (((row, key, print, owner, _, _, mut reasons), handle), (_, base)) in
+        new_rows.into_iter().zip(given).zip(wanted)
+    {
         let name = format!("{}/projects/{handle}", owner.name);
         let id = *ids
             .get(&(owner.id, handle.clone()))
             .ok_or_else(|| anyhow::anyhow!("an imported project was not written"))?;
-        let base = text::handle(&row.handle, "p");
-        if handle != base {
-            reasons.push(format!(
-                "handle {base:?} is taken in {}: made {handle:?}",
-                last_segment(&owner.name)
-            ));
-        }
-        let source = format!("projects/{} ({}/{})", row.id, row.owner, row.handle);
-        events.push(ImportEvent {
-            resource: name.clone(),
-            detail: audit_detail(Action::Imported, &source, &reasons),
-        });
-        records.push(record(&key, id, &name, print, 1));
-        import
-            .report
-            .add(Kind::Project, source, Some(name), Action::Imported, reasons);
+        reasons.extend(numbered(
+            &base,
+            &handle,
+            &format!("in {}", last_segment(&owner.name)),
+        ));
+        let source = row.identity();
+        written.wrote(
+            &mut import.report,
+            Kind::Project,
+            Action::Imported,
+            source,
+            record(&key, id, &name, print, 1),
+            reasons,
+        );
     }
-    import.tx.record(LedgerKind::Project, &records).await?;
-    import.tx.audit(&events).await
-}
-
-fn record(
-    source_key: &str,
-    id: i64,
-    name: &str,
-    fingerprint: Vec<u8>,
-    revision: i64,
-) -> LedgerRecord {
-    LedgerRecord {
-        source_key: source_key.to_owned(),
-        target_id: id,
-        target_user_id: None,
-        target_name: name.to_owned(),
-        fingerprint,
-        target_version: revision.to_string(),
-    }
+    written.flush(import, LedgerKind::Project).await
 }

@@ -9,13 +9,13 @@ use serde_json::json;
 
 use super::{
     Import,
-    ledger::{Verdict, audit_detail, fingerprint, judge, resolve, resolve_users},
+    ledger::{Verdict, Written, fingerprint, judge, record, resolve, resolve_users},
     report::{Action, Kind},
     source::SourceShare,
 };
 use crate::{
     domain::names::SYSTEM_USER,
-    store::import::{ImportEvent, LedgerKind, LedgerRecord, NewShare, Times},
+    store::import::{LedgerKind, LedgerRecord, NewShare, Times},
 };
 
 fn role(source: &str) -> Option<&'static str> {
@@ -37,11 +37,10 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
     let instances = resolve(import, LedgerKind::Instance, &instance_keys).await?;
     let grantees = resolve_users(import, rows.iter().map(|r| r.grantee.clone())).await?;
 
-    let mut records = Vec::new();
-    let mut events = Vec::new();
+    let mut written = Written::default();
     let mut new_rows = Vec::new();
     for (row, key) in rows.iter().zip(keys) {
-        let source = format!("instances/{}/shared_with/{}", row.instance_id, row.grantee);
+        let source = row.identity();
         let Some(instance) = instances.get(&row.instance_id.to_string()) else {
             import.report.skip(
                 Kind::Share,
@@ -98,13 +97,10 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
                 .add(Kind::Share, source, target, action, vec![why]);
             continue;
         }
+        // A share's ledger row also names its grantee; its version is its role.
         let record = |print: Vec<u8>| LedgerRecord {
-            source_key: key.clone(),
-            target_id: instance.id,
             target_user_id: Some(grantee.id),
-            target_name: name.clone(),
-            fingerprint: print,
-            target_version: mapped.to_owned(),
+            ..record(&key, instance.id, &name, print, mapped)
         };
         match verdict {
             Verdict::New => {
@@ -117,7 +113,7 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
                         updated: row.updated,
                     },
                 };
-                new_rows.push((share, record(print), source, name));
+                new_rows.push((share, record(print), source));
             }
             Verdict::Same { .. } => {
                 import
@@ -130,36 +126,35 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
                     .update_share(instance.id, grantee.id, mapped, row.updated)
                     .await?;
                 let reasons = vec![format!("role now {mapped}")];
-                events.push(ImportEvent {
-                    resource: name.clone(),
-                    detail: audit_detail(Action::Updated, &source, &reasons),
-                });
-                records.push(record(print));
-                import
-                    .report
-                    .add(Kind::Share, source, Some(name), Action::Updated, reasons);
+                written.wrote(
+                    &mut import.report,
+                    Kind::Share,
+                    Action::Updated,
+                    source,
+                    record(print),
+                    reasons,
+                );
             }
             Verdict::Conflict { .. } | Verdict::Gone { .. } => {}
         }
     }
     let shares: Vec<NewShare> = new_rows.iter().map(|(share, ..)| share.clone()).collect();
     let created: HashSet<(i64, i64)> = import.tx.insert_shares(&shares).await?;
-    for (share, record, source, name) in new_rows {
+    for (share, record, source) in new_rows {
         if created.contains(&(share.instance_id, share.grantee_id)) {
-            let reasons: Vec<String> = Vec::new();
-            events.push(ImportEvent {
-                resource: name.clone(),
-                detail: audit_detail(Action::Imported, &source, &reasons),
-            });
-            records.push(record);
-            import
-                .report
-                .add(Kind::Share, source, Some(name), Action::Imported, reasons);
+            written.wrote(
+                &mut import.report,
+                Kind::Share,
+                Action::Imported,
+                source,
+                record,
+                Vec::new(),
+            );
         } else {
             import.report.add(
                 Kind::Share,
                 source,
-                Some(name),
+                Some(record.target_name),
                 Action::Skipped,
                 vec![
                     "the registry already has a share of this instance for this user: left as \
@@ -169,6 +164,5 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceShare>) -> anyhow::
             );
         }
     }
-    import.tx.record(LedgerKind::Share, &records).await?;
-    import.tx.audit(&events).await
+    written.flush(import, LedgerKind::Share).await
 }

@@ -8,14 +8,14 @@ use serde_json::json;
 
 use super::{
     Import,
-    ledger::{Handles, Verdict, audit_detail, fingerprint, judge},
+    ledger::{Handles, Verdict, Written, fingerprint, judge, numbered, record},
     report::{Action, Kind},
     source::SourceStandard,
     text,
 };
 use crate::{
     domain::{api_standard::ApiStandardFields, embedding::EmbeddingProtocol},
-    store::import::{HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewStandard, Times},
+    store::import::{HandleTable, LedgerKind, NewStandard, Times},
 };
 
 /// The standards the registry seeds, which dhamps-vdb's of the same handle become.
@@ -63,12 +63,11 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
         .tx
         .standard_ids(&SEEDED.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
         .await?;
-    let mut records = Vec::new();
-    let mut events = Vec::new();
+    let mut written = Written::default();
     let mut new_rows = Vec::new();
     let mut wanted = Vec::new();
     for row in &rows {
-        let source = format!("api_standards/{}", row.handle);
+        let source = row.identity();
         let print = fingerprint(&json!([
             row.handle,
             row.description,
@@ -83,7 +82,7 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
             .flatten()
         {
             let name = format!("apiStandards/{}", row.handle);
-            records.push(record(&row.handle, *id, &name, print, "matched"));
+            written.matched(record(&row.handle, *id, &name, print, "matched"));
             import.report.add(
                 Kind::ApiStandard,
                 source,
@@ -153,22 +152,18 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
                     .tx
                     .update_standard(entry.target_id, &standard)
                     .await?;
-                events.push(ImportEvent {
-                    resource: entry.target_name.clone(),
-                    detail: audit_detail(Action::Updated, &source, &reasons),
-                });
-                records.push(record(
-                    &row.handle,
-                    entry.target_id,
-                    &entry.target_name,
-                    print,
-                    &revision.to_string(),
-                ));
-                import.report.add(
+                written.wrote(
+                    &mut import.report,
                     Kind::ApiStandard,
-                    source,
-                    Some(entry.target_name.clone()),
                     Action::Updated,
+                    source,
+                    record(
+                        &row.handle,
+                        entry.target_id,
+                        &entry.target_name,
+                        print,
+                        revision,
+                    ),
                     reasons,
                 );
             }
@@ -187,46 +182,23 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
         })
         .collect();
     let ids = import.tx.insert_standards(&inserts).await?;
-    for ((row, print, _, mut reasons), handle) in new_rows.into_iter().zip(given) {
+    for (((row, print, _, mut reasons), handle), (_, base)) in
+        new_rows.into_iter().zip(given).zip(wanted)
+    {
         let name = format!("apiStandards/{handle}");
         let id = *ids
             .get(&handle)
             .ok_or_else(|| anyhow::anyhow!("an imported API standard was not written"))?;
-        let base = text::handle(&row.handle, "s");
-        if handle != base {
-            reasons.push(format!("handle {base:?} is taken here: made {handle:?}"));
-        }
-        let source = format!("api_standards/{}", row.handle);
-        events.push(ImportEvent {
-            resource: name.clone(),
-            detail: audit_detail(Action::Imported, &source, &reasons),
-        });
-        records.push(record(&row.handle, id, &name, print, "1"));
-        import.report.add(
+        reasons.extend(numbered(&base, &handle, "here"));
+        let source = row.identity();
+        written.wrote(
+            &mut import.report,
             Kind::ApiStandard,
-            source,
-            Some(name),
             Action::Imported,
+            source,
+            record(&row.handle, id, &name, print, 1),
             reasons,
         );
     }
-    import.tx.record(LedgerKind::ApiStandard, &records).await?;
-    import.tx.audit(&events).await
-}
-
-fn record(
-    source_key: &str,
-    id: i64,
-    name: &str,
-    fingerprint: Vec<u8>,
-    version: &str,
-) -> LedgerRecord {
-    LedgerRecord {
-        source_key: source_key.to_owned(),
-        target_id: id,
-        target_user_id: None,
-        target_name: name.to_owned(),
-        fingerprint,
-        target_version: version.to_owned(),
-    }
+    written.flush(import, LedgerKind::ApiStandard).await
 }

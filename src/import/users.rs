@@ -8,14 +8,14 @@ use serde_json::json;
 
 use super::{
     Import,
-    ledger::{Handles, Verdict, audit_detail, fingerprint, judge},
+    ledger::{Handles, Verdict, Written, fingerprint, judge, numbered, record},
     report::{Action, Kind},
     source::SourceUser,
     text,
 };
 use crate::{
     domain::names::SYSTEM_USER,
-    store::import::{HandleTable, ImportEvent, LedgerKind, LedgerRecord, NewUser, Times},
+    store::import::{HandleTable, LedgerKind, NewUser, Times},
 };
 
 /// The token digest dhamps-vdb stored: 64 hex digits, or nothing usable.
@@ -42,10 +42,9 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceUser>) -> anyhow::R
 
     let mut new_rows = Vec::new();
     let mut wanted = Vec::new();
-    let mut records = Vec::new();
-    let mut events = Vec::new();
+    let mut written = Written::default();
     for (row, digest) in rows.iter().zip(digests) {
-        let source = format!("users/{}", row.handle);
+        let source = row.identity();
         if row.has_email {
             import.report.drop_count("user emails", 1);
         }
@@ -120,22 +119,18 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceUser>) -> anyhow::R
                         )
                         .await?;
                     let reasons = vec!["its dhamps-vdb key changed: the token follows".to_owned()];
-                    events.push(ImportEvent {
-                        resource: entry.target_name.clone(),
-                        detail: audit_detail(Action::Updated, &source, &reasons),
-                    });
-                    records.push(record(
-                        &row.handle,
-                        entry.target_id,
-                        &entry.target_name,
-                        print,
-                        revision,
-                    ));
-                    import.report.add(
+                    written.wrote(
+                        &mut import.report,
                         Kind::User,
-                        source,
-                        Some(entry.target_name.clone()),
                         Action::Updated,
+                        source,
+                        record(
+                            &row.handle,
+                            entry.target_id,
+                            &entry.target_name,
+                            print,
+                            revision,
+                        ),
                         reasons,
                     );
                 } else {
@@ -159,22 +154,18 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceUser>) -> anyhow::R
                         row.updated,
                     )
                     .await?;
-                events.push(ImportEvent {
-                    resource: entry.target_name.clone(),
-                    detail: audit_detail(Action::Updated, &source, &reasons),
-                });
-                records.push(record(
-                    &row.handle,
-                    entry.target_id,
-                    &entry.target_name,
-                    print,
-                    revision,
-                ));
-                import.report.add(
+                written.wrote(
+                    &mut import.report,
                     Kind::User,
-                    source,
-                    Some(entry.target_name.clone()),
                     Action::Updated,
+                    source,
+                    record(
+                        &row.handle,
+                        entry.target_id,
+                        &entry.target_name,
+                        print,
+                        revision,
+                    ),
                     reasons,
                 );
             }
@@ -200,44 +191,25 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceUser>) -> anyhow::R
         })
         .collect();
     let ids = import.tx.insert_users(&inserts).await?;
-    for ((row, print, _, _, mut reasons), handle) in new_rows.into_iter().zip(given) {
+    for (((row, print, _, _, mut reasons), handle), (_, base)) in
+        new_rows.into_iter().zip(given).zip(wanted)
+    {
         let name = format!("users/{handle}");
         let id = *ids
             .get(&handle)
             .ok_or_else(|| anyhow::anyhow!("an imported user was not written"))?;
-        let base = text::handle(&row.handle, "u");
-        if handle != base {
-            reasons.push(format!("handle {base:?} is taken here: made {handle:?}"));
-        }
-        let source = format!("users/{}", row.handle);
-        events.push(ImportEvent {
-            resource: name.clone(),
-            detail: audit_detail(Action::Imported, &source, &reasons),
-        });
-        records.push(record(&row.handle, id, &name, print, 1));
-        import
-            .report
-            .add(Kind::User, source, Some(name), Action::Imported, reasons);
+        reasons.extend(numbered(&base, &handle, "here"));
+        let source = row.identity();
+        written.wrote(
+            &mut import.report,
+            Kind::User,
+            Action::Imported,
+            source,
+            record(&row.handle, id, &name, print, 1),
+            reasons,
+        );
     }
-    import.tx.record(LedgerKind::User, &records).await?;
-    import.tx.audit(&events).await
-}
-
-fn record(
-    source_key: &str,
-    id: i64,
-    name: &str,
-    fingerprint: Vec<u8>,
-    revision: i64,
-) -> LedgerRecord {
-    LedgerRecord {
-        source_key: source_key.to_owned(),
-        target_id: id,
-        target_user_id: None,
-        target_name: name.to_owned(),
-        fingerprint,
-        target_version: revision.to_string(),
-    }
+    written.flush(import, LedgerKind::User).await
 }
 
 #[cfg(test)]

@@ -95,6 +95,51 @@ pub struct SourceProject {
     pub updated: DateTime<Utc>,
 }
 
+impl SourceUser {
+    /// How the report and the audit trail name this row.
+    pub fn identity(&self) -> String {
+        format!("users/{}", self.handle)
+    }
+}
+
+impl SourceStandard {
+    /// How the report and the audit trail name this row.
+    pub fn identity(&self) -> String {
+        format!("api_standards/{}", self.handle)
+    }
+}
+
+impl SourceDefinition {
+    /// How the report and the audit trail name this row.
+    pub fn identity(&self) -> String {
+        format!("definitions/{} ({}/{})", self.id, self.owner, self.handle)
+    }
+}
+
+impl SourceInstance {
+    /// How the report and the audit trail name this row.
+    pub fn identity(&self) -> String {
+        format!("instances/{} ({}/{})", self.id, self.owner, self.handle)
+    }
+}
+
+impl SourceShare {
+    /// How the report and the audit trail name this row.
+    pub fn identity(&self) -> String {
+        format!(
+            "instances/{}/shared_with/{}",
+            self.instance_id, self.grantee
+        )
+    }
+}
+
+impl SourceProject {
+    /// How the report and the audit trail name this row.
+    pub fn identity(&self) -> String {
+        format!("projects/{} ({}/{})", self.id, self.owner, self.handle)
+    }
+}
+
 /// Sorts handles this registry accepts as they are before the others, so that they win.
 macro_rules! valid_first {
     ($column:literal) => {
