@@ -32,6 +32,19 @@ pub struct SourceService<'a> {
     pub has_context_limit: bool,
 }
 
+/// [`service_fields`] with the API standard looked up among those imported (`standards`, by
+/// dhamps-vdb handle); a standard that was not imported is a reason too.
+pub fn service_of(
+    standards: &std::collections::HashMap<String, super::ledger::Resolved>,
+    api_standard: &str,
+    service: &SourceService<'_>,
+) -> Result<(ServiceFields, Vec<String>), String> {
+    let standard = standards
+        .get(api_standard)
+        .ok_or_else(|| format!("its API standard {api_standard:?} was not imported"))?;
+    service_fields(service, standard.id)
+}
+
 /// The registry's service fields for a source service, with what was changed on the way; or why
 /// it cannot be taken over (an endpoint or model the registry refuses).
 pub fn service_fields(
@@ -130,12 +143,10 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
             row.updated.timestamp_micros()
         ]));
         let Some(owner) = owners.get(&row.owner) else {
-            import.report.add(
+            import.report.skip(
                 Kind::Definition,
                 source,
-                None,
-                Action::Skipped,
-                vec![format!("its owner {:?} was not imported", row.owner)],
+                format!("its owner {:?} was not imported", row.owner),
             );
             continue;
         };
@@ -158,19 +169,6 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
                 continue;
             }
         }
-        let Some(standard) = standards.get(&row.api_standard) else {
-            import.report.add(
-                Kind::Definition,
-                source,
-                None,
-                Action::Skipped,
-                vec![format!(
-                    "its API standard {:?} was not imported",
-                    row.api_standard
-                )],
-            );
-            continue;
-        };
         let service = SourceService {
             endpoint: &row.endpoint,
             model: &row.model,
@@ -179,12 +177,10 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceDefinition>) -> any
             description: &row.description,
             has_context_limit: true,
         };
-        let (fields, mut reasons) = match service_fields(&service, standard.id) {
+        let (fields, mut reasons) = match service_of(&standards, &row.api_standard, &service) {
             Ok(mapped) => mapped,
             Err(why) => {
-                import
-                    .report
-                    .add(Kind::Definition, source, None, Action::Skipped, vec![why]);
+                import.report.skip(Kind::Definition, source, why);
                 continue;
             }
         };

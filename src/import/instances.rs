@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{
     Import,
-    definitions::{SourceService, service_fields},
+    definitions::{SourceService, service_of},
     ledger::{
         Handles, Resolved, Verdict, Written, fingerprint, judge, last_segment, numbered, record,
         resolve, resolve_users,
@@ -93,28 +93,13 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
         let source = row.identity();
         let key = row.id.to_string();
         let Some(owner) = owners.get(&row.owner).filter(|_| row.owner != SYSTEM_USER) else {
-            import.report.add(
+            import.report.skip(
                 Kind::Instance,
                 source,
-                None,
-                Action::Skipped,
-                vec![format!(
+                format!(
                     "its owner {:?} has no user here that may own instances",
                     row.owner
-                )],
-            );
-            continue;
-        };
-        let Some(standard) = standards.get(&row.api_standard) else {
-            import.report.add(
-                Kind::Instance,
-                source,
-                None,
-                Action::Skipped,
-                vec![format!(
-                    "its API standard {:?} was not imported",
-                    row.api_standard
-                )],
+                ),
             );
             continue;
         };
@@ -126,12 +111,10 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceInstance>) -> anyho
             description: &row.description,
             has_context_limit: import.version == SchemaVersion::V4,
         };
-        let (fields, mut reasons) = match service_fields(&service, standard.id) {
+        let (fields, mut reasons) = match service_of(&standards, &row.api_standard, &service) {
             Ok(mapped) => mapped,
             Err(why) => {
-                import
-                    .report
-                    .add(Kind::Instance, source, None, Action::Skipped, vec![why]);
+                import.report.skip(Kind::Instance, source, why);
                 continue;
             }
         };

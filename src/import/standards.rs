@@ -95,9 +95,7 @@ pub async fn import(import: &mut Import<'_>, rows: Vec<SourceStandard>) -> anyho
         let (header, scheme) = match auth(row) {
             Ok(auth) => auth,
             Err(why) => {
-                import
-                    .report
-                    .add(Kind::ApiStandard, source, None, Action::Skipped, vec![why]);
+                import.report.skip(Kind::ApiStandard, source, why);
                 continue;
             }
         };
