@@ -86,8 +86,14 @@ enum Command {
         /// For `mixed` and `mixed-reads`: instances per user, as populated.
         #[arg(long, default_value_t = 10)]
         instances_per_user: usize,
+        /// With this token, one more stream (on a connection of its own) updates
+        /// `users/owner-1/instances/i1000` without pause while the scenario runs: a writer to
+        /// another tenant's instance, whose rate is printed on standard error.
+        #[arg(long)]
+        writer_token: Option<String>,
     },
-    /// Creates `users/bench/instances/embed`, holding `key`, at `endpoint` (the fake provider).
+    /// Creates `users/bench/instances/embed`, holding `key`, at `endpoint` (the fake provider),
+    /// and the project `users/bench/projects/embed` bound to it.
     CreateEmbedInstance {
         #[arg(long)]
         token: String,
@@ -234,6 +240,8 @@ async fn populate(
     .await?;
     println!("BENCH_TOKEN={bench_token}");
     println!("OWNER_TOKEN={}", tokens[0]);
+    // owner-1: the writer of the reads-with-a-writer scenario, to an instance the reads never name.
+    println!("WRITER_TOKEN={}", tokens[1]);
     Ok(())
 }
 
@@ -475,10 +483,14 @@ fn scenario_request(
             }
             .encode_to_vec(),
         ),
-        "embed" => (
+        "embed" | "embed-project" => (
             "/llmregistry.v1.EmbeddingService/Embed",
             pb::EmbedRequest {
-                name: "users/bench/instances/embed".into(),
+                name: if scenario == "embed" {
+                    "users/bench/instances/embed".into()
+                } else {
+                    "users/bench/projects/embed".into()
+                },
                 inputs: vec![BENCH_TEXT.into()],
                 input_type: 0,
             }
@@ -578,7 +590,7 @@ async fn create_embed_instance(
     key: &str,
 ) -> anyhow::Result<()> {
     let channel = channels(addr, 1).await?.remove(0);
-    LlmInstanceServiceClient::new(channel)
+    LlmInstanceServiceClient::new(channel.clone())
         .create_instance(authed(
             pb::CreateInstanceRequest {
                 parent: "users/bench".into(),
@@ -589,6 +601,19 @@ async fn create_embed_instance(
                     model: "text-embedding-3-small".into(),
                     dimensions: Some(1536),
                     api_key: key.to_owned(),
+                    ..Default::default()
+                }),
+            },
+            token,
+        ))
+        .await?;
+    ProjectServiceClient::new(channel)
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                parent: "users/bench".into(),
+                project_id: "embed".into(),
+                project: Some(pb::Project {
+                    instance: "embed".into(),
                     ..Default::default()
                 }),
             },
@@ -712,6 +737,7 @@ async fn measure(
     provider: Option<(&std::path::Path, &str)>,
     tokens_file: Option<&std::path::Path>,
     per_user: usize,
+    writer_token: Option<&str>,
 ) -> anyhow::Result<()> {
     let mixed = match (scenario, tokens_file) {
         ("mixed" | "mixed-reads", Some(file)) => {
@@ -744,6 +770,39 @@ async fn measure(
         _ => Caller::Registry(RawCaller::connect(addr, token).await?),
     });
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    let writer = match writer_token {
+        None => None,
+        Some(token) => {
+            let writer = RawCaller::connect(addr, token).await?;
+            Some(tokio::spawn(async move {
+                let (mut updates, mut errors) = (0usize, 0usize);
+                while Instant::now() < deadline {
+                    let message = pb::UpdateInstanceRequest {
+                        instance: Some(pb::Instance {
+                            name: "users/owner-1/instances/i1000".into(),
+                            description: format!("written {updates}"),
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["description".into()],
+                        }),
+                    }
+                    .encode_to_vec();
+                    match writer
+                        .call(
+                            "/llmregistry.v1.LlmInstanceService/UpdateInstance",
+                            &message,
+                        )
+                        .await
+                    {
+                        Ok(()) => updates += 1,
+                        Err(_) => errors += 1,
+                    }
+                }
+                (updates, errors)
+            }))
+        }
+    };
     let streams = (0..concurrency).map(|s| {
         let (caller, deep, mixed) = (Arc::clone(&caller), deep.clone(), mixed.clone());
         let scenario = scenario.to_owned();
@@ -812,6 +871,13 @@ async fn measure(
             quantile_ms(&of_method, 0.99)
         );
     }
+    if let Some(writer) = writer {
+        let (updates, errors) = writer.await?;
+        eprintln!(
+            "  writer: {:.0} UpdateInstance/s of another tenant's instance, {errors} errors",
+            updates as f64 / seconds as f64
+        );
+    }
     latencies.sort();
     println!(
         "{scenario} {concurrency} {:.0} {:.3} {:.3} {errors}",
@@ -878,6 +944,7 @@ async fn main() -> anyhow::Result<()> {
             provider_key,
             tokens_file,
             instances_per_user,
+            writer_token,
         } => {
             let provider = provider_ca.as_deref().map(|ca| (ca, provider_key.as_str()));
             measure(
@@ -889,6 +956,7 @@ async fn main() -> anyhow::Result<()> {
                 provider,
                 tokens_file.as_deref(),
                 instances_per_user,
+                writer_token.as_deref(),
             )
             .await
         }

@@ -37,6 +37,7 @@ mod processes;
 mod projects;
 mod properties;
 mod read_cache;
+mod read_cache_projects;
 mod reliability;
 mod revocation;
 mod rotation;

@@ -1,8 +1,8 @@
 //! The hot reads that resolve the caller's token in the same statement as the instance they read
 //! (GetInstance, GetProjectInstance; see `Credential::Token`), with the read cache in front of
-//! GetInstance.
+//! both: a project's answer is cached like an instance's, and also depends on the project's row.
 
-use crate::store::read_cache::instance_answer_counters;
+use crate::store::read_cache::{instance_answer_counters, scope_counter};
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Row, postgres::PgRow};
 
@@ -47,10 +47,13 @@ const FIND_BY_TOKEN: &str = with_caller_by_token!(concat!(
     " WHERE u.handle = $2 AND i.handle = $3"
 ));
 
-/// Project `$2`/`$3` (its detachment columns, never NULL when it exists) and the instance bound
-/// to it (none while detached), with the caller.
+/// Project `$2`/`$3` (its detachment columns, never NULL when it exists, and the counter of its
+/// read cache scope) and the instance bound to it (none while detached), with the caller.
 const FIND_PROJECT_INSTANCE_BY_TOKEN: &str = with_caller_by_token!(concat!(
-    "SELECT p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, bound.* \
+    "SELECT p.id AS cache_project_id, ",
+    scope_counter!(4, "p.id"),
+    " AS project_counter, \
+     p.detach_reason AS project_detach_reason, p.detach_time AS project_detach_time, bound.* \
      FROM projects p JOIN users pu ON pu.id = p.owner_id \
      LEFT JOIN LATERAL (",
     select_instances!("c.id"),
@@ -88,7 +91,7 @@ impl Store {
             return Ok((Caller::User(principal), Some(instance)));
         }
         let start = self.cache.read_start();
-        let (principal, row, caller_counter) = self
+        let (principal, row) = self
             .with_caller(
                 FIND_BY_TOKEN,
                 token,
@@ -101,21 +104,9 @@ impl Store {
             None => None,
             Some(row) => row.into_visible(&caller)?,
         };
-        // Only answers that found the instance are cached (see `read_cache`). The answer
-        // depends on the caller's row, the instance with its shares, and the API standards.
+        // Only answers that found the instance are cached (see `read_cache`).
         if let Some(instance) = &found {
-            let caller_deps =
-                Deps::new().with(Some(scope(ScopeKind::User, principal.id)), caller_counter);
-            let deps = caller_deps
-                .clone()
-                .with(
-                    Some(scope(ScopeKind::Instance, instance.sequence)),
-                    row.try_get("instance_counter").map_err(errors::db)?,
-                )
-                .with(
-                    Some(SHARED_SCOPE),
-                    row.try_get("shared_counter").map_err(errors::db)?,
-                );
+            let (deps, caller_deps) = answer_deps(&row, &principal, instance, None)?;
             self.cache.remember_instance(
                 start,
                 deps,
@@ -155,7 +146,26 @@ impl Store {
             }
             Credential::Token(token) => token,
         };
-        let (principal, row, _) = self
+        let question = InstanceKey {
+            token_hash: *token.hash(),
+            owner: project.owner.as_str().to_owned(),
+            handle: project.handle.as_str().to_owned(),
+        };
+        // As for GetInstance: the edge checked the token in this call with the cache fresh.
+        let fresh = match token.checked_fresh() {
+            true if self.cache.enabled() => Some(Fresh::after_a_round_applied()),
+            _ => self.fresh().await,
+        };
+        if let Some(fresh) = &fresh
+            && let Some((principal, instance)) = self.cache.project_instance(fresh, &question)
+        {
+            return Ok((
+                Caller::User(principal),
+                Some(ProjectBinding::Bound(Some(instance))),
+            ));
+        }
+        let start = self.cache.read_start();
+        let (principal, row) = self
             .with_caller(
                 FIND_PROJECT_INSTANCE_BY_TOKEN,
                 token,
@@ -163,7 +173,7 @@ impl Store {
                 project.handle.as_str(),
             )
             .await?;
-        let caller = Caller::User(principal);
+        let caller = Caller::User(principal.clone());
         let reason: Option<String> = row.try_get("project_detach_reason").map_err(errors::db)?;
         let time: Option<DateTime<Utc>> = row.try_get("project_detach_time").map_err(errors::db)?;
         let found = match (reason, time) {
@@ -176,19 +186,37 @@ impl Store {
                 Some(instance) => instance.into_visible(&caller)?,
             })),
         };
+        // Only a bound instance the caller sees is cached; it depends on the project's row
+        // (its binding) besides what a GetInstance answer depends on.
+        if let Some(ProjectBinding::Bound(Some(instance))) = &found {
+            let project_id: i64 = row.try_get("cache_project_id").map_err(errors::db)?;
+            let project_counter: i64 = row.try_get("project_counter").map_err(errors::db)?;
+            let (deps, caller_deps) = answer_deps(
+                &row,
+                &principal,
+                instance,
+                Some((scope(ScopeKind::Project, project_id), project_counter)),
+            )?;
+            self.cache.remember_project_instance(
+                start,
+                deps,
+                caller_deps,
+                question,
+                (principal, instance.clone()),
+            );
+        }
         Ok((caller, found))
     }
 
     /// Runs one of the `*_BY_TOKEN` statements: the caller whose token hash is `$1` (or
-    /// UNAUTHENTICATED), the row the statement found for `$2`, `$3` (see [`instance_in`]), and
-    /// the counter of the caller's read cache scope in that snapshot.
+    /// UNAUTHENTICATED) and the row the statement found for `$2`, `$3` (see [`instance_in`]).
     async fn with_caller(
         &self,
         statement: &'static str,
         token: &UnresolvedToken,
         owner: &str,
         handle: &str,
-    ) -> Result<(UserPrincipal, PgRow, i64), DomainError> {
+    ) -> Result<(UserPrincipal, PgRow), DomainError> {
         let row = sqlx::query(statement)
             .bind(token.hash().as_slice())
             .bind(owner)
@@ -205,9 +233,36 @@ impl Store {
             )?,
             row.try_get("caller_is_admin").map_err(errors::db)?,
         );
-        let counter = row.try_get("caller_counter").map_err(errors::db)?;
-        Ok((principal, row, counter))
+        Ok((principal, row))
     }
+}
+
+/// The read cache scopes a `*_BY_TOKEN` answer that found `instance` depends on, with their
+/// counters as the row read them: the caller's row, the instance with its shares, the API
+/// standards, and `extra` (a project's row); and the caller's row alone, which who holds the
+/// token depends on.
+fn answer_deps(
+    row: &PgRow,
+    principal: &UserPrincipal,
+    instance: &Instance,
+    extra: Option<(i64, i64)>,
+) -> Result<(Deps, Deps), DomainError> {
+    let counter = |column: &str| row.try_get::<i64, _>(column).map_err(errors::db);
+    let caller_deps = Deps::new().with(
+        Some(scope(ScopeKind::User, principal.id)),
+        counter("caller_counter")?,
+    );
+    let mut deps = caller_deps
+        .clone()
+        .with(
+            Some(scope(ScopeKind::Instance, instance.sequence)),
+            counter("instance_counter")?,
+        )
+        .with(Some(SHARED_SCOPE), counter("shared_counter")?);
+    if let Some((scope, value)) = extra {
+        deps = deps.with(Some(scope), value);
+    }
+    Ok((deps, caller_deps))
 }
 
 /// The instance columns of a `*_BY_TOKEN` row, if it found an instance.

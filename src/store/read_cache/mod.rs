@@ -147,7 +147,8 @@ pub struct CallKey {
     pub target: String,
 }
 
-/// A GetInstance question: who asks (by the hash of their token) and for which instance.
+/// A GetInstance question: who asks (by the hash of their token) and for which instance; or a
+/// GetProjectInstance question, for which project (kept apart from the instances).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceKey {
     pub token_hash: [u8; 32],
@@ -178,6 +179,9 @@ struct Entries {
     accounts: Generations<AccountKey, AccountAnswer>,
     /// (token hash, owner, handle) → the instance as that token's user sees it.
     instances: Generations<InstanceKey, (UserPrincipal, Instance)>,
+    /// (token hash, project owner, project handle) → the instance bound to that project, as
+    /// that token's user sees it (GetProjectInstance).
+    project_instances: Generations<InstanceKey, (UserPrincipal, Instance)>,
     /// (caller's user id, instance or project name) → what an Embed needs of the instance (its
     /// sealed key, never the opened one).
     call_targets: Generations<CallKey, InstanceForCall>,
@@ -189,6 +193,7 @@ impl Entries {
             + self.principals.old.len()
             + self.accounts.old.len()
             + self.instances.old.len()
+            + self.project_instances.old.len()
             + self.call_targets.old.len()
     }
 
@@ -196,6 +201,7 @@ impl Entries {
         self.principals.young.len()
             + self.accounts.young.len()
             + self.instances.young.len()
+            + self.project_instances.young.len()
             + self.call_targets.young.len()
     }
 
@@ -203,6 +209,7 @@ impl Entries {
         self.principals.age();
         self.accounts.age();
         self.instances.age();
+        self.project_instances.age();
         self.call_targets.age();
     }
 
@@ -210,6 +217,7 @@ impl Entries {
         self.principals.clear();
         self.accounts.clear();
         self.instances.clear();
+        self.project_instances.clear();
         self.call_targets.clear();
     }
 }
@@ -299,6 +307,22 @@ impl ReadCache {
         lookup(known, instances, key, "instance")
     }
 
+    /// The GetProjectInstance answer for this question (`key` names the project), if known and
+    /// current.
+    pub fn project_instance(
+        &self,
+        _fresh: &Fresh,
+        key: &InstanceKey,
+    ) -> Option<(UserPrincipal, Instance)> {
+        let mut entries = self.entries.lock();
+        let Entries {
+            known,
+            project_instances,
+            ..
+        } = &mut *entries;
+        lookup(known, project_instances, key, "project_instance")
+    }
+
     /// What an Embed of `key` needs, if known and current.
     pub fn call_target(&self, _fresh: &Fresh, key: &CallKey) -> Option<InstanceForCall> {
         let mut entries = self.entries.lock();
@@ -361,6 +385,30 @@ impl ReadCache {
                 },
             );
             entries.instances.insert(key, Tagged { deps, answer });
+        }
+    }
+
+    /// Remembers a GetProjectInstance answer (a bound instance the caller may see), read at
+    /// `deps` after `start`; also who holds the token, as [`Self::remember_instance`] does.
+    pub fn remember_project_instance(
+        &self,
+        start: ReadStart,
+        deps: Deps,
+        caller_deps: Deps,
+        key: InstanceKey,
+        answer: (UserPrincipal, Instance),
+    ) {
+        if let Some(mut entries) = self.room_for(start, &deps) {
+            entries.principals.insert(
+                key.token_hash,
+                Tagged {
+                    deps: caller_deps,
+                    answer: answer.0.clone(),
+                },
+            );
+            entries
+                .project_instances
+                .insert(key, Tagged { deps, answer });
         }
     }
 
