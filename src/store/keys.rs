@@ -103,6 +103,12 @@ impl Store {
         loop {
             let mut change = Change::begin(self, audit, "instances").await?;
             let tx = change.tx();
+            // Re-sealing changes no cached answer (see migration resealing_keeps_read_cache):
+            // the rows of this transaction do not move their read cache scopes.
+            sqlx::query("SELECT set_config('llm_registry.resealing', 'on', true)")
+                .execute(&mut **tx)
+                .await
+                .map_err(errors::db)?;
             let batch: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
                 "SELECT id, uid::text, api_key_key_id, api_key_ciphertext FROM instances \
                  WHERE id > $3 AND api_key_key_id IS NOT NULL AND api_key_key_id <> $1 \

@@ -185,6 +185,19 @@ impl TestApp {
             .expect("server starts")
     }
 
+    /// A fresh database and a server with `key_ring`, whose settings `configure` adjusts.
+    pub async fn spawn_with_ring(
+        key_ring: KeyRing,
+        configure: impl FnOnce(&mut ServeSettings),
+    ) -> Self {
+        let database = unique_name("llmr_test");
+        create_database(&database).await;
+        let admin_token = IssuedToken::generate().reveal().to_owned();
+        Self::start_with(database, admin_token, key_ring, configure)
+            .await
+            .expect("server starts")
+    }
+
     async fn start_with(
         database: String,
         admin_token: String,

@@ -12,7 +12,11 @@ use llm_registry::{
 
 use crate::{
     binary::{bare_command, temp_home},
-    helpers::{TestApp, authed, create_instance_from, database_url, random_api_key, stored_key},
+    fake_provider::{FakeProvider, Flavor},
+    helpers::{
+        TestApp, authed, create_instance_from, create_openai_instance_on, database_url,
+        get_instance, random_api_key, stored_key, trust_fakes,
+    },
 };
 
 async fn rotate_keys(database: &str, primary: &MasterKey, previous: &[&MasterKey]) -> Output {
@@ -186,4 +190,110 @@ async fn keys_rotate_while_serving_and_a_missing_key_refuses_start() {
     assert!(message.contains("6 API key(s)"), "{message}");
     assert!(message.contains(&b.id()), "{message}");
     assert!(!message.contains(b.to_base64().as_str()));
+}
+
+/// A rotation re-seals keys without touching the read cache: answers cached before it stay
+/// (the rows' scopes do not move), an Embed answered from the cache still opens its key (the
+/// old ciphertext, with the ring the server started with) and reaches the provider with the
+/// right key, and any other change still shows at once afterwards.
+#[tokio::test]
+async fn a_rotation_keeps_cached_answers_and_cached_keys_still_open() {
+    let a = MasterKey::generate();
+    let b = MasterKey::generate();
+    let fake = FakeProvider::start(Flavor::OpenAi, 8).await;
+    // The serving replica already knows the key the rotation moves to, as in a rollout.
+    let app = TestApp::spawn_with_ring(KeyRing::new(a.clone(), vec![b.clone()]).unwrap(), |s| {
+        trust_fakes(s)
+    })
+    .await;
+    let alice = app.create_user("alice").await;
+    create_openai_instance_on(&app.channel, &alice, "alice", "i1", fake.endpoint()).await;
+    let key = stored_key(&app, "alice", "i1").await.unwrap();
+    let embed = || {
+        let mut client = app.embeddings();
+        let alice = alice.clone();
+        async move {
+            client
+                .embed(authed(
+                    pb::EmbedRequest {
+                        name: "alice/i1".into(),
+                        inputs: vec!["hello".into()],
+                        input_type: 0,
+                    },
+                    &alice,
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let name = "users/alice/instances/i1";
+    embed().await.expect("the first Embed");
+    let before = get_instance(&app, &alice, name).await.unwrap();
+
+    // Behind the cache (triggers off, no scope moves), then the rotation: only a cache that the
+    // rotation left in place still answers the old description.
+    let mut db = app.db().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE instances SET description = 'changed behind the cache'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let output = rotate_keys(&app.database, &b, &[&a]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stored_under: String = sqlx::query_scalar("SELECT api_key_key_id FROM instances")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(stored_under, b.id(), "the key was re-sealed under B");
+    assert_eq!(
+        get_instance(&app, &alice, name).await.unwrap(),
+        before,
+        "the rotation left the cached answer in place"
+    );
+
+    // The cached Embed target holds the ciphertext under A: it still opens, to the same key.
+    let sent_before = fake.request_count();
+    embed().await.expect("an Embed after the rotation");
+    let recorded = fake.recorded();
+    assert_eq!(recorded.len(), sent_before + 1);
+    assert_eq!(
+        recorded.last().and_then(|r| r.header("authorization")),
+        Some(format!("Bearer {key}"))
+    );
+
+    // Any other change still shows at once, and the Embed then reads the key sealed under B.
+    app.instances()
+        .update_instance(authed(
+            pb::UpdateInstanceRequest {
+                instance: Some(pb::Instance {
+                    name: name.into(),
+                    description: "after the rotation".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["description".into()],
+                }),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        get_instance(&app, &alice, name).await.unwrap().description,
+        "after the rotation"
+    );
+    embed().await.expect("an Embed with the re-sealed key");
+    assert_eq!(
+        fake.recorded()
+            .last()
+            .and_then(|r| r.header("authorization")),
+        Some(format!("Bearer {key}"))
+    );
 }
