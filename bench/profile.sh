@@ -18,6 +18,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 CONCURRENCIES=${CONCURRENCIES:-"1 32"}
 SCENARIOS=${SCENARIOS:-"health get-instance project-instance list-first embed embed-project embed-floor"}
 PERF=${PERF:-}
+# With PERF=1, a directory to keep the perf data in (for `perf report -i` afterwards).
+PERF_KEEP=${PERF_KEEP:-}
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 WORK=$(mktemp -d /var/tmp/llmr-profile.XXXXXX)
 chmod 755 "$WORK"
@@ -106,9 +108,17 @@ for scenario in $SCENARIOS; do
         target=$ADDR
         label=$scenario
         loadgen_scenario=$scenario
+        extra=()
+        token=$BENCH_TOKEN
+        # The writes, as bench/run.sh runs them, by the instances' owner.
+        case $scenario in create-instance | update-instance) token=$OWNER_TOKEN ;; esac
         if [ "$scenario" = embed-floor ]; then
             target=$FLOOR_ADDR
             loadgen_scenario=embed
+        elif [ "$scenario" = get-instance-with-writer ]; then
+            # GetInstance while one more stream updates another tenant's instance without pause.
+            loadgen_scenario=get-instance
+            extra=(--writer-token "$WRITER_TOKEN")
         fi
         $PGDB "SELECT pg_stat_statements_reset()" >/dev/null
         commits_before=$($PGDB "SELECT xact_commit FROM pg_stat_database WHERE datname = 'llmr_profile'")
@@ -123,7 +133,8 @@ for scenario in $SCENARIOS; do
             PERF_PID=$!
         fi
         line=$( { /usr/bin/time -f "%U %S" -o "$WORK/loadgen-time" "$LOADGEN" --addr "$target" measure \
-            --token "$BENCH_TOKEN" --scenario "$loadgen_scenario" --concurrency "$c" --seconds "$SECONDS_PER_RUN"; } )
+            --token "$token" --scenario "$loadgen_scenario" --concurrency "$c" --seconds "$SECONDS_PER_RUN" "${extra[@]}" 2> "$WORK/loadgen.err"; } )
+        [ -s "$WORK/loadgen.err" ] && sed 's/^ */   /' "$WORK/loadgen.err"
         [ -n "${PERF_PID:-}" ] && { wait "$PERF_PID" || true; PERF_PID=""; }
         server_used=$(( $(ticks "$SERVER_PID") - server_before ))
         [ "$scenario" = embed-floor ] && server_used=$(( $(ticks "$FLOOR_PID") - floor_before ))
@@ -153,6 +164,7 @@ echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${ROWS[@]}"
 
 if [ -n "$PERF" ]; then
+    [ -n "$PERF_KEEP" ] && mkdir -p "$PERF_KEEP" && cp "$WORK"/perf-*.data "$PERF_KEEP"/
     for data in "$WORK"/perf-*.data; do
         echo
         echo "== perf: $(basename "$data" .data), top functions (self)"

@@ -5,8 +5,10 @@
 # with a realistic population through its own API, measures each scenario at 1, 8 and 32
 # concurrent streams (on one HTTP/2 connection, as one gRPC channel sends them; each call a bare
 # HTTP/2 POST, as h2load sends them), measures PostgreSQL's own limits with pgbench on the same machine, the
-# server's RSS and start-up time, runs the vault micro-benchmark, and prints one table (also
-# written to bench/RESULTS.md). Needs PostgreSQL on 127.0.0.1:5432 with trust authentication.
+# server's RSS and start-up time, runs the vault micro-benchmark, and prints one table with the
+# hot path's goals as ratios within the run (also written to bench/RESULTS.md, where it replaces
+# the previous run's section and leaves the rest). Needs PostgreSQL on 127.0.0.1:5432 with trust
+# authentication.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,7 +110,13 @@ for scenario in health get-instance list-first list-deep project-instance create
         echo "$line"
     done
 done
-for scenario in embed embed-floor provider-direct; do
+echo "== GetInstance at 32 streams while one more stream updates another tenant's instance"
+line=$("$LOADGEN" --addr "$ADDR" measure --token "$BENCH_TOKEN" --scenario get-instance --concurrency 32 \
+    --seconds "$SECONDS_PER_RUN" --writer-token "$WRITER_TOKEN" 2> "$WORK/writer.log" | sed 's/^get-instance /get-instance-with-writer /')
+RESULT["get-instance-with-writer,32"]=$line
+WRITER_RATE=$(awk '/writer:/ {print $2}' "$WORK/writer.log")
+echo "$line (writer: $WRITER_RATE UpdateInstance/s)"
+for scenario in embed embed-project embed-floor provider-direct; do
     for c in $CONCURRENCIES; do
         if [ "$scenario" = embed-floor ]; then
             line=$("$LOADGEN" --addr "$FLOOR_ADDR" measure --token unused --scenario embed --concurrency "$c" --seconds "$SECONDS_PER_RUN" | sed 's/^embed /embed-floor /')
@@ -116,7 +124,7 @@ for scenario in embed embed-floor provider-direct; do
             line=$("$LOADGEN" --addr "$FAKE_ADDR" measure --token unused --scenario provider-direct \
                 --provider-ca "$WORK/provider-ca.pem" --provider-key "$PROVIDER_KEY" --concurrency "$c" --seconds "$SECONDS_PER_RUN")
         else
-            line=$("$LOADGEN" --addr "$ADDR" measure --token "$BENCH_TOKEN" --scenario embed --concurrency "$c" --seconds "$SECONDS_PER_RUN")
+            line=$("$LOADGEN" --addr "$ADDR" measure --token "$BENCH_TOKEN" --scenario "$scenario" --concurrency "$c" --seconds "$SECONDS_PER_RUN")
         fi
         RESULT["$scenario,$c"]=$line
         echo "$line"
@@ -184,6 +192,7 @@ WITH inserted AS (
 INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail)
 SELECT 'owner-0', '/llmregistry.v1.LlmInstanceService/CreateInstance', 'users/owner-0/instances/' || handle, 'users/owner-0', 'OK', 'created; api_key set' FROM inserted;
 SQL
+BENCH_ID=$(psql -h 127.0.0.1 -U postgres -d "$DB" -Atqc "SELECT id FROM users WHERE handle = 'bench'")
 declare -A PGB
 for c in $CONCURRENCIES; do
     threads=$(( c < 2 ? c : 2 ))
@@ -192,6 +201,8 @@ for c in $CONCURRENCIES; do
     PGB["registry,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/registry_create.sql" -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
     PGB["update,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f bench/plain_update.sql -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$PGB_DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
     PGB["registry-update,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f bench/update_instance.sql -D owner="$OWNER_ID" -D hint_iid=0 -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
+    PGB["list,$c"]=$( (pgbench -h 127.0.0.1 -U postgres -n -f bench/list_instances.sql -D user="$BENCH_ID" -M prepared -c "$c" -j "$threads" -T "$SECONDS_PER_RUN" "$DB" 2>/dev/null || true) | awk '/^tps/ {print int($3)}')
+    echo "pgbench $c clients: ListInstances' statement ${PGB["list,$c"]} tps"
     echo "pgbench $c clients: -S ${PGB["select,$c"]} tps, insert ${PGB["insert,$c"]} tps, CreateInstance's rows ${PGB["registry,$c"]} tps, one-row UPDATE ${PGB["update,$c"]} tps, UpdateInstance's statements ${PGB["registry-update,$c"]} tps"
 done
 
@@ -199,24 +210,36 @@ echo "== vault micro-benchmark (criterion)"
 VAULT=$(cargo bench --locked --bench vault -- --warm-up-time 1 --measurement-time 3 2>/dev/null | awk '/seal\+open/ {getline; print $4, $5}')
 
 field() { echo "${RESULT[$1,$2]}" | awk -v f="$3" '{print $f}'; }
+# One row of the goals table: the value and whether it meets the bound (ge, le or lt).
+goal() {
+    local met
+    met=$(awk -v v="$2" -v op="$3" -v b="$4" 'BEGIN {
+        if (v == "" || v == "n/a") { print "n/a"; exit }
+        ok = (op == "ge" && v + 0 >= b) || (op == "le" && v + 0 <= b) || (op == "lt" && v + 0 < b)
+        print (ok ? "yes" : "no") }')
+    echo "| $1 | $2 | $met |"
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 {
-    echo "# Benchmark results"
+    echo "<!-- bench/run.sh: begin (this section is rewritten by each run; the rest is kept) -->"
+    echo "## The latest bench/run.sh"
     echo
     echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $(psql -V | awk '{print $3}'); run $(date -u +%Y-%m-%dT%H:%MZ); ${SECONDS_PER_RUN} s per figure; client and server on the same machine; the streams of a run share one HTTP/2 connection, each call a bare HTTP/2 POST; pgbench uses one connection per client."
     echo
     echo "| scenario | streams | req/s | p50 ms | p99 ms | errors |"
     echo "| --- | --- | --- | --- | --- | --- |"
-    for scenario in health get-instance list-first list-deep project-instance create-instance update-instance embed embed-floor provider-direct; do
+    for scenario in health get-instance list-first list-deep project-instance create-instance update-instance embed embed-project embed-floor provider-direct; do
         for c in $CONCURRENCIES; do
             echo "| $scenario | $c | $(field "$scenario" "$c" 3) | $(field "$scenario" "$c" 4) | $(field "$scenario" "$c" 5) | $(field "$scenario" "$c" 6) |"
         done
     done
+    echo "| get-instance-with-writer (one more stream updating another tenant's instance: $WRITER_RATE/s) | 32 | $(field get-instance-with-writer 32 3) | $(field get-instance-with-writer 32 4) | $(field get-instance-with-writer 32 5) | $(field get-instance-with-writer 32 6) |"
     for scenario in mixed-reads mixed; do
         echo "| $scenario (100,000 instances, Zipf; cache hit ratio ${HITS[$scenario]}) | 32 | $(field "$scenario" 32 3) | $(field "$scenario" 32 4) | $(field "$scenario" 32 5) | $(field "$scenario" 32 6) |"
     done
     for c in $CONCURRENCIES; do
         echo "| pgbench -S (point read) | $c | ${PGB["select,$c"]} | | | |"
+        echo "| pgbench: ListInstances' statement, first page of 50 (bench/list_instances.sql) | $c | ${PGB["list,$c"]} | | | |"
         echo "| pgbench one-row INSERT | $c | ${PGB["insert,$c"]} | | | |"
         echo "| pgbench: CreateInstance's rows (instance + audit event) in the registry schema | $c | ${PGB["registry,$c"]} | | | |"
         echo "| pgbench one-row UPDATE (bench/plain_update.sql) | $c | ${PGB["update,$c"]} | | | |"
@@ -241,6 +264,22 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "| mixed (90% Get, 5% List, 5% Update) / mixed-reads (the same reads alone) (goal ≥ 0.5; p99 < 20 ms) | 32 | $(ratio "$(field mixed 32 3)" "$(field mixed-reads 32 3)") |"
     echo
+    echo "The hot path's goals (issue 29), each a ratio within this run:"
+    echo
+    echo "| goal | value | met |"
+    echo "| --- | --- | --- |"
+    goal "GetProjectInstance / GetInstance, 1 stream (≥ 0.9)" "$(ratio "$(field project-instance 1 3)" "$(field get-instance 1 3)")" ge 0.9
+    goal "GetProjectInstance / GetInstance, 32 streams (≥ 0.9)" "$(ratio "$(field project-instance 32 3)" "$(field get-instance 32 3)")" ge 0.9
+    goal "Embed of a project / Embed of an instance, 1 stream (≥ 0.9)" "$(ratio "$(field embed-project 1 3)" "$(field embed 1 3)")" ge 0.9
+    goal "Embed of a project / Embed of an instance, 32 streams (≥ 0.9)" "$(ratio "$(field embed-project 32 3)" "$(field embed 32 3)")" ge 0.9
+    goal "Embed / embed_floor, 32 streams (≥ 0.75)" "$(ratio "$(field embed 32 3)" "$(field embed-floor 32 3)")" ge 0.75
+    goal "Embed p50 − embed_floor p50 at 1 stream, ms (≤ 0.3)" "$(awk -v a="$(field embed 1 4)" -v b="$(field embed-floor 1 4)" 'BEGIN { printf "%.3f", a - b }')" le 0.3
+    goal "GetInstance p50 − (Health p50 + 1.25 × pgbench -S mean latency), 1 stream, ms (≤ 0)" "$(awk -v g="$(field get-instance 1 4)" -v h="$(field health 1 4)" -v t="${PGB["select,1"]}" 'BEGIN { printf "%.3f", g - (h + 1.25 * 1000 / t) }')" le 0
+    goal "GetInstance with a writer to another tenant / GetInstance alone, 32 streams (≥ 0.85)" "$(ratio "$(field get-instance-with-writer 32 3)" "$(field get-instance 32 3)")" ge 0.85
+    goal "ListInstances first page / pgbench of its statement, 32 (≥ 0.5)" "$(ratio "$(field list-first 32 3)" "${PGB["list,32"]}")" ge 0.5
+    goal "mixed / mixed-reads (≥ 0.5)" "$(ratio "$(field mixed 32 3)" "$(field mixed-reads 32 3)")" ge 0.5
+    goal "mixed p99, ms (< 20)" "$(field mixed 32 5)" lt 20
+    echo
     echo "Each method of the mixed scenarios alone (loadgen, the same runs):"
     echo
     for scenario in mixed-reads mixed; do
@@ -253,9 +292,26 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "| server peak RSS (VmHWM, through the 32-stream runs) | $(( PEAK_RSS / 1024 )) MiB |"
     echo "| start-up to SERVING on a migrated database | ${STARTUP_MS} ms |"
     echo "| vault seal + open of a 64-byte key (criterion) | ${VAULT} |"
+    echo "<!-- bench/run.sh: end -->"
 } > "$WORK/RESULTS.md"
-cp "$WORK/RESULTS.md" bench/RESULTS.md
+# The run's section replaces the previous run's in bench/RESULTS.md (or goes first, after the
+# title); whatever else the file holds (history, other scripts' sections) stays.
+python3 - "$WORK/RESULTS.md" bench/RESULTS.md <<'PY'
+import re, sys
+run = open(sys.argv[1]).read()
+try:
+    kept = open(sys.argv[2]).read()
+except FileNotFoundError:
+    kept = "# Benchmark results\n"
+pattern = re.compile(r"<!-- bench/run.sh: begin.*?<!-- bench/run.sh: end -->\n", re.S)
+if pattern.search(kept):
+    kept = pattern.sub(lambda _: run, kept, count=1)
+else:
+    title, _, rest = kept.partition("\n")
+    kept = title + "\n\n" + run + "\n" + rest.lstrip("\n")
+open(sys.argv[2], "w").write(kept)
+PY
 echo
-cat bench/RESULTS.md
+cat "$WORK/RESULTS.md"
 $PG "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 $PG "DROP DATABASE IF EXISTS $PGB_DB WITH (FORCE)"
