@@ -549,6 +549,22 @@ pub async fn stored_key(app: &TestApp, owner: &str, handle: &str) -> Option<Stri
     )
 }
 
+/// Runs `statements` on the test's database behind the service's back: with triggers off, so
+/// that no read cache scope moves and only a cache can still answer what they changed.
+pub async fn change_behind_the_cache(app: &TestApp, statements: &[&'static str]) {
+    let mut db = app.db().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut db)
+        .await
+        .expect("triggers off");
+    for &statement in statements {
+        sqlx::query(statement)
+            .execute(&mut db)
+            .await
+            .expect("a change behind the cache");
+    }
+}
+
 /// A provider-looking API key made at run time.
 pub fn random_api_key() -> String {
     format!("sk-test-{:032x}", rand::rng().random::<u128>())

@@ -12,7 +12,10 @@ use llm_registry::pb::v1::{self as pb, project_service_client::ProjectServiceCli
 use prost_types::FieldMask;
 use tonic::{Code, Status};
 
-use crate::helpers::{TestApp, authed, create_project, random_api_key, reason, share};
+use crate::helpers::{
+    TestApp, authed, change_behind_the_cache, create_project, get_instance, random_api_key, reason,
+    share,
+};
 
 const PROJECT: &str = "users/bob/projects/p";
 
@@ -113,59 +116,87 @@ async fn project_answers_come_from_memory_until_their_scope_moves() {
 
     // Change the rows behind the service's back with triggers off, so no scope moves: only a
     // cache can still answer the old description and the old binding.
-    let mut db = app.db().await;
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE instances SET description = 'changed behind the cache'")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::query(
-        "UPDATE projects SET instance_id = (SELECT id FROM instances WHERE handle = 'i2') \
-         WHERE handle = 'p'",
+    change_behind_the_cache(
+        &app,
+        &[
+            "UPDATE instances SET description = 'changed behind the cache'",
+            "UPDATE projects SET instance_id = (SELECT id FROM instances WHERE handle = 'i2') \
+             WHERE handle = 'p'",
+        ],
     )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    .await;
     let cached = project_instance(&app, &bob).await.unwrap();
     assert_eq!(cached, before, "served from the cache");
 
     // The bound instance's scope moves: the answer depended on it, so the next call reads the
     // database, and finds the new binding with the new description.
-    sqlx::query(
-        "SELECT bump_read_cache_scope(read_cache_scope(3, id)) FROM instances \
-         WHERE handle = 'i1'",
+    change_behind_the_cache(
+        &app,
+        &[
+            "SELECT bump_read_cache_scope(read_cache_scope(3, id)) FROM instances \
+           WHERE handle = 'i1'",
+        ],
     )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    .await;
     let reread = project_instance(&app, &bob).await.unwrap();
     assert_eq!(reread.name, "users/alice/instances/i2");
     assert_eq!(reread.description, "changed behind the cache");
 
     // Rebound behind the cache again: now only the project's own scope tells.
-    sqlx::query(
-        "UPDATE projects SET instance_id = (SELECT id FROM instances WHERE handle = 'i1') \
-         WHERE handle = 'p'",
+    change_behind_the_cache(
+        &app,
+        &[
+            "UPDATE projects SET instance_id = (SELECT id FROM instances WHERE handle = 'i1') \
+           WHERE handle = 'p'",
+        ],
     )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         project_instance(&app, &bob).await.unwrap().name,
         "users/alice/instances/i2",
         "served from the cache"
     );
-    sqlx::query("SELECT bump_read_cache_scope(read_cache_scope(4, id)) FROM projects")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    change_behind_the_cache(
+        &app,
+        &["SELECT bump_read_cache_scope(read_cache_scope(4, id)) FROM projects"],
+    )
+    .await;
     assert_eq!(
         project_instance(&app, &bob).await.unwrap().name,
         "users/alice/instances/i1"
     );
+
+    // An instance of bob's named like his project: the two questions name the same owner and
+    // handle, and their cached answers are kept apart.
+    app.instances()
+        .create_instance(authed(
+            pb::CreateInstanceRequest {
+                parent: "users/bob".into(),
+                instance_id: "p".into(),
+                instance: Some(pb::Instance {
+                    endpoint: "https://llm.example.com/v1".into(),
+                    api_standard: "openai".into(),
+                    model: "m".into(),
+                    ..Default::default()
+                }),
+            },
+            &bob,
+        ))
+        .await
+        .expect("bob creates his own p");
+    for _ in 0..2 {
+        assert_eq!(
+            get_instance(&app, &bob, "users/bob/instances/p")
+                .await
+                .unwrap()
+                .name,
+            "users/bob/instances/p"
+        );
+        assert_eq!(
+            project_instance(&app, &bob).await.unwrap().name,
+            "users/alice/instances/i1"
+        );
+    }
 }
 
 #[tokio::test]

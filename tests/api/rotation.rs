@@ -14,8 +14,8 @@ use crate::{
     binary::{bare_command, temp_home},
     fake_provider::{FakeProvider, Flavor},
     helpers::{
-        TestApp, authed, create_instance_from, create_openai_instance_on, database_url,
-        get_instance, random_api_key, stored_key, trust_fakes,
+        TestApp, authed, change_behind_the_cache, create_instance_from, create_openai_instance_on,
+        database_url, get_instance, random_api_key, stored_key, trust_fakes,
     },
 };
 
@@ -232,15 +232,11 @@ async fn a_rotation_keeps_cached_answers_and_cached_keys_still_open() {
 
     // Behind the cache (triggers off, no scope moves), then the rotation: only a cache that the
     // rotation left in place still answers the old description.
-    let mut db = app.db().await;
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE instances SET description = 'changed behind the cache'")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    change_behind_the_cache(
+        &app,
+        &["UPDATE instances SET description = 'changed behind the cache'"],
+    )
+    .await;
     let output = rotate_keys(&app.database, &b, &[&a]).await;
     assert!(
         output.status.success(),
@@ -248,7 +244,7 @@ async fn a_rotation_keeps_cached_answers_and_cached_keys_still_open() {
         String::from_utf8_lossy(&output.stderr)
     );
     let stored_under: String = sqlx::query_scalar("SELECT api_key_key_id FROM instances")
-        .fetch_one(&mut db)
+        .fetch_one(&mut app.db().await)
         .await
         .unwrap();
     assert_eq!(stored_under, b.id(), "the key was re-sealed under B");

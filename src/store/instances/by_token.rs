@@ -12,12 +12,12 @@ use crate::{
         DomainError,
         caller::{Caller, Credential, UnresolvedToken, UserPrincipal},
         instance::Instance,
-        names::{InstanceName, ProjectName},
+        names::{Handle, InstanceName, ProjectName, UserKey},
         project::{Detachment, Project, ProjectBinding},
     },
     store::{
         Store, errors,
-        read_cache::{Deps, Fresh, InstanceKey, SHARED_SCOPE, ScopeKind, scope},
+        read_cache::{Deps, Fresh, InstanceAnswer, InstanceKey, SHARED_SCOPE, ScopeKind, scope},
     },
 };
 
@@ -75,19 +75,10 @@ impl Store {
             }
             Credential::Token(token) => token,
         };
-        let question = InstanceKey {
-            token_hash: *token.hash(),
-            owner: name.owner.as_str().to_owned(),
-            handle: name.handle.as_str().to_owned(),
-        };
-        // The edge checked the token in this call with the cache fresh for it.
-        let fresh = match token.checked_fresh() {
-            true if self.cache.enabled() => Some(Fresh::after_a_round_applied()),
-            _ => self.fresh().await,
-        };
-        if let Some(fresh) = &fresh
-            && let Some((principal, instance)) = self.cache.instance(fresh, &question)
-        {
+        let (question, cached) = self
+            .cached(token, InstanceAnswer::Instance, &name.owner, &name.handle)
+            .await;
+        if let Some((principal, instance)) = cached {
             return Ok((Caller::User(principal), Some(instance)));
         }
         let start = self.cache.read_start();
@@ -111,6 +102,7 @@ impl Store {
                 start,
                 deps,
                 caller_deps,
+                InstanceAnswer::Instance,
                 question,
                 (principal, instance.clone()),
             );
@@ -146,19 +138,15 @@ impl Store {
             }
             Credential::Token(token) => token,
         };
-        let question = InstanceKey {
-            token_hash: *token.hash(),
-            owner: project.owner.as_str().to_owned(),
-            handle: project.handle.as_str().to_owned(),
-        };
-        // As for GetInstance: the edge checked the token in this call with the cache fresh.
-        let fresh = match token.checked_fresh() {
-            true if self.cache.enabled() => Some(Fresh::after_a_round_applied()),
-            _ => self.fresh().await,
-        };
-        if let Some(fresh) = &fresh
-            && let Some((principal, instance)) = self.cache.project_instance(fresh, &question)
-        {
+        let (question, cached) = self
+            .cached(
+                token,
+                InstanceAnswer::ProjectInstance,
+                &project.owner,
+                &project.handle,
+            )
+            .await;
+        if let Some((principal, instance)) = cached {
             return Ok((
                 Caller::User(principal),
                 Some(ProjectBinding::Bound(Some(instance))),
@@ -197,15 +185,39 @@ impl Store {
                 instance,
                 Some((scope(ScopeKind::Project, project_id), project_counter)),
             )?;
-            self.cache.remember_project_instance(
+            self.cache.remember_instance(
                 start,
                 deps,
                 caller_deps,
+                InstanceAnswer::ProjectInstance,
                 question,
                 (principal, instance.clone()),
             );
         }
         Ok((caller, found))
+    }
+
+    /// The cache's question for `token` about `owner`/`handle`, and its answer when it has a
+    /// current one: at once when the edge checked the token in this call with the cache fresh
+    /// for it, else after a probe round sent now.
+    async fn cached(
+        &self,
+        token: &UnresolvedToken,
+        kind: InstanceAnswer,
+        owner: &UserKey,
+        handle: &Handle,
+    ) -> (InstanceKey, Option<(UserPrincipal, Instance)>) {
+        let question = InstanceKey {
+            token_hash: *token.hash(),
+            owner: owner.as_str().to_owned(),
+            handle: handle.as_str().to_owned(),
+        };
+        let fresh = match token.checked_fresh() {
+            true if self.cache.enabled() => Some(Fresh::after_a_round_applied()),
+            _ => self.fresh().await,
+        };
+        let answer = fresh.and_then(|fresh| self.cache.instance(&fresh, kind, &question));
+        (question, answer)
     }
 
     /// Runs one of the `*_BY_TOKEN` statements: the caller whose token hash is `$1` (or

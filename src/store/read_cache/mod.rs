@@ -156,6 +156,24 @@ pub struct InstanceKey {
     pub handle: String,
 }
 
+/// Which question an [`InstanceKey`] asks: GetInstance (it names the instance) or
+/// GetProjectInstance (it names the project). Their answers are kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAnswer {
+    Instance,
+    ProjectInstance,
+}
+
+impl InstanceAnswer {
+    /// The `kind` label of the cache's metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Instance => "instance",
+            Self::ProjectInstance => "project_instance",
+        }
+    }
+}
+
 /// A service account question: its token hash and the user it names to act for ("" for none).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccountKey {
@@ -211,6 +229,21 @@ impl Entries {
         self.instances.age();
         self.project_instances.age();
         self.call_targets.age();
+    }
+
+    /// The known counters, and the answers of `kind`.
+    #[allow(clippy::type_complexity)]
+    fn instance_answers(
+        &mut self,
+        kind: InstanceAnswer,
+    ) -> (
+        &HashMap<i64, i64>,
+        &mut Generations<InstanceKey, (UserPrincipal, Instance)>,
+    ) {
+        match kind {
+            InstanceAnswer::Instance => (&self.known, &mut self.instances),
+            InstanceAnswer::ProjectInstance => (&self.known, &mut self.project_instances),
+        }
     }
 
     fn clear_answers(&mut self) {
@@ -298,29 +331,16 @@ impl ReadCache {
         lookup(known, accounts, key, "service_account")
     }
 
-    /// The GetInstance answer for this question, if known and current.
-    pub fn instance(&self, _fresh: &Fresh, key: &InstanceKey) -> Option<(UserPrincipal, Instance)> {
-        let mut entries = self.entries.lock();
-        let Entries {
-            known, instances, ..
-        } = &mut *entries;
-        lookup(known, instances, key, "instance")
-    }
-
-    /// The GetProjectInstance answer for this question (`key` names the project), if known and
-    /// current.
-    pub fn project_instance(
+    /// The GetInstance or GetProjectInstance answer for this question, if known and current.
+    pub fn instance(
         &self,
         _fresh: &Fresh,
+        kind: InstanceAnswer,
         key: &InstanceKey,
     ) -> Option<(UserPrincipal, Instance)> {
         let mut entries = self.entries.lock();
-        let Entries {
-            known,
-            project_instances,
-            ..
-        } = &mut *entries;
-        lookup(known, project_instances, key, "project_instance")
+        let (known, answers) = entries.instance_answers(kind);
+        lookup(known, answers, key, kind.label())
     }
 
     /// What an Embed of `key` needs, if known and current.
@@ -366,35 +386,15 @@ impl ReadCache {
         }
     }
 
-    /// Remembers a GetInstance answer (which found the instance), read at `deps` after `start`;
-    /// also who holds the token, which depends on the caller's scope alone.
+    /// Remembers a GetInstance answer (which found the instance) or a GetProjectInstance
+    /// answer (a bound instance the caller may see), read at `deps` after `start`; also who
+    /// holds the token, which depends on the caller's scope alone (`caller_deps`).
     pub fn remember_instance(
         &self,
         start: ReadStart,
         deps: Deps,
         caller_deps: Deps,
-        key: InstanceKey,
-        answer: (UserPrincipal, Instance),
-    ) {
-        if let Some(mut entries) = self.room_for(start, &deps) {
-            entries.principals.insert(
-                key.token_hash,
-                Tagged {
-                    deps: caller_deps,
-                    answer: answer.0.clone(),
-                },
-            );
-            entries.instances.insert(key, Tagged { deps, answer });
-        }
-    }
-
-    /// Remembers a GetProjectInstance answer (a bound instance the caller may see), read at
-    /// `deps` after `start`; also who holds the token, as [`Self::remember_instance`] does.
-    pub fn remember_project_instance(
-        &self,
-        start: ReadStart,
-        deps: Deps,
-        caller_deps: Deps,
+        kind: InstanceAnswer,
         key: InstanceKey,
         answer: (UserPrincipal, Instance),
     ) {
@@ -407,7 +407,8 @@ impl ReadCache {
                 },
             );
             entries
-                .project_instances
+                .instance_answers(kind)
+                .1
                 .insert(key, Tagged { deps, answer });
         }
     }
