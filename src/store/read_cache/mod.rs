@@ -1,7 +1,8 @@
 //! The read cache: who a token belongs to (a user, or a service account with the user it acts
-//! for), GetInstance answers, and what an Embed needs of its instance, kept in memory so that
-//! the hottest calls need no query of their own, without ever answering from stale data, on any
-//! replica, and without one tenant's writes evicting another tenant's answers.
+//! for), GetInstance and GetProjectInstance answers, and what an Embed needs of its instance or
+//! project, kept in memory so that the hottest calls need no query of their own, without ever
+//! answering from stale data, on any replica, and without one tenant's writes evicting another
+//! tenant's answers.
 //!
 //! Why it is never stale: every cached answer depends on a few *scopes* (migration
 //! `read_cache_scopes`: the caller's user or service account row, the instance with its shares,
@@ -184,6 +185,9 @@ pub struct AccountKey {
 /// A service account and, when it names one, the user it acts for.
 pub type AccountAnswer = (Arc<ServiceAccountPrincipal>, Option<UserPrincipal>);
 
+/// GetInstance or GetProjectInstance answers: the caller, and the instance as they see it.
+type InstanceAnswers = Generations<InstanceKey, (UserPrincipal, Instance)>;
+
 #[derive(Debug, Default)]
 struct Entries {
     /// The newest counter heard of for each scope that changed since this process started (or
@@ -196,10 +200,10 @@ struct Entries {
     /// Only answers that found the user are kept: creating a user bumps nothing.
     accounts: Generations<AccountKey, AccountAnswer>,
     /// (token hash, owner, handle) → the instance as that token's user sees it.
-    instances: Generations<InstanceKey, (UserPrincipal, Instance)>,
+    instances: InstanceAnswers,
     /// (token hash, project owner, project handle) → the instance bound to that project, as
     /// that token's user sees it (GetProjectInstance).
-    project_instances: Generations<InstanceKey, (UserPrincipal, Instance)>,
+    project_instances: InstanceAnswers,
     /// (caller's user id, instance or project name) → what an Embed needs of the instance (its
     /// sealed key, never the opened one).
     call_targets: Generations<CallKey, InstanceForCall>,
@@ -232,14 +236,10 @@ impl Entries {
     }
 
     /// The known counters, and the answers of `kind`.
-    #[allow(clippy::type_complexity)]
     fn instance_answers(
         &mut self,
         kind: InstanceAnswer,
-    ) -> (
-        &HashMap<i64, i64>,
-        &mut Generations<InstanceKey, (UserPrincipal, Instance)>,
-    ) {
+    ) -> (&HashMap<i64, i64>, &mut InstanceAnswers) {
         match kind {
             InstanceAnswer::Instance => (&self.known, &mut self.instances),
             InstanceAnswer::ProjectInstance => (&self.known, &mut self.project_instances),
