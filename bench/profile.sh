@@ -33,12 +33,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building (release)"
-cargo build --release --locked --bin llm-registry --example loadgen --example fake_provider --example embed_floor 2>&1 | tail -n 1
-BIN=target/release/llm-registry
-LOADGEN=target/release/examples/loadgen
-FAKE=target/release/examples/fake_provider
-FLOOR=target/release/examples/embed_floor
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+build_hop_binaries
 
 echo "== a private PostgreSQL with pg_stat_statements"
 PG_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -62,15 +59,6 @@ export PROVIDER_CALLS_PER_CALLER=64
 
 "$FAKE" --ca-out "$WORK/provider-ca.pem" > "$WORK/fake.log" 2>&1 &
 FAKE_PID=$!
-wait_for_address() {
-    local log=$1 found=""
-    for _ in $(seq 1 1000); do
-        found=$(grep -o 'address=[0-9.:]*' "$log" | head -n 1 | cut -d= -f2 || true)
-        [ -n "$found" ] && break
-        sleep 0.005
-    done
-    echo "$found"
-}
 FAKE_ADDR=$(wait_for_address "$WORK/fake.log")
 PROVIDER_KEY="sk-profile-$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 export PROVIDER_EGRESS_ALLOW=loopback PROVIDER_CA_FILE="$WORK/provider-ca.pem"

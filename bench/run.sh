@@ -20,12 +20,9 @@ PGB_DB=llmr_pgbench
 WORK=$(mktemp -d)
 trap 'kill "${SERVER_PID:-}" "${FAKE_PID:-}" "${FLOOR_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-echo "== building (release)"
-cargo build --release --locked --bin llm-registry --example loadgen --example fake_provider --example embed_floor 2>&1 | tail -n 1
-BIN=target/release/llm-registry
-LOADGEN=target/release/examples/loadgen
-FAKE=target/release/examples/fake_provider
-FLOOR=target/release/examples/embed_floor
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+build_hop_binaries
 
 ADMIN_TOKEN="llmr_bench_$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
@@ -44,11 +41,7 @@ export METRICS_ADDR=127.0.0.1:0
 # with a CA made at run time), and the registry's permission to reach it on loopback.
 "$FAKE" --ca-out "$WORK/provider-ca.pem" > "$WORK/fake.log" 2>&1 &
 FAKE_PID=$!
-for _ in $(seq 1 1000); do
-    FAKE_ADDR=$(grep -o 'address=[0-9.:]*' "$WORK/fake.log" | head -n 1 | cut -d= -f2 || true)
-    [ -n "$FAKE_ADDR" ] && break
-    sleep 0.005
-done
+FAKE_ADDR=$(wait_for_address "$WORK/fake.log")
 PROVIDER_KEY="sk-bench-$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 export PROVIDER_EGRESS_ALLOW=loopback PROVIDER_CA_FILE="$WORK/provider-ca.pem"
 
@@ -60,12 +53,7 @@ start_server() {
     SERVER_PID=$!
     local started
     started=$(date +%s%N)
-    ADDR=""
-    for _ in $(seq 1 1000); do
-        ADDR=$(grep -o 'address=[0-9.:]*' "$WORK/server.log" | head -n 1 | cut -d= -f2 || true)
-        [ -n "$ADDR" ] && break
-        sleep 0.005
-    done
+    ADDR=$(wait_for_address "$WORK/server.log")
     "$LOADGEN" --addr "$ADDR" wait
     STARTUP_MS=$(( ($(date +%s%N) - started) / 1000000 ))
 }
@@ -94,11 +82,7 @@ IDLE_RSS=$(rss_kib "$SERVER_PID" VmRSS)
 "$FLOOR" --provider-url "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" \
     --provider-ca "$WORK/provider-ca.pem" --provider-key "$PROVIDER_KEY" > "$WORK/floor.log" 2>&1 &
 FLOOR_PID=$!
-for _ in $(seq 1 1000); do
-    FLOOR_ADDR=$(grep -o 'address=[0-9.:]*' "$WORK/floor.log" | head -n 1 | cut -d= -f2 || true)
-    [ -n "$FLOOR_ADDR" ] && break
-    sleep 0.005
-done
+FLOOR_ADDR=$(wait_for_address "$WORK/floor.log")
 
 declare -A RESULT
 for scenario in health get-instance list-first list-deep project-instance create-instance update-instance; do

@@ -380,22 +380,29 @@ fn mixed_request(
             request.encode_to_vec(),
         )
     } else {
-        let request = pb::UpdateInstanceRequest {
-            instance: Some(pb::Instance {
-                name,
-                description: format!("mixed {i}"),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["description".into()],
-            }),
-        };
         (
             user,
-            "/llmregistry.v1.LlmInstanceService/UpdateInstance",
-            request.encode_to_vec(),
+            UPDATE_INSTANCE,
+            description_update(name, format!("mixed {i}")),
         )
     }
+}
+
+const UPDATE_INSTANCE: &str = "/llmregistry.v1.LlmInstanceService/UpdateInstance";
+
+/// An UpdateInstance of `name`'s description (the write every scenario makes), encoded.
+fn description_update(name: String, description: String) -> Vec<u8> {
+    pb::UpdateInstanceRequest {
+        instance: Some(pb::Instance {
+            name,
+            description,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["description".into()],
+        }),
+    }
+    .encode_to_vec()
 }
 
 /// One request of a scenario, as the gRPC method's path and the encoded request message;
@@ -463,18 +470,11 @@ fn scenario_request(
         // Each stream updates an instance of its own (streams are `i / 1_000_000`): writes to
         // distinct rows, as the write goal measures them.
         "update-instance" => (
-            "/llmregistry.v1.LlmInstanceService/UpdateInstance",
-            pb::UpdateInstanceRequest {
-                instance: Some(pb::Instance {
-                    name: format!("users/owner-0/instances/i{}", (i / 1_000_000) % 1000),
-                    description: format!("updated {i}"),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["description".into()],
-                }),
-            }
-            .encode_to_vec(),
+            UPDATE_INSTANCE,
+            description_update(
+                format!("users/owner-0/instances/i{}", (i / 1_000_000) % 1000),
+                format!("updated {i}"),
+            ),
         ),
         "project-instance" => (
             "/llmregistry.v1.ProjectService/GetProjectInstance",
@@ -777,24 +777,11 @@ async fn measure(
             Some(tokio::spawn(async move {
                 let (mut updates, mut errors) = (0usize, 0usize);
                 while Instant::now() < deadline {
-                    let message = pb::UpdateInstanceRequest {
-                        instance: Some(pb::Instance {
-                            name: "users/owner-1/instances/i1000".into(),
-                            description: format!("written {updates}"),
-                            ..Default::default()
-                        }),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["description".into()],
-                        }),
-                    }
-                    .encode_to_vec();
-                    match writer
-                        .call(
-                            "/llmregistry.v1.LlmInstanceService/UpdateInstance",
-                            &message,
-                        )
-                        .await
-                    {
+                    let message = description_update(
+                        "users/owner-1/instances/i1000".into(),
+                        format!("written {updates}"),
+                    );
+                    match writer.call(UPDATE_INSTANCE, &message).await {
                         Ok(()) => updates += 1,
                         Err(_) => errors += 1,
                     }

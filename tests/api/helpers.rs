@@ -549,6 +549,26 @@ pub async fn stored_key(app: &TestApp, owner: &str, handle: &str) -> Option<Stri
     )
 }
 
+/// Sets the description of instance `name` as `token`'s user (who must be allowed to).
+pub async fn set_description(app: &TestApp, token: &str, name: &str, description: &str) {
+    app.instances()
+        .update_instance(authed(
+            pb::UpdateInstanceRequest {
+                instance: Some(pb::Instance {
+                    name: name.to_owned(),
+                    description: description.into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["description".into()],
+                }),
+            },
+            token,
+        ))
+        .await
+        .expect("the description is updated");
+}
+
 /// Runs `statements` on the test's database behind the service's back: with triggers off, so
 /// that no read cache scope moves and only a cache can still answer what they changed.
 pub async fn change_behind_the_cache(app: &TestApp, statements: &[&'static str]) {

@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 
 use crate::helpers::{
     TestApp, authed, change_behind_the_cache, create_project, get_instance, random_api_key, reason,
-    share,
+    set_description, share,
 };
 
 const PROJECT: &str = "users/bob/projects/p";
@@ -65,25 +65,6 @@ async fn bob_uses_alices_instance(app: &TestApp, alice: &str, bob: &str) {
     create_project(app, bob, "bob", "p", "alice/i1")
         .await
         .expect("bob binds p to alice/i1");
-}
-
-async fn set_description(app: &TestApp, alice: &str, id: &str, description: &str) {
-    app.instances()
-        .update_instance(authed(
-            pb::UpdateInstanceRequest {
-                instance: Some(pb::Instance {
-                    name: format!("users/alice/instances/{id}"),
-                    description: description.into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["description".into()],
-                }),
-            },
-            alice,
-        ))
-        .await
-        .expect("alice updates her instance");
 }
 
 async fn bind(app: &TestApp, bob: &str, instance: &str) {
@@ -231,7 +212,13 @@ async fn no_replica_answers_a_project_from_a_stale_cache() {
 
     // The bound instance changes: b shows each change at once.
     for round in 0..20 {
-        set_description(&a, &alice, "i1", &format!("round {round}")).await;
+        set_description(
+            &a,
+            &alice,
+            "users/alice/instances/i1",
+            &format!("round {round}"),
+        )
+        .await;
         let seen = project_instance(&b, &bob).await.unwrap();
         assert_eq!(seen.description, format!("round {round}"), "round {round}");
     }

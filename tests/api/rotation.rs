@@ -15,7 +15,7 @@ use crate::{
     fake_provider::{FakeProvider, Flavor},
     helpers::{
         TestApp, authed, change_behind_the_cache, create_instance_from, create_openai_instance_on,
-        database_url, get_instance, random_api_key, stored_key, trust_fakes,
+        database_url, get_instance, random_api_key, set_description, stored_key, trust_fakes,
     },
 };
 
@@ -265,22 +265,7 @@ async fn a_rotation_keeps_cached_answers_and_cached_keys_still_open() {
     );
 
     // Any other change still shows at once, and the Embed then reads the key sealed under B.
-    app.instances()
-        .update_instance(authed(
-            pb::UpdateInstanceRequest {
-                instance: Some(pb::Instance {
-                    name: name.into(),
-                    description: "after the rotation".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["description".into()],
-                }),
-            },
-            &alice,
-        ))
-        .await
-        .unwrap();
+    set_description(&app, &alice, name, "after the rotation").await;
     assert_eq!(
         get_instance(&app, &alice, name).await.unwrap().description,
         "after the rotation"
