@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "proto/llmregistry/v1/embeddings.proto",
     "proto/llmregistry/v1/service_accounts.proto",
     "proto/llmregistry/v1/credentials.proto",
+    "proto/llmregistry/v1/usage.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

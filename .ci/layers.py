@@ -21,7 +21,7 @@ LAYERS = [
     ["api", "import"],
     ["grpc", "tls", "telemetry"],
     ["services", "config", "dev_postgres"],
-    ["healthcheck", "server"],
+    ["healthcheck", "server", "retention"],
     ["lib", "main"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -206,6 +206,7 @@ async fn populate(
                         name,
                         grantee: "users/bench".into(),
                         role: pb::Role::Reader as i32,
+                        quota: None,
                     },
                     &token,
                 ))

@@ -18,7 +18,7 @@
 //! 8. `services` (the one list of mounted services), [`config`], [`dev_postgres`] (development
 //!    mode's own PostgreSQL);
 //! 9. [`server`] and [`healthcheck`] (the client side of the `healthcheck` command), which wire
-//!    them; then `main.rs`.
+//!    them, and `retention` (the sweep `server` runs); then `main.rs`.
 //!
 //! Only what the binary, the tests and the benchmarks use is public.
 
@@ -30,6 +30,7 @@ mod domain;
 mod grpc;
 pub mod healthcheck;
 mod import;
+mod retention;
 pub mod metrics;
 pub mod pb;
 pub mod providers;

@@ -180,6 +180,12 @@ pub async fn serve(
         stopping_rx,
     ));
 
+    let retention = tokio::spawn(crate::retention::sweep_forever(
+        store.clone(),
+        settings.retention,
+        stopping_tx.subscribe(),
+    ));
+
     let methods = Arc::new(MethodTable::from_descriptor_set(pb::FILE_DESCRIPTOR_SET)?);
     let refusals = RefusalRecorder::new(
         store.clone(),
@@ -275,6 +281,7 @@ pub async fn serve(
         }
     };
     watcher.abort();
+    retention.abort();
     if let Some(endpoint) = metrics_endpoint {
         endpoint.abort();
     }

@@ -10,7 +10,7 @@ use crate::{
         ApiContext, api_standards::ApiStandardsApi, audit::AuditApi, credentials::CredentialsApi,
         definitions::DefinitionsApi, embeddings::EmbeddingApi, instances::InstancesApi,
         projects::ProjectsApi, service_accounts::ServiceAccountsApi, sharing::SharingApi,
-        users::UsersApi,
+        usage::UsageApi, users::UsersApi,
     },
     pb::{
         self,
@@ -23,7 +23,8 @@ use crate::{
             llm_instance_service_server::LlmInstanceServiceServer,
             project_service_server::ProjectServiceServer,
             service_account_service_server::ServiceAccountServiceServer,
-            sharing_service_server::SharingServiceServer, user_service_server::UserServiceServer,
+            sharing_service_server::SharingServiceServer, usage_service_server::UsageServiceServer,
+            user_service_server::UserServiceServer,
         },
     },
 };
@@ -102,6 +103,7 @@ pub fn all(
     );
     let api = || context.clone();
     mount!(served, ours!(AuditServiceServer, AuditApi(api()), limits));
+    mount!(served, ours!(UsageServiceServer, UsageApi(api()), limits));
     mount!(served, ours!(UserServiceServer, UsersApi(api()), limits));
     mount!(
         served,

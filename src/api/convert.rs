@@ -8,6 +8,7 @@ use crate::{
         DomainError,
         definition::{RawServiceSpec, ServicePatch},
         mask::UpdateMask,
+        quota::{Quota, RawLimit},
     },
     pb::v1 as pb,
 };
@@ -97,4 +98,33 @@ impl<'a> From<&'a pb::Instance> for ServiceFields<'a> {
             description: &i.description,
         }
     }
+}
+
+/// A quota as the API shows it (unset: none).
+pub fn quota_to_pb(quota: Option<Quota>) -> Option<pb::Quota> {
+    quota.map(|quota| pb::Quota {
+        limits: quota
+            .limits()
+            .iter()
+            .map(|limit| pb::QuotaLimit {
+                metric: i32::from(limit.metric.number()),
+                period: i32::from(limit.period.number()),
+                limit: limit.limit,
+            })
+            .collect(),
+    })
+}
+
+/// A quota a request gives under `field`; one without limits is `None` (no quota).
+pub fn quota_from_pb(field: &str, quota: &pb::Quota) -> Result<Option<Quota>, DomainError> {
+    let raw: Vec<RawLimit> = quota
+        .limits
+        .iter()
+        .map(|limit| RawLimit {
+            metric: limit.metric,
+            period: limit.period,
+            limit: limit.limit,
+        })
+        .collect();
+    Quota::parse(field, &raw)
 }

@@ -109,6 +109,12 @@ impl CredentialService for CredentialsApi {
                 resource: instance.name.to_string(),
                 outcome: "OK",
                 detail,
+                // A release is on the audit trail, not in the usage ledger: the registry does
+                // not see the provider call the key is released for.
+                in_ledger: false,
+                input_tokens: 0,
+                estimated_tokens: 0,
+                settlement: Vec::new(),
             })
             .await?;
         Ok(Response::new(pb::ResolvedCredential {

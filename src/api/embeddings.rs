@@ -11,12 +11,16 @@ use chrono::{SubsecRound as _, Utc};
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 
-use super::{ApiContext, caller_of, credential_of, deadline, instance_use, instances};
+use super::{
+    ApiContext, caller_of, credential_of, deadline,
+    instance_use::{self, Limits},
+    instances,
+};
 use crate::{
     domain::{
         DomainError,
         access::InstanceAction,
-        audit::{Audit, SelfAudited, caller_label, subject_label},
+        audit::{SelfAudited, caller_label, subject_label},
         caller::{Caller, Credential},
         embedding::{
             CallTarget, InputLimits, InputType, InstanceForCall, PROBE_TEXT, check_inputs,
@@ -25,10 +29,11 @@ use crate::{
         error::both,
         instance::InstanceTest,
         names::InstanceName,
+        quota::{Charge, Reservation, estimate_input_tokens},
     },
     pb::v1::{self as pb, embedding_service_server::EmbeddingService},
     rpc::code_name,
-    store::UsageEvent,
+    store::{QuotaWindow, UsageEvent},
     trace_context::TraceContext,
 };
 
@@ -74,7 +79,8 @@ impl EmbeddingService for EmbeddingApi {
             InstanceAction::Use,
         )
         .await?;
-        let call = arrival.authorized(&self.0, found, Usage::new(&target, request.inputs.len()));
+        let usage = Usage::new(&target, &request.inputs);
+        let call = arrival.authorized(&self.0, found, usage);
         call.embed(request.inputs, input_type)
             .await
             .map(Response::new)
@@ -98,7 +104,8 @@ impl EmbeddingService for EmbeddingApi {
             InstanceAction::Write,
         )
         .await?;
-        let call = arrival.authorized(&self.0, found, Usage::new(&target, 1));
+        let usage = Usage::new(&target, &[PROBE_TEXT.to_owned()]);
+        let call = arrival.authorized(&self.0, found, usage);
         call.test().await.map(Response::new)
     }
 }
@@ -140,6 +147,7 @@ impl Arrival {
             started: self.started,
             deadline: self.deadline,
             trace: self.trace,
+            reservation: None,
         }
     }
 }
@@ -153,6 +161,8 @@ struct Use {
     started: Instant,
     deadline: Instant,
     trace: Option<TraceContext>,
+    /// The call's quota reservation, once taken; settled with its audit event.
+    reservation: Option<Reservation<QuotaWindow>>,
 }
 
 impl Use {
@@ -172,7 +182,14 @@ impl Use {
                 .providers
                 .answer_room(instance.spec.dimensions, inputs.len())?;
             let call = instance_use::ready(context, &self.found).await?;
-            let answer = instance_use::send(
+            self.reservation = instance_use::reserve(
+                context,
+                &self.found,
+                Limits::BudgetAndShare,
+                self.usage.estimated_tokens,
+            )
+            .await?;
+            let sent = instance_use::send(
                 context,
                 call,
                 &inputs,
@@ -180,7 +197,9 @@ impl Use {
                 self.deadline,
                 self.trace.as_ref(),
             )
-            .await?;
+            .await;
+            self.usage.reached = instance_use::reached_provider(&sent);
+            let answer = sent?;
             self.usage.retries = answer.retries;
             self.usage.input_tokens = answer.embeddings.input_tokens;
             let dimensions =
@@ -210,8 +229,22 @@ impl Use {
     async fn test(mut self) -> Result<pb::TestInstanceResponse, Status> {
         let unfinished = Unfinished::new(&self, TEST);
         let context = &self.context;
-        let call = match instance_use::ready(context, &self.found).await {
-            Ok(call) => call,
+        let ready = match instance_use::ready(context, &self.found).await {
+            Ok(call) => instance_use::reserve(
+                context,
+                &self.found,
+                Limits::BudgetOnly,
+                self.usage.estimated_tokens,
+            )
+            .await
+            .map(|reservation| (call, reservation)),
+            Err(refused) => Err(refused),
+        };
+        let call = match ready {
+            Ok((call, reservation)) => {
+                self.reservation = reservation;
+                call
+            }
             Err(refused) => {
                 unfinished.finished();
                 let refused = Err::<pb::TestInstanceResponse, _>(refused);
@@ -231,6 +264,7 @@ impl Use {
         )
         .await;
         unfinished.finished();
+        self.usage.reached = instance_use::reached_provider(&sent);
         let latency = self.started.elapsed();
         let instance = &self.found.instance;
         let (observed, checked) = match sent {
@@ -260,16 +294,10 @@ impl Use {
         };
         self.usage.latency = latency;
         let name = instance.name.to_string();
+        let event = self.event(TEST, outcome_of(&checked), &checked);
         context
             .store
-            .record_test(
-                &Audit::new(&self.caller, TEST),
-                instance.sequence,
-                instance.revision,
-                &name,
-                &test,
-                &self.usage.detail(&checked),
-            )
+            .record_test(instance.sequence, instance.revision, &test, &event)
             .await?;
         Ok(pb::TestInstanceResponse {
             instance: name,
@@ -277,15 +305,37 @@ impl Use {
         })
     }
 
-    /// The use's audit event with this outcome and detail.
-    fn event(&self, method: &'static str, outcome: &'static str, detail: String) -> UsageEvent {
+    /// The use's audit event, with what it adds to the usage ledger and the settlement of its
+    /// reservation, for a call that ended with `result` (its outcome is `outcome`).
+    fn event<T>(
+        &self,
+        method: &'static str,
+        outcome: &'static str,
+        result: &Result<T, DomainError>,
+    ) -> UsageEvent {
+        let (input_tokens, estimated_tokens) = self.usage.tokens(result.is_ok());
+        let charge = if self.usage.reached {
+            Charge::Reached {
+                input_tokens: input_tokens + estimated_tokens,
+            }
+        } else {
+            Charge::Nothing
+        };
         UsageEvent {
             caller: caller_label(&self.caller),
             subject: subject_label(&self.caller),
             method,
             resource: self.found.instance.name.to_string(),
             outcome,
-            detail,
+            detail: self.usage.detail(result),
+            in_ledger: true,
+            input_tokens,
+            estimated_tokens,
+            settlement: self
+                .reservation
+                .as_ref()
+                .map(|reservation| reservation.settle(charge))
+                .unwrap_or_default(),
         }
     }
 
@@ -297,7 +347,7 @@ impl Use {
     ) -> Result<(), Status> {
         self.context
             .store
-            .record_use(self.event(method, outcome_of(result), self.usage.detail(result)))
+            .record_use(self.event(method, outcome_of(result), result))
             .await
             .map_err(Status::from)
     }
@@ -317,8 +367,17 @@ impl Unfinished {
     fn new(call: &Use, method: &'static str) -> Self {
         Self {
             store: call.context.store.clone(),
-            // The detail is written when the use is dropped (its latency is known then).
-            event: Some(call.event(method, code_name(Code::Cancelled), String::new())),
+            // The detail is written when the use is dropped (its latency is known then). A
+            // cancelled call may have reached the provider, so its reservation (taken later, if
+            // at all) stays as it was: it counts.
+            event: Some(UsageEvent {
+                detail: String::new(),
+                ..call.event(
+                    method,
+                    code_name(Code::Cancelled),
+                    &Err::<(), _>(DomainError::Unavailable),
+                )
+            }),
             started: call.started,
             usage_detail: call.usage.counts(),
         }
@@ -380,23 +439,42 @@ fn outcome_of<T>(result: &Result<T, DomainError>) -> &'static str {
     }
 }
 
-/// What the audit trail records of one use.
+/// What the audit trail and the usage ledger record of one use.
 struct Usage {
     project: Option<String>,
     inputs: usize,
+    /// What the inputs are estimated to cost, reserved against token limits before the call
+    /// and charged where the provider reports no count.
+    estimated_tokens: i64,
+    /// The input tokens the provider reported.
     input_tokens: Option<i64>,
+    /// Whether the call may have reached the provider (then it counts against quotas).
+    reached: bool,
     retries: u32,
     latency: Duration,
 }
 
 impl Usage {
-    fn new(target: &CallTarget, inputs: usize) -> Self {
+    fn new(target: &CallTarget, inputs: &[String]) -> Self {
         Self {
             project: target.project().map(ToString::to_string),
-            inputs,
+            inputs: inputs.len(),
+            estimated_tokens: estimate_input_tokens(inputs),
             input_tokens: None,
+            reached: false,
             retries: 0,
             latency: Duration::ZERO,
+        }
+    }
+
+    /// The input tokens charged, as (reported, estimated): the provider's count when it gave
+    /// one; otherwise the estimate for a successful call that reached it, nothing for one that
+    /// failed (providers do not bill failed calls).
+    fn tokens(&self, succeeded: bool) -> (i64, i64) {
+        match self.input_tokens {
+            Some(reported) => (reported, 0),
+            None if succeeded && self.reached => (0, self.estimated_tokens),
+            None => (0, 0),
         }
     }
 
@@ -415,6 +493,8 @@ impl Usage {
         let mut parts = vec![self.counts()];
         if let Some(tokens) = self.input_tokens {
             parts.push(format!("input_tokens={tokens}"));
+        } else if let (_, estimated @ 1..) = self.tokens(result.is_ok()) {
+            parts.push(format!("input_tokens_estimated={estimated}"));
         }
         parts.push(format!("retries={}", self.retries));
         parts.push(format!("latency_ms={}", self.latency.as_millis()));

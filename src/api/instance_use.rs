@@ -7,7 +7,9 @@
 //!    get the NOT_FOUND of a missing instance.
 //! 2. [`ready`]: everything that can refuse before a byte leaves: a stored key, a known wire
 //!    protocol, the per-instance concurrency and rate limits, then the key is opened.
-//! 3. [`send`]: the provider call, to the instance's own endpoint, within the deadline.
+//! 3. [`reserve`]: the call's claims on the instance's budget and the caller's share quota,
+//!    taken in one statement or refused (nothing is sent without them).
+//! 4. [`send`]: the provider call, to the instance's own endpoint, within the deadline.
 //!
 //! The key exists in plaintext only inside [`ReadyCall`], which is dropped (and the key
 //! zeroized) as soon as the call ends.
@@ -21,11 +23,13 @@ use crate::{
         access::InstanceAction,
         caller::Caller,
         embedding::{CallTarget, EmbeddingProtocol, InputType, InstanceForCall},
-        error::{LimitReason, PreconditionReason},
+        error::{LimitReason, PreconditionReason, ProviderFailure},
         names::{InstanceName, ProjectName},
         project::ProjectBinding,
+        quota::{self, Reservation},
     },
     providers::{Destination, ProviderAnswer, gate::GatePass},
+    store::QuotaWindow,
     trace_context::TraceContext,
     vault::ApiKey,
 };
@@ -149,6 +153,68 @@ pub async fn ready(
         key,
         _pass: pass,
     })
+}
+
+/// Which limits a call counts against: Embed against the instance's budget and the share it is
+/// made under; TestInstance (a check by a writer, not a use of the grantee's allowance) against
+/// the budget only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    BudgetAndShare,
+    BudgetOnly,
+}
+
+/// Reserves the call against every limit that applies, charging `estimated_tokens` to token
+/// limits until it is settled: `None` when none applies (no round trip then), QUOTA_EXCEEDED
+/// naming the limit when one would be passed, UNAVAILABLE when the reservation cannot be
+/// written. Fail closed: without a reservation the caller does not send.
+pub async fn reserve(
+    context: &ApiContext,
+    found: &InstanceForCall,
+    limits: Limits,
+    estimated_tokens: i64,
+) -> Result<Option<Reservation<QuotaWindow>>, DomainError> {
+    let share = match limits {
+        Limits::BudgetAndShare => found
+            .share_quota
+            .as_ref()
+            .map(|(grantee, quota)| (*grantee, quota)),
+        Limits::BudgetOnly => None,
+    };
+    let claims = quota::claims(found.instance.quota.as_ref(), share, estimated_tokens);
+    if claims.is_empty() {
+        return Ok(None);
+    }
+    match context
+        .store
+        .reserve_quota(found.instance.sequence, claims)
+        .await?
+    {
+        Ok(reservation) => Ok(Some(reservation)),
+        Err(exceeded) => {
+            crate::metrics::record_quota_refusal(exceeded.scope.as_str());
+            Err(DomainError::QuotaExceeded {
+                message: exceeded.message(&found.instance.name),
+                exceeded,
+            })
+        }
+    }
+}
+
+/// Whether a provider call that answered `sent` may have reached the provider (and so counts):
+/// everything but the refusals [`Providers::embed`](crate::providers::Providers::embed) makes
+/// before a request leaves (an endpoint the egress policy forbids, no protocol, a bad stored
+/// endpoint, an answer too large to accept).
+pub fn reached_provider<T>(sent: &Result<T, DomainError>) -> bool {
+    !matches!(
+        sent,
+        Err(DomainError::Provider {
+            failure: ProviderFailure::EgressRefused | ProviderFailure::InsecureEndpoint,
+            ..
+        } | DomainError::FailedPrecondition { .. }
+            | DomainError::InvalidArgument(_)
+            | DomainError::Internal(_))
+    )
 }
 
 /// Sends the texts and answers what the provider returned (not yet checked against the

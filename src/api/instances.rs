@@ -19,6 +19,7 @@ use crate::{
         instance::{self, ApiKeyChange, Instance, InstanceChange, Role, Scope},
         mask::UpdateMask,
         names::{DefinitionName, Handle, InstanceName, UserName},
+        quota::Quota,
     },
     pb::v1::{self as pb, llm_instance_service_server::LlmInstanceService},
     store::NewInstance,
@@ -37,6 +38,7 @@ const UPDATABLE: &[&str] = &[
     "description",
     "api_key",
     "allow_credential_release",
+    "quota",
 ];
 const OUTPUT_ONLY: &[&str] = &["uid", "definition", "has_api_key", "access_role"];
 
@@ -68,6 +70,7 @@ pub fn to_pb(instance: Instance) -> pb::Instance {
         has_api_key: instance.has_api_key,
         allow_credential_release: instance.allow_credential_release,
         access_role: role_to_pb(instance.access_role).into(),
+        quota: convert::quota_to_pb(instance.quota),
         create_time: convert::timestamp(instance.create_time),
         update_time: convert::timestamp(instance.update_time),
         etag,
@@ -92,6 +95,14 @@ pub fn test_to_pb(test: InstanceTest) -> pb::InstanceTestResult {
         message: test.message,
         observed_dimensions: test.observed_dimensions,
         latency_ms: i64::try_from(test.latency.as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The budget of a create request's instance, if it gives one.
+fn create_quota(instance: Option<&pb::Instance>) -> Result<Option<Quota>, DomainError> {
+    match instance.and_then(|instance| instance.quota.as_ref()) {
+        Some(quota) => convert::quota_from_pb("instance.quota", quota),
+        None => Ok(None),
     }
 }
 
@@ -128,6 +139,7 @@ impl LlmInstanceService for InstancesApi {
             .as_ref()
             .is_some_and(|instance| instance.allow_credential_release);
         access::check_release_opt_in_at_create(&caller, allow_credential_release)?;
+        let quota = create_quota(request.instance.as_ref())?;
         let name = InstanceName::new(parent.0, handle);
         let new = NewInstance {
             name: &name,
@@ -135,6 +147,7 @@ impl LlmInstanceService for InstancesApi {
             definition: None,
             api_key: api_key.as_ref(),
             allow_credential_release,
+            quota: quota.as_ref(),
         };
         let created = self
             .0
@@ -186,6 +199,7 @@ impl LlmInstanceService for InstancesApi {
             .patch(&populated)
             .apply("instance", &definition.spec)?;
         access::check_release_opt_in_at_create(&caller, overrides.allow_credential_release)?;
+        let quota = create_quota(Some(&overrides))?;
         let name = InstanceName::new(parent.0, handle);
         let new = NewInstance {
             name: &name,
@@ -193,6 +207,7 @@ impl LlmInstanceService for InstancesApi {
             definition: Some(&source),
             api_key: api_key.as_ref(),
             allow_credential_release: overrides.allow_credential_release,
+            quota: quota.as_ref(),
         };
         let created = self
             .0
@@ -281,6 +296,15 @@ impl LlmInstanceService for InstancesApi {
                 instance.allow_credential_release,
             )
             .then_some(instance.allow_credential_release);
+        // Named in the mask (or populated, with an empty mask): the new budget, `None` to remove.
+        let budget = if mask.touches("quota", instance.quota.is_some()) {
+            Some(match &instance.quota {
+                Some(quota) => convert::quota_from_pb("instance.quota", quota)?,
+                None => None,
+            })
+        } else {
+            None
+        };
         let updated = self
             .0
             .store
@@ -298,11 +322,14 @@ impl LlmInstanceService for InstancesApi {
                         current,
                         release.unwrap_or(current.allow_credential_release),
                     )?;
+                    let quota = budget.clone().unwrap_or_else(|| current.quota.clone());
+                    access::check_budget_change(current, quota != current.quota)?;
                     Ok(InstanceChange {
                         spec,
                         // Cloned: the store may run this again after losing a race.
                         key: key_change.clone(),
                         allow_credential_release,
+                        quota,
                     })
                 },
             )

@@ -14,6 +14,7 @@ pub mod paging;
 pub mod projects;
 pub mod service_accounts;
 pub mod sharing;
+pub mod usage;
 pub mod users;
 
 use std::{sync::Arc, time::Duration};

@@ -50,6 +50,7 @@ list_requests!(
     pb::ListProjectsRequest => "ListProjects",
     pb::ListServiceAccountsRequest => "ListServiceAccounts",
     pb::ListUsersRequest => "ListUsers",
+    pb::ListUsageRequest => "ListUsage",
 );
 
 /// What a page token of `request` by `caller` is bound to.

@@ -25,6 +25,7 @@ fn to_pb(share: Share) -> pb::Share {
         role: role_to_pb(share.role).into(),
         create_time: convert::timestamp(share.create_time),
         update_time: convert::timestamp(share.update_time),
+        quota: convert::quota_to_pb(share.quota),
     }
 }
 
@@ -48,11 +49,19 @@ impl SharingService for SharingApi {
     ) -> Result<Response<pb::Share>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (instance, (grantee, role)) = both(
+        let (instance, ((grantee, role), quota)) = both(
             InstanceName::parse("name", &request.name),
             both(
-                UserName::parse("grantee", &request.grantee),
-                role_from_pb(request.role),
+                both(
+                    UserName::parse("grantee", &request.grantee),
+                    role_from_pb(request.role),
+                ),
+                // Given: the new quota (`None` removes it); not given: kept as it is.
+                request
+                    .quota
+                    .as_ref()
+                    .map(|quota| convert::quota_from_pb("quota", quota))
+                    .transpose(),
             ),
         )?;
         access::check_share_role(&caller, role)?;
@@ -65,9 +74,20 @@ impl SharingService for SharingApi {
                 &instance,
                 &access::check_grantee(&caller, &instance, &grantee.0)?,
                 role,
+                quota.as_ref().map(Option::as_ref),
             )
             .await?;
         Ok(Response::new(to_pb(share)))
+    }
+
+    async fn get_share(
+        &self,
+        request: Request<pb::GetShareRequest>,
+    ) -> Result<Response<pb::Share>, Status> {
+        let caller = caller_of(&request)?;
+        let share = ShareName::parse("name", &request.get_ref().name)?;
+        let found = self.0.store.get_share(&caller, &share).await?;
+        Ok(Response::new(to_pb(found)))
     }
 
     async fn unshare_instance(

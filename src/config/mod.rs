@@ -18,7 +18,7 @@ pub use self::{
     dev_secrets::default_dev_secrets_file,
     import::{DHAMPS_KEY_VARIABLE, ImportDhampsVdbArgs, import_options},
     settings::{
-        EdgeLimits, ReleaseSettings, ServeSettings, command_key_ring, database_url,
+        EdgeLimits, ReleaseSettings, RetentionSettings, ServeSettings, command_key_ring, database_url,
         provider_settings, rotation_key_ring, serve_settings, tls_settings,
     },
 };
@@ -316,6 +316,31 @@ pub struct ServeArgs {
     pub providers: ProviderArgs,
     #[command(flatten)]
     pub release: ReleaseArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// How long the audit trail and the usage ledger keep their rows (docs/operations.md,
+/// "Quotas and usage"). Unset: everything is kept.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Days audit events are kept (by their time); older ones are deleted. Unset: kept forever.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub audit_retention_days: Option<u32>,
+    /// Days of daily usage totals kept (by their UTC day); older ones are deleted. Unset: kept
+    /// forever.
+    #[arg(long, env = "USAGE_RETENTION_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub usage_retention_days: Option<u32>,
+    /// Seconds between two retention sweeps (one replica at a time sweeps).
+    #[arg(long, env = "RETENTION_SWEEP_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_sweep_secs: u64,
+    /// Rows one deleting statement of a sweep removes at most; a sweep pauses between them.
+    #[arg(long, env = "RETENTION_BATCH_ROWS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub retention_batch_rows: u32,
 }
 
 /// `CredentialService.ResolveCredential`: the one way a key leaves the registry

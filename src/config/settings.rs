@@ -43,6 +43,16 @@ pub struct ServeSettings {
     /// Where Prometheus scrapes; `None`: no metrics listener.
     pub metrics_addr: Option<SocketAddr>,
     pub release: ReleaseSettings,
+    pub retention: RetentionSettings,
+}
+
+/// How long the audit trail and the usage ledger keep rows, and how the sweep deletes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    pub audit_days: Option<u32>,
+    pub usage_days: Option<u32>,
+    pub sweep_every: Duration,
+    pub batch_rows: u32,
 }
 
 impl std::fmt::Debug for ServeSettings {
@@ -67,6 +77,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("tls", &self.tls)
             .field("metrics_addr", &self.metrics_addr)
             .field("release", &self.release)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -204,6 +215,12 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
             per_minute: serve.release.credential_releases_per_minute,
             plaintext_allowed: serve.tls.tls_terminated_upstream
                 || serve.release.allow_plaintext_credential_release,
+        },
+        retention: RetentionSettings {
+            audit_days: serve.retention.audit_retention_days,
+            usage_days: serve.retention.usage_retention_days,
+            sweep_every: Duration::from_secs(serve.retention.retention_sweep_secs),
+            batch_rows: serve.retention.retention_batch_rows,
         },
     })
 }

@@ -90,6 +90,9 @@ pub struct InstanceForCall {
     pub auth_scheme: String,
     /// The dimensions of the definition it was made from (the model's own size), if any.
     pub definition_dimensions: Option<i32>,
+    /// The quota of the share the call is made under (the grantee's user id and its limits):
+    /// `None` for the owner, the admin, or a share without one.
+    pub share_quota: Option<(i64, super::quota::Quota)>,
 }
 
 impl InstanceForCall {

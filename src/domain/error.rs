@@ -67,6 +67,13 @@ pub enum DomainError {
         message: String,
         retry_after: std::time::Duration,
     },
+    /// A quota of the caller's share or the instance's budget would be passed by this call;
+    /// nothing was sent. Details name the limit; retry when its window resets.
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        exceeded: super::quota::QuotaExceeded,
+    },
     /// The provider returned vectors that do not match the instance (count, dimensions, or not
     /// finite): its definition is wrong, and nothing is returned.
     #[error("{0}")]
@@ -274,6 +281,7 @@ impl DomainError {
                     LimitReason::ProviderReplyMemory => "PROVIDER_REPLY_MEMORY_LIMITED",
                 },
             ),
+            Self::QuotaExceeded { .. } => (ErrorCode::ResourceExhausted, "QUOTA_EXCEEDED"),
             Self::DimensionsMismatch(_) => (ErrorCode::FailedPrecondition, "DIMENSIONS_MISMATCH"),
             Self::Provider { failure, .. } => match failure {
                 ProviderFailure::RejectedRequest => {

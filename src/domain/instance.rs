@@ -69,6 +69,7 @@ pub struct InstanceChange {
     pub spec: super::definition::ServiceSpec,
     pub key: ApiKeyChange,
     pub allow_credential_release: bool,
+    pub quota: Option<super::quota::Quota>,
 }
 
 /// What an update does to the stored key.
@@ -93,6 +94,8 @@ pub struct Instance {
     pub allow_credential_release: bool,
     /// The caller's role on it.
     pub access_role: Role,
+    /// The budget over every caller, if any.
+    pub quota: Option<super::quota::Quota>,
     pub revision: i64,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,

@@ -15,9 +15,11 @@ pub mod mask;
 pub mod names;
 pub mod pagination;
 pub mod project;
+pub mod quota;
 pub mod service_account;
 pub mod share;
 pub mod token;
+pub mod usage;
 pub mod user;
 pub mod validate;
 

@@ -11,4 +11,6 @@ pub struct Share {
     pub role: Role,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    /// The grantee's quota, if any.
+    pub quota: Option<super::quota::Quota>,
 }

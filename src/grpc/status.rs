@@ -26,7 +26,15 @@ pub fn to_status(error: DomainError) -> Status {
     let code = grpc_code(error.code());
     let reason = error.reason();
     let mut details = ErrorDetails::new();
-    details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    let mut metadata = std::collections::HashMap::new();
+    if let DomainError::QuotaExceeded { exceeded, .. } = &error {
+        // Which limit refused the call; never anyone's usage.
+        metadata.insert("scope".to_owned(), exceeded.scope.as_str().to_owned());
+        metadata.insert("metric".to_owned(), exceeded.limit.metric.as_str().to_owned());
+        metadata.insert("period".to_owned(), exceeded.limit.period.as_str().to_owned());
+        metadata.insert("limit".to_owned(), exceeded.limit.limit.to_string());
+    }
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
     match &error {
         DomainError::InvalidArgument(violations) => {
             for violation in violations {
@@ -47,6 +55,9 @@ pub fn to_status(error: DomainError) -> Status {
         }
         DomainError::InstanceLimited { retry_after, .. } => {
             details.set_retry_info(Some(*retry_after));
+        }
+        DomainError::QuotaExceeded { exceeded, .. } => {
+            details.set_retry_info(Some(exceeded.retry_after));
         }
         DomainError::Provider {
             retry_after: Some(retry_after),

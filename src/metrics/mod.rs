@@ -80,6 +80,16 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyIdLabel {
     /// A master key's public id (a hash prefix, also logged at start), never key material.
     pub key_id: String,
@@ -132,6 +142,9 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub group_commit_batches: Family<KindLabel, Counter>,
     pub group_commit_batch_size: Histograms<KindLabel>,
+    pub quota_refusals: Family<ScopeLabel, Counter>,
+    pub retention_pruned_rows: Family<TableLabel, Counter>,
+    pub retention_batches: Family<TableLabel, Counter>,
     pub vault_seals: Family<KeyIdLabel, Counter>,
     pub vault_opens: Family<KeyIdLabel, Counter>,
     pub vault_failures: Family<OperationLabel, Counter>,
@@ -170,6 +183,9 @@ impl Metrics {
             cache_entries: Gauge::default(),
             group_commit_batches: Family::default(),
             group_commit_batch_size: Family::new_with_constructor(batch_histogram),
+            quota_refusals: Family::default(),
+            retention_pruned_rows: Family::default(),
+            retention_batches: Family::default(),
             vault_seals: Family::default(),
             vault_opens: Family::default(),
             vault_failures: Family::default(),
@@ -279,6 +295,21 @@ impl Metrics {
             metrics.group_commit_batch_size.clone(),
         );
         r.register(
+            "quota_refusals",
+            "Calls refused QUOTA_EXCEEDED, by the scope of the limit (share, instance)",
+            metrics.quota_refusals.clone(),
+        );
+        r.register(
+            "retention_pruned_rows",
+            "Rows deleted for being older than their retention, by table",
+            metrics.retention_pruned_rows.clone(),
+        );
+        r.register(
+            "retention_batches",
+            "Deleting batches run by the retention sweep, by table",
+            metrics.retention_batches.clone(),
+        );
+        r.register(
             "vault_seals",
             "API keys sealed, by master key id",
             metrics.vault_seals.clone(),
@@ -337,6 +368,22 @@ pub fn record_group_commit(kind: &'static str, rows: usize) {
         .group_commit_batch_size
         .get_or_create(&label)
         .observe(rows as f64);
+}
+
+/// Counts one call refused by a quota of `scope`.
+pub fn record_quota_refusal(scope: &'static str) {
+    metrics()
+        .quota_refusals
+        .get_or_create(&ScopeLabel { scope })
+        .inc();
+}
+
+/// Counts one retention batch of `table` that deleted `rows`.
+pub fn record_pruned(table: &'static str, rows: u64) {
+    let metrics = metrics();
+    let label = TableLabel { table };
+    metrics.retention_batches.get_or_create(&label).inc();
+    metrics.retention_pruned_rows.get_or_create(&label).inc_by(rows);
 }
 
 /// Holds one unit of a gauge for as long as it lives (a running call, a queued call), so that a

@@ -20,18 +20,22 @@ pub mod import;
 mod instances;
 mod keys;
 mod projects;
+mod quotas;
 mod rate_windows;
 mod read_cache;
+pub mod retention;
 mod rows;
 mod scope_probe;
 mod service_accounts;
 mod shares;
 mod usage_events;
+mod usage;
 mod users;
 
 pub use audit::{AuditFilter, Visibility};
 pub use instances::NewInstance;
 pub use keys::RotationReport;
+pub use quotas::Window as QuotaWindow;
 pub use usage_events::UsageEvent;
 
 use std::sync::Arc;
@@ -45,8 +49,8 @@ use read_cache::{Fresh, ReadCache};
 use scope_probe::ScopeProbe;
 use usage_events::UsageEvents;
 
-/// Connections for usage events: each insert is one short statement.
-const USAGE_CONNECTIONS: u32 = 4;
+/// Connections for usage events and quota reservations: each is one short statement.
+const USAGE_CONNECTIONS: u32 = 8;
 
 /// The service's handle on the database; cheap to clone (the pool and the cache are shared).
 #[derive(Clone, Debug)]

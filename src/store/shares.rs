@@ -8,7 +8,7 @@ use super::{
     change::Change,
     cursor::{self, HandleKey},
     dependents::{self, Revoked},
-    errors,
+    errors, quotas,
 };
 use crate::domain::{
     DomainError,
@@ -18,8 +18,11 @@ use crate::domain::{
     instance::Role,
     names::{Handle, InstanceName, ShareName},
     pagination::{Page, PageRequest},
+    quota::Quota,
     share::Share,
 };
+
+
 
 #[derive(sqlx::FromRow)]
 struct ShareRow {
@@ -27,11 +30,12 @@ struct ShareRow {
     role: String,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
+    quota: Option<String>,
 }
 
 macro_rules! share_columns {
     () => {
-        "g.handle AS grantee, s.role, s.create_time, s.update_time"
+        "g.handle AS grantee, s.role, s.create_time, s.update_time, s.quota::text AS quota"
     };
 }
 
@@ -47,12 +51,15 @@ impl ShareRow {
             })?,
             create_time: self.create_time,
             update_time: self.update_time,
+            quota: quotas::quota_from_json(self.quota.as_deref())?,
         })
     }
 }
 
 impl Store {
-    /// Grants `grantee` a role on the instance, or changes it; for those who may manage it.
+    /// Grants `grantee` a role on the instance, or changes it, and sets its quota when `quota`
+    /// is given (`Some(None)` removes it; `None` keeps it as it is, none for a new share); for
+    /// those who may manage it.
     pub async fn share_instance(
         &self,
         audit: &Audit,
@@ -60,6 +67,7 @@ impl Store {
         instance: &InstanceName,
         grantee: &Handle,
         role: Role,
+        quota: Option<Option<&Quota>>,
     ) -> Result<Share, DomainError> {
         // The share's own name is known only once the grantee is checked; the event names it.
         let share_name = ShareName {
@@ -79,19 +87,30 @@ impl Store {
                 DomainError::invalid("grantee", format!("there is no user users/{grantee}"))
             })?;
         let row = sqlx::query_as::<_, ShareRow>(concat!("WITH upserted AS ( \
-                INSERT INTO shares AS s (instance_id, grantee_id, role) VALUES ($1, $2, $3) \
+                INSERT INTO shares AS s (instance_id, grantee_id, role, quota) \
+                VALUES ($1, $2, $3, $5::jsonb) \
                 ON CONFLICT (instance_id, grantee_id) DO UPDATE SET role = EXCLUDED.role, \
-                    update_time = CASE WHEN s.role = EXCLUDED.role THEN s.update_time ELSE clock_timestamp() END \
+                    quota = CASE WHEN $4 THEN EXCLUDED.quota ELSE s.quota END, \
+                    update_time = CASE WHEN s.role = EXCLUDED.role \
+                                        AND (NOT $4 OR s.quota IS NOT DISTINCT FROM EXCLUDED.quota) \
+                                       THEN s.update_time ELSE clock_timestamp() END \
                 RETURNING * \
              ) SELECT ", share_columns!(), " FROM upserted s JOIN users g ON g.id = s.grantee_id"))
         .bind(instance_id)
         .bind(grantee_id)
         .bind(role.as_str())
+        .bind(quota.is_some())
+        .bind(quota.and_then(quotas::quota_to_json))
         .fetch_one(&mut **tx)
         .await
         .map_err(errors::db)?;
         let share = row.into_domain(instance)?;
-        change.commit(&format!("role {}", role.as_str())).await?;
+        let detail = match quota {
+            None => format!("role {}", role.as_str()),
+            Some(None) => format!("role {}; no quota", role.as_str()),
+            Some(Some(quota)) => format!("role {}; quota {}", role.as_str(), quotas::describe(quota)),
+        };
+        change.commit(&detail).await?;
         Ok(share)
     }
 
@@ -145,7 +164,36 @@ impl Store {
             .execute(&mut **tx)
             .await
             .map_err(errors::db)?;
+        // The former grantee's quota counters go with the share.
+        sqlx::query("DELETE FROM quota_counters WHERE instance_id = $1 AND grantee_id = $2")
+            .bind(instance_id)
+            .bind(grantee_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(errors::db)?;
         change.commit("revoked").await
+    }
+
+    /// One share: for those who may manage the instance, and for its grantee. A reader or
+    /// writer asking for another's share is refused as the policy says; strangers learn nothing.
+    pub async fn get_share(&self, caller: &Caller, share: &ShareName) -> Result<Share, DomainError> {
+        let current = self.find_instance(caller, &share.instance).await?;
+        access::authorize_share_read(caller, current.map(|i| i.access_role), share)?;
+        let row = sqlx::query_as::<_, ShareRow>(concat!(
+            "SELECT ",
+            share_columns!(),
+            " FROM shares s JOIN users g ON g.id = s.grantee_id \
+             JOIN instances i ON i.id = s.instance_id JOIN users o ON o.id = i.owner_id \
+             WHERE o.handle = $1 AND i.handle = $2 AND g.handle = $3"
+        ))
+        .bind(share.instance.owner.as_str())
+        .bind(share.instance.handle.as_str())
+        .bind(share.grantee.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(errors::db)?
+        .ok_or_else(|| DomainError::NotFound(share.to_string()))?;
+        row.into_domain(&share.instance)
     }
 
     /// The shares of an instance in grantee order after the cursor; for those who may manage it.

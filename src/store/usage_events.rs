@@ -1,4 +1,7 @@
-//! Usage events (every Embed and TestInstance that reached an instance) written together.
+//! Usage events (every Embed and TestInstance that reached an instance) written together, with
+//! what they add to the daily usage ledger and their quota settlements (`record_uses`, a
+//! function of the migration `quotas_and_usage`: one statement, so the ledger always agrees
+//! with the audit trail and a use costs no round trip beyond its event).
 //!
 //! Each call waits until its event is committed before it answers, so an answered call is on
 //! the record. But one insert and one commit per call would make the audit trail the busiest
@@ -14,8 +17,8 @@ use std::sync::{Arc, OnceLock};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::errors;
-use crate::domain::{DomainError, audit::resource_owner};
+use super::{errors, quotas::Window};
+use crate::domain::{DomainError, audit::resource_owner, quota::CounterDelta};
 
 /// Most events in one INSERT.
 const MAX_BATCH: usize = 512;
@@ -32,6 +35,22 @@ pub struct UsageEvent {
     pub resource: String,
     pub outcome: &'static str,
     pub detail: String,
+    /// Whether the use counts in the usage ledger (Embed, TestInstance; not a key's release).
+    pub in_ledger: bool,
+    /// Input tokens the provider reported, and those estimated where it reported none.
+    pub input_tokens: i64,
+    pub estimated_tokens: i64,
+    /// Corrections of the call's quota reservation (empty without one).
+    pub settlement: Vec<CounterDelta<Window>>,
+}
+
+impl UsageEvent {
+    /// On whose behalf the use was made (the acting account's user, or the caller itself), if
+    /// it counts in the ledger.
+    fn usage_subject(&self) -> Option<&str> {
+        self.in_ledger
+            .then(|| self.subject.as_deref().unwrap_or(&self.caller))
+    }
 }
 
 struct Pending {
@@ -75,6 +94,11 @@ impl UsageEvents {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// The usage connections (they commit without waiting for the WAL flush).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 /// Takes what is waiting (at least one event), writes it in one statement, tells each caller.
@@ -93,22 +117,49 @@ async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
 }
 
 async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), DomainError> {
-    let column = |pick: fn(&UsageEvent) -> Option<&str>| -> Vec<Option<&str>> {
-        batch.iter().map(|pending| pick(&pending.event)).collect()
+    let events: Vec<&UsageEvent> = batch.iter().map(|pending| &pending.event).collect();
+    write(pool, &events).await
+}
+
+/// Writes `events` (audit events, ledger totals, settlements) in one statement, on `executor`:
+/// the usage connections for a batch, or the transaction of a test's outcome.
+pub(super) async fn write<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    events: &[&UsageEvent],
+) -> Result<(), DomainError> {
+    let text = |pick: fn(&UsageEvent) -> Option<&str>| -> Vec<Option<&str>> {
+        events.iter().map(|event| pick(event)).collect()
     };
+    let number = |pick: fn(&UsageEvent) -> i64| -> Vec<i64> {
+        events.iter().map(|event| pick(event)).collect()
+    };
+    let deltas: Vec<&CounterDelta<Window>> = events
+        .iter()
+        .flat_map(|event| event.settlement.iter())
+        .collect();
     sqlx::query(
-        "INSERT INTO audit_events (caller, method, resource, resource_owner, outcome, detail, subject) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                              $7::text[])",
+        "SELECT record_uses($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                            $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], \
+                            $11::int8[], $12::int8[], $13::int2[], $14::int2[], \
+                            $15::timestamptz[], $16::int8[])",
     )
-    .bind(column(|e| Some(&e.caller)))
-    .bind(column(|e| Some(e.method)))
-    .bind(column(|e| Some(&e.resource)))
-    .bind(column(|e| resource_owner(&e.resource)))
-    .bind(column(|e| Some(e.outcome)))
-    .bind(column(|e| Some(&e.detail)))
-    .bind(column(|e| e.subject.as_deref()))
-    .execute(pool)
+    .bind(text(|e| Some(&e.caller)))
+    .bind(text(|e| e.subject.as_deref()))
+    .bind(text(|e| Some(e.method)))
+    .bind(text(|e| Some(&e.resource)))
+    .bind(text(|e| resource_owner(&e.resource)))
+    .bind(text(|e| Some(e.outcome)))
+    .bind(text(|e| Some(&e.detail)))
+    .bind(text(|e| e.usage_subject()))
+    .bind(number(|e| e.input_tokens))
+    .bind(number(|e| e.estimated_tokens))
+    .bind(deltas.iter().map(|d| d.instance).collect::<Vec<i64>>())
+    .bind(deltas.iter().map(|d| d.grantee).collect::<Vec<i64>>())
+    .bind(deltas.iter().map(|d| d.limit.metric.number()).collect::<Vec<i16>>())
+    .bind(deltas.iter().map(|d| d.limit.period.number()).collect::<Vec<i16>>())
+    .bind(deltas.iter().map(|d| d.window).collect::<Vec<Window>>())
+    .bind(deltas.iter().map(|d| d.delta).collect::<Vec<i64>>())
+    .execute(executor)
     .await
     .map_err(errors::db)?;
     Ok(())

@@ -308,6 +308,7 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
             name: t.instance(&t.inst2),
             grantee: format!("users/{}", t.newcomer),
             role: pb::Role::Reader as i32,
+            quota: None,
         }
         .encode_to_vec(),
         "SharingService/UnshareInstance" => pb::UnshareInstanceRequest {

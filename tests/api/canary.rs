@@ -241,6 +241,7 @@ async fn api_keys_appear_in_no_response_log_line_or_plaintext_column() {
             name: "users/alice/instances/from-def-0".into(),
             grantee: format!("users/{grantee}"),
             role: role as i32,
+            quota: None,
         };
         let path = "/llmregistry.v1.SharingService/ShareInstance";
         responses.push(

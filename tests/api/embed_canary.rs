@@ -86,6 +86,7 @@ async fn keys_reach_their_provider_and_nothing_else() {
             name: format!("users/alice/instances/{id}"),
             grantee: "users/bob".into(),
             role: pb::Role::Reader as i32,
+            quota: None,
         };
         responses.push(
             call_raw(

@@ -643,6 +643,7 @@ pub async fn share(
                 name: instance.to_owned(),
                 grantee: format!("users/{grantee}"),
                 role: role as i32,
+                quota: None,
             },
             token,
         ))

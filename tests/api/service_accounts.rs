@@ -1318,6 +1318,7 @@ async fn an_account_cannot_make_a_co_owner_who_opts_an_instance_in_for_it() {
         name: name.into(),
         grantee: "users/dave".into(),
         role: role as i32,
+        quota: None,
     };
     let sharing = || pb::sharing_service_client::SharingServiceClient::new(app.channel.clone());
 

@@ -247,6 +247,7 @@ async fn bad_grantees_and_roles_are_refused_clearly() {
                 name: INSTANCE.into(),
                 grantee: "users/ann".into(),
                 role: 42,
+                quota: None,
             },
             owner,
         ))

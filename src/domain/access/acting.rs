@@ -205,6 +205,7 @@ mod tests {
             has_api_key: true,
             allow_credential_release: allow,
             access_role: role,
+            quota: None,
             revision: 1,
             create_time: chrono::Utc::now(),
             update_time: chrono::Utc::now(),

@@ -35,7 +35,7 @@ use crate::domain::{
     definition::ServiceSpec,
     error::{DomainError, PermissionReason, PreconditionReason},
     instance::{ApiKeyChange, Instance, Role},
-    names::{Handle, InstanceName, SYSTEM_USER, UserKey},
+    names::{Handle, InstanceName, SYSTEM_USER, ShareName, UserKey},
 };
 
 /// The existence-hiding refusal: what a caller who may not see `resource` is told, word for word
@@ -173,6 +173,39 @@ pub fn authorize_instance(
             ),
         }),
     }
+}
+
+/// Who may read a share (GetShare): those who may manage the instance read any share of it; a
+/// grantee who can see the instance reads their own (with its quota); other readers and writers
+/// are refused as for listing shares, strangers get [`hidden`].
+pub fn authorize_share_read(
+    caller: &Caller,
+    role: Option<Role>,
+    share: &ShareName,
+) -> Result<(), DomainError> {
+    let own = role.is_some()
+        && matches!(caller, Caller::User(user) if user.handle.as_str() == share.grantee.as_str());
+    if own {
+        return Ok(());
+    }
+    authorize_instance(role, InstanceAction::Manage, &share.instance).map(|_| ())
+}
+
+/// An instance's budget (`quota`) is set by those who manage it (owners, co-owners, the admin):
+/// a writer may change its fields but not what every caller may spend.
+pub fn check_budget_change(current: &Instance, changes: bool) -> Result<(), DomainError> {
+    if changes && current.access_role < Role::Owner {
+        return Err(DomainError::PermissionDenied {
+            reason: PermissionReason::InsufficientRole,
+            message: format!(
+                "your role on {} is {}; changing its quota needs {}",
+                current.name,
+                current.access_role.as_str(),
+                Role::Owner.as_str()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A key is never moved to a new destination: on an instance holding a key, an update that

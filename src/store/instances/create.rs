@@ -4,7 +4,8 @@
 //! why, so that it gets the answer a lone create deserves.
 
 use super::create_batches::{self, CreateValues, Created};
-use crate::store::group_commit::BatchOutcome;
+use crate::domain::quota::Quota;
+use crate::store::{group_commit::BatchOutcome, quotas::quota_to_json};
 use crate::{
     domain::{
         DomainError, access,
@@ -30,6 +31,8 @@ pub struct NewInstance<'a> {
     pub api_key: Option<&'a ApiKey>,
     /// Whether ResolveCredential may release its key (the creator is its owner, who may say so).
     pub allow_credential_release: bool,
+    /// The budget over every caller, if any (the creator owns it, so may set it).
+    pub quota: Option<&'a Quota>,
 }
 
 /// What the database says of a create that was not written.
@@ -80,6 +83,7 @@ impl Store {
             key_id: sealed.as_ref().map(|s| s.key_id.clone()),
             ciphertext: sealed.map(|s| s.ciphertext),
             allow_credential_release: new.allow_credential_release,
+            quota: quota_to_json(new.quota),
             audit_caller: audit.caller.clone(),
             audit_subject: audit.subject.clone(),
             audit_method: audit.method.to_owned(),
@@ -102,6 +106,7 @@ impl Store {
             has_api_key,
             allow_credential_release: new.allow_credential_release,
             access_role,
+            quota: new.quota.cloned(),
             revision: created.revision,
             create_time: created.create_time,
             update_time: created.update_time,

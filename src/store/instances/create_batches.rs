@@ -32,6 +32,8 @@ pub(in crate::store) struct CreateValues {
     pub ciphertext: Option<Vec<u8>>,
     pub key_id: Option<String>,
     pub allow_credential_release: bool,
+    /// The budget as stored (JSON), if any.
+    pub quota: Option<String>,
     pub audit_caller: String,
     pub audit_subject: Option<String>,
     pub audit_method: String,
@@ -86,14 +88,14 @@ const CREATE_BATCH: &str = "WITH input AS ( \
                      $9::int4[] AS c9, $10::int4[] AS c10, $11::text[] AS c11, $12::bytea[] AS c12, \
                      $13::text[] AS c13, $14::text[] AS c14, $15::text[] AS c15, $16::text[] AS c16, \
                      $17::text[] AS c17, $18::text[] AS c18, $19::bool[] AS c19, \
-                     $20::text[] AS c20 \
+                     $20::text[] AS c20, $21::text[] AS c21 \
               OFFSET 0) AS batch, \
              unnest(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, \
-                   c19, c20) \
+                   c19, c20, c21) \
             WITH ORDINALITY AS t (owner, standard, definition_owner, definition_handle, uid, handle, \
                                   endpoint, model, dimensions, context_limit, description, ciphertext, \
                                   key_id, audit_caller, audit_method, resource, resource_owner, detail, \
-                                  allow_release, audit_subject, position)), \
+                                  allow_release, audit_subject, quota, position)), \
     resolved AS ( \
         SELECT input.*, \
                (SELECT id FROM users WHERE handle = input.owner) AS owner_id, \
@@ -105,9 +107,10 @@ const CREATE_BATCH: &str = "WITH input AS ( \
     inserted AS ( \
         INSERT INTO instances (uid, owner_id, handle, definition_id, endpoint, api_standard_id, model, \
                                dimensions, context_limit, description, api_key_ciphertext, api_key_key_id, \
-                               allow_credential_release) \
+                               allow_credential_release, quota) \
         SELECT uid, owner_id, handle, definition_id, endpoint, standard_id, model, \
-               dimensions, context_limit, description, ciphertext, key_id, allow_release \
+               dimensions, context_limit, description, ciphertext, key_id, allow_release, \
+               quota::jsonb \
         FROM resolved \
         WHERE owner_id IS NOT NULL AND standard_id IS NOT NULL \
           AND (definition_owner IS NULL OR definition_id IS NOT NULL) \
@@ -158,6 +161,7 @@ pub(super) async fn insert(
         .bind(column(rows, |v| v.detail.as_str()))
         .bind(column(rows, |v| v.allow_credential_release))
         .bind(column(rows, |v| v.audit_subject.as_deref()))
+        .bind(column(rows, |v| v.quota.as_deref()))
         .fetch_all(pool)
         .await?;
     Ok(written

@@ -15,16 +15,14 @@ use super::{InstanceRow, caller_id, select_instances};
 use crate::{
     domain::{
         DomainError,
-        audit::Audit,
         caller::Caller,
         embedding::{CallTarget, EmbeddingProtocol, InstanceForCall},
         instance::InstanceTest,
         project::{Detachment, ProjectBinding},
     },
     store::{
-        Store,
-        change::Change,
-        errors,
+        Store, UsageEvent, errors, quotas,
+        usage_events,
         rate_windows::{self, Windows},
         read_cache::{CallKey, Deps, Fresh, SHARED_SCOPE, ScopeKind, scope},
     },
@@ -44,7 +42,9 @@ macro_rules! call_columns {
              k.api_key_ciphertext AS call_ciphertext, \
              k.api_key_key_id AS call_key_id, kst.auth_header AS call_auth_header, \
              kst.auth_scheme AS call_auth_scheme, kst.protocol AS call_protocol, \
-             kd.dimensions AS call_definition_dimensions"
+             kd.dimensions AS call_definition_dimensions, \
+             (SELECT s.quota::text FROM shares s WHERE s.instance_id = x.id AND s.grantee_id = $1) \
+             AS call_share_quota"
         )
     };
 }
@@ -176,20 +176,18 @@ impl Store {
             .map_err(errors::db)
     }
 
-    /// Records a test's outcome on instance `instance_id` and its audit event, together, if the
-    /// instance is still at `revision` (a test of a configuration since replaced says nothing
-    /// about the new one, so it is not recorded). Not an edit: the revision and etag stay.
-    /// Answers whether it was recorded.
+    /// Records a test's outcome on instance `instance_id` and its use (audit event, ledger,
+    /// settlement), together; the outcome only if the instance is still at `revision` (a test
+    /// of a configuration since replaced says nothing about the new one). Not an edit: the
+    /// revision and etag stay. Answers whether the outcome was recorded.
     pub async fn record_test(
         &self,
-        audit: &Audit,
         instance_id: i64,
         revision: i64,
-        resource: &str,
         test: &InstanceTest,
-        detail: &str,
+        event: &UsageEvent,
     ) -> Result<bool, DomainError> {
-        let mut change = Change::begin(self, audit, resource).await?;
+        let mut tx = self.pool.begin().await.map_err(errors::db)?;
         let updated = sqlx::query(
             "UPDATE instances SET last_test_time = $3, last_test_code = $4, \
              last_test_message = $5, last_test_dimensions = $6, last_test_latency_ms = $7 \
@@ -202,11 +200,12 @@ impl Store {
         .bind(&test.message)
         .bind(test.observed_dimensions)
         .bind(i64::try_from(test.latency.as_millis()).unwrap_or(i64::MAX))
-        .execute(&mut **change.tx())
+        .execute(&mut *tx)
         .await
         .map_err(errors::db)?
         .rows_affected();
-        change.commit_as(&test.code, detail).await?;
+        usage_events::write(&mut *tx, &[event]).await?;
+        tx.commit().await.map_err(errors::db)?;
         Ok(updated == 1)
     }
 }
@@ -230,6 +229,8 @@ fn for_call(row: &PgRow, caller: &Caller) -> Result<Option<InstanceForCall>, Dom
     let ciphertext: Option<Vec<u8>> = row.try_get("call_ciphertext").map_err(errors::db)?;
     let key_id: Option<String> = row.try_get("call_key_id").map_err(errors::db)?;
     let protocol: i16 = row.try_get("call_protocol").map_err(errors::db)?;
+    let share_quota: Option<String> = row.try_get("call_share_quota").map_err(errors::db)?;
+    let share_quota = quotas::quota_from_json(share_quota.as_deref())?;
     Ok(Some(InstanceForCall {
         instance,
         sealed_key: match (key_id, ciphertext) {
@@ -243,5 +244,9 @@ fn for_call(row: &PgRow, caller: &Caller) -> Result<Option<InstanceForCall>, Dom
         definition_dimensions: row
             .try_get("call_definition_dimensions")
             .map_err(errors::db)?,
+        share_quota: match (caller_id(caller), share_quota) {
+            (Some(grantee), Some(quota)) => Some((grantee, quota)),
+            _ => None,
+        },
     }))
 }

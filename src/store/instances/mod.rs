@@ -60,6 +60,8 @@ struct InstanceRow {
     last_test_message: Option<String>,
     last_test_dimensions: Option<i32>,
     last_test_latency_ms: Option<i64>,
+    /// The instance's budget as stored (JSON text), if any.
+    quota: Option<String>,
 }
 
 /// Every column of an instance, plus the role of a share of it to `$grantee` (an SQL expression
@@ -85,7 +87,7 @@ macro_rules! select_instances {
              i.model, i.dimensions, i.context_limit, i.description, (i.api_key_ciphertext IS NOT NULL) AS has_api_key, \
              i.allow_credential_release, i.revision, i.create_time, i.update_time, \
              i.last_test_time, i.last_test_code, i.last_test_message, i.last_test_dimensions, \
-             i.last_test_latency_ms \
+             i.last_test_latency_ms, i.quota::text AS quota \
              FROM instances i \
              JOIN users u ON u.id = i.owner_id"
         )
@@ -139,6 +141,7 @@ impl InstanceRow {
             has_api_key: self.has_api_key,
             allow_credential_release: self.allow_credential_release,
             access_role,
+            quota: super::quotas::quota_from_json(self.quota.as_deref())?,
             revision: self.revision,
             create_time: self.create_time,
             update_time: self.update_time,

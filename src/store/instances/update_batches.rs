@@ -34,6 +34,8 @@ pub(in crate::store) struct UpdateValues {
     pub context_limit: Option<i32>,
     pub description: String,
     pub allow_credential_release: bool,
+    /// The budget as stored (JSON), if any.
+    pub quota: Option<String>,
     /// Whether the key changes (to `ciphertext` and `key_id`, both `None` to remove it).
     pub key_changes: bool,
     pub ciphertext: Option<Vec<u8>>,
@@ -88,20 +90,22 @@ const UPDATE_BATCH: &str = "WITH input AS ( \
                      $5::text[] AS c5, $6::int4[] AS c6, $7::int4[] AS c7, $8::text[] AS c8, \
                      $9::bool[] AS c9, $10::bool[] AS c10, $11::bytea[] AS c11, $12::text[] AS c12, \
                      $13::int8[] AS c13, $14::text[] AS c14, $15::text[] AS c15, $16::text[] AS c16, \
-                     $17::text[] AS c17, $18::text[] AS c18, $19::text[] AS c19, $20::text[] AS c20 \
+                     $17::text[] AS c17, $18::text[] AS c18, $19::text[] AS c19, $20::text[] AS c20, \
+                     $21::text[] AS c21 \
               OFFSET 0) AS batch, \
              unnest(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, \
-                    c19, c20) \
+                    c19, c20, c21) \
             WITH ORDINALITY AS t (id, read_revision, endpoint, standard, model, dimensions, \
                                   context_limit, description, allow_release, key_changes, ciphertext, \
                                   key_id, share_grantee, share_role, audit_caller, audit_method, \
-                                  resource, resource_owner, detail, audit_subject, position)), \
+                                  resource, resource_owner, detail, audit_subject, quota, \
+                                  position)), \
     updated AS ( \
         UPDATE instances i SET endpoint = input.endpoint, \
             api_standard_id = (SELECT id FROM api_standards WHERE handle = input.standard), \
             model = input.model, dimensions = input.dimensions, \
             context_limit = input.context_limit, description = input.description, \
-            allow_credential_release = input.allow_release, \
+            allow_credential_release = input.allow_release, quota = input.quota::jsonb, \
             api_key_ciphertext = CASE WHEN input.key_changes THEN input.ciphertext \
                                       ELSE i.api_key_ciphertext END, \
             api_key_key_id = CASE WHEN input.key_changes THEN input.key_id ELSE i.api_key_key_id END, \
@@ -162,6 +166,7 @@ async fn update<'e>(
         .bind(column(rows, |v| v.resource_owner.as_deref()))
         .bind(column(rows, |v| v.detail.as_str()))
         .bind(column(rows, |v| v.audit_subject.as_deref()))
+        .bind(column(rows, |v| v.quota.as_deref()))
         .fetch_all(executor)
         .await?;
     Ok(written

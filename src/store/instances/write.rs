@@ -20,6 +20,7 @@ use crate::{
         dependents::{self, Revoked},
         errors,
         group_commit::BatchOutcome,
+        quotas,
         instances::{
             last_test_of,
             update_batches::{UpdateValues, update_one},
@@ -106,6 +107,7 @@ impl Store {
                 context_limit: change.spec.context_limit,
                 description: change.spec.description.clone(),
                 allow_credential_release: change.allow_credential_release,
+                quota: quotas::quota_to_json(change.quota.as_ref()),
                 key_changes,
                 ciphertext,
                 key_id,
@@ -148,6 +150,7 @@ impl Store {
                 spec: change.spec,
                 has_api_key,
                 allow_credential_release: change.allow_credential_release,
+                quota: change.quota,
                 revision: written.revision,
                 update_time: written.update_time,
                 // Recorded by TestInstance without a new version: as written, not as read.
@@ -231,18 +234,27 @@ fn share_check(caller: &Caller, current: &Instance) -> Option<(i64, &'static str
 
 /// The audit event's detail: what happened to the key and to the release opt-in.
 fn update_detail(current: &Instance, change: &InstanceChange) -> String {
-    let mut details = Vec::new();
+    let mut details: Vec<String> = Vec::new();
     match &change.key {
         ApiKeyChange::Keep => {}
-        ApiKeyChange::Replace(_) => details.push("api_key replaced"),
-        ApiKeyChange::Remove => details.push("api_key removed"),
+        ApiKeyChange::Replace(_) => details.push("api_key replaced".to_owned()),
+        ApiKeyChange::Remove => details.push("api_key removed".to_owned()),
+    }
+    if change.quota != current.quota {
+        details.push(match &change.quota {
+            Some(quota) => format!("quota {}", quotas::describe(quota)),
+            None => "no quota".to_owned(),
+        });
     }
     if change.allow_credential_release != current.allow_credential_release {
-        details.push(if change.allow_credential_release {
-            "credential release allowed"
-        } else {
-            "credential release disallowed"
-        });
+        details.push(
+            if change.allow_credential_release {
+                "credential release allowed"
+            } else {
+                "credential release disallowed"
+            }
+            .to_owned(),
+        );
     }
     details.join("; ")
 }
