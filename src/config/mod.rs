@@ -18,8 +18,8 @@ pub use self::{
     dev_secrets::default_dev_secrets_file,
     import::{DHAMPS_KEY_VARIABLE, ImportDhampsVdbArgs, import_options},
     settings::{
-        EdgeLimits, ReleaseSettings, RetentionSettings, ServeSettings, command_key_ring, database_url,
-        provider_settings, rotation_key_ring, serve_settings, tls_settings,
+        EdgeLimits, ReleaseSettings, RetentionSettings, ServeSettings, command_key_ring,
+        database_url, provider_settings, rotation_key_ring, serve_settings, tls_settings,
     },
 };
 

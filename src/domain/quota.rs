@@ -377,7 +377,9 @@ mod tests {
             ]
         );
         let twice = Quota::parse("quota", &[raw(1, 1, 10), raw(1, 1, 20)]).unwrap_err();
-        assert!(matches!(twice, DomainError::InvalidArgument(v) if v[0].field == "quota.limits[1]"));
+        assert!(
+            matches!(twice, DomainError::InvalidArgument(v) if v[0].field == "quota.limits[1]")
+        );
         assert_eq!(Quota::parse("quota", &[]).unwrap(), None);
         let quota = Quota::parse("quota", &[raw(2, 4, 1000), raw(1, 1, 10)])
             .unwrap()
@@ -395,7 +397,14 @@ mod tests {
         let claims = claims(Some(&budget), Some((7, &share)), 40);
         let keys: Vec<(i64, i16, i16, i64)> = claims
             .iter()
-            .map(|c| (c.grantee, c.limit.metric.number(), c.limit.period.number(), c.amount))
+            .map(|c| {
+                (
+                    c.grantee,
+                    c.limit.metric.number(),
+                    c.limit.period.number(),
+                    c.amount,
+                )
+            })
             .collect();
         assert_eq!(keys, [(0, 1, 1, 1), (0, 2, 4, 40), (7, 1, 3, 1)]);
         let reservation = Reservation {

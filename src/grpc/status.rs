@@ -30,8 +30,14 @@ pub fn to_status(error: DomainError) -> Status {
     if let DomainError::QuotaExceeded { exceeded, .. } = &error {
         // Which limit refused the call; never anyone's usage.
         metadata.insert("scope".to_owned(), exceeded.scope.as_str().to_owned());
-        metadata.insert("metric".to_owned(), exceeded.limit.metric.as_str().to_owned());
-        metadata.insert("period".to_owned(), exceeded.limit.period.as_str().to_owned());
+        metadata.insert(
+            "metric".to_owned(),
+            exceeded.limit.metric.as_str().to_owned(),
+        );
+        metadata.insert(
+            "period".to_owned(),
+            exceeded.limit.period.as_str().to_owned(),
+        );
         metadata.insert("limit".to_owned(), exceeded.limit.limit.to_string());
     }
     details.set_error_info(reason, ERROR_DOMAIN, metadata);

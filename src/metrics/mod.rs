@@ -383,7 +383,10 @@ pub fn record_pruned(table: &'static str, rows: u64) {
     let metrics = metrics();
     let label = TableLabel { table };
     metrics.retention_batches.get_or_create(&label).inc();
-    metrics.retention_pruned_rows.get_or_create(&label).inc_by(rows);
+    metrics
+        .retention_pruned_rows
+        .get_or_create(&label)
+        .inc_by(rows);
 }
 
 /// Holds one unit of a gauge for as long as it lives (a running call, a queued call), so that a

@@ -28,8 +28,8 @@ mod rows;
 mod scope_probe;
 mod service_accounts;
 mod shares;
-mod usage_events;
 mod usage;
+mod usage_events;
 mod users;
 
 pub use audit::{AuditFilter, Visibility};

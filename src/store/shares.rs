@@ -22,8 +22,6 @@ use crate::domain::{
     share::Share,
 };
 
-
-
 #[derive(sqlx::FromRow)]
 struct ShareRow {
     grantee: String,
@@ -108,7 +106,9 @@ impl Store {
         let detail = match quota {
             None => format!("role {}", role.as_str()),
             Some(None) => format!("role {}; no quota", role.as_str()),
-            Some(Some(quota)) => format!("role {}; quota {}", role.as_str(), quotas::describe(quota)),
+            Some(Some(quota)) => {
+                format!("role {}; quota {}", role.as_str(), quotas::describe(quota))
+            }
         };
         change.commit(&detail).await?;
         Ok(share)
@@ -176,7 +176,11 @@ impl Store {
 
     /// One share: for those who may manage the instance, and for its grantee. A reader or
     /// writer asking for another's share is refused as the policy says; strangers learn nothing.
-    pub async fn get_share(&self, caller: &Caller, share: &ShareName) -> Result<Share, DomainError> {
+    pub async fn get_share(
+        &self,
+        caller: &Caller,
+        share: &ShareName,
+    ) -> Result<Share, DomainError> {
         let current = self.find_instance(caller, &share.instance).await?;
         access::authorize_share_read(caller, current.map(|i| i.access_role), share)?;
         let row = sqlx::query_as::<_, ShareRow>(concat!(

@@ -155,8 +155,18 @@ pub(super) async fn write<'e>(
     .bind(number(|e| e.estimated_tokens))
     .bind(deltas.iter().map(|d| d.instance).collect::<Vec<i64>>())
     .bind(deltas.iter().map(|d| d.grantee).collect::<Vec<i64>>())
-    .bind(deltas.iter().map(|d| d.limit.metric.number()).collect::<Vec<i16>>())
-    .bind(deltas.iter().map(|d| d.limit.period.number()).collect::<Vec<i16>>())
+    .bind(
+        deltas
+            .iter()
+            .map(|d| d.limit.metric.number())
+            .collect::<Vec<i16>>(),
+    )
+    .bind(
+        deltas
+            .iter()
+            .map(|d| d.limit.period.number())
+            .collect::<Vec<i16>>(),
+    )
     .bind(deltas.iter().map(|d| d.window).collect::<Vec<Window>>())
     .bind(deltas.iter().map(|d| d.delta).collect::<Vec<i64>>())
     .execute(executor)

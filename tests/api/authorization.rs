@@ -316,6 +316,15 @@ fn request_for(rpc: &str, t: &Targets) -> Vec<u8> {
             force: false,
         }
         .encode_to_vec(),
+        "SharingService/GetShare" => pb::GetShareRequest {
+            name: format!("{}/shares/{}", t.instance(&t.inst), t.grantee),
+        }
+        .encode_to_vec(),
+        "UsageService/ListUsage" => pb::ListUsageRequest {
+            instance: t.instance(&t.inst),
+            ..Default::default()
+        }
+        .encode_to_vec(),
         "SharingService/ListInstanceShares" => pb::ListInstanceSharesRequest {
             parent: t.instance(&t.inst),
             ..Default::default()

@@ -8,6 +8,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod binary;
+mod db_proxy;
 mod fake_provider;
 mod helpers;
 mod raw;
@@ -36,6 +37,7 @@ mod platform;
 mod processes;
 mod projects;
 mod properties;
+mod quotas;
 mod read_cache;
 mod read_cache_projects;
 mod reliability;
@@ -48,4 +50,5 @@ mod system_guard;
 mod tls;
 mod trace;
 mod updates;
+mod usage;
 mod users;

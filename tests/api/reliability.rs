@@ -15,17 +15,16 @@ use llm_registry::pb::v1::{
     sharing_service_client::SharingServiceClient,
 };
 use prost_types::FieldMask;
-use tokio::{
-    io::copy_bidirectional,
-    net::{TcpListener, TcpStream},
-    sync::Mutex,
-};
+use tokio::sync::Mutex;
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{
-    TestApp, assert_code, authed, create_definition, create_instance_from, create_project,
-    database_url, server_url, share,
+use crate::{
+    db_proxy::Proxy,
+    helpers::{
+        TestApp, assert_code, authed, create_definition, create_instance_from, create_project,
+        database_url, share,
+    },
 };
 
 fn update_model(name: &str, model: &str, etag: &str) -> pb::UpdateDefinitionRequest {
@@ -260,68 +259,9 @@ async fn races_have_exactly_one_winner_and_leave_nothing_dangling() {
     assert_eq!(dangling_keys, 0);
 }
 
-/// A TCP proxy in front of PostgreSQL that the test can cut (close every connection and refuse
-/// new ones) and restore: an outage as the service sees it, without stopping the shared server.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let connections = Arc::new(Mutex::new(Vec::new()));
-        let (flag, tasks) = (up.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !flag.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused in effect
-                }
-                let upstream = upstream.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                tasks.lock().await.push(task);
-            }
-        });
-        Self {
-            port,
-            up,
-            connections,
-        }
-    }
-
-    async fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for task in self.connections.lock().await.drain(..) {
-            task.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test]
 async fn a_database_outage_fails_fast_and_heals_without_losing_acknowledged_writes() {
-    let options: sqlx::postgres::PgConnectOptions = server_url().parse().unwrap();
-    let proxy = Proxy::start(format!("{}:{}", options.get_host(), options.get_port())).await;
-    let port = proxy.port;
-    let app = TestApp::spawn_with(|s| {
-        let direct = s.database_url.clone();
-        s.database_url = direct.replacen(
-            &format!(":{}/", options.get_port()),
-            &format!(":{port}/"),
-            1,
-        );
-    })
-    .await;
+    let (app, proxy) = Proxy::spawn_behind(|_| {}).await;
     let alice = app.create_user("alice").await;
 
     // Steady load: a create every 20 ms, remembering what was acknowledged.

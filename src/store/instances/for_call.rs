@@ -22,9 +22,9 @@ use crate::{
     },
     store::{
         Store, UsageEvent, errors, quotas,
-        usage_events,
         rate_windows::{self, Windows},
         read_cache::{CallKey, Deps, Fresh, SHARED_SCOPE, ScopeKind, scope},
+        usage_events,
     },
     vault::Sealed,
 };

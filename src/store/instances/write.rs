@@ -20,12 +20,12 @@ use crate::{
         dependents::{self, Revoked},
         errors,
         group_commit::BatchOutcome,
-        quotas,
         instances::{
             last_test_of,
             update_batches::{UpdateValues, update_one},
             update_hints::UpdateHints,
         },
+        quotas,
     },
     vault::KeyRing,
 };
