@@ -76,6 +76,10 @@ psql -h 127.0.0.1 -U postgres -d "$DB" -qc "VACUUM ANALYZE"
 IDLE_RSS=$(rss_kib "$SERVER_PID" VmRSS)
 "$LOADGEN" --addr "$ADDR" create-embed-instance --token "$BENCH_TOKEN" \
     --endpoint "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" --key "$PROVIDER_KEY"
+# Two of owner-1's instances shared with bench: one plain, one with a budget and a quota on
+# bench's share (issue 30: what quotas cost a grantee's Embed).
+"$LOADGEN" --addr "$ADDR" create-shared-embed-instances --token "$WRITER_TOKEN" \
+    --endpoint "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" --key "$PROVIDER_KEY"
 
 # The floor under Embed (examples/embed_floor.rs): the same hop on the registry's stack (tonic
 # in, reqwest out, JSON read, protobuf answered) with none of the registry's own work.
@@ -100,7 +104,7 @@ line=$("$LOADGEN" --addr "$ADDR" measure --token "$BENCH_TOKEN" --scenario get-i
 RESULT["get-instance-with-writer,32"]=$line
 WRITER_RATE=$(awk '/writer:/ {print $2}' "$WORK/writer.log")
 echo "$line (writer: $WRITER_RATE UpdateInstance/s)"
-for scenario in embed embed-project embed-floor provider-direct; do
+for scenario in embed embed-project embed-shared embed-quota embed-floor provider-direct; do
     for c in $CONCURRENCIES; do
         if [ "$scenario" = embed-floor ]; then
             line=$("$LOADGEN" --addr "$FLOOR_ADDR" measure --token unused --scenario embed --concurrency "$c" --seconds "$SECONDS_PER_RUN" | sed 's/^embed /embed-floor /')
@@ -212,7 +216,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "| scenario | streams | req/s | p50 ms | p99 ms | errors |"
     echo "| --- | --- | --- | --- | --- | --- |"
-    for scenario in health get-instance list-first list-deep project-instance create-instance update-instance embed embed-project embed-floor provider-direct; do
+    for scenario in health get-instance list-first list-deep project-instance create-instance update-instance embed embed-project embed-shared embed-quota embed-floor provider-direct; do
         for c in $CONCURRENCIES; do
             echo "| $scenario | $c | $(field "$scenario" "$c" 3) | $(field "$scenario" "$c" 4) | $(field "$scenario" "$c" 5) | $(field "$scenario" "$c" 6) |"
         done
@@ -263,6 +267,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     goal "ListInstances first page / pgbench of its statement, 32 (≥ 0.5)" "$(ratio "$(field list-first 32 3)" "${PGB["list,32"]}")" ge 0.5
     goal "mixed / mixed-reads (≥ 0.5)" "$(ratio "$(field mixed 32 3)" "$(field mixed-reads 32 3)")" ge 0.5
     goal "mixed p99, ms (< 20)" "$(field mixed 32 5)" lt 20
+    echo
+    echo "Quotas (issue 30): a grantee's Embed with a budget on the instance and a quota on the share (two limits each, never reached) against the same Embed without either:"
+    echo
+    echo "| goal | value | met |"
+    echo "| --- | --- | --- |"
+    goal "Embed with quota and budget / without, 32 streams (≥ 0.9)" "$(ratio "$(field embed-quota 32 3)" "$(field embed-shared 32 3)")" ge 0.9
+    goal "Embed with quota and budget p50 − without p50, 1 stream, ms (≤ 0.2)" "$(awk -v a="$(field embed-quota 1 4)" -v b="$(field embed-shared 1 4)" 'BEGIN { printf "%.3f", a - b }')" le 0.2
     echo
     echo "Each method of the mixed scenarios alone (loadgen, the same runs):"
     echo

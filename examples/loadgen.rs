@@ -102,6 +102,18 @@ enum Command {
         #[arg(long)]
         key: String,
     },
+    /// With owner-1's `token`: creates `users/owner-1/instances/embed-shared` and
+    /// `.../embed-quota` at `endpoint` holding `key`, both shared with `bench` as a reader; the
+    /// second with a budget and a quota on bench's share (limits never reached), so that the
+    /// two measure what quotas cost a grantee's Embed.
+    CreateSharedEmbedInstances {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        key: String,
+    },
 }
 
 /// The text every Embed of the benchmark sends (also sent directly to the fake provider).
@@ -484,13 +496,15 @@ fn scenario_request(
             }
             .encode_to_vec(),
         ),
-        "embed" | "embed-project" => (
+        "embed" | "embed-project" | "embed-shared" | "embed-quota" => (
             "/llmregistry.v1.EmbeddingService/Embed",
             pb::EmbedRequest {
-                name: if scenario == "embed" {
-                    "users/bench/instances/embed".into()
-                } else {
-                    "users/bench/projects/embed".into()
+                name: match scenario {
+                    "embed" => "users/bench/instances/embed".into(),
+                    "embed-project" => "users/bench/projects/embed".into(),
+                    // A grantee's Embed, without and with a budget and a share quota.
+                    "embed-shared" => "users/owner-1/instances/embed-shared".into(),
+                    _ => "users/owner-1/instances/embed-quota".into(),
                 },
                 inputs: vec![BENCH_TEXT.into()],
                 input_type: 0,
@@ -621,6 +635,65 @@ async fn create_embed_instance(
             token,
         ))
         .await?;
+    Ok(())
+}
+
+/// Limits of requests per minute and input tokens per day that the benchmark never reaches.
+fn unreachable_quota() -> pb::Quota {
+    pb::Quota {
+        limits: vec![
+            pb::QuotaLimit {
+                metric: pb::QuotaMetric::Requests as i32,
+                period: pb::QuotaPeriod::Minute as i32,
+                limit: 1_000_000_000_000,
+            },
+            pb::QuotaLimit {
+                metric: pb::QuotaMetric::InputTokens as i32,
+                period: pb::QuotaPeriod::Day as i32,
+                limit: 1_000_000_000_000_000,
+            },
+        ],
+    }
+}
+
+async fn create_shared_embed_instances(
+    addr: &str,
+    token: &str,
+    endpoint: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    let channel = channels(addr, 1).await?.remove(0);
+    for (handle, quota) in [("embed-shared", None), ("embed-quota", Some(unreachable_quota()))] {
+        LlmInstanceServiceClient::new(channel.clone())
+            .create_instance(authed(
+                pb::CreateInstanceRequest {
+                    parent: "users/owner-1".into(),
+                    instance_id: handle.into(),
+                    instance: Some(pb::Instance {
+                        endpoint: endpoint.to_owned(),
+                        api_standard: "openai".into(),
+                        model: "text-embedding-3-small".into(),
+                        dimensions: Some(1536),
+                        api_key: key.to_owned(),
+                        quota: quota.clone(),
+                        ..Default::default()
+                    }),
+                },
+                token,
+            ))
+            .await?;
+        SharingServiceClient::new(channel.clone())
+            .share_instance(authed(
+                pb::ShareInstanceRequest {
+                    name: format!("users/owner-1/instances/{handle}"),
+                    grantee: "users/bench".into(),
+                    role: pb::Role::Reader as i32,
+                    quota,
+                },
+                token,
+            ))
+            .await?;
+    }
     Ok(())
 }
 
@@ -968,5 +1041,10 @@ async fn main() -> anyhow::Result<()> {
             endpoint,
             key,
         } => create_embed_instance(&args.addr, &token, &endpoint, &key).await,
+        Command::CreateSharedEmbedInstances {
+            token,
+            endpoint,
+            key,
+        } => create_shared_embed_instances(&args.addr, &token, &endpoint, &key).await,
     }
 }

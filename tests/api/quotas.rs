@@ -266,6 +266,14 @@ async fn token_budget(flavor: Flavor, reported: bool) {
         .await
         .unwrap_err();
     assert_exceeded(&owner, "instance", "input_tokens", "day", 10);
+    // Lifting the budget through another replica shows at once on this one (whose read cache
+    // held the instance with its budget).
+    let replica = f.app.replica_with(trust_fakes).await;
+    set_budget(&replica, &f.alice, &f.instance, None)
+        .await
+        .unwrap();
+    embed_as(&f.app, &bob, &f.instance, "a b c").await.unwrap();
+    spent += per_call;
 
     let rows = crate::usage::list_usage(&f.app, &f.alice, &f.instance).await;
     let (tokens, estimated): (i64, i64) = rows.iter().fold((0, 0), |(t, e), row| {
