@@ -72,6 +72,8 @@ echo "== populating as bench/run.sh does"
 eval "$("$LOADGEN" --addr "$ADDR" populate --admin-token "$ADMIN_TOKEN" --users 1000 --owners 10 --instances-per-owner 1000 --projects 100)"
 "$LOADGEN" --addr "$ADDR" create-embed-instance --token "$BENCH_TOKEN" \
     --endpoint "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" --key "$PROVIDER_KEY"
+"$LOADGEN" --addr "$ADDR" create-shared-embed-instances --token "$WRITER_TOKEN" \
+    --endpoint "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" --key "$PROVIDER_KEY"
 $PGDB "VACUUM ANALYZE" >/dev/null
 "$FLOOR" --provider-url "https://localhost:${FAKE_ADDR##*:}/v1/embeddings" \
     --provider-ca "$WORK/provider-ca.pem" --provider-key "$PROVIDER_KEY" > "$WORK/floor.log" 2>&1 &

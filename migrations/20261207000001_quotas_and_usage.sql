@@ -7,18 +7,19 @@
 ALTER TABLE instances ADD COLUMN quota jsonb CHECK (jsonb_typeof(quota) = 'array');
 ALTER TABLE shares ADD COLUMN quota jsonb CHECK (jsonb_typeof(quota) = 'array');
 
--- What each limit has counted in its current window. One row per instance, scope, metric and
--- period that was ever checked; the window moves forward in place. `grantee_id` 0 is the
--- instance's budget, any other value the share quota of that user. Metrics and periods are the
--- numbers of the proto enums (1 requests, 2 input tokens; 1 minute, 2 hour, 3 day, 4 month).
+-- What each limit has counted in its current window: one row per instance and scope
+-- (`grantee_id` 0 is the instance's budget, any other value the share quota of that user), with
+-- a slot per metric and period: slot = (metric - 1) * 4 + period, metrics and periods numbered
+-- as in the proto enums (metric 1 requests, 2 input tokens; period 1 minute, 2 hour, 3 day,
+-- 4 month). A slot's count starts again at zero when its window moves. One row per scope, not
+-- per limit, so that a call updates at most two rows whatever its limits.
 CREATE TABLE quota_counters (
-    instance_id  bigint      NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
-    grantee_id   bigint      NOT NULL,
-    metric       smallint    NOT NULL CHECK (metric BETWEEN 1 AND 2),
-    period       smallint    NOT NULL CHECK (period BETWEEN 1 AND 4),
-    window_start timestamptz NOT NULL,
-    used         bigint      NOT NULL,
-    PRIMARY KEY (instance_id, grantee_id, metric, period)
+    instance_id   bigint        NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+    grantee_id    bigint        NOT NULL,
+    window_starts timestamptz[] NOT NULL,
+    used          bigint[]      NOT NULL,
+    PRIMARY KEY (instance_id, grantee_id),
+    CHECK (cardinality(window_starts) = 8 AND cardinality(used) = 8)
 );
 
 -- The start of the calendar window (UTC) of `period` that holds `moment`.
@@ -38,69 +39,149 @@ LANGUAGE sql IMMUTABLE AS $$
            AT TIME ZONE 'UTC'
 $$;
 
--- Reserves one call against every limit given (arrays of one element per limit, sorted by
--- grantee, metric, period: rows are locked in that order by every writer, so two writers never
--- wait for each other both ways). Either every counter takes its amount, or none does: when one
--- would pass its limit, nothing is written and the answer names it (1-based `refused`, 0 when
--- reserved) with the seconds until its window ends (the latest end among those exceeded, since
--- a retry before that would be refused again). `window_starts` are the windows reserved in, for
--- the settlement.
-CREATE FUNCTION reserve_quota(p_instance bigint, p_grantees bigint[], p_metrics smallint[],
-                              p_periods smallint[], p_limits bigint[], p_amounts bigint[])
-RETURNS TABLE (refused integer, retry_seconds double precision, window_starts timestamptz[])
+-- Reserves a batch of calls, in the order given, each against its claims. The batch's counter
+-- rows come first (`r_instance`, `r_grantee`: distinct, in key order), then one array element
+-- per claim: its call (`c_call`, 1-based, ascending), its row (1-based into `r_*`), its slot,
+-- period, limit and amount. Each call takes all its claims or none: when one would pass its
+-- limit, the call takes nothing and `refused` names that claim (1-based among the call's claims,
+-- 0 when reserved; of several, the one whose window ends last, since a retry before then would
+-- be refused again) with the seconds until its window ends (`retry_seconds`), one element per
+-- call. `claim_windows`, one per claim, are the windows the claims were counted in, for the
+-- settlement.
+--
+-- The rows are locked first, in key order (as `settle_quota` takes them), so that batches never
+-- wait for each other both ways, and each is written once however many calls it counts.
+CREATE FUNCTION reserve_quota(r_instance bigint[], r_grantee bigint[], c_call integer[],
+                              c_row integer[], c_slot smallint[], c_period smallint[],
+                              c_limit bigint[], c_amount bigint[],
+                              OUT refused integer[], OUT retry_seconds double precision[],
+                              OUT claim_windows timestamptz[])
 LANGUAGE plpgsql AS $$
 DECLARE
     t_now timestamptz := clock_timestamp();
-    n integer := coalesce(array_length(p_grantees, 1), 0);
-    starts timestamptz[] := '{}';
-    current_used bigint[] := '{}';
-    found_start timestamptz;
-    found_used bigint;
-    w_start timestamptz;
-    worst integer := 0;
+    rows_n integer := coalesce(array_length(r_instance, 1), 0);
+    n integer := coalesce(array_length(c_call, 1), 0);
+    calls_n integer := coalesce(c_call[n], 0);
+    -- The rows' slots, flattened: row r's slot s is element (r - 1) * 8 + s.
+    slot_starts timestamptz[];
+    slot_used bigint[];
+    changed boolean[];
+    found_starts timestamptz[];
+    found_used bigint[];
+    period_starts timestamptz[];
+    c_first integer := 1;
+    c_last integer;
+    idx integer;
+    worst integer;
     worst_end timestamptz;
+    claim_end timestamptz;
 BEGIN
-    FOR i IN 1..n LOOP
-        w_start := quota_window_start(p_periods[i], t_now);
+    slot_starts := array_fill(NULL::timestamptz, ARRAY[rows_n * 8 + 1]);
+    slot_used := array_fill(0::bigint, ARRAY[rows_n * 8 + 1]);
+    changed := array_fill(false, ARRAY[rows_n + 1]);
+    FOR r IN 1..rows_n LOOP
         LOOP
-            SELECT c.window_start, c.used INTO found_start, found_used FROM quota_counters c
-            WHERE c.instance_id = p_instance AND c.grantee_id = p_grantees[i]
-              AND c.metric = p_metrics[i] AND c.period = p_periods[i]
+            SELECT c.window_starts, c.used INTO found_starts, found_used FROM quota_counters c
+            WHERE c.instance_id = r_instance[r] AND c.grantee_id = r_grantee[r]
             FOR UPDATE;
             EXIT WHEN FOUND;
-            INSERT INTO quota_counters (instance_id, grantee_id, metric, period, window_start, used)
-            VALUES (p_instance, p_grantees[i], p_metrics[i], p_periods[i], w_start, 0)
+            INSERT INTO quota_counters (instance_id, grantee_id, window_starts, used)
+            VALUES (r_instance[r], r_grantee[r], array_fill(t_now, ARRAY[8]),
+                    array_fill(0::bigint, ARRAY[8]))
             ON CONFLICT DO NOTHING;
         END LOOP;
-        IF found_start <> w_start THEN
-            found_used := 0;
-        END IF;
-        starts := starts || w_start;
-        current_used := current_used || found_used;
-        IF found_used + p_amounts[i] > p_limits[i]
-           AND (worst = 0 OR quota_window_end(p_periods[i], w_start) > worst_end) THEN
-            worst := i;
-            worst_end := quota_window_end(p_periods[i], w_start);
-        END IF;
+        FOR s IN 1..8 LOOP
+            slot_starts[(r - 1) * 8 + s] := found_starts[s];
+            slot_used[(r - 1) * 8 + s] := found_used[s];
+        END LOOP;
     END LOOP;
-    IF worst > 0 THEN
-        RETURN QUERY SELECT worst, greatest(extract(epoch FROM worst_end - t_now)::float8, 0.001),
-                            starts;
-        RETURN;
-    END IF;
+    period_starts := ARRAY[quota_window_start(1::smallint, t_now),
+                           quota_window_start(2::smallint, t_now),
+                           quota_window_start(3::smallint, t_now),
+                           quota_window_start(4::smallint, t_now)];
+    refused := array_fill(0, ARRAY[calls_n]);
+    retry_seconds := array_fill(0::float8, ARRAY[calls_n]);
+    claim_windows := array_fill(NULL::timestamptz, ARRAY[n]);
     FOR i IN 1..n LOOP
-        UPDATE quota_counters c SET window_start = starts[i], used = current_used[i] + p_amounts[i]
-        WHERE c.instance_id = p_instance AND c.grantee_id = p_grantees[i]
-          AND c.metric = p_metrics[i] AND c.period = p_periods[i];
+        claim_windows[i] := period_starts[c_period[i]];
+        idx := (c_row[i] - 1) * 8 + c_slot[i];
+        IF slot_starts[idx] IS DISTINCT FROM claim_windows[i] THEN
+            slot_starts[idx] := claim_windows[i];
+            slot_used[idx] := 0;
+        END IF;
     END LOOP;
-    RETURN QUERY SELECT 0, 0::float8, starts;
+    -- The calls in order, each all or nothing.
+    WHILE c_first <= n LOOP
+        c_last := c_first;
+        WHILE c_last < n AND c_call[c_last + 1] = c_call[c_first] LOOP
+            c_last := c_last + 1;
+        END LOOP;
+        worst := 0;
+        FOR i IN c_first..c_last LOOP
+            idx := (c_row[i] - 1) * 8 + c_slot[i];
+            IF slot_used[idx] + c_amount[i] > c_limit[i] THEN
+                claim_end := quota_window_end(c_period[i], claim_windows[i]);
+                IF worst = 0 OR claim_end > worst_end THEN
+                    worst := i - c_first + 1;
+                    worst_end := claim_end;
+                END IF;
+            END IF;
+        END LOOP;
+        IF worst = 0 THEN
+            FOR i IN c_first..c_last LOOP
+                idx := (c_row[i] - 1) * 8 + c_slot[i];
+                slot_used[idx] := slot_used[idx] + c_amount[i];
+                changed[c_row[i]] := true;
+            END LOOP;
+        ELSE
+            refused[c_call[c_first]] := worst;
+            retry_seconds[c_call[c_first]] :=
+                greatest(extract(epoch FROM worst_end - t_now)::float8, 0.001);
+        END IF;
+        c_first := c_last + 1;
+    END LOOP;
+    FOR r IN 1..rows_n LOOP
+        IF changed[r] THEN
+            UPDATE quota_counters c
+            SET window_starts = slot_starts[(r - 1) * 8 + 1:r * 8],
+                used = slot_used[(r - 1) * 8 + 1:r * 8]
+            WHERE c.instance_id = r_instance[r] AND c.grantee_id = r_grantee[r];
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Settles reservations (one array element per correction: the counter row, the slot, the
+-- window it was reserved in and what the reservation was off by: minus the reservation for a
+-- call that never reached the provider, reported minus estimated tokens for one that did). A
+-- correction for a window that has since moved on is dropped. Rows in row_key order, as
+-- `reserve_quota` takes them.
+CREATE FUNCTION settle_quota(s_instance bigint[], s_grantee bigint[], s_slot smallint[],
+                             s_window timestamptz[], s_delta bigint[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    settle record;
+BEGIN
+    FOR settle IN
+        SELECT instance_id, grantee_id, slot, window_start, sum(delta) AS delta
+        FROM unnest(s_instance, s_grantee, s_slot, s_window, s_delta)
+             AS s (instance_id, grantee_id, slot, window_start, delta)
+        GROUP BY 1, 2, 3, 4
+        HAVING sum(delta) <> 0
+        ORDER BY 1, 2, 3, 4
+    LOOP
+        UPDATE quota_counters c SET used[settle.slot] = greatest(c.used[settle.slot] + settle.delta, 0)
+        WHERE c.instance_id = settle.instance_id AND c.grantee_id = settle.grantee_id
+          AND c.window_starts[settle.slot] = settle.window_start;
+    END LOOP;
 END
 $$;
 
 -- Daily (UTC) totals of the uses of instances (Embed, TestInstance): one row per day, instance,
 -- subject (the user on whose behalf) and caller (that user, or the service account acting).
--- Kept by `record_uses`, in the statement that writes the uses' audit events, so the two always
--- agree. Keyed by names, as the audit trail is: a deleted instance's history stays.
+-- Kept by the statement that writes the uses' audit events (src/store/usage_events.rs), so the
+-- two always agree. Keyed by names, as the audit trail is: a deleted instance's history stays.
 CREATE TABLE usage_daily (
     day                    date   NOT NULL,
     instance               text   NOT NULL,
@@ -119,61 +200,6 @@ CREATE TABLE usage_daily (
 CREATE INDEX usage_daily_instance ON usage_daily (instance, day);
 CREATE INDEX usage_daily_owner ON usage_daily (instance_owner, day);
 CREATE INDEX usage_daily_subject ON usage_daily (subject, day);
-
--- Writes uses: their audit events and their daily totals in one statement (every event at the
--- same time, so that its day is the totals' day), after settling their quota reservations
--- (`e_usage_subject` NULL: an event on the trail only, such as a key's release; `s_*`: one
--- element per counter; `s_delta` is what the call's reservation was off by: minus
--- the reservation for a call that never reached the provider, reported minus estimated tokens
--- for one that did). Locks: counters in key order first (as `reserve_quota` takes them), then
--- the daily rows in key order, so that writers of uses never wait for each other both ways.
-CREATE FUNCTION record_uses(
-    e_caller text[], e_subject text[], e_method text[], e_resource text[], e_owner text[],
-    e_outcome text[], e_detail text[], e_usage_subject text[], e_tokens bigint[],
-    e_estimated bigint[],
-    s_instance bigint[], s_grantee bigint[], s_metric smallint[], s_period smallint[],
-    s_window timestamptz[], s_delta bigint[])
-RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    t_now timestamptz := clock_timestamp();
-    settle record;
-BEGIN
-    FOR settle IN
-        SELECT instance_id, grantee_id, metric, period, window_start, sum(delta) AS delta
-        FROM unnest(s_instance, s_grantee, s_metric, s_period, s_window, s_delta)
-             AS s (instance_id, grantee_id, metric, period, window_start, delta)
-        GROUP BY 1, 2, 3, 4, 5
-        HAVING sum(delta) <> 0
-        ORDER BY 1, 2, 3, 4, 5
-    LOOP
-        UPDATE quota_counters c SET used = greatest(c.used + settle.delta, 0)
-        WHERE c.instance_id = settle.instance_id AND c.grantee_id = settle.grantee_id
-          AND c.metric = settle.metric AND c.period = settle.period
-          AND c.window_start = settle.window_start;
-    END LOOP;
-    INSERT INTO usage_daily AS u (day, instance, instance_owner, subject, caller, requests,
-                                  succeeded, failed, input_tokens, input_tokens_estimated)
-    SELECT (t_now AT TIME ZONE 'UTC')::date, resource, min(owner), usage_subject, caller, count(*),
-           count(*) FILTER (WHERE outcome = 'OK'), count(*) FILTER (WHERE outcome <> 'OK'),
-           sum(tokens), sum(estimated)
-    FROM unnest(e_resource, e_owner, e_usage_subject, e_caller, e_outcome, e_tokens, e_estimated)
-         AS e (resource, owner, usage_subject, caller, outcome, tokens, estimated)
-    WHERE usage_subject IS NOT NULL
-    GROUP BY resource, usage_subject, caller
-    ORDER BY resource, usage_subject, caller
-    ON CONFLICT (day, instance, subject, caller) DO UPDATE SET
-        requests = u.requests + EXCLUDED.requests,
-        succeeded = u.succeeded + EXCLUDED.succeeded,
-        failed = u.failed + EXCLUDED.failed,
-        input_tokens = u.input_tokens + EXCLUDED.input_tokens,
-        input_tokens_estimated = u.input_tokens_estimated + EXCLUDED.input_tokens_estimated;
-    INSERT INTO audit_events (time, caller, method, resource, resource_owner, outcome, detail,
-                              subject)
-    SELECT t_now, * FROM unnest(e_caller, e_method, e_resource, e_owner, e_outcome, e_detail,
-                             e_subject);
-END
-$$;
 
 -- The ledger starts with the uses already on the audit trail (their detail carries the counts:
 -- `input_tokens=N` where the provider reported them).

@@ -297,7 +297,7 @@ impl Use {
         let event = self.event(TEST, outcome_of(&checked), &checked);
         context
             .store
-            .record_test(instance.sequence, instance.revision, &test, &event)
+            .record_test(instance.sequence, instance.revision, &test, event)
             .await?;
         Ok(pb::TestInstanceResponse {
             instance: name,

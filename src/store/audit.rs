@@ -167,8 +167,10 @@ impl Store {
 
     /// Records one use of an instance (Embed, TestInstance) with its counts and outcome, on its
     /// own (a use changes nothing to join), group-committed with other uses: see
-    /// [`usage_events`](super::usage_events). Returns once the event is committed.
-    pub async fn record_use(&self, event: UsageEvent) -> Result<(), DomainError> {
+    /// [`usage_events`](super::usage_events). Returns once the event is committed. Its quota
+    /// settlement, if any, is queued for the settler (see [`super::quotas`]).
+    pub async fn record_use(&self, mut event: UsageEvent) -> Result<(), DomainError> {
+        self.settle_quota(std::mem::take(&mut event.settlement));
         self.usage.record(event).await
     }
 

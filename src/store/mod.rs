@@ -64,6 +64,10 @@ pub struct Store {
     update_batches: Arc<GroupCommit<UpdateBatch>>,
     /// Usage events (Embed, TestInstance), group-committed on their own connections.
     usage: Arc<UsageEvents>,
+    /// Quota reservations, group-committed on the usage connections.
+    reservations: Arc<GroupCommit<quotas::ReserveBatch>>,
+    /// Quota settlements, written after the calls by a task of their own.
+    settlements: Arc<quotas::QuotaSettlements>,
     /// The version of an instance each caller last wrote, where its next update starts.
     update_hints: Arc<instances::UpdateHints>,
 }
@@ -82,6 +86,8 @@ impl Store {
             .test_before_acquire(false)
             .connect_lazy_with(usage_options);
         Self {
+            reservations: quotas::reservations(usage_pool.clone()),
+            settlements: quotas::QuotaSettlements::new(usage_pool.clone()),
             usage: UsageEvents::new(usage_pool),
             create_batches: GroupCommit::new(pool.clone()),
             update_batches: GroupCommit::new(pool.clone()),

@@ -1,19 +1,37 @@
 //! Quotas in the database: how a [`Quota`] is stored (a JSON array in `instances.quota` and
-//! `shares.quota`), and the reservation a call makes before its provider call
-//! (`reserve_quota`, a function of the migration `quotas_and_usage`): one statement that takes
-//! every claim or none, atomically across replicas, on the usage connections (which commit
-//! without waiting for the WAL flush: a reservation lost to a crash of PostgreSQL itself lets a
-//! few calls go uncounted, never blocks one). The settlement travels with the call's audit event
-//! (`usage_events`), so it costs no round trip of its own.
+//! `shares.quota`); the reservation a call makes before its provider call (`reserve_quota`, a
+//! function of the migration `quotas_and_usage`), which takes every claim of a call or none,
+//! atomically across replicas; and the settlement after it (`settle_quota`).
+//!
+//! Every call of an instance with limits reserves against the same few counter rows, so under
+//! load the rows are the bottleneck: reservations that arrive together are therefore sent as one
+//! batch ([`GroupCommit`]), in which each row is locked and written once for all of them, the
+//! calls still each all-or-nothing in their order. Alone, a reservation is one short statement.
+//! Reservations and settlements run on the usage connections, which commit without waiting for
+//! the WAL flush, so a hot row is held for microseconds, not a disk flush; a reservation lost to
+//! a crash of PostgreSQL itself lets a few calls go uncounted, never blocks one.
+//!
+//! Settlements need no answer: they are queued and written in batches by a task of their own,
+//! after the calls' answers ([`QuotaSettlements`]). One that cannot be written leaves its
+//! reservation standing, which counts the call as estimated (never less).
+
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
 
-use super::{Store, errors};
+use super::{
+    Store, errors,
+    group_commit::{BatchOutcome, BatchStatement, GroupCommit},
+};
 use crate::domain::{
     DomainError,
-    quota::{Claim, Quota, QuotaExceeded, QuotaLimit, QuotaMetric, QuotaPeriod, Reservation},
+    quota::{
+        Claim, CounterDelta, Quota, QuotaExceeded, QuotaLimit, QuotaMetric, QuotaPeriod,
+        Reservation,
+    },
 };
 
 /// One limit as stored: words, so that an operator reading the table needs no enum table.
@@ -73,8 +91,109 @@ pub(super) fn describe(quota: &Quota) -> String {
 /// The window a counter was reserved in, as the database keyed it.
 pub type Window = DateTime<Utc>;
 
-const RESERVE: &str = "SELECT refused, retry_seconds, window_starts \
-    FROM reserve_quota($1, $2::int8[], $3::int2[], $4::int2[], $5::int8[], $6::int8[])";
+/// A counter row's slot for a limit: `(metric - 1) * 4 + period`, as the migration numbers them.
+fn slot(limit: &QuotaLimit) -> i16 {
+    (limit.metric.number() - 1) * 4 + limit.period.number()
+}
+
+/// One call's reservation, as queued for a batch.
+pub(super) struct ReserveValues {
+    instance: i64,
+    claims: Vec<Claim>,
+}
+
+/// What the batch answered for one call.
+#[derive(Clone, Debug)]
+pub(super) struct Reserved {
+    /// 0 when reserved; else the refusing claim, 1-based.
+    refused: i32,
+    retry_seconds: f64,
+    /// One per claim.
+    windows: Vec<Window>,
+}
+
+/// Quota reservations, group-committed (`GroupCommit<ReserveBatch>` in the store).
+pub(super) struct ReserveBatch;
+
+const RESERVE: &str = "SELECT refused, retry_seconds, claim_windows \
+    FROM reserve_quota($1::int8[], $2::int8[], $3::int4[], $4::int4[], $5::int2[], $6::int2[], \
+                       $7::int8[], $8::int8[])";
+
+impl BatchStatement for ReserveBatch {
+    type Values = ReserveValues;
+    type Done = Reserved;
+    const OPERATION: &'static str = "quota_reservation";
+
+    async fn write(
+        pool: &PgPool,
+        rows: &[&ReserveValues],
+    ) -> Result<Vec<(usize, Reserved)>, sqlx::Error> {
+        reserve(pool, rows).await
+    }
+}
+
+/// Runs `reserve_quota` for `calls`, in their order: each call's answer by position.
+async fn reserve(
+    pool: &PgPool,
+    calls: &[&ReserveValues],
+) -> Result<Vec<(usize, Reserved)>, sqlx::Error> {
+    // The batch's counter rows, distinct and in key order (the order they are locked in).
+    let mut keys: Vec<(i64, i64)> = calls
+        .iter()
+        .flat_map(|call| call.claims.iter().map(|claim| (call.instance, claim.grantee)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let row_of = |key: (i64, i64)| {
+        keys.binary_search(&key)
+            .map(|found| i32::try_from(found + 1).unwrap_or(i32::MAX))
+            .unwrap_or(0)
+    };
+    let claims: Vec<(i32, &ReserveValues, &Claim)> = calls
+        .iter()
+        .enumerate()
+        .flat_map(|(position, call)| {
+            let number = i32::try_from(position + 1).unwrap_or(i32::MAX);
+            call.claims.iter().map(move |claim| (number, *call, claim))
+        })
+        .collect();
+    let row = sqlx::query(RESERVE)
+        .bind(keys.iter().map(|key| key.0).collect::<Vec<i64>>())
+        .bind(keys.iter().map(|key| key.1).collect::<Vec<i64>>())
+        .bind(claims.iter().map(|c| c.0).collect::<Vec<i32>>())
+        .bind(
+            claims
+                .iter()
+                .map(|c| row_of((c.1.instance, c.2.grantee)))
+                .collect::<Vec<i32>>(),
+        )
+        .bind(claims.iter().map(|c| slot(&c.2.limit)).collect::<Vec<i16>>())
+        .bind(
+            claims
+                .iter()
+                .map(|c| c.2.limit.period.number())
+                .collect::<Vec<i16>>(),
+        )
+        .bind(claims.iter().map(|c| c.2.limit.limit).collect::<Vec<i64>>())
+        .bind(claims.iter().map(|c| c.2.amount).collect::<Vec<i64>>())
+        .fetch_one(pool)
+        .await?;
+    let refused: Vec<i32> = row.try_get("refused")?;
+    let retry_seconds: Vec<f64> = row.try_get("retry_seconds")?;
+    let mut windows = row.try_get::<Vec<Window>, _>("claim_windows")?.into_iter();
+    Ok(calls
+        .iter()
+        .enumerate()
+        .map(|(position, call)| {
+            let reserved = Reserved {
+                refused: refused.get(position).copied().unwrap_or(0),
+                retry_seconds: retry_seconds.get(position).copied().unwrap_or(0.0),
+                windows: windows.by_ref().take(call.claims.len()).collect(),
+            };
+            (position, reserved)
+        })
+        .collect())
+}
 
 impl Store {
     /// Reserves `claims` on instance `instance` (in lock order, see
@@ -85,32 +204,23 @@ impl Store {
         instance: i64,
         claims: Vec<Claim>,
     ) -> Result<Result<Reservation<Window>, QuotaExceeded>, DomainError> {
-        let column = |pick: fn(&Claim) -> i64| claims.iter().map(pick).collect::<Vec<i64>>();
-        let row = sqlx::query(RESERVE)
-            .bind(instance)
-            .bind(column(|c| c.grantee))
-            .bind(
-                claims
-                    .iter()
-                    .map(|c| c.limit.metric.number())
-                    .collect::<Vec<i16>>(),
-            )
-            .bind(
-                claims
-                    .iter()
-                    .map(|c| c.limit.period.number())
-                    .collect::<Vec<i16>>(),
-            )
-            .bind(column(|c| c.limit.limit))
-            .bind(column(|c| c.amount))
-            .fetch_one(self.usage.pool())
-            .await
-            .map_err(errors::db)?;
-        let refused: i32 = row.try_get("refused").map_err(errors::db)?;
-        let retry_seconds: f64 = row.try_get("retry_seconds").map_err(errors::db)?;
-        let windows: Vec<Window> = row.try_get("window_starts").map_err(errors::db)?;
-        if refused > 0 {
-            let claim = usize::try_from(refused - 1)
+        let values = ReserveValues {
+            instance,
+            claims: claims.clone(),
+        };
+        let reserved = match self.reservations.submit(values).await {
+            BatchOutcome::Done(reserved) => reserved,
+            BatchOutcome::Unavailable => return Err(DomainError::Unavailable),
+            // Its batch failed as a whole: alone, for its own answer (or error).
+            BatchOutcome::RunAlone(values) => reserve(self.usage.pool(), &[&values])
+                .await
+                .map_err(errors::db)?
+                .pop()
+                .map(|(_, reserved)| reserved)
+                .ok_or_else(|| DomainError::Internal("a reservation got no answer".to_owned()))?,
+        };
+        if reserved.refused > 0 {
+            let claim = usize::try_from(reserved.refused - 1)
                 .ok()
                 .and_then(|index| claims.get(index))
                 .ok_or_else(|| {
@@ -121,11 +231,11 @@ impl Store {
                 limit: claim.limit,
                 // A month is the longest window.
                 retry_after: std::time::Duration::from_secs_f64(
-                    retry_seconds.clamp(0.001, 32.0 * 86_400.0),
+                    reserved.retry_seconds.clamp(0.001, 32.0 * 86_400.0),
                 ),
             }));
         }
-        if windows.len() != claims.len() {
+        if reserved.windows.len() != claims.len() {
             return Err(DomainError::Internal(
                 "a quota reservation answered the wrong number of windows".to_owned(),
             ));
@@ -133,9 +243,84 @@ impl Store {
         Ok(Ok(Reservation {
             instance,
             claims,
-            windows,
+            windows: reserved.windows,
         }))
     }
+
+    /// Queues corrections of reservations for the settler (see [`QuotaSettlements`]); returns
+    /// at once.
+    pub(super) fn settle_quota(&self, deltas: Vec<CounterDelta<Window>>) {
+        if !deltas.is_empty() {
+            self.settlements.queue(deltas);
+        }
+    }
+}
+
+/// Corrections waiting for the settler; beyond this many, new ones are dropped (and their
+/// reservations stand: the calls count as estimated).
+const SETTLEMENTS_QUEUED: usize = 65_536;
+
+/// The settler: one task that writes queued corrections in batches (`settle_quota`), started
+/// with the first one (it needs the caller's runtime).
+#[derive(Debug)]
+pub(super) struct QuotaSettlements {
+    pool: PgPool,
+    sender: OnceLock<mpsc::Sender<CounterDelta<Window>>>,
+}
+
+impl QuotaSettlements {
+    pub(super) fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            sender: OnceLock::new(),
+        })
+    }
+
+    fn queue(&self, deltas: Vec<CounterDelta<Window>>) {
+        let sender = self.sender.get_or_init(|| {
+            let (sender, receiver) = mpsc::channel(SETTLEMENTS_QUEUED);
+            tokio::spawn(settle_batches(self.pool.clone(), receiver));
+            sender
+        });
+        for delta in deltas {
+            if sender.try_send(delta).is_err() {
+                tracing::warn!("quota settlements are backed up; a reservation stands as taken");
+            }
+        }
+    }
+}
+
+/// The most corrections in one statement.
+const MAX_SETTLEMENTS: usize = 1024;
+
+async fn settle_batches(pool: PgPool, mut receiver: mpsc::Receiver<CounterDelta<Window>>) {
+    let mut batch = Vec::with_capacity(MAX_SETTLEMENTS);
+    while receiver.recv_many(&mut batch, MAX_SETTLEMENTS).await > 0 {
+        crate::metrics::record_group_commit("quota_settlement", batch.len());
+        if let Err(error) = settle(&pool, &batch).await {
+            tracing::warn!(corrections = batch.len(), %error, "quota settlements not written; their reservations stand");
+        }
+        batch.clear();
+    }
+}
+
+async fn settle(pool: &PgPool, deltas: &[CounterDelta<Window>]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT settle_quota($1::int8[], $2::int8[], $3::int2[], $4::timestamptz[], $5::int8[])",
+    )
+    .bind(deltas.iter().map(|d| d.instance).collect::<Vec<i64>>())
+    .bind(deltas.iter().map(|d| d.grantee).collect::<Vec<i64>>())
+    .bind(deltas.iter().map(|d| slot(&d.limit)).collect::<Vec<i16>>())
+    .bind(deltas.iter().map(|d| d.window).collect::<Vec<Window>>())
+    .bind(deltas.iter().map(|d| d.delta).collect::<Vec<i64>>())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The reservations' group commit, on the usage connections.
+pub(super) fn reservations(usage_pool: PgPool) -> Arc<GroupCommit<ReserveBatch>> {
+    GroupCommit::new(usage_pool)
 }
 
 #[cfg(test)]

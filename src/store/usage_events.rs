@@ -1,7 +1,6 @@
 //! Usage events (every Embed and TestInstance that reached an instance) written together, with
-//! what they add to the daily usage ledger and their quota settlements (`record_uses`, a
-//! function of the migration `quotas_and_usage`: one statement, so the ledger always agrees
-//! with the audit trail and a use costs no round trip beyond its event).
+//! what they add to the daily usage ledger (one statement, [`write`]: so the ledger always
+//! agrees with the audit trail, and a use costs no round trip beyond its event).
 //!
 //! Each call waits until its event is committed before it answers, so an answered call is on
 //! the record. But one insert and one commit per call would make the audit trail the busiest
@@ -19,6 +18,37 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{errors, quotas::Window};
 use crate::domain::{DomainError, audit::resource_owner, quota::CounterDelta};
+
+/// The events' audit rows and their daily totals, at one time (so the day of an event is its
+/// total's day). The ledger's rows are upserted in key order, so that two writers (replicas, a
+/// test's transaction) never wait for each other both ways; only the ledger's own events are
+/// counted (`usage_subject` NULL: on the trail only, such as a key's release).
+const WRITE_USES: &str = "WITH t AS (SELECT clock_timestamp() AS at), \
+    e AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                               $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[]) \
+          AS e (caller, subject, method, resource, owner, outcome, detail, usage_subject, \
+                tokens, estimated)), \
+    audited AS ( \
+        INSERT INTO audit_events (time, caller, method, resource, resource_owner, outcome, \
+                                  detail, subject) \
+        SELECT t.at, e.caller, e.method, e.resource, e.owner, e.outcome, e.detail, e.subject \
+        FROM e, t), \
+    counted AS ( \
+        INSERT INTO usage_daily AS u (day, instance, instance_owner, subject, caller, requests, \
+                                      succeeded, failed, input_tokens, input_tokens_estimated) \
+        SELECT (t.at AT TIME ZONE 'UTC')::date, e.resource, min(e.owner), e.usage_subject, \
+               e.caller, count(*), count(*) FILTER (WHERE e.outcome = 'OK'), \
+               count(*) FILTER (WHERE e.outcome <> 'OK'), sum(e.tokens), sum(e.estimated) \
+        FROM e, t WHERE e.usage_subject IS NOT NULL \
+        GROUP BY t.at, e.resource, e.usage_subject, e.caller \
+        ORDER BY e.resource, e.usage_subject, e.caller \
+        ON CONFLICT (day, instance, subject, caller) DO UPDATE SET \
+            requests = u.requests + EXCLUDED.requests, \
+            succeeded = u.succeeded + EXCLUDED.succeeded, \
+            failed = u.failed + EXCLUDED.failed, \
+            input_tokens = u.input_tokens + EXCLUDED.input_tokens, \
+            input_tokens_estimated = u.input_tokens_estimated + EXCLUDED.input_tokens_estimated) \
+    SELECT 1";
 
 /// Most events in one INSERT.
 const MAX_BATCH: usize = 512;
@@ -121,8 +151,8 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), DomainError> {
     write(pool, &events).await
 }
 
-/// Writes `events` (audit events, ledger totals, settlements) in one statement, on `executor`:
-/// the usage connections for a batch, or the transaction of a test's outcome.
+/// Writes `events` (audit events and ledger totals) in one statement, on `executor`: the usage
+/// connections for a batch, or the transaction of a test's outcome.
 pub(super) async fn write<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     events: &[&UsageEvent],
@@ -133,44 +163,19 @@ pub(super) async fn write<'e>(
     let number = |pick: fn(&UsageEvent) -> i64| -> Vec<i64> {
         events.iter().map(|event| pick(event)).collect()
     };
-    let deltas: Vec<&CounterDelta<Window>> = events
-        .iter()
-        .flat_map(|event| event.settlement.iter())
-        .collect();
-    sqlx::query(
-        "SELECT record_uses($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                            $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], \
-                            $11::int8[], $12::int8[], $13::int2[], $14::int2[], \
-                            $15::timestamptz[], $16::int8[])",
-    )
-    .bind(text(|e| Some(&e.caller)))
-    .bind(text(|e| e.subject.as_deref()))
-    .bind(text(|e| Some(e.method)))
-    .bind(text(|e| Some(&e.resource)))
-    .bind(text(|e| resource_owner(&e.resource)))
-    .bind(text(|e| Some(e.outcome)))
-    .bind(text(|e| Some(&e.detail)))
-    .bind(text(|e| e.usage_subject()))
-    .bind(number(|e| e.input_tokens))
-    .bind(number(|e| e.estimated_tokens))
-    .bind(deltas.iter().map(|d| d.instance).collect::<Vec<i64>>())
-    .bind(deltas.iter().map(|d| d.grantee).collect::<Vec<i64>>())
-    .bind(
-        deltas
-            .iter()
-            .map(|d| d.limit.metric.number())
-            .collect::<Vec<i16>>(),
-    )
-    .bind(
-        deltas
-            .iter()
-            .map(|d| d.limit.period.number())
-            .collect::<Vec<i16>>(),
-    )
-    .bind(deltas.iter().map(|d| d.window).collect::<Vec<Window>>())
-    .bind(deltas.iter().map(|d| d.delta).collect::<Vec<i64>>())
-    .execute(executor)
-    .await
-    .map_err(errors::db)?;
+    sqlx::query(WRITE_USES)
+        .bind(text(|e| Some(&e.caller)))
+        .bind(text(|e| e.subject.as_deref()))
+        .bind(text(|e| Some(e.method)))
+        .bind(text(|e| Some(&e.resource)))
+        .bind(text(|e| resource_owner(&e.resource)))
+        .bind(text(|e| Some(e.outcome)))
+        .bind(text(|e| Some(&e.detail)))
+        .bind(text(|e| e.usage_subject()))
+        .bind(number(|e| e.input_tokens))
+        .bind(number(|e| e.estimated_tokens))
+        .execute(executor)
+        .await
+        .map_err(errors::db)?;
     Ok(())
 }

@@ -97,20 +97,32 @@ async fn embed_as(app: &TestApp, token: &str, instance: &str, text: &str) -> Res
         .map(|_| ())
 }
 
-/// What the counter of `instance`'s limit (scope: 0 for the budget, else the grantee's user
-/// id) has used in its window.
-async fn counter(app: &TestApp, grantee: &str, metric: i16) -> i64 {
+/// The slot of input tokens per day in a counter row (`(metric - 1) * 4 + period`).
+const TOKENS_PER_DAY: i32 = 7;
+
+/// Waits until the counter of the only instance's budget (`grantee` "") or of a grantee's
+/// share, at `slot`, reads `expected` (settlements are written after the calls' answers);
+/// answers what it read last.
+async fn counter_settles_to(app: &TestApp, grantee: &str, slot: i32, expected: i64) -> i64 {
     let mut db = app.db().await;
-    sqlx::query_scalar(
-        "SELECT c.used FROM quota_counters c \
-         WHERE c.metric = $2 AND c.grantee_id = \
-           CASE WHEN $1 = '' THEN 0 ELSE (SELECT id FROM users WHERE handle = $1) END",
-    )
-    .bind(grantee)
-    .bind(metric)
-    .fetch_one(&mut db)
-    .await
-    .expect("the counter exists")
+    let mut seen = -1;
+    for _ in 0..100 {
+        seen = sqlx::query_scalar(
+            "SELECT c.used[$2] FROM quota_counters c \
+             WHERE c.grantee_id = \
+               CASE WHEN $1 = '' THEN 0 ELSE (SELECT id FROM users WHERE handle = $1) END",
+        )
+        .bind(grantee)
+        .bind(slot)
+        .fetch_one(&mut db)
+        .await
+        .expect("the counter exists");
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
 }
 
 /// Asserts a QUOTA_EXCEEDED refusal naming this limit, with a retry delay of at most `within`.
@@ -231,15 +243,13 @@ async fn token_budget(flavor: Flavor, reported: bool) {
     assert_eq!(shown.quota, Some(budget));
     let per_call = if reported { 3 } else { 2 };
 
-    embed_as(&f.app, &f.alice, &f.instance, "a b c")
-        .await
-        .unwrap();
+    embed_as(&f.app, &f.alice, &f.instance, "a b c").await.unwrap();
+    let mut spent = per_call;
     assert_eq!(
-        counter(&f.app, "", 2).await,
-        per_call,
+        counter_settles_to(&f.app, "", TOKENS_PER_DAY, spent).await,
+        spent,
         "settled to the charge"
     );
-    let mut spent = per_call;
     // Each call reserves its estimate (2) first: it passes while that fits what is left.
     let mut turn = 0;
     let refusal = loop {
@@ -249,18 +259,20 @@ async fn token_budget(flavor: Flavor, reported: bool) {
             Ok(()) => spent += per_call,
             Err(status) => break status,
         }
+        assert_eq!(
+            counter_settles_to(&f.app, "", TOKENS_PER_DAY, spent).await,
+            spent
+        );
         assert!(turn < 20, "the budget never refused");
     };
-    assert!(
-        spent + 2 > 10,
-        "refused only when the estimate no longer fit ({spent})"
-    );
-    assert!(
-        spent <= 10 + 1,
-        "settled charges overshoot by at most the estimate's error"
-    );
+    assert!(spent + 2 > 10, "refused only when the estimate no longer fit ({spent})");
+    assert!(spent <= 10 + 1, "settled charges overshoot by at most the estimate's error");
     assert_exceeded(&refusal, "instance", "input_tokens", "day", 10);
-    assert_eq!(counter(&f.app, "", 2).await, spent);
+    assert_eq!(
+        counter_settles_to(&f.app, "", TOKENS_PER_DAY, spent).await,
+        spent,
+        "a refused call takes nothing"
+    );
     // The budget limits everyone: the owner too.
     let owner = embed_as(&f.app, &f.alice, &f.instance, "a b c")
         .await
@@ -554,4 +566,50 @@ async fn owners_set_quotas_writers_may_not_and_grantees_read_their_own() {
         "{events:?}"
     );
     assert!(events.iter().any(|e| e.detail.contains("no quota")));
+}
+
+#[tokio::test]
+async fn a_service_account_acting_for_a_grantee_spends_the_grantees_quota() {
+    let f = Fixture::start(Flavor::OpenAi, 8).await;
+    let bob = f.app.create_user("bob").await;
+    share_with_quota(
+        &f.app,
+        &f.alice,
+        &f.instance,
+        "bob",
+        Some(quota(vec![limit(
+            pb::QuotaMetric::Requests,
+            pb::QuotaPeriod::Day,
+            2,
+        )])),
+    )
+    .await
+    .unwrap();
+    let indexer = crate::helpers::create_service_account_on(
+        &f.app.channel,
+        &f.app.admin_token,
+        "indexer",
+        &[pb::ServiceAccountPermission::ActAsUser],
+        &["bob"],
+    )
+    .await;
+    let as_bob = || {
+        crate::helpers::acting(
+            pb::EmbedRequest {
+                name: f.instance.clone(),
+                inputs: vec!["x".into()],
+                input_type: 0,
+            },
+            &indexer,
+            "bob",
+        )
+    };
+    f.app.embeddings().embed(as_bob()).await.unwrap();
+    embed_as(&f.app, &bob, &f.instance, "x").await.unwrap();
+    // Bob's two calls of the day are spent, one of them by the account acting for him.
+    let refused = f.app.embeddings().embed(as_bob()).await.unwrap_err();
+    assert_exceeded(&refused, "share", "requests", "day", 2);
+    let refused = embed_as(&f.app, &bob, &f.instance, "x").await.unwrap_err();
+    assert_exceeded(&refused, "share", "requests", "day", 2);
+    assert_eq!(f.fake.request_count(), 2);
 }

@@ -176,17 +176,19 @@ impl Store {
             .map_err(errors::db)
     }
 
-    /// Records a test's outcome on instance `instance_id` and its use (audit event, ledger,
-    /// settlement), together; the outcome only if the instance is still at `revision` (a test
-    /// of a configuration since replaced says nothing about the new one). Not an edit: the
-    /// revision and etag stay. Answers whether the outcome was recorded.
+    /// Records a test's outcome on instance `instance_id` and its use (audit event and ledger),
+    /// together; the outcome only if the instance is still at `revision` (a test of a
+    /// configuration since replaced says nothing about the new one). Not an edit: the revision
+    /// and etag stay. Its quota settlement is queued for the settler. Answers whether the
+    /// outcome was recorded.
     pub async fn record_test(
         &self,
         instance_id: i64,
         revision: i64,
         test: &InstanceTest,
-        event: &UsageEvent,
+        mut event: UsageEvent,
     ) -> Result<bool, DomainError> {
+        self.settle_quota(std::mem::take(&mut event.settlement));
         let mut tx = self.pool.begin().await.map_err(errors::db)?;
         let updated = sqlx::query(
             "UPDATE instances SET last_test_time = $3, last_test_code = $4, \
@@ -204,7 +206,7 @@ impl Store {
         .await
         .map_err(errors::db)?
         .rows_affected();
-        usage_events::write(&mut *tx, &[event]).await?;
+        usage_events::write(&mut *tx, &[&event]).await?;
         tx.commit().await.map_err(errors::db)?;
         Ok(updated == 1)
     }
