@@ -39,8 +39,11 @@ LANGUAGE sql IMMUTABLE AS $$
            AT TIME ZONE 'UTC'
 $$;
 
--- Reserves a batch of calls, in the order given, each against its claims. The batch's counter
--- rows come first (`r_instance`, `r_grantee`: distinct, in key order), then one array element
+-- Reserves a batch of calls, in the order given, each against its claims, after applying the
+-- settlements of earlier calls waiting for these rows. The batch's counter rows come first
+-- (`r_instance`, `r_grantee`: distinct, in key order); then the settlements (`s_*`, one element
+-- per correction: its row, 1-based into `r_*`, its slot, the window it was reserved in, and what
+-- the reservation was off by; one for a window since moved on is dropped); then one element
 -- per claim: its call (`c_call`, 1-based, ascending), its row (1-based into `r_*`), its slot,
 -- period, limit and amount. Each call takes all its claims or none: when one would pass its
 -- limit, the call takes nothing and `refused` names that claim (1-based among the call's claims,
@@ -51,7 +54,9 @@ $$;
 --
 -- The rows are locked first, in key order (as `settle_quota` takes them), so that batches never
 -- wait for each other both ways, and each is written once however many calls it counts.
-CREATE FUNCTION reserve_quota(r_instance bigint[], r_grantee bigint[], c_call integer[],
+CREATE FUNCTION reserve_quota(r_instance bigint[], r_grantee bigint[], s_row integer[],
+                              s_slot smallint[], s_window timestamptz[], s_delta bigint[],
+                              c_call integer[],
                               c_row integer[], c_slot smallint[], c_period smallint[],
                               c_limit bigint[], c_amount bigint[],
                               OUT refused integer[], OUT retry_seconds double precision[],
@@ -94,6 +99,13 @@ BEGIN
             slot_starts[(r - 1) * 8 + s] := found_starts[s];
             slot_used[(r - 1) * 8 + s] := found_used[s];
         END LOOP;
+    END LOOP;
+    FOR i IN 1..coalesce(array_length(s_row, 1), 0) LOOP
+        idx := (s_row[i] - 1) * 8 + s_slot[i];
+        IF slot_starts[idx] = s_window[i] THEN
+            slot_used[idx] := greatest(slot_used[idx] + s_delta[i], 0);
+            changed[s_row[i]] := true;
+        END IF;
     END LOOP;
     period_starts := ARRAY[quota_window_start(1::smallint, t_now),
                            quota_window_start(2::smallint, t_now),

@@ -41,6 +41,10 @@ pub(in crate::store) trait BatchStatement: Send + Sync + 'static {
     type Done: Clone + Send + 'static;
     /// The `operation` label of the batch size metric.
     const OPERATION: &'static str;
+    /// How many of its batches may be in flight at once. Writes of different rows gain from a
+    /// few; writes that all contend for the same few rows (quota counters) only wait for each
+    /// other's locks, and gain from larger batches instead.
+    const IN_FLIGHT: usize = MAX_BATCHES_IN_FLIGHT;
 
     /// Writes `rows` in one statement; answers the position (0-based) and outcome of each row it
     /// wrote. Rows it skipped are missing from the answer.
@@ -123,7 +127,7 @@ impl<S: BatchStatement> GroupCommit<S> {
 /// The dispatcher: takes a free slot, then everything queued (up to [`MAX_BATCH_ROWS`]), and
 /// sends it as one batch. Ends when the store is dropped.
 async fn dispatch<S: BatchStatement>(pool: PgPool, mut queue: mpsc::UnboundedReceiver<Pending<S>>) {
-    let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    let slots = Arc::new(Semaphore::new(S::IN_FLIGHT.max(1)));
     loop {
         // The slot is taken before the queue is read, so that writes arriving while every slot
         // is busy gather into the next batch instead of each taking a slot of its own.

@@ -11,16 +11,22 @@
 //! the WAL flush, so a hot row is held for microseconds, not a disk flush; a reservation lost to
 //! a crash of PostgreSQL itself lets a few calls go uncounted, never blocks one.
 //!
-//! Settlements need no answer: they are queued and written in batches by a task of their own,
-//! after the calls' answers ([`QuotaSettlements`]). One that cannot be written leaves its
-//! reservation standing, which counts the call as estimated (never less).
+//! Settlements need no answer, so none costs a statement of its own under load: a call's
+//! corrections wait in memory ([`QuotaSettlements`]) and the next reservation batch that locks
+//! their rows applies them in the same statement; those no reservation took along within
+//! [`SETTLE_AFTER`] are written by a task of their own (`settle_quota`). One that cannot be
+//! written leaves its reservation standing, which counts the call as estimated (never less).
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
-use tokio::sync::mpsc;
 
 use super::{
     Store, errors,
@@ -100,6 +106,8 @@ fn slot(limit: &QuotaLimit) -> i16 {
 pub(super) struct ReserveValues {
     instance: i64,
     claims: Vec<Claim>,
+    /// Where the settlements waiting for counter rows are (the store's one).
+    settlements: Arc<QuotaSettlements>,
 }
 
 /// What the batch answered for one call.
@@ -116,26 +124,33 @@ pub(super) struct Reserved {
 pub(super) struct ReserveBatch;
 
 const RESERVE: &str = "SELECT refused, retry_seconds, claim_windows \
-    FROM reserve_quota($1::int8[], $2::int8[], $3::int4[], $4::int4[], $5::int2[], $6::int2[], \
-                       $7::int8[], $8::int8[])";
+    FROM reserve_quota($1::int8[], $2::int8[], $3::int4[], $4::int2[], $5::timestamptz[], \
+                       $6::int8[], $7::int4[], $8::int4[], $9::int2[], $10::int2[], $11::int8[], \
+                       $12::int8[])";
 
 impl BatchStatement for ReserveBatch {
     type Values = ReserveValues;
     type Done = Reserved;
     const OPERATION: &'static str = "quota_reservation";
+    // Reservations of one instance all lock its one or two counter rows: batches in flight at
+    // once would only wait for each other.
+    const IN_FLIGHT: usize = 1;
 
     async fn write(
         pool: &PgPool,
         rows: &[&ReserveValues],
     ) -> Result<Vec<(usize, Reserved)>, sqlx::Error> {
-        reserve(pool, rows).await
+        let settlements = rows.first().map(|first| first.settlements.clone());
+        reserve(pool, rows, settlements.as_deref()).await
     }
 }
 
-/// Runs `reserve_quota` for `calls`, in their order: each call's answer by position.
+/// Runs `reserve_quota` for `calls`, in their order, applying first the settlements waiting for
+/// their rows: each call's answer by position.
 async fn reserve(
     pool: &PgPool,
     calls: &[&ReserveValues],
+    settlements: Option<&QuotaSettlements>,
 ) -> Result<Vec<(usize, Reserved)>, sqlx::Error> {
     // The batch's counter rows, distinct and in key order (the order they are locked in).
     let mut keys: Vec<(i64, i64)> = calls
@@ -149,6 +164,9 @@ async fn reserve(
             .map(|found| i32::try_from(found + 1).unwrap_or(i32::MAX))
             .unwrap_or(0)
     };
+    let corrections = settlements
+        .map(|settlements| settlements.take_for(&keys))
+        .unwrap_or_default();
     let claims: Vec<(i32, &ReserveValues, &Claim)> = calls
         .iter()
         .enumerate()
@@ -157,9 +175,18 @@ async fn reserve(
             call.claims.iter().map(move |claim| (number, *call, claim))
         })
         .collect();
-    let row = sqlx::query(RESERVE)
+    let answer = sqlx::query(RESERVE)
         .bind(keys.iter().map(|key| key.0).collect::<Vec<i64>>())
         .bind(keys.iter().map(|key| key.1).collect::<Vec<i64>>())
+        .bind(
+            corrections
+                .iter()
+                .map(|d| row_of((d.instance, d.grantee)))
+                .collect::<Vec<i32>>(),
+        )
+        .bind(corrections.iter().map(|d| slot(&d.limit)).collect::<Vec<i16>>())
+        .bind(corrections.iter().map(|d| d.window).collect::<Vec<Window>>())
+        .bind(corrections.iter().map(|d| d.delta).collect::<Vec<i64>>())
         .bind(claims.iter().map(|c| c.0).collect::<Vec<i32>>())
         .bind(
             claims
@@ -177,7 +204,17 @@ async fn reserve(
         .bind(claims.iter().map(|c| c.2.limit.limit).collect::<Vec<i64>>())
         .bind(claims.iter().map(|c| c.2.amount).collect::<Vec<i64>>())
         .fetch_one(pool)
-        .await?;
+        .await;
+    let row = match answer {
+        Ok(row) => row,
+        Err(error) => {
+            // Not applied: they wait for the next batch (or the settler).
+            if let Some(settlements) = settlements {
+                settlements.put_back(corrections);
+            }
+            return Err(error);
+        }
+    };
     let refused: Vec<i32> = row.try_get("refused")?;
     let retry_seconds: Vec<f64> = row.try_get("retry_seconds")?;
     let mut windows = row.try_get::<Vec<Window>, _>("claim_windows")?.into_iter();
@@ -207,12 +244,17 @@ impl Store {
         let values = ReserveValues {
             instance,
             claims: claims.clone(),
+            settlements: self.settlements.clone(),
         };
         let reserved = match self.reservations.submit(values).await {
             BatchOutcome::Done(reserved) => reserved,
             BatchOutcome::Unavailable => return Err(DomainError::Unavailable),
             // Its batch failed as a whole: alone, for its own answer (or error).
-            BatchOutcome::RunAlone(values) => reserve(self.usage.pool(), &[&values])
+            BatchOutcome::RunAlone(values) => reserve(
+                self.usage.pool(),
+                &[&values],
+                Some(&self.settlements),
+            )
                 .await
                 .map_err(errors::db)?
                 .pop()
@@ -247,8 +289,8 @@ impl Store {
         }))
     }
 
-    /// Queues corrections of reservations for the settler (see [`QuotaSettlements`]); returns
-    /// at once.
+    /// Leaves corrections of reservations for the next reservation of their rows, or the
+    /// settler (see [`QuotaSettlements`]); returns at once.
     pub(super) fn settle_quota(&self, deltas: Vec<CounterDelta<Window>>) {
         if !deltas.is_empty() {
             self.settlements.queue(deltas);
@@ -256,51 +298,84 @@ impl Store {
     }
 }
 
-/// Corrections waiting for the settler; beyond this many, new ones are dropped (and their
-/// reservations stand: the calls count as estimated).
-const SETTLEMENTS_QUEUED: usize = 65_536;
+/// How long a correction waits for a reservation of its row to take it along before the
+/// settler writes it on its own.
+pub(super) const SETTLE_AFTER: Duration = Duration::from_millis(100);
 
-/// The settler: one task that writes queued corrections in batches (`settle_quota`), started
-/// with the first one (it needs the caller's runtime).
+/// Corrections waiting for their rows; beyond this many, new ones are dropped (and their
+/// reservations stand: the calls count as estimated).
+const MAX_WAITING: usize = 65_536;
+
+/// Settlements waiting for a reservation of their counter rows (keyed by instance and grantee),
+/// and the settler that writes the rest every [`SETTLE_AFTER`].
 #[derive(Debug)]
 pub(super) struct QuotaSettlements {
     pool: PgPool,
-    sender: OnceLock<mpsc::Sender<CounterDelta<Window>>>,
+    waiting: Mutex<HashMap<(i64, i64), Vec<CounterDelta<Window>>>>,
+    settler: OnceLock<()>,
 }
 
 impl QuotaSettlements {
     pub(super) fn new(pool: PgPool) -> Arc<Self> {
         Arc::new(Self {
             pool,
-            sender: OnceLock::new(),
+            waiting: Mutex::new(HashMap::new()),
+            settler: OnceLock::new(),
         })
     }
 
-    fn queue(&self, deltas: Vec<CounterDelta<Window>>) {
-        let sender = self.sender.get_or_init(|| {
-            let (sender, receiver) = mpsc::channel(SETTLEMENTS_QUEUED);
-            tokio::spawn(settle_batches(self.pool.clone(), receiver));
-            sender
+    fn queue(self: &Arc<Self>, deltas: Vec<CounterDelta<Window>>) {
+        // The settler starts with the first correction (it needs the caller's runtime).
+        self.settler.get_or_init(|| {
+            tokio::spawn(settle_forever(Arc::downgrade(self)));
         });
-        for delta in deltas {
-            if sender.try_send(delta).is_err() {
-                tracing::warn!("quota settlements are backed up; a reservation stands as taken");
-            }
+        self.put_back(deltas);
+    }
+
+    fn put_back(&self, deltas: Vec<CounterDelta<Window>>) {
+        let mut waiting = self.waiting.lock();
+        let held: usize = waiting.values().map(Vec::len).sum();
+        if held + deltas.len() > MAX_WAITING {
+            tracing::warn!("quota settlements are backed up; reservations stand as taken");
+            return;
         }
+        for delta in deltas {
+            waiting
+                .entry((delta.instance, delta.grantee))
+                .or_default()
+                .push(delta);
+        }
+    }
+
+    /// The corrections waiting for `keys` (taken: the caller applies them or puts them back).
+    fn take_for(&self, keys: &[(i64, i64)]) -> Vec<CounterDelta<Window>> {
+        let mut waiting = self.waiting.lock();
+        keys.iter()
+            .filter_map(|key| waiting.remove(key))
+            .flatten()
+            .collect()
+    }
+
+    fn take_all(&self) -> Vec<CounterDelta<Window>> {
+        self.waiting.lock().drain().flat_map(|(_, deltas)| deltas).collect()
     }
 }
 
-/// The most corrections in one statement.
-const MAX_SETTLEMENTS: usize = 1024;
-
-async fn settle_batches(pool: PgPool, mut receiver: mpsc::Receiver<CounterDelta<Window>>) {
-    let mut batch = Vec::with_capacity(MAX_SETTLEMENTS);
-    while receiver.recv_many(&mut batch, MAX_SETTLEMENTS).await > 0 {
-        crate::metrics::record_group_commit("quota_settlement", batch.len());
-        if let Err(error) = settle(&pool, &batch).await {
-            tracing::warn!(corrections = batch.len(), %error, "quota settlements not written; their reservations stand");
+/// Every [`SETTLE_AFTER`], writes what no reservation took along; ends with the store.
+async fn settle_forever(settlements: std::sync::Weak<QuotaSettlements>) {
+    loop {
+        tokio::time::sleep(SETTLE_AFTER).await;
+        let Some(settlements) = settlements.upgrade() else {
+            return;
+        };
+        let deltas = settlements.take_all();
+        if deltas.is_empty() {
+            continue;
         }
-        batch.clear();
+        crate::metrics::record_group_commit("quota_settlement", deltas.len());
+        if let Err(error) = settle(&settlements.pool, &deltas).await {
+            tracing::warn!(corrections = deltas.len(), %error, "quota settlements not written; their reservations stand");
+        }
     }
 }
 
