@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 CONCURRENCIES=${CONCURRENCIES:-"1 32"}
+# ALL_STATEMENTS=1 lists the statements per call at every concurrency, not only the last.
 SCENARIOS=${SCENARIOS:-"health get-instance project-instance list-first embed embed-project embed-floor"}
 PERF=${PERF:-}
 # With PERF=1, a directory to keep the perf data in (for `perf report -i` afterwards).
@@ -141,7 +142,7 @@ for scenario in $SCENARIOS; do
         row="| $label | $c | $rps | $(per "$rounds") | $(per "$others") | $(per "$commits") | $(per_call_us "$server_used" "$calls") | $(per_call_us "$pg_used" "$calls") | $(per_call_us "$loadgen_used" "$calls") | $(per_call_us "$fake_used" "$calls") |"
         ROWS+=("$row")
         echo "$row"
-        if [ "$c" = "${CONCURRENCIES##* }" ]; then
+        if [ -n "${ALL_STATEMENTS:-}" ] || [ "$c" = "${CONCURRENCIES##* }" ]; then
             echo "   statements per call at $c streams (calls/request, mean ms):"
             $PGDB "SELECT round(calls::numeric / greatest($calls, 1), 2), round(mean_exec_time::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat%' ORDER BY calls DESC LIMIT 6" | sed 's/^/     /'
         fi

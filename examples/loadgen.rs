@@ -663,7 +663,10 @@ async fn create_shared_embed_instances(
     key: &str,
 ) -> anyhow::Result<()> {
     let channel = channels(addr, 1).await?.remove(0);
-    for (handle, quota) in [("embed-shared", None), ("embed-quota", Some(unreachable_quota()))] {
+    for (handle, quota) in [
+        ("embed-shared", None),
+        ("embed-quota", Some(unreachable_quota())),
+    ] {
         LlmInstanceServiceClient::new(channel.clone())
             .create_instance(authed(
                 pb::CreateInstanceRequest {

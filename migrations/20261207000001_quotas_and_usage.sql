@@ -50,7 +50,13 @@ $$;
 -- 0 when reserved; of several, the one whose window ends last, since a retry before then would
 -- be refused again) with the seconds until its window ends (`retry_seconds`), one element per
 -- call. `claim_windows`, one per claim, are the windows the claims were counted in, for the
--- settlement.
+-- settlement, and `claim_seconds_left` the time until they end.
+--
+-- A reserved claim may also take a lease (`c_lease`: at most this much more, granted in
+-- `claim_leased`): units counted here now that the replica hands out to its next calls without
+-- coming back, until the window ends (it returns what it does not use). A lease is at most a
+-- sixteenth of what the limit has left, so near a limit leases are nothing and every call
+-- counts here.
 --
 -- The rows are locked first, in key order (as `settle_quota` takes them), so that batches never
 -- wait for each other both ways, and each is written once however many calls it counts.
@@ -58,9 +64,10 @@ CREATE FUNCTION reserve_quota(r_instance bigint[], r_grantee bigint[], s_row int
                               s_slot smallint[], s_window timestamptz[], s_delta bigint[],
                               c_call integer[],
                               c_row integer[], c_slot smallint[], c_period smallint[],
-                              c_limit bigint[], c_amount bigint[],
+                              c_limit bigint[], c_amount bigint[], c_lease bigint[],
                               OUT refused integer[], OUT retry_seconds double precision[],
-                              OUT claim_windows timestamptz[])
+                              OUT claim_windows timestamptz[], OUT claim_leased bigint[],
+                              OUT claim_seconds_left double precision[])
 LANGUAGE plpgsql AS $$
 DECLARE
     t_now timestamptz := clock_timestamp();
@@ -114,8 +121,12 @@ BEGIN
     refused := array_fill(0, ARRAY[calls_n]);
     retry_seconds := array_fill(0::float8, ARRAY[calls_n]);
     claim_windows := array_fill(NULL::timestamptz, ARRAY[n]);
+    claim_leased := array_fill(0::bigint, ARRAY[n]);
+    claim_seconds_left := array_fill(0::float8, ARRAY[n]);
     FOR i IN 1..n LOOP
         claim_windows[i] := period_starts[c_period[i]];
+        claim_seconds_left[i] :=
+            extract(epoch FROM quota_window_end(c_period[i], claim_windows[i]) - t_now)::float8;
         idx := (c_row[i] - 1) * 8 + c_slot[i];
         IF slot_starts[idx] IS DISTINCT FROM claim_windows[i] THEN
             slot_starts[idx] := claim_windows[i];
@@ -142,7 +153,11 @@ BEGIN
         IF worst = 0 THEN
             FOR i IN c_first..c_last LOOP
                 idx := (c_row[i] - 1) * 8 + c_slot[i];
-                slot_used[idx] := slot_used[idx] + c_amount[i];
+                -- A lease: up to c_lease more, at most a sixteenth of what is left after this
+                -- call, so that near a limit every call comes here.
+                claim_leased[i] := greatest(least(c_lease[i],
+                    (c_limit[i] - slot_used[idx] - c_amount[i]) / 16), 0);
+                slot_used[idx] := slot_used[idx] + c_amount[i] + claim_leased[i];
                 changed[c_row[i]] := true;
             END LOOP;
         ELSE

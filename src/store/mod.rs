@@ -20,6 +20,7 @@ pub mod import;
 mod instances;
 mod keys;
 mod projects;
+mod quota_leases;
 mod quotas;
 mod rate_windows;
 mod read_cache;

@@ -11,6 +11,10 @@
 //! the WAL flush, so a hot row is held for microseconds, not a disk flush; a reservation lost to
 //! a crash of PostgreSQL itself lets a few calls go uncounted, never blocks one.
 //!
+//! A busy instance far from its limits would still send every call here; so a reservation also
+//! takes a lease for the replica's next calls (see [`super::quota_leases`]), and near a limit
+//! every call comes here again.
+//!
 //! Settlements need no answer, so none costs a statement of its own under load: a call's
 //! corrections wait in memory ([`QuotaSettlements`]) and the next reservation batch that locks
 //! their rows applies them in the same statement; those no reservation took along within
@@ -31,6 +35,7 @@ use sqlx::{PgPool, Row};
 use super::{
     Store, errors,
     group_commit::{BatchOutcome, BatchStatement, GroupCommit},
+    quota_leases::{LEASE_CALLS, QuotaLeases},
 };
 use crate::domain::{
     DomainError,
@@ -116,17 +121,20 @@ pub(super) struct Reserved {
     /// 0 when reserved; else the refusing claim, 1-based.
     refused: i32,
     retry_seconds: f64,
-    /// One per claim.
+    /// One per claim: its window, the lease granted with it, the seconds its window has left.
     windows: Vec<Window>,
+    leased: Vec<i64>,
+    seconds_left: Vec<f64>,
 }
 
 /// Quota reservations, group-committed (`GroupCommit<ReserveBatch>` in the store).
 pub(super) struct ReserveBatch;
 
-const RESERVE: &str = "SELECT refused, retry_seconds, claim_windows \
+const RESERVE: &str = "SELECT refused, retry_seconds, claim_windows, claim_leased, \
+                             claim_seconds_left \
     FROM reserve_quota($1::int8[], $2::int8[], $3::int4[], $4::int2[], $5::timestamptz[], \
                        $6::int8[], $7::int4[], $8::int4[], $9::int2[], $10::int2[], $11::int8[], \
-                       $12::int8[])";
+                       $12::int8[], $13::int8[])";
 
 impl BatchStatement for ReserveBatch {
     type Values = ReserveValues;
@@ -155,7 +163,11 @@ async fn reserve(
     // The batch's counter rows, distinct and in key order (the order they are locked in).
     let mut keys: Vec<(i64, i64)> = calls
         .iter()
-        .flat_map(|call| call.claims.iter().map(|claim| (call.instance, claim.grantee)))
+        .flat_map(|call| {
+            call.claims
+                .iter()
+                .map(|claim| (call.instance, claim.grantee))
+        })
         .collect();
     keys.sort_unstable();
     keys.dedup();
@@ -184,8 +196,18 @@ async fn reserve(
                 .map(|d| row_of((d.instance, d.grantee)))
                 .collect::<Vec<i32>>(),
         )
-        .bind(corrections.iter().map(|d| slot(&d.limit)).collect::<Vec<i16>>())
-        .bind(corrections.iter().map(|d| d.window).collect::<Vec<Window>>())
+        .bind(
+            corrections
+                .iter()
+                .map(|d| slot(&d.limit))
+                .collect::<Vec<i16>>(),
+        )
+        .bind(
+            corrections
+                .iter()
+                .map(|d| d.window)
+                .collect::<Vec<Window>>(),
+        )
         .bind(corrections.iter().map(|d| d.delta).collect::<Vec<i64>>())
         .bind(claims.iter().map(|c| c.0).collect::<Vec<i32>>())
         .bind(
@@ -194,7 +216,12 @@ async fn reserve(
                 .map(|c| row_of((c.1.instance, c.2.grantee)))
                 .collect::<Vec<i32>>(),
         )
-        .bind(claims.iter().map(|c| slot(&c.2.limit)).collect::<Vec<i16>>())
+        .bind(
+            claims
+                .iter()
+                .map(|c| slot(&c.2.limit))
+                .collect::<Vec<i16>>(),
+        )
         .bind(
             claims
                 .iter()
@@ -203,6 +230,12 @@ async fn reserve(
         )
         .bind(claims.iter().map(|c| c.2.limit.limit).collect::<Vec<i64>>())
         .bind(claims.iter().map(|c| c.2.amount).collect::<Vec<i64>>())
+        .bind(
+            claims
+                .iter()
+                .map(|c| c.2.amount.saturating_mul(LEASE_CALLS))
+                .collect::<Vec<i64>>(),
+        )
         .fetch_one(pool)
         .await;
     let row = match answer {
@@ -218,6 +251,10 @@ async fn reserve(
     let refused: Vec<i32> = row.try_get("refused")?;
     let retry_seconds: Vec<f64> = row.try_get("retry_seconds")?;
     let mut windows = row.try_get::<Vec<Window>, _>("claim_windows")?.into_iter();
+    let mut leased = row.try_get::<Vec<i64>, _>("claim_leased")?.into_iter();
+    let mut seconds_left = row
+        .try_get::<Vec<f64>, _>("claim_seconds_left")?
+        .into_iter();
     Ok(calls
         .iter()
         .enumerate()
@@ -226,6 +263,8 @@ async fn reserve(
                 refused: refused.get(position).copied().unwrap_or(0),
                 retry_seconds: retry_seconds.get(position).copied().unwrap_or(0.0),
                 windows: windows.by_ref().take(call.claims.len()).collect(),
+                leased: leased.by_ref().take(call.claims.len()).collect(),
+                seconds_left: seconds_left.by_ref().take(call.claims.len()).collect(),
             };
             (position, reserved)
         })
@@ -241,6 +280,14 @@ impl Store {
         instance: i64,
         claims: Vec<Claim>,
     ) -> Result<Result<Reservation<Window>, QuotaExceeded>, DomainError> {
+        // Most calls of a busy instance far from its limits are served from leases.
+        if let Some(windows) = self.settlements.leases.take(instance, &claims) {
+            return Ok(Ok(Reservation {
+                instance,
+                claims,
+                windows,
+            }));
+        }
         let values = ReserveValues {
             instance,
             claims: claims.clone(),
@@ -250,16 +297,16 @@ impl Store {
             BatchOutcome::Done(reserved) => reserved,
             BatchOutcome::Unavailable => return Err(DomainError::Unavailable),
             // Its batch failed as a whole: alone, for its own answer (or error).
-            BatchOutcome::RunAlone(values) => reserve(
-                self.usage.pool(),
-                &[&values],
-                Some(&self.settlements),
-            )
-                .await
-                .map_err(errors::db)?
-                .pop()
-                .map(|(_, reserved)| reserved)
-                .ok_or_else(|| DomainError::Internal("a reservation got no answer".to_owned()))?,
+            BatchOutcome::RunAlone(values) => {
+                reserve(self.usage.pool(), &[&values], Some(&self.settlements))
+                    .await
+                    .map_err(errors::db)?
+                    .pop()
+                    .map(|(_, reserved)| reserved)
+                    .ok_or_else(|| {
+                        DomainError::Internal("a reservation got no answer".to_owned())
+                    })?
+            }
         };
         if reserved.refused > 0 {
             let claim = usize::try_from(reserved.refused - 1)
@@ -277,10 +324,26 @@ impl Store {
                 ),
             }));
         }
-        if reserved.windows.len() != claims.len() {
+        if reserved.windows.len() != claims.len()
+            || reserved.leased.len() != claims.len()
+            || reserved.seconds_left.len() != claims.len()
+        {
             return Err(DomainError::Internal(
                 "a quota reservation answered the wrong number of windows".to_owned(),
             ));
+        }
+        if reserved.leased.iter().any(|leased| *leased > 0) {
+            self.settlements.start_settler();
+        }
+        for (((claim, window), leased), seconds_left) in claims
+            .iter()
+            .zip(&reserved.windows)
+            .zip(&reserved.leased)
+            .zip(&reserved.seconds_left)
+        {
+            self.settlements
+                .leases
+                .grant(instance, claim, *window, *leased, *seconds_left);
         }
         Ok(Ok(Reservation {
             instance,
@@ -313,6 +376,8 @@ pub(super) struct QuotaSettlements {
     pool: PgPool,
     waiting: Mutex<HashMap<(i64, i64), Vec<CounterDelta<Window>>>>,
     settler: OnceLock<()>,
+    /// The units this replica holds for its next calls; the settler gives back idle ones.
+    leases: QuotaLeases,
 }
 
 impl QuotaSettlements {
@@ -321,15 +386,20 @@ impl QuotaSettlements {
             pool,
             waiting: Mutex::new(HashMap::new()),
             settler: OnceLock::new(),
+            leases: QuotaLeases::default(),
         })
     }
 
     fn queue(self: &Arc<Self>, deltas: Vec<CounterDelta<Window>>) {
-        // The settler starts with the first correction (it needs the caller's runtime).
+        self.start_settler();
+        self.put_back(deltas);
+    }
+
+    /// The settler starts with the first correction or lease (it needs the caller's runtime).
+    fn start_settler(self: &Arc<Self>) {
         self.settler.get_or_init(|| {
             tokio::spawn(settle_forever(Arc::downgrade(self)));
         });
-        self.put_back(deltas);
     }
 
     fn put_back(&self, deltas: Vec<CounterDelta<Window>>) {
@@ -357,7 +427,11 @@ impl QuotaSettlements {
     }
 
     fn take_all(&self) -> Vec<CounterDelta<Window>> {
-        self.waiting.lock().drain().flat_map(|(_, deltas)| deltas).collect()
+        self.waiting
+            .lock()
+            .drain()
+            .flat_map(|(_, deltas)| deltas)
+            .collect()
     }
 }
 
@@ -368,7 +442,8 @@ async fn settle_forever(settlements: std::sync::Weak<QuotaSettlements>) {
         let Some(settlements) = settlements.upgrade() else {
             return;
         };
-        let deltas = settlements.take_all();
+        let mut deltas = settlements.take_all();
+        deltas.extend(settlements.leases.give_back_idle());
         if deltas.is_empty() {
             continue;
         }

@@ -243,7 +243,9 @@ async fn token_budget(flavor: Flavor, reported: bool) {
     assert_eq!(shown.quota, Some(budget));
     let per_call = if reported { 3 } else { 2 };
 
-    embed_as(&f.app, &f.alice, &f.instance, "a b c").await.unwrap();
+    embed_as(&f.app, &f.alice, &f.instance, "a b c")
+        .await
+        .unwrap();
     let mut spent = per_call;
     assert_eq!(
         counter_settles_to(&f.app, "", TOKENS_PER_DAY, spent).await,
@@ -265,8 +267,14 @@ async fn token_budget(flavor: Flavor, reported: bool) {
         );
         assert!(turn < 20, "the budget never refused");
     };
-    assert!(spent + 2 > 10, "refused only when the estimate no longer fit ({spent})");
-    assert!(spent <= 10 + 1, "settled charges overshoot by at most the estimate's error");
+    assert!(
+        spent + 2 > 10,
+        "refused only when the estimate no longer fit ({spent})"
+    );
+    assert!(
+        spent <= 10 + 1,
+        "settled charges overshoot by at most the estimate's error"
+    );
     assert_exceeded(&refusal, "instance", "input_tokens", "day", 10);
     assert_eq!(
         counter_settles_to(&f.app, "", TOKENS_PER_DAY, spent).await,
@@ -380,10 +388,12 @@ async fn no_provider_call_is_made_without_a_reservation() {
                     model: "text-embedding-3-small".into(),
                     dimensions: Some(8),
                     api_key: random_api_key(),
+                    // Small enough that no reservation takes a lease along: every call asks
+                    // the database.
                     quota: Some(quota(vec![limit(
                         pb::QuotaMetric::Requests,
                         pb::QuotaPeriod::Month,
-                        1000,
+                        10,
                     )])),
                     ..Default::default()
                 }),
@@ -612,4 +622,90 @@ async fn a_service_account_acting_for_a_grantee_spends_the_grantees_quota() {
     let refused = embed_as(&f.app, &bob, &f.instance, "x").await.unwrap_err();
     assert_exceeded(&refused, "share", "requests", "day", 2);
     assert_eq!(f.fake.request_count(), 2);
+}
+
+/// What the counter of the instance's budget (grantee 0) reads at `slot`.
+async fn budget_used(app: &TestApp, slot: i32) -> i64 {
+    let mut db = app.db().await;
+    sqlx::query_scalar("SELECT used[$1] FROM quota_counters WHERE grantee_id = 0")
+        .bind(slot)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn leases_serve_calls_without_the_database_yet_the_limit_holds_and_idle_ones_come_back() {
+    // Room for every call at once, so that only the budget refuses.
+    let roomy = |settings: &mut ServeSettings| {
+        trust_fakes(settings);
+        settings.providers.calls_per_caller = 64;
+        settings.providers.max_concurrent_calls = 128;
+        settings.providers.concurrency_per_instance = 64;
+    };
+    let f = Fixture::start_with(Flavor::OpenAi, 8, roomy).await;
+    let budget = quota(vec![limit(
+        pb::QuotaMetric::Requests,
+        pb::QuotaPeriod::Hour,
+        300,
+    )]);
+    set_budget(&f.app, &f.alice, &f.instance, Some(budget))
+        .await
+        .unwrap();
+    const REQUESTS_PER_HOUR: i32 = 2;
+
+    // One call takes a lease along: a sixteenth of what is left, counted at once.
+    f.embed_own(&texts(1)).await.unwrap();
+    let leased = budget_used(&f.app, REQUESTS_PER_HOUR).await;
+    assert_eq!(
+        leased,
+        1 + (300 - 1) / 16,
+        "the call and its lease are counted"
+    );
+    // Calls served from the lease do not move the counter.
+    for _ in 0..5 {
+        f.embed_own(&texts(1)).await.unwrap();
+    }
+    assert_eq!(budget_used(&f.app, REQUESTS_PER_HOUR).await, leased);
+    // Left idle, the lease comes back: the counter then reads the calls made.
+    let mut returned = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        returned = budget_used(&f.app, REQUESTS_PER_HOUR).await;
+        if returned == 6 {
+            break;
+        }
+    }
+    assert_eq!(returned, 6, "an idle lease is given back");
+
+    // Two replicas with leases, in waves of 64 calls at once on each, against the 294 left:
+    // never more pass; once both are refused whole waves (and idle leases are back), exactly
+    // those have passed.
+    let replica = f.app.replica_with(roomy).await;
+    let mut passed = 0;
+    let mut refused_waves = 0;
+    for _ in 0..30 {
+        let calls = (0..128).map(|i| {
+            let app = if i % 2 == 0 { &f.app } else { &replica };
+            embed_as(app, &f.alice, &f.instance, "one")
+        });
+        let results = join_all(calls).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        for status in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_exceeded(status, "instance", "requests", "hour", 300);
+        }
+        passed += ok;
+        assert!(passed <= 294, "never more than the budget: {passed}");
+        if ok == 0 {
+            refused_waves += 1;
+            if refused_waves == 2 {
+                break;
+            }
+            // Leases left unused somewhere come back when idle.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+    assert_eq!(passed, 294, "every unit of the budget was spent");
+    assert_eq!(f.fake.request_count(), 300);
+    assert_eq!(budget_used(&f.app, REQUESTS_PER_HOUR).await, 300);
 }
