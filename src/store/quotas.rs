@@ -361,6 +361,9 @@ impl Store {
     }
 }
 
+/// A counter row: instance and grantee (0 for the budget).
+type CounterRow = (i64, i64);
+
 /// How long a correction waits for a reservation of its row to take it along before the
 /// settler writes it on its own.
 pub(super) const SETTLE_AFTER: Duration = Duration::from_millis(100);
@@ -374,7 +377,7 @@ const MAX_WAITING: usize = 65_536;
 #[derive(Debug)]
 pub(super) struct QuotaSettlements {
     pool: PgPool,
-    waiting: Mutex<HashMap<(i64, i64), Vec<CounterDelta<Window>>>>,
+    waiting: Mutex<HashMap<CounterRow, Vec<CounterDelta<Window>>>>,
     settler: OnceLock<()>,
     /// The units this replica holds for its next calls; the settler gives back idle ones.
     leases: QuotaLeases,
