@@ -38,6 +38,7 @@ FILES = [
     "audit",
     "embeddings",
     "credentials",
+    "usage",
 ]
 CALLERS_HELP = {
     "anonymous": "no token",

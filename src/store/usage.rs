@@ -1,4 +1,4 @@
-//! Reading the usage ledger (`usage_daily`, kept by `record_uses` with the audit events): daily
+//! Reading the usage ledger (`usage_daily`, kept with the audit events by `usage_events`): daily
 //! totals in (day, instance, subject, caller) order, resuming after a cursor of those four, so a
 //! page costs the same at any depth. The statement names only the filters in use; what a caller
 //! may read is part of it ([`UsageVisibility`]).
