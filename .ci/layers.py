@@ -21,7 +21,8 @@ LAYERS = [
     ["api", "import"],
     ["grpc", "tls", "telemetry"],
     ["services", "config", "dev_postgres"],
-    ["healthcheck", "server", "retention"],
+    ["retention"],
+    ["healthcheck", "server"],
     ["lib", "main"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -17,8 +17,9 @@
 //!    connections), [`telemetry`];
 //! 8. `services` (the one list of mounted services), [`config`], [`dev_postgres`] (development
 //!    mode's own PostgreSQL);
-//! 9. [`server`] and [`healthcheck`] (the client side of the `healthcheck` command), which wire
-//!    them, and `retention` (the sweep `server` runs); then `main.rs`.
+//! 9. `retention` (the sweep `serve` runs over the store, with its settings);
+//! 10. [`server`] and [`healthcheck`] (the client side of the `healthcheck` command), which wire
+//!     them; then `main.rs`.
 //!
 //! Only what the binary, the tests and the benchmarks use is public.
 

@@ -193,10 +193,7 @@ pub async fn reserve(
         Ok(reservation) => Ok(Some(reservation)),
         Err(exceeded) => {
             crate::metrics::record_quota_refusal(exceeded.scope.as_str());
-            Err(DomainError::QuotaExceeded {
-                message: exceeded.message(&found.instance.name),
-                exceeded,
-            })
+            Err(exceeded.into_error(&found.instance.name))
         }
     }
 }

@@ -72,7 +72,8 @@ pub enum DomainError {
     #[error("{message}")]
     QuotaExceeded {
         message: String,
-        exceeded: super::quota::QuotaExceeded,
+        limit: ExceededLimit,
+        retry_after: std::time::Duration,
     },
     /// The provider returned vectors that do not match the instance (count, dimensions, or not
     /// finite): its definition is wrong, and nothing is returned.
@@ -121,6 +122,16 @@ pub enum PreconditionReason {
     ReleaseNotAllowed,
     /// A key would be released over a listener without TLS, which the operator did not allow.
     PlaintextTransport,
+}
+
+/// The quota limit a call would have passed, as the caller is told it (`ErrorInfo` metadata):
+/// the words of `quota::QuotaScope`, `QuotaMetric` and `QuotaPeriod`, and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExceededLimit {
+    pub scope: &'static str,
+    pub metric: &'static str,
+    pub period: &'static str,
+    pub limit: i64,
 }
 
 /// Which per-instance limit refused a provider call.

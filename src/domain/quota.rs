@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
-use super::{DomainError, error::Violations};
+use super::{
+    DomainError,
+    error::{ExceededLimit, Violations},
+};
 
 /// What a limit counts. The numbers are the proto enum's and the database's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -225,8 +228,22 @@ pub struct QuotaExceeded {
 }
 
 impl QuotaExceeded {
-    /// What the caller is told (the limit, never anyone's usage).
-    pub fn message(&self, instance: &impl std::fmt::Display) -> String {
+    /// The refusal of a call of `instance`: QUOTA_EXCEEDED naming the limit (never anyone's
+    /// usage), retry when its window resets.
+    pub fn into_error(self, instance: &impl std::fmt::Display) -> DomainError {
+        DomainError::QuotaExceeded {
+            message: self.message(instance),
+            limit: ExceededLimit {
+                scope: self.scope.as_str(),
+                metric: self.limit.metric.as_str(),
+                period: self.limit.period.as_str(),
+                limit: self.limit.limit,
+            },
+            retry_after: self.retry_after,
+        }
+    }
+
+    fn message(&self, instance: &impl std::fmt::Display) -> String {
         let whose = match self.scope {
             QuotaScope::Share => "your share's quota",
             QuotaScope::Instance => "the instance's budget",

@@ -27,18 +27,12 @@ pub fn to_status(error: DomainError) -> Status {
     let reason = error.reason();
     let mut details = ErrorDetails::new();
     let mut metadata = std::collections::HashMap::new();
-    if let DomainError::QuotaExceeded { exceeded, .. } = &error {
+    if let DomainError::QuotaExceeded { limit, .. } = &error {
         // Which limit refused the call; never anyone's usage.
-        metadata.insert("scope".to_owned(), exceeded.scope.as_str().to_owned());
-        metadata.insert(
-            "metric".to_owned(),
-            exceeded.limit.metric.as_str().to_owned(),
-        );
-        metadata.insert(
-            "period".to_owned(),
-            exceeded.limit.period.as_str().to_owned(),
-        );
-        metadata.insert("limit".to_owned(), exceeded.limit.limit.to_string());
+        metadata.insert("scope".to_owned(), limit.scope.to_owned());
+        metadata.insert("metric".to_owned(), limit.metric.to_owned());
+        metadata.insert("period".to_owned(), limit.period.to_owned());
+        metadata.insert("limit".to_owned(), limit.limit.to_string());
     }
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
     match &error {
@@ -62,8 +56,8 @@ pub fn to_status(error: DomainError) -> Status {
         DomainError::InstanceLimited { retry_after, .. } => {
             details.set_retry_info(Some(*retry_after));
         }
-        DomainError::QuotaExceeded { exceeded, .. } => {
-            details.set_retry_info(Some(exceeded.retry_after));
+        DomainError::QuotaExceeded { retry_after, .. } => {
+            details.set_retry_info(Some(*retry_after));
         }
         DomainError::Provider {
             retry_after: Some(retry_after),

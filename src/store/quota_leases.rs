@@ -9,11 +9,14 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::quotas::Window;
 use crate::domain::quota::{Claim, CounterDelta, QuotaLimit, QuotaMetric, QuotaPeriod};
+
+/// The window a counter was reserved in, as the database keyed it.
+pub type Window = DateTime<Utc>;
 
 /// The most calls' worth a lease may hold.
 pub(super) const LEASE_CALLS: i64 = 64;

@@ -27,7 +27,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
@@ -99,8 +98,7 @@ pub(super) fn describe(quota: &Quota) -> String {
         .join(", ")
 }
 
-/// The window a counter was reserved in, as the database keyed it.
-pub type Window = DateTime<Utc>;
+pub use super::quota_leases::Window;
 
 /// A counter row's slot for a limit: `(metric - 1) * 4 + period`, as the migration numbers them.
 fn slot(limit: &QuotaLimit) -> i16 {

@@ -144,6 +144,15 @@ fn assert_exceeded(status: &Status, scope: &str, metric: &str, period: &str, lim
     assert!(status.get_details_retry_info().is_some(), "RetryInfo");
 }
 
+/// A server that trusts the fakes and runs 64 provider calls of one caller and instance at once,
+/// so that only quotas refuse the tests' bursts.
+fn roomy(settings: &mut ServeSettings) {
+    trust_fakes(settings);
+    settings.providers.calls_per_caller = 64;
+    settings.providers.max_concurrent_calls = 128;
+    settings.providers.concurrency_per_instance = 64;
+}
+
 fn retry_delay(status: &Status) -> Duration {
     status
         .get_details_retry_info()
@@ -166,13 +175,6 @@ async fn with_seconds_left_in_minute(seconds: u64) {
 #[tokio::test]
 async fn a_grantees_quota_holds_exactly_across_replicas_resets_with_its_minute_and_spares_the_owner()
  {
-    // Room for all 64 calls at once on each replica, so that only the quota refuses.
-    let roomy = |settings: &mut ServeSettings| {
-        trust_fakes(settings);
-        settings.providers.calls_per_caller = 64;
-        settings.providers.max_concurrent_calls = 128;
-        settings.providers.concurrency_per_instance = 64;
-    };
     let f = Fixture::start_with(Flavor::OpenAi, 8, roomy).await;
     let bob = f.app.create_user("bob").await;
     let share = share_with_quota(
@@ -636,13 +638,6 @@ async fn budget_used(app: &TestApp, slot: i32) -> i64 {
 
 #[tokio::test]
 async fn leases_serve_calls_without_the_database_yet_the_limit_holds_and_idle_ones_come_back() {
-    // Room for every call at once, so that only the budget refuses.
-    let roomy = |settings: &mut ServeSettings| {
-        trust_fakes(settings);
-        settings.providers.calls_per_caller = 64;
-        settings.providers.max_concurrent_calls = 128;
-        settings.providers.concurrency_per_instance = 64;
-    };
     let f = Fixture::start_with(Flavor::OpenAi, 8, roomy).await;
     let budget = quota(vec![limit(
         pb::QuotaMetric::Requests,
