@@ -161,7 +161,7 @@ struct Use {
     started: Instant,
     deadline: Instant,
     trace: Option<TraceContext>,
-    /// The call's quota reservation, once taken; settled with its audit event.
+    /// The call's quota reservation, once taken; settled when the use is recorded.
     reservation: Option<Reservation<QuotaWindow>>,
 }
 
@@ -305,8 +305,9 @@ impl Use {
         })
     }
 
-    /// The use's audit event, with what it adds to the usage ledger and the settlement of its
-    /// reservation, for a call that ended with `result` (its outcome is `outcome`).
+    /// The use's audit event, with what it adds to the usage ledger and the correction of its
+    /// reservation (see `store::quotas`), for a call that ended with `result` (its outcome is
+    /// `outcome`).
     fn event<T>(
         &self,
         method: &'static str,
