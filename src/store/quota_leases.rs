@@ -29,6 +29,9 @@ type LeaseKey = (i64, i64, QuotaMetric, QuotaPeriod);
 
 #[derive(Debug)]
 struct Lease {
+    /// The limit it was granted under: a lease is not drawn on under another (a lowered limit
+    /// takes effect at once; what the lease holds comes back when it is idle).
+    limit: i64,
     window: Window,
     /// When its window ends, by this process's clock (from the database's time left).
     expires: Instant,
@@ -58,8 +61,11 @@ impl QuotaLeases {
         let now = Instant::now();
         let mut held = self.held.lock();
         let enough = claims.iter().all(|claim| {
-            held.get(&key(instance, claim))
-                .is_some_and(|lease| lease.expires > now && lease.left >= claim.amount)
+            held.get(&key(instance, claim)).is_some_and(|lease| {
+                lease.expires > now
+                    && lease.limit == claim.limit.limit
+                    && lease.left >= claim.amount
+            })
         });
         if !enough {
             return None;
@@ -75,7 +81,8 @@ impl QuotaLeases {
     }
 
     /// Adds what a reservation granted: `leased` units of each claim's slot in `window`, whose
-    /// window ends `seconds_left` from now. A lease of an earlier window is replaced.
+    /// window ends `seconds_left` from now. A lease of another window or limit is replaced; the
+    /// correction answered gives back what it held in the same window (the database counted it).
     pub(super) fn grant(
         &self,
         instance: i64,
@@ -83,29 +90,39 @@ impl QuotaLeases {
         window: Window,
         leased: i64,
         seconds_left: f64,
-    ) {
+    ) -> Option<CounterDelta<Window>> {
         if leased <= 0 {
-            return;
+            return None;
         }
         let now = Instant::now();
         let expires = now + Duration::from_secs_f64(seconds_left.clamp(0.0, 32.0 * 86_400.0));
-        let mut held = self.held.lock();
-        let lease = held.entry(key(instance, claim)).or_insert(Lease {
+        let granted = Lease {
+            limit: claim.limit.limit,
             window,
             expires,
-            left: 0,
+            left: leased,
             touched: now,
-        });
-        if lease.window != window {
-            *lease = Lease {
-                window,
-                expires,
-                left: 0,
-                touched: now,
-            };
-        }
-        lease.left += leased;
-        lease.touched = now;
+        };
+        let mut held = self.held.lock();
+        let replaced = match held.get_mut(&key(instance, claim)) {
+            Some(lease) if lease.window == window && lease.limit == claim.limit.limit => {
+                lease.left += leased;
+                lease.touched = now;
+                return None;
+            }
+            Some(lease) => Some(std::mem::replace(lease, granted)),
+            None => {
+                held.insert(key(instance, claim), granted);
+                None
+            }
+        }?;
+        (replaced.window == window && replaced.left > 0).then(|| CounterDelta {
+            instance,
+            grantee: claim.grantee,
+            limit: claim.limit,
+            window,
+            delta: -replaced.left,
+        })
     }
 
     /// Removes the leases idle for [`LEASE_IDLE`] or past their window, and answers the

@@ -339,9 +339,13 @@ impl Store {
             .zip(&reserved.leased)
             .zip(&reserved.seconds_left)
         {
-            self.settlements
-                .leases
-                .grant(instance, claim, *window, *leased, *seconds_left);
+            if let Some(given_back) =
+                self.settlements
+                    .leases
+                    .grant(instance, claim, *window, *leased, *seconds_left)
+            {
+                self.settle_quota(vec![given_back]);
+            }
         }
         Ok(Ok(Reservation {
             instance,

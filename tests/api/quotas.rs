@@ -704,3 +704,37 @@ async fn leases_serve_calls_without_the_database_yet_the_limit_holds_and_idle_on
     assert_eq!(f.fake.request_count(), 300);
     assert_eq!(budget_used(&f.app, REQUESTS_PER_HOUR).await, 300);
 }
+
+#[tokio::test]
+async fn a_lowered_budget_takes_effect_at_once_despite_leases() {
+    let f = Fixture::start(Flavor::OpenAi, 8).await;
+    let per_hour = |n| {
+        quota(vec![limit(
+            pb::QuotaMetric::Requests,
+            pb::QuotaPeriod::Hour,
+            n,
+        )])
+    };
+    set_budget(&f.app, &f.alice, &f.instance, Some(per_hour(1000)))
+        .await
+        .unwrap();
+    f.embed_own(&texts(1)).await.unwrap();
+    // The call took a lease along; lowered to 5, the lease is not drawn on, and what it holds
+    // is still counted until it comes back.
+    set_budget(&f.app, &f.alice, &f.instance, Some(per_hour(5)))
+        .await
+        .unwrap();
+    let refused = f.embed_own(&texts(1)).await.unwrap_err();
+    assert_exceeded(&refused, "instance", "requests", "hour", 5);
+    assert_eq!(f.fake.request_count(), 1);
+    // Once the idle lease is back, exactly the 4 calls left of the 5 pass.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut passed = 0;
+    for _ in 0..8 {
+        if f.embed_own(&texts(1)).await.is_ok() {
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, 4);
+    assert_eq!(f.fake.request_count(), 5);
+}
