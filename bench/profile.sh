@@ -126,6 +126,7 @@ for scenario in $SCENARIOS; do
         line=$( { /usr/bin/time -f "%U %S" -o "$WORK/loadgen-time" "$LOADGEN" --addr "$target" measure \
             --token "$token" --scenario "$loadgen_scenario" --concurrency "$c" --seconds "$SECONDS_PER_RUN" "${extra[@]}" 2> "$WORK/loadgen.err"; } )
         [ -s "$WORK/loadgen.err" ] && sed 's/^ */   /' "$WORK/loadgen.err"
+        echo "   loadgen: $line"
         [ -n "${PERF_PID:-}" ] && { wait "$PERF_PID" || true; PERF_PID=""; }
         server_used=$(( $(ticks "$SERVER_PID") - server_before ))
         [ "$scenario" = embed-floor ] && server_used=$(( $(ticks "$FLOOR_PID") - floor_before ))
