@@ -21,6 +21,7 @@ mod instances;
 mod keys;
 mod projects;
 mod quota_leases;
+mod quota_settlements;
 mod quotas;
 mod rate_windows;
 mod read_cache;
@@ -68,7 +69,7 @@ pub struct Store {
     /// Quota reservations, group-committed on the usage connections.
     reservations: Arc<GroupCommit<quotas::ReserveBatch>>,
     /// Quota settlements, written after the calls by a task of their own.
-    settlements: Arc<quotas::QuotaSettlements>,
+    settlements: Arc<quota_settlements::QuotaSettlements>,
     /// The version of an instance each caller last wrote, where its next update starts.
     update_hints: Arc<instances::UpdateHints>,
 }
@@ -88,7 +89,7 @@ impl Store {
             .connect_lazy_with(usage_options);
         Self {
             reservations: quotas::reservations(usage_pool.clone()),
-            settlements: quotas::QuotaSettlements::new(usage_pool.clone()),
+            settlements: quota_settlements::QuotaSettlements::new(usage_pool.clone()),
             usage: UsageEvents::new(usage_pool),
             create_batches: GroupCommit::new(pool.clone()),
             update_batches: GroupCommit::new(pool.clone()),

@@ -1,7 +1,7 @@
 //! Quotas in the database: how a [`Quota`] is stored (a JSON array in `instances.quota` and
 //! `shares.quota`); the reservation a call makes before its provider call (`reserve_quota`, a
 //! function of the migration `quotas_and_usage`), which takes every claim of a call or none,
-//! atomically across replicas; and the settlement after it (`settle_quota`).
+//! atomically across replicas. Its correction after the call is [`super::quota_settlements`]'s.
 //!
 //! Every call of an instance with limits reserves against the same few counter rows, so under
 //! load the rows are the bottleneck: reservations that arrive together are therefore sent as one
@@ -15,26 +15,19 @@
 //! takes a lease for the replica's next calls (see [`super::quota_leases`]), and near a limit
 //! every call comes here again.
 //!
-//! Settlements need no answer, so none costs a statement of its own under load: a call's
-//! corrections wait in memory ([`QuotaSettlements`]) and the next reservation batch that locks
-//! their rows applies them in the same statement; those no reservation took along within
-//! [`SETTLE_AFTER`] are written by a task of their own (`settle_quota`). One that cannot be
-//! written leaves its reservation standing, which counts the call as estimated (never less).
+//! Each batch also applies the settlements waiting for its rows (see
+//! [`super::quota_settlements`]).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 
 use super::{
     Store, errors,
     group_commit::{BatchOutcome, BatchStatement, GroupCommit},
-    quota_leases::{LEASE_CALLS, QuotaLeases},
+    quota_leases::LEASE_CALLS,
+    quota_settlements::{QuotaSettlements, slot},
 };
 use crate::domain::{
     DomainError,
@@ -99,11 +92,6 @@ pub(super) fn describe(quota: &Quota) -> String {
 }
 
 pub use super::quota_leases::Window;
-
-/// A counter row's slot for a limit: `(metric - 1) * 4 + period`, as the migration numbers them.
-fn slot(limit: &QuotaLimit) -> i16 {
-    (limit.metric.number() - 1) * 4 + limit.period.number()
-}
 
 /// One call's reservation, as queued for a batch.
 pub(super) struct ReserveValues {
@@ -361,116 +349,6 @@ impl Store {
             self.settlements.queue(deltas);
         }
     }
-}
-
-/// A counter row: instance and grantee (0 for the budget).
-type CounterRow = (i64, i64);
-
-/// How long a correction waits for a reservation of its row to take it along before the
-/// settler writes it on its own.
-pub(super) const SETTLE_AFTER: Duration = Duration::from_millis(100);
-
-/// Corrections waiting for their rows; beyond this many, new ones are dropped (and their
-/// reservations stand: the calls count as estimated).
-const MAX_WAITING: usize = 65_536;
-
-/// Settlements waiting for a reservation of their counter rows (keyed by instance and grantee),
-/// and the settler that writes the rest every [`SETTLE_AFTER`].
-#[derive(Debug)]
-pub(super) struct QuotaSettlements {
-    pool: PgPool,
-    waiting: Mutex<HashMap<CounterRow, Vec<CounterDelta<Window>>>>,
-    settler: OnceLock<()>,
-    /// The units this replica holds for its next calls; the settler gives back idle ones.
-    leases: QuotaLeases,
-}
-
-impl QuotaSettlements {
-    pub(super) fn new(pool: PgPool) -> Arc<Self> {
-        Arc::new(Self {
-            pool,
-            waiting: Mutex::new(HashMap::new()),
-            settler: OnceLock::new(),
-            leases: QuotaLeases::default(),
-        })
-    }
-
-    fn queue(self: &Arc<Self>, deltas: Vec<CounterDelta<Window>>) {
-        self.start_settler();
-        self.put_back(deltas);
-    }
-
-    /// The settler starts with the first correction or lease (it needs the caller's runtime).
-    fn start_settler(self: &Arc<Self>) {
-        self.settler.get_or_init(|| {
-            tokio::spawn(settle_forever(Arc::downgrade(self)));
-        });
-    }
-
-    fn put_back(&self, deltas: Vec<CounterDelta<Window>>) {
-        let mut waiting = self.waiting.lock();
-        let held: usize = waiting.values().map(Vec::len).sum();
-        if held + deltas.len() > MAX_WAITING {
-            tracing::warn!("quota settlements are backed up; reservations stand as taken");
-            return;
-        }
-        for delta in deltas {
-            waiting
-                .entry((delta.instance, delta.grantee))
-                .or_default()
-                .push(delta);
-        }
-    }
-
-    /// The corrections waiting for `keys` (taken: the caller applies them or puts them back).
-    fn take_for(&self, keys: &[(i64, i64)]) -> Vec<CounterDelta<Window>> {
-        let mut waiting = self.waiting.lock();
-        keys.iter()
-            .filter_map(|key| waiting.remove(key))
-            .flatten()
-            .collect()
-    }
-
-    fn take_all(&self) -> Vec<CounterDelta<Window>> {
-        self.waiting
-            .lock()
-            .drain()
-            .flat_map(|(_, deltas)| deltas)
-            .collect()
-    }
-}
-
-/// Every [`SETTLE_AFTER`], writes what no reservation took along; ends with the store.
-async fn settle_forever(settlements: std::sync::Weak<QuotaSettlements>) {
-    loop {
-        tokio::time::sleep(SETTLE_AFTER).await;
-        let Some(settlements) = settlements.upgrade() else {
-            return;
-        };
-        let mut deltas = settlements.take_all();
-        deltas.extend(settlements.leases.give_back_idle());
-        if deltas.is_empty() {
-            continue;
-        }
-        crate::metrics::record_group_commit("quota_settlement", deltas.len());
-        if let Err(error) = settle(&settlements.pool, &deltas).await {
-            tracing::warn!(corrections = deltas.len(), %error, "quota settlements not written; their reservations stand");
-        }
-    }
-}
-
-async fn settle(pool: &PgPool, deltas: &[CounterDelta<Window>]) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT settle_quota($1::int8[], $2::int8[], $3::int2[], $4::timestamptz[], $5::int8[])",
-    )
-    .bind(deltas.iter().map(|d| d.instance).collect::<Vec<i64>>())
-    .bind(deltas.iter().map(|d| d.grantee).collect::<Vec<i64>>())
-    .bind(deltas.iter().map(|d| slot(&d.limit)).collect::<Vec<i16>>())
-    .bind(deltas.iter().map(|d| d.window).collect::<Vec<Window>>())
-    .bind(deltas.iter().map(|d| d.delta).collect::<Vec<i64>>())
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// The reservations' group commit, on the usage connections.
