@@ -229,17 +229,18 @@ impl Use {
     async fn test(mut self) -> Result<pb::TestInstanceResponse, Status> {
         let unfinished = Unfinished::new(&self, TEST);
         let context = &self.context;
-        let ready = match instance_use::ready(context, &self.found).await {
-            Ok(call) => instance_use::reserve(
+        let ready = async {
+            let call = instance_use::ready(context, &self.found).await?;
+            let reservation = instance_use::reserve(
                 context,
                 &self.found,
                 Limits::BudgetOnly,
                 self.usage.estimated_tokens,
             )
-            .await
-            .map(|reservation| (call, reservation)),
-            Err(refused) => Err(refused),
-        };
+            .await?;
+            Ok::<_, DomainError>((call, reservation))
+        }
+        .await;
         let call = match ready {
             Ok((call, reservation)) => {
                 self.reservation = reservation;

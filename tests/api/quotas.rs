@@ -36,6 +36,11 @@ pub fn quota(limits: Vec<pb::QuotaLimit>) -> pb::Quota {
     pb::Quota { limits }
 }
 
+/// A quota of one limit.
+pub fn one_limit(metric: pb::QuotaMetric, period: pb::QuotaPeriod, value: i64) -> pb::Quota {
+    quota(vec![limit(metric, period, value)])
+}
+
 /// Shares `instance` with `grantee` as a reader, with `quota` if given.
 pub async fn share_with_quota(
     app: &TestApp,
@@ -182,11 +187,11 @@ async fn a_grantees_quota_holds_exactly_across_replicas_resets_with_its_minute_a
         &f.alice,
         &f.instance,
         "bob",
-        Some(quota(vec![limit(
+        Some(one_limit(
             pb::QuotaMetric::Requests,
             pb::QuotaPeriod::Minute,
             10,
-        )])),
+        )),
     )
     .await
     .unwrap();
@@ -234,11 +239,7 @@ async fn token_budget(flavor: Flavor, reported: bool) {
     share_with_quota(&f.app, &f.alice, &f.instance, "bob", None)
         .await
         .unwrap();
-    let budget = quota(vec![limit(
-        pb::QuotaMetric::InputTokens,
-        pb::QuotaPeriod::Day,
-        10,
-    )]);
+    let budget = one_limit(pb::QuotaMetric::InputTokens, pb::QuotaPeriod::Day, 10);
     let shown = set_budget(&f.app, &f.alice, &f.instance, Some(budget.clone()))
         .await
         .unwrap();
@@ -334,13 +335,7 @@ async fn test_instance_counts_against_the_budget_and_not_the_grantees_quota() {
     crate::helpers::share(&f.app, &f.alice, &f.instance, "bob", pb::Role::Writer)
         .await
         .unwrap();
-    let one_a_day = |n| {
-        quota(vec![limit(
-            pb::QuotaMetric::Requests,
-            pb::QuotaPeriod::Day,
-            n,
-        )])
-    };
+    let one_a_day = |n| one_limit(pb::QuotaMetric::Requests, pb::QuotaPeriod::Day, n);
     SharingServiceClient::new(f.app.channel.clone())
         .share_instance(authed(
             pb::ShareInstanceRequest {
@@ -392,11 +387,11 @@ async fn no_provider_call_is_made_without_a_reservation() {
                     api_key: random_api_key(),
                     // Small enough that no reservation takes a lease along: every call asks
                     // the database.
-                    quota: Some(quota(vec![limit(
+                    quota: Some(one_limit(
                         pb::QuotaMetric::Requests,
                         pb::QuotaPeriod::Month,
                         10,
-                    )])),
+                    )),
                     ..Default::default()
                 }),
             },
@@ -463,11 +458,7 @@ async fn owners_set_quotas_writers_may_not_and_grantees_read_their_own() {
     let f = Fixture::start(Flavor::OpenAi, 8).await;
     let bob = f.app.create_user("bob").await;
     let carol = f.app.create_user("carol").await;
-    let ten = quota(vec![limit(
-        pb::QuotaMetric::Requests,
-        pb::QuotaPeriod::Hour,
-        10,
-    )]);
+    let ten = one_limit(pb::QuotaMetric::Requests, pb::QuotaPeriod::Hour, 10);
 
     // Bad limits are named field by field.
     let bad = quota(vec![
@@ -589,11 +580,11 @@ async fn a_service_account_acting_for_a_grantee_spends_the_grantees_quota() {
         &f.alice,
         &f.instance,
         "bob",
-        Some(quota(vec![limit(
+        Some(one_limit(
             pb::QuotaMetric::Requests,
             pb::QuotaPeriod::Day,
             2,
-        )])),
+        )),
     )
     .await
     .unwrap();
@@ -639,11 +630,7 @@ async fn budget_used(app: &TestApp, slot: i32) -> i64 {
 #[tokio::test]
 async fn leases_serve_calls_without_the_database_yet_the_limit_holds_and_idle_ones_come_back() {
     let f = Fixture::start_with(Flavor::OpenAi, 8, roomy).await;
-    let budget = quota(vec![limit(
-        pb::QuotaMetric::Requests,
-        pb::QuotaPeriod::Hour,
-        300,
-    )]);
+    let budget = one_limit(pb::QuotaMetric::Requests, pb::QuotaPeriod::Hour, 300);
     set_budget(&f.app, &f.alice, &f.instance, Some(budget))
         .await
         .unwrap();
@@ -708,13 +695,7 @@ async fn leases_serve_calls_without_the_database_yet_the_limit_holds_and_idle_on
 #[tokio::test]
 async fn a_lowered_budget_takes_effect_at_once_despite_leases() {
     let f = Fixture::start(Flavor::OpenAi, 8).await;
-    let per_hour = |n| {
-        quota(vec![limit(
-            pb::QuotaMetric::Requests,
-            pb::QuotaPeriod::Hour,
-            n,
-        )])
-    };
+    let per_hour = |n| one_limit(pb::QuotaMetric::Requests, pb::QuotaPeriod::Hour, n);
     set_budget(&f.app, &f.alice, &f.instance, Some(per_hour(1000)))
         .await
         .unwrap();
