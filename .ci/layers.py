@@ -17,6 +17,7 @@ LAYERS = [
     ["vault"],
     ["domain"],
     ["store", "providers", "connection"],
+    ["keys"],
     ["rpc"],
     ["api", "import"],
     ["grpc", "tls", "telemetry"],

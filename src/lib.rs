@@ -31,6 +31,7 @@ mod domain;
 mod grpc;
 pub mod healthcheck;
 mod import;
+pub mod keys;
 pub mod metrics;
 pub mod pb;
 pub mod providers;

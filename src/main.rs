@@ -1,5 +1,5 @@
 //! The `llm-registry` command line: `serve` (the default), `migrate`, `rotate-keys`,
-//! `import-dhamps-vdb` and `healthcheck`.
+//! `rewrap-data-keys`, `import-dhamps-vdb` and `healthcheck`.
 
 use std::process::ExitCode;
 
@@ -57,24 +57,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::RotateKeys(args)) => {
             let url = config::database_url(&cli.global)?;
-            let ring = config::rotation_key_ring(&cli.global, &args.keys)?;
-            let report = server::rotate_keys(cli.global.mode, &url, &ring, args.batch_size).await?;
+            let source = config::command_key_source(&cli.global, &args.keys, "rotate-keys")?;
+            let report =
+                server::rotate_keys(cli.global.mode, &url, &source, args.batch_size).await?;
             println!(
                 "re-encrypted {} key(s) under primary key {}; {} already current",
-                report.reencrypted,
-                ring.primary_id(),
-                report.already_current
+                report.reencrypted, report.primary, report.already_current
+            );
+            if !report.retired.is_empty() {
+                println!(
+                    "retired data key(s) {} (no stored key uses them)",
+                    report.retired.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Some(Command::RewrapDataKeys(args)) => {
+            let url = config::database_url(&cli.global)?;
+            let source = config::command_key_source(&cli.global, &args.keys, "rewrap-data-keys")?;
+            let report = server::rewrap_data_keys(cli.global.mode, &url, &source).await?;
+            println!(
+                "rewrapped {} data key(s); {} already current; all now under transit key version {}",
+                report.rewrapped,
+                report.already_current,
+                report
+                    .version
+                    .map_or_else(|| "(no data keys)".to_owned(), |v| v.to_string())
             );
             Ok(())
         }
         Some(Command::ImportDhampsVdb(args)) => {
             let url = config::database_url(&cli.global)?;
-            let ring = config::command_key_ring(&cli.global, &args.keys, "import-dhamps-vdb")?;
+            let source = config::command_key_source(&cli.global, &args.keys, "import-dhamps-vdb")?;
             let environment_key = std::env::var(config::DHAMPS_KEY_VARIABLE)
                 .ok()
                 .map(zeroize::Zeroizing::new);
             let options = config::import_options(&args, environment_key)?;
-            let report = server::import_dhamps_vdb(cli.global.mode, &url, &ring, &options).await?;
+            let report =
+                server::import_dhamps_vdb(cli.global.mode, &url, &source, &options).await?;
             if let Some(path) = &args.report {
                 std::fs::write(path, report.to_json()?).map_err(|e| {
                     anyhow::anyhow!("writing the report to {}: {e}", path.display())

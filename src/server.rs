@@ -32,10 +32,11 @@ use crate::{
         system_guard::SystemGuard,
         trace::RpcTrace,
     },
+    keys::{KeySource, Keys, RewrapReport, RotationReport},
     metrics, pb,
     providers::Providers,
     services::{self, MessageLimits},
-    store::{RotationReport, Store, database},
+    store::{Store, database},
     tls::{ServerTls, incoming},
     vault::KeyRing,
 };
@@ -85,20 +86,35 @@ pub async fn migrate(mode: Mode, database_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `rotate-keys` command: re-encrypts every stored key under the ring's primary key, in
-/// batches of `batch_size`, while the service may keep running.
+/// The `rotate-keys` command: re-encrypts every stored key under the primary key (under
+/// `vault-transit`, a new data key made primary first), in batches of `batch_size`, while the
+/// service may keep running.
 pub async fn rotate_keys(
     mode: Mode,
     database_url: &str,
-    ring: &KeyRing,
+    source: &KeySource,
     batch_size: u32,
 ) -> anyhow::Result<RotationReport> {
     let store = prepare_database(mode, database_url, 2, 0, None).await?;
-    store.check_key_ring_covers_database(ring).await?;
-    store
-        .rotate_keys(&Audit::operator("rotate-keys"), ring, batch_size)
-        .await
-        .map_err(|e| anyhow::anyhow!("rotation stopped: {e}"))
+    let audit = Audit::operator("rotate-keys");
+    let keys = Keys::load(source, &store, &audit).await?;
+    let report = keys.rotate(&store, &audit, batch_size).await;
+    store.close().await;
+    report
+}
+
+/// The `rewrap-data-keys` command: every data key wrapped again under the newest version of the
+/// transit key.
+pub async fn rewrap_data_keys(
+    mode: Mode,
+    database_url: &str,
+    source: &KeySource,
+) -> anyhow::Result<RewrapReport> {
+    let store = prepare_database(mode, database_url, 2, 0, None).await?;
+    let report =
+        crate::keys::rewrap_data_keys(source, &store, &Audit::operator("rewrap-data-keys")).await;
+    store.close().await;
+    report
 }
 
 /// The `import-dhamps-vdb` command: the registry's database prepared as for `serve` (migrations
@@ -106,12 +122,12 @@ pub async fn rotate_keys(
 pub async fn import_dhamps_vdb(
     mode: Mode,
     database_url: &str,
-    ring: &KeyRing,
+    source: &KeySource,
     options: &crate::import::ImportOptions,
 ) -> anyhow::Result<crate::import::Report> {
     let store = prepare_database(mode, database_url, 2, 0, None).await?;
-    store.check_key_ring_covers_database(ring).await?;
-    let report = crate::import::run(&store, ring, options).await;
+    let keys = Keys::load(source, &store, &Audit::operator("import-dhamps-vdb")).await?;
+    let report = crate::import::run(&store, &keys.ring(), options).await;
     store.close().await;
     report
 }
@@ -132,23 +148,20 @@ pub async fn serve(
         Some(settings.db_statement_timeout),
     )
     .await?;
-    store
-        .check_key_ring_covers_database(&settings.key_ring)
-        .await?;
+    let keys = Arc::new(Keys::load(&settings.keys, &store, &Audit::operator("serve")).await?);
+    let ring = keys.ring();
     let context = ApiContext {
         store: store.clone(),
-        // Page tokens seal under the primary and open under any configured key, so they survive
-        // a key rotation and a rollout in which replicas' primaries differ.
+        // Page tokens seal under the primary at start and open under any key of the ring, so
+        // they survive a key rotation and a rollout in which replicas' primaries differ.
         paginator: Paginator::new(
-            settings.key_ring.primary().derive(PAGE_TOKEN_KEY_PURPOSE),
-            settings
-                .key_ring
-                .keys()
+            ring.primary().derive(PAGE_TOKEN_KEY_PURPOSE),
+            ring.keys()
                 .skip(1)
                 .map(|key| key.derive(PAGE_TOKEN_KEY_PURPOSE))
                 .collect(),
         ),
-        key_ring: Arc::new(settings.key_ring.clone()),
+        keys: Arc::clone(&keys),
         providers: Providers::new(settings.providers.clone())?,
         request_timeout: settings.request_timeout,
         release: CredentialRelease {
@@ -180,6 +193,7 @@ pub async fn serve(
         stopping_rx,
     ));
 
+    let key_upkeep = crate::keys::spawn_upkeep(&keys, settings.data_key_refresh);
     let retention = tokio::spawn(crate::retention::sweep_forever(
         store.clone(),
         settings.retention,
@@ -232,12 +246,12 @@ pub async fn serve(
         .into_inner();
 
     let metrics_endpoint = match settings.metrics_addr {
-        Some(addr) => Some(start_metrics(addr, &store, &settings.key_ring, &database_up).await?),
+        Some(addr) => Some(start_metrics(addr, &store, &ring, &database_up).await?),
         None => None,
     };
 
     let address = listener.local_addr()?;
-    announce(&settings, address, tls.as_ref());
+    announce(&settings, &ring, address, tls.as_ref());
 
     let mut drain_started = stopping_tx.subscribe();
     let reporter = health_reporter.clone();
@@ -282,6 +296,9 @@ pub async fn serve(
     };
     watcher.abort();
     retention.abort();
+    if let Some(upkeep) = key_upkeep {
+        upkeep.abort();
+    }
     if let Some(endpoint) = metrics_endpoint {
         endpoint.abort();
     }
@@ -320,7 +337,12 @@ async fn start_metrics(
     Ok(tokio::spawn(metrics::endpoint::serve(listener, samplers)))
 }
 
-fn announce(settings: &ServeSettings, address: SocketAddr, tls: Option<&ServerTls>) {
+fn announce(
+    settings: &ServeSettings,
+    ring: &KeyRing,
+    address: SocketAddr,
+    tls: Option<&ServerTls>,
+) {
     let transport = match tls {
         Some(tls) if tls.mutual => "TLS, client certificates required (mutual TLS)",
         Some(_) => "TLS",
@@ -330,8 +352,9 @@ fn announce(settings: &ServeSettings, address: SocketAddr, tls: Option<&ServerTl
         %address,
         transport,
         certificate = tls.map(|tls| tls.summary.to_string()),
-        primary_key_id = %settings.key_ring.primary_id(),
-        key_ids = ?settings.key_ring.key_ids(),
+        key_source = if matches!(settings.keys, KeySource::Ring(_)) { "ring" } else { "vault-transit" },
+        primary_key_id = %ring.primary_id(),
+        key_ids = ?ring.key_ids(),
         "serving gRPC (health and reflection need no token)"
     );
     if settings.mode == Mode::Development {

@@ -90,10 +90,10 @@ impl CredentialService for CredentialsApi {
             }
             .into());
         }
-        // The vault's errors name key ids, never key material.
-        let key = context.key_ring.open(sealed, &instance.uid).map_err(|e| {
-            DomainError::Internal(format!("opening the key of {}: {e}", instance.name))
-        })?;
+        let key = context
+            .keys
+            .open(sealed, &instance.uid, &instance.name.to_string())
+            .await?;
         let project = target.project().map(ToString::to_string);
         let mut detail = format!("key released to {}", caller_label(&caller));
         if let Some(project) = &project {

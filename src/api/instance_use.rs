@@ -134,12 +134,10 @@ pub async fn ready(
             retry_after,
         });
     }
-    // The vault's errors name key ids, never key material; a key that does not open is our
-    // fault (a ring without its key), not the caller's.
     let key = context
-        .key_ring
-        .open(sealed, &found.instance.uid)
-        .map_err(|e| DomainError::Internal(format!("opening the key of {name}: {e}")))?;
+        .keys
+        .open(sealed, &found.instance.uid, &name.to_string())
+        .await?;
     Ok(ReadyCall {
         destination: Destination {
             endpoint: found.instance.spec.endpoint.clone(),

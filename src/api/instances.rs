@@ -156,7 +156,7 @@ impl LlmInstanceService for InstancesApi {
                 &Audit::new(&caller, "LlmInstanceService/CreateInstance"),
                 &caller,
                 new,
-                &self.0.key_ring,
+                &self.0.keys.ring(),
             )
             .await?;
         Ok(Response::new(to_pb(created)))
@@ -216,7 +216,7 @@ impl LlmInstanceService for InstancesApi {
                 &Audit::new(&caller, "LlmInstanceService/CreateInstanceFromDefinition"),
                 &caller,
                 new,
-                &self.0.key_ring,
+                &self.0.keys.ring(),
             )
             .await?;
         Ok(Response::new(to_pb(created)))
@@ -313,7 +313,7 @@ impl LlmInstanceService for InstancesApi {
                 &caller,
                 &name,
                 &instance.etag,
-                &self.0.key_ring,
+                &self.0.keys.ring(),
                 |current| {
                     let spec = patch.clone().apply("instance", &current.spec)?;
                     access::check_key_destination(current, &spec, &key_change)?;

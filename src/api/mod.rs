@@ -27,9 +27,9 @@ use crate::{
         caller::{Caller, Credential},
         pagination::Paginator,
     },
+    keys::Keys,
     providers::Providers,
     store::Store,
-    vault::KeyRing,
 };
 
 /// What every service handler needs.
@@ -38,7 +38,7 @@ pub struct ApiContext {
     pub store: Store,
     pub paginator: Paginator,
     /// Seals API keys on write; opens them only for a provider call.
-    pub key_ring: Arc<KeyRing>,
+    pub keys: Arc<Keys>,
     /// The outbound client and its limits.
     pub providers: Providers,
     /// The server's limit on any call; provider calls end before it.

@@ -12,14 +12,15 @@
 
 mod dev_secrets;
 mod import;
+mod key_source;
 mod settings;
 
 pub use self::{
     dev_secrets::default_dev_secrets_file,
     import::{DHAMPS_KEY_VARIABLE, ImportDhampsVdbArgs, import_options},
     settings::{
-        EdgeLimits, ReleaseSettings, RetentionSettings, ServeSettings, command_key_ring,
-        database_url, provider_settings, rotation_key_ring, serve_settings, tls_settings,
+        EdgeLimits, ReleaseSettings, RetentionSettings, ServeSettings, command_key_source,
+        database_url, provider_settings, serve_settings, tls_settings,
     },
 };
 
@@ -128,8 +129,12 @@ pub enum Command {
     /// Apply pending migrations and exit.
     Migrate,
     /// Re-encrypt every stored API key under the primary key, in batches, while the service
-    /// keeps serving. Safe to interrupt and run again.
+    /// keeps serving (under KEY_SOURCE=vault-transit a new data key is made primary first, and
+    /// data keys nothing uses any more are retired). Safe to interrupt and run again.
     RotateKeys(RotateKeysArgs),
+    /// Under KEY_SOURCE=vault-transit: wrap every data key again under the newest version of the
+    /// transit key (after `transit/keys/K/rotate`), so that min_decryption_version can be raised.
+    RewrapDataKeys(RewrapDataKeysArgs),
     /// Bring a dhamps-vdb deployment over: its users (their dhamps-vdb API keys keep working as
     /// bearer tokens), API standards, definitions, instances with their provider keys, shares
     /// and projects, in one transaction. Safe to run again: nothing is imported twice.
@@ -460,9 +465,58 @@ pub struct ProviderArgs {
     pub provider_max_input_bytes: usize,
 }
 
-/// The master keys, shared by `serve` and `rotate-keys`.
+/// Where the keys that seal provider keys come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeySourceKind {
+    /// ENCRYPTION_KEY and ENCRYPTION_KEYS_PREVIOUS in the environment (or flags).
+    Env,
+    /// ENCRYPTION_KEY_FILE and ENCRYPTION_KEYS_PREVIOUS_FILE (mounted secrets, mode 0600 or 0400).
+    File,
+    /// Data keys made and wrapped by OpenBao/Vault transit, kept wrapped in the database.
+    VaultTransit,
+}
+
+/// The master keys, shared by `serve`, `rotate-keys`, `rewrap-data-keys` and the import.
 #[derive(Debug, Clone, Args)]
 pub struct KeyArgs {
+    /// Where the keys come from: env, file or vault-transit (docs/operations.md, "Key sources").
+    #[arg(long, env = "KEY_SOURCE", value_enum, default_value_t = KeySourceKind::Env)]
+    pub key_source: KeySourceKind,
+    /// KEY_SOURCE=file: the file holding the primary key (base64 of 32 bytes); it must not be
+    /// readable by group or others.
+    #[arg(long, env = "ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+    /// KEY_SOURCE=file or vault-transit: a file of previous keys (base64, one per line or
+    /// comma-separated); it must not be readable by group or others.
+    #[arg(long, env = "ENCRYPTION_KEYS_PREVIOUS_FILE")]
+    pub encryption_keys_previous_file: Option<PathBuf>,
+    /// KEY_SOURCE=vault-transit: the transit server, e.g. https://vault.internal:8200.
+    #[arg(long, env = "VAULT_ADDR")]
+    pub vault_addr: Option<String>,
+    /// KEY_SOURCE=vault-transit: a file holding the token (re-read at each renewal); it must not
+    /// be readable by group or others. Preferred to VAULT_TOKEN.
+    #[arg(long, env = "VAULT_TOKEN_FILE")]
+    pub vault_token_file: Option<PathBuf>,
+    /// KEY_SOURCE=vault-transit: the token itself, when no VAULT_TOKEN_FILE is given.
+    #[arg(long, env = "VAULT_TOKEN", hide_env_values = true)]
+    pub vault_token: Option<SecretText>,
+    /// KEY_SOURCE=vault-transit: where the transit engine is mounted.
+    #[arg(long, env = "VAULT_TRANSIT_MOUNT", default_value = "transit")]
+    pub vault_transit_mount: String,
+    /// KEY_SOURCE=vault-transit: the transit key that wraps the data keys.
+    #[arg(long, env = "VAULT_TRANSIT_KEY")]
+    pub vault_transit_key: Option<String>,
+    /// KEY_SOURCE=vault-transit: the CA (PEM) that signed the transit server's certificate.
+    #[arg(long, env = "VAULT_CACERT")]
+    pub vault_cacert: Option<PathBuf>,
+    /// KEY_SOURCE=vault-transit: the namespace (Vault Enterprise, OpenBao namespaces).
+    #[arg(long, env = "VAULT_NAMESPACE")]
+    pub vault_namespace: Option<String>,
+    /// KEY_SOURCE=vault-transit: how often a running server looks for a primary data key made
+    /// by `rotate-keys` (seconds).
+    #[arg(long, env = "DATA_KEY_REFRESH_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub data_key_refresh_secs: u64,
     /// Primary master key for API keys at rest (encrypts; decrypts too): base64 of 32 random
     /// bytes, e.g. from `openssl rand -base64 32`. Required in production.
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
@@ -471,6 +525,12 @@ pub struct KeyArgs {
     /// `rotate-keys` has re-encrypted everything under the primary.
     #[arg(long, env = "ENCRYPTION_KEYS_PREVIOUS", hide_env_values = true)]
     pub encryption_keys_previous: Option<SecretText>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RewrapDataKeysArgs {
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Clone, Args)]

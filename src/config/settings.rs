@@ -7,13 +7,13 @@ use anyhow::{Context, bail, ensure};
 use zeroize::Zeroizing;
 
 use super::{
-    DEV_DATABASE_URL, GlobalArgs, KeyArgs, Mode, ProviderArgs, ServeArgs, TlsArgs, admin_token,
-    dev_secrets::development_secrets,
+    DEV_DATABASE_URL, GlobalArgs, KeyArgs, KeySourceKind, Mode, ProviderArgs, ServeArgs, TlsArgs,
+    admin_token, dev_secrets::development_secrets, key_source,
 };
 use crate::{
+    keys::KeySource,
     providers::{ProviderSettings, egress::EgressPolicy},
     tls::{TlsSettings, incoming::ConnectionLimits},
-    vault::{KeyRing, MasterKey},
 };
 
 /// Everything `serve` needs, validated. Its `Debug` leaves out the secrets.
@@ -23,7 +23,10 @@ pub struct ServeSettings {
     pub listen_addr: SocketAddr,
     pub database_url: String,
     pub admin_token: Zeroizing<String>,
-    pub key_ring: KeyRing,
+    /// Where the keys that seal provider keys come from.
+    pub keys: KeySource,
+    /// KEY_SOURCE=vault-transit: how often the primary data key is looked up.
+    pub data_key_refresh: Duration,
     pub request_timeout: Duration,
     pub max_message_bytes: usize,
     pub max_concurrent_requests: usize,
@@ -62,7 +65,8 @@ impl std::fmt::Debug for ServeSettings {
             .field("listen_addr", &self.listen_addr)
             .field("database_url", &"[redacted]")
             .field("admin_token", &"[redacted]")
-            .field("key_ring", &self.key_ring.key_ids())
+            .field("keys", &self.keys)
+            .field("data_key_refresh", &self.data_key_refresh)
             .field("request_timeout", &self.request_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
@@ -120,7 +124,7 @@ pub fn database_url(global: &GlobalArgs) -> anyhow::Result<String> {
 
 /// Resolves and validates the settings of `serve`.
 pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<ServeSettings> {
-    let (admin_token, key_ring) = match global.mode {
+    let (admin_token, keys) = match global.mode {
         Mode::Production => {
             let mut problems = Vec::new();
             if global
@@ -140,7 +144,7 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
                 }
                 Some(token) => admin_token(token).map_err(|p| problems.push(p)).ok(),
             };
-            let ring = explicit_ring(&serve.keys, &mut problems);
+            let keys = key_source::resolve(Mode::Production, &serve.keys, None, &mut problems);
             if serve.tls.tls_cert_file.is_none() && !serve.tls.tls_terminated_upstream {
                 problems.push(
                     "gRPC is served over TLS in production: set TLS_CERT_FILE and TLS_KEY_FILE, \
@@ -149,8 +153,8 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
                         .to_owned(),
                 );
             }
-            match (token, ring) {
-                (Some(token), Some(ring)) if problems.is_empty() => (token, ring),
+            match (token, keys) {
+                (Some(token), Some(keys)) if problems.is_empty() => (token, keys),
                 _ => bail!("production mode refuses to start: {}", problems.join("; ")),
             }
         }
@@ -160,7 +164,16 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
                 Some(token) => admin_token(token).map_err(anyhow::Error::msg)?,
                 None => stored.admin_token,
             };
-            (token, development_ring(&serve.keys, stored.encryption_key)?)
+            let mut problems = Vec::new();
+            match key_source::resolve(
+                Mode::Development,
+                &serve.keys,
+                Some(stored.encryption_key),
+                &mut problems,
+            ) {
+                Some(keys) if problems.is_empty() => (token, keys),
+                _ => bail!("{}", problems.join("; ")),
+            }
         }
     };
     ensure!(
@@ -181,7 +194,8 @@ pub fn serve_settings(global: &GlobalArgs, serve: &ServeArgs) -> anyhow::Result<
         listen_addr: serve.listen_addr,
         database_url: database_url(global)?,
         admin_token,
-        key_ring,
+        data_key_refresh: Duration::from_secs(serve.keys.data_key_refresh_secs),
+        keys,
         request_timeout: Duration::from_secs(serve.request_timeout_secs),
         max_message_bytes: serve.max_message_bytes,
         max_concurrent_requests: serve.max_concurrent_requests,
@@ -310,86 +324,23 @@ pub fn provider_settings(mode: Mode, args: &ProviderArgs) -> anyhow::Result<Prov
     })
 }
 
-/// The key ring of `rotate-keys`: the same rules as `serve`, without the admin token.
-pub fn rotation_key_ring(global: &GlobalArgs, keys: &KeyArgs) -> anyhow::Result<KeyRing> {
-    command_key_ring(global, keys, "rotate-keys")
-}
-
-/// The key ring of an operator command (`rotate-keys`, `import-dhamps-vdb`), as `serve` would
-/// have it: explicit in production, the stored development key otherwise.
-pub fn command_key_ring(
+/// The key source of an operator command (`rotate-keys`, `rewrap-data-keys`,
+/// `import-dhamps-vdb`), as `serve` would have it: explicit in production, the stored
+/// development key by default otherwise.
+pub fn command_key_source(
     global: &GlobalArgs,
     keys: &KeyArgs,
     command: &str,
-) -> anyhow::Result<KeyRing> {
-    match global.mode {
-        Mode::Production => {
-            let mut problems = Vec::new();
-            match explicit_ring(keys, &mut problems) {
-                Some(ring) if problems.is_empty() => Ok(ring),
-                _ => bail!("{command} refuses to run: {}", problems.join("; ")),
-            }
+) -> anyhow::Result<KeySource> {
+    let development_key = match (global.mode, keys.key_source) {
+        (Mode::Development, KeySourceKind::Env) => {
+            Some(development_secrets(global)?.encryption_key)
         }
-        Mode::Development => development_ring(keys, development_secrets(global)?.encryption_key),
-    }
-}
-
-/// `ENCRYPTION_KEYS_PREVIOUS`: comma-separated base64 keys; problems name the entry, not the key.
-fn previous_keys(keys: &KeyArgs, problems: &mut Vec<String>) -> Vec<MasterKey> {
-    let Some(list) = keys.encryption_keys_previous.as_deref() else {
-        return Vec::new();
+        _ => None,
     };
-    list.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .enumerate()
-        .filter_map(|(i, entry)| {
-            MasterKey::from_base64(entry)
-                .map_err(|e| problems.push(format!("ENCRYPTION_KEYS_PREVIOUS entry {} {e}", i + 1)))
-                .ok()
-        })
-        .collect()
-}
-
-fn ring(
-    primary: MasterKey,
-    previous: Vec<MasterKey>,
-    problems: &mut Vec<String>,
-) -> Option<KeyRing> {
-    KeyRing::new(primary, previous)
-        .map_err(|e| problems.push(e.to_string()))
-        .ok()
-}
-
-/// The ring from explicit settings only (production).
-fn explicit_ring(keys: &KeyArgs, problems: &mut Vec<String>) -> Option<KeyRing> {
-    let primary = match keys.encryption_key.as_deref() {
-        None | Some("") => {
-            problems.push(
-                "ENCRYPTION_KEY is missing (make one with `openssl rand -base64 32`)".to_owned(),
-            );
-            None
-        }
-        Some(encoded) => MasterKey::from_base64(encoded)
-            .map_err(|e| problems.push(format!("ENCRYPTION_KEY {e}")))
-            .ok(),
-    };
-    let previous = previous_keys(keys, problems);
-    ring(primary?, previous, problems)
-}
-
-/// The ring in development: an explicit primary wins over the secrets file's key.
-fn development_ring(keys: &KeyArgs, stored: MasterKey) -> anyhow::Result<KeyRing> {
     let mut problems = Vec::new();
-    let primary = match keys.encryption_key.as_deref().filter(|k| !k.is_empty()) {
-        Some(encoded) => {
-            MasterKey::from_base64(encoded).map_err(|e| anyhow::anyhow!("ENCRYPTION_KEY {e}"))?
-        }
-        None => stored,
-    };
-    let previous = previous_keys(keys, &mut problems);
-    match ring(primary, previous, &mut problems) {
-        Some(ring) if problems.is_empty() => Ok(ring),
-        _ => bail!("{}", problems.join("; ")),
+    match key_source::resolve(global.mode, keys, development_key, &mut problems) {
+        Some(source) if problems.is_empty() => Ok(source),
+        _ => bail!("{command} refuses to run: {}", problems.join("; ")),
     }
 }

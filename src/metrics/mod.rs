@@ -103,6 +103,19 @@ pub struct KeyRoleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitCallLabels {
+    /// `datakey`, `decrypt`, `rewrap`, `lookup-self`, `renew-self`.
+    pub operation: &'static str,
+    /// `ok` or why not (`unreachable`, `permission_denied`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabel {
     pub operation: &'static str,
 }
@@ -149,6 +162,9 @@ pub struct Metrics {
     pub vault_opens: Family<KeyIdLabel, Counter>,
     pub vault_failures: Family<OperationLabel, Counter>,
     pub vault_keys: Family<KeyRoleLabels, Gauge>,
+    pub data_keys: Family<StateLabel, Gauge>,
+    pub transit_calls: Family<TransitCallLabels, Counter>,
+    pub transit_token_renewal_failing: Gauge,
     pub provider_requests: Family<ProviderLabels, Counter>,
     pub provider_duration: Histograms<ProtocolLabel>,
     pub provider_retries: Family<ProtocolLabel, Counter>,
@@ -190,6 +206,9 @@ impl Metrics {
             vault_opens: Family::default(),
             vault_failures: Family::default(),
             vault_keys: Family::default(),
+            data_keys: Family::default(),
+            transit_calls: Family::default(),
+            transit_token_renewal_failing: Gauge::default(),
             provider_requests: Family::default(),
             provider_duration: Family::new_with_constructor(latency_histogram),
             provider_retries: Family::default(),
@@ -330,6 +349,21 @@ impl Metrics {
             metrics.vault_keys.clone(),
         );
         r.register(
+            "data_keys",
+            "Data keys wrapped by transit (KEY_SOURCE=vault-transit), by state, as last read",
+            metrics.data_keys.clone(),
+        );
+        r.register(
+            "transit_calls",
+            "Calls to the transit server, by operation and outcome",
+            metrics.transit_calls.clone(),
+        );
+        r.register(
+            "transit_token_renewal_failing",
+            "1 while the transit token's last renewal failed (serving on the data keys in hand)",
+            metrics.transit_token_renewal_failing.clone(),
+        );
+        r.register(
             "provider_requests",
             "Provider calls (one per Embed or TestInstance batch), by protocol and outcome",
             metrics.provider_requests.clone(),
@@ -375,6 +409,14 @@ pub fn record_quota_refusal(scope: &'static str) {
     metrics()
         .quota_refusals
         .get_or_create(&ScopeLabel { scope })
+        .inc();
+}
+
+/// Counts one call to the transit server.
+pub fn record_transit_call(operation: &'static str, outcome: &'static str) {
+    metrics()
+        .transit_calls
+        .get_or_create(&TransitCallLabels { operation, outcome })
         .inc();
 }
 

@@ -9,7 +9,7 @@ use crate::{
 
 /// What one rotation run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RotationReport {
+pub struct ResealReport {
     pub reencrypted: u64,
     pub already_current: u64,
 }
@@ -87,7 +87,7 @@ impl Store {
         audit: &Audit,
         ring: &KeyRing,
         batch_size: u32,
-    ) -> Result<RotationReport, DomainError> {
+    ) -> Result<ResealReport, DomainError> {
         let primary = ring.primary_id();
         let already_current: i64 =
             sqlx::query_scalar("SELECT count(*) FROM instances WHERE api_key_key_id = $1")
@@ -95,7 +95,7 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(errors::db)?;
-        let mut report = RotationReport {
+        let mut report = ResealReport {
             reencrypted: 0,
             already_current: u64::try_from(already_current).unwrap_or_default(),
         };

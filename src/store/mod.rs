@@ -11,6 +11,7 @@ mod api_standards;
 mod audit;
 mod change;
 mod cursor;
+mod data_keys;
 pub mod database;
 mod definitions;
 mod dependents;
@@ -36,7 +37,6 @@ mod users;
 
 pub use audit::{AuditFilter, Visibility};
 pub use instances::NewInstance;
-pub use keys::RotationReport;
 pub use quotas::Window as QuotaWindow;
 pub use usage_events::UsageEvent;
 

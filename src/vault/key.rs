@@ -53,6 +53,14 @@ impl MasterKey {
         Ok(Self::from_bytes(Zeroizing::new(bytes)))
     }
 
+    /// A key given as raw bytes (a data key unwrapped by transit).
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
+        let bytes: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| KeyError::WrongLength(bytes.len()))?;
+        Ok(Self::from_bytes(Zeroizing::new(bytes)))
+    }
+
     /// A fresh random key (development mode).
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);

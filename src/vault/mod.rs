@@ -10,6 +10,8 @@
 //! - Plaintext keys exist only as [`ApiKey`], zeroized on drop and redacted in `Debug`/`Display`.
 
 mod key;
+pub mod transit;
+pub mod wrapper;
 
 use aes_gcm::{Nonce, aead::Aead, aead::Payload};
 use rand::RngCore;
@@ -125,6 +127,29 @@ impl KeyRing {
             .collect()
     }
 
+    /// This ring with `key` as primary: the primary before it becomes previous (and `key`
+    /// leaves the previous keys if it was one).
+    pub fn promoted(&self, key: MasterKey) -> Self {
+        let previous = self
+            .keys()
+            .filter(|known| known.id_str() != key.id_str())
+            .cloned()
+            .collect();
+        Self {
+            primary: key,
+            previous,
+        }
+    }
+
+    /// This ring with `key` among the previous keys (unchanged if it holds it already).
+    pub fn with_previous(&self, key: MasterKey) -> Self {
+        let mut ring = self.clone();
+        if !ring.keys().any(|known| known.id_str() == key.id_str()) {
+            ring.previous.push(key);
+        }
+        ring
+    }
+
     /// Encrypts `plaintext` for the instance with immutable id `instance_uid`, under the primary.
     pub fn seal(&self, plaintext: &ApiKey, instance_uid: &str) -> Sealed {
         let mut nonce = [0u8; NONCE_LEN];
@@ -159,6 +184,8 @@ impl KeyRing {
 
     /// Publishes the ring's key ids and roles as metrics (ids are public; see `MasterKey::id`).
     pub fn publish_metrics(&self) {
+        // A key that moved from primary to previous must not stay listed under both.
+        metrics().vault_keys.clear();
         for (index, key) in self.keys().enumerate() {
             let role = if index == 0 { "primary" } else { "previous" };
             metrics()

@@ -113,7 +113,7 @@ pub fn settings(database: &str, admin_token: &str, key_ring: &KeyRing) -> ServeS
     ])
     .expect("the test settings parse");
     let mut settings = serve_settings(&cli.global, &cli.serve).expect("the test settings hold");
-    settings.key_ring = key_ring.clone();
+    settings.keys = llm_registry::keys::KeySource::Ring(key_ring.clone());
     settings
 }
 
