@@ -102,6 +102,10 @@ pub enum DomainError {
     /// The database cannot be reached; the caller may retry.
     #[error("the database is unavailable")]
     Unavailable,
+    /// The key that sealed an API key cannot be unwrapped now (KEY_SOURCE=vault-transit, and
+    /// transit unreachable or refusing); the caller may retry. The message names no secret.
+    #[error("{0}")]
+    KeysUnavailable(String),
     /// A fault of ours. The detail is logged, never sent to the caller.
     #[error("internal error")]
     Internal(String),
@@ -323,6 +327,7 @@ impl DomainError {
             Self::Unauthenticated => (ErrorCode::Unauthenticated, "UNAUTHENTICATED"),
             Self::Unimplemented(_) => (ErrorCode::Unimplemented, "NOT_IMPLEMENTED"),
             Self::Unavailable => (ErrorCode::Unavailable, "DATABASE_UNAVAILABLE"),
+            Self::KeysUnavailable(_) => (ErrorCode::Unavailable, "KEY_SOURCE_UNAVAILABLE"),
             Self::Internal(_) => (ErrorCode::Internal, "INTERNAL"),
         }
     }

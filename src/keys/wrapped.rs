@@ -123,7 +123,10 @@ impl WrappedKeys {
         };
         let key = self.unwrap_checked(&row).await.map_err(|message| {
             tracing::warn!("{message}");
-            DomainError::Unavailable
+            DomainError::KeysUnavailable(format!(
+                "the data key {id} that sealed this API key cannot be unwrapped now (the key \
+                 service is unavailable to this replica); retry later"
+            ))
         })?;
         let learned = ring.read().with_previous(key);
         learned.publish_metrics();

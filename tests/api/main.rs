@@ -11,6 +11,7 @@ mod binary;
 mod db_proxy;
 mod fake_provider;
 mod helpers;
+mod openbao;
 mod raw;
 
 mod api_standards;
@@ -31,6 +32,7 @@ mod hostile_input;
 mod hostile_provider;
 mod import_dhamps;
 mod instances;
+mod key_sources;
 mod metrics;
 mod pagination;
 mod platform;
