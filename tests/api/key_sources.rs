@@ -472,7 +472,14 @@ async fn the_token_is_renewed_and_when_it_cannot_be_only_new_data_keys_fail() {
         .token("short", &crate::openbao::registry_policy(TRANSIT_KEY), "4s")
         .await;
     let token_file = secret_file(&deployment.home, "token", &token);
-    let (child, addr, mut log) = start_server(deployment.transit_command(&bao, &token_file)).await;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = deployment.transit_command(&bao, &token_file);
+    command.env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"));
+    let (child, addr, mut log) = start_server(command).await;
     let channel = wait_until_serving(addr).await;
     let alice = create_user_on(&channel, &deployment.admin, "alice").await;
     let key = deployment.create_instance(&channel, &alice, "oai").await;
@@ -494,6 +501,23 @@ async fn the_token_is_renewed_and_when_it_cannot_be_only_new_data_keys_fail() {
         .embed(&channel, &alice, "oai", &key)
         .await
         .unwrap();
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "llmr_transit_token_renewal_failing 1",
+        "llmr_data_keys{state=\"primary\"} 1",
+        "llmr_transit_calls_total{operation=\"datakey\",outcome=\"ok\"} 1",
+        "llmr_transit_calls_total{operation=\"decrypt\",outcome=\"ok\"}",
+        "llmr_transit_calls_total{operation=\"renew-self\",outcome=\"ok\"}",
+        "llmr_transit_calls_total{operation=\"lookup-self\",outcome=\"permission_denied\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    assert!(!metrics.contains(&token));
 
     // Another process (with a good token) rotates, and another replica seals a new key under
     // the new data key: this replica cannot unwrap it, so that key is UNAVAILABLE here (with a
