@@ -303,3 +303,120 @@ fn ring(
         .map_err(|e| problems.push(e.to_string()))
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::Cli;
+
+    /// The problems production reports for these flags (after `--mode production`).
+    fn problems(flags: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(
+            ["llm-registry", "--mode", "production"]
+                .iter()
+                .chain(flags)
+                .copied(),
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        resolve(Mode::Production, &cli.serve.keys, None, &mut problems);
+        problems
+    }
+
+    fn mentions(problems: &[String], needle: &str) -> bool {
+        problems.iter().any(|problem| problem.contains(needle))
+    }
+
+    #[test]
+    fn vault_transit_names_every_missing_or_malformed_setting() {
+        let missing = problems(&["--key-source", "vault-transit"]);
+        for needle in [
+            "VAULT_ADDR",
+            "VAULT_TOKEN_FILE (or VAULT_TOKEN)",
+            "VAULT_TRANSIT_KEY",
+        ] {
+            assert!(mentions(&missing, needle), "{needle}: {missing:?}");
+        }
+        let token = "s.never-printed-token";
+        let malformed = problems(&[
+            "--key-source",
+            "vault-transit",
+            "--vault-addr",
+            "vault.internal:8200",
+            "--vault-token",
+            token,
+            "--vault-transit-key",
+            "a/b",
+            "--vault-transit-mount",
+            "../x",
+            "--encryption-key",
+            MasterKey::generate().to_base64().as_str(),
+        ]);
+        for needle in [
+            "is not an http(s) URL",
+            "VAULT_TRANSIT_KEY \"a/b\"",
+            "VAULT_TRANSIT_MOUNT",
+            "unset ENCRYPTION_KEY",
+        ] {
+            assert!(mentions(&malformed, needle), "{needle}: {malformed:?}");
+        }
+        assert!(!malformed.iter().any(|problem| problem.contains(token)));
+    }
+
+    #[test]
+    fn vault_transit_takes_static_previous_keys_for_the_move_from_env() {
+        let old = MasterKey::generate();
+        let cli = Cli::try_parse_from([
+            "llm-registry",
+            "--key-source",
+            "vault-transit",
+            "--vault-addr",
+            "https://vault.internal:8200/",
+            "--vault-token",
+            "s.token",
+            "--vault-transit-key",
+            "registry",
+            "--vault-transit-mount",
+            "/kv/transit/",
+            "--encryption-keys-previous",
+            old.to_base64().as_str(),
+        ])
+        .unwrap();
+        let mut problems = Vec::new();
+        let source = resolve(Mode::Production, &cli.serve.keys, None, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let Some(KeySource::VaultTransit { transit, previous }) = source else {
+            panic!("not vault-transit");
+        };
+        assert_eq!(transit.mount, "kv/transit");
+        assert_eq!(
+            transit.place(),
+            "VAULT_ADDR=https://vault.internal:8200 (transit key registry on mount kv/transit)"
+        );
+        assert_eq!(
+            previous.iter().map(MasterKey::id).collect::<Vec<_>>(),
+            [old.id()]
+        );
+    }
+
+    #[test]
+    fn env_and_file_do_not_mix() {
+        let file = problems(&["--key-source", "file"]);
+        assert!(
+            mentions(&file, "KEY_SOURCE=file needs ENCRYPTION_KEY_FILE"),
+            "{file:?}"
+        );
+        let env = problems(&[
+            "--encryption-key",
+            MasterKey::generate().to_base64().as_str(),
+            "--encryption-key-file",
+            "/run/secrets/key",
+        ]);
+        assert!(
+            mentions(&env, "ENCRYPTION_KEY_FILE is set but KEY_SOURCE is env"),
+            "{env:?}"
+        );
+    }
+}
