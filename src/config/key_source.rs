@@ -387,6 +387,11 @@ mod tests {
         let mut problems = Vec::new();
         let source = resolve(Mode::Production, &cli.serve.keys, None, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
+        let shown = format!("{source:?}");
+        assert!(
+            !shown.contains("s.token") && !shown.contains(old.to_base64().as_str()),
+            "{shown}"
+        );
         let Some(KeySource::VaultTransit { transit, previous }) = source else {
             panic!("not vault-transit");
         };

@@ -1,5 +1,6 @@
 //! KEY_SOURCE against a real OpenBao (tests/api/openbao.rs) and real files, through the real
-//! binary: provider keys sealed under transit data keys serve and survive restarts, nothing in
+//! binary: provider keys sealed under transit data keys serve and survive restarts, replicas
+//! starting together share one data key, nothing in
 //! the database opens without transit, start-up refuses (naming VAULT_ADDR and the operation)
 //! when transit is down, denies or rejects an old wrapping, transit key rotation + rewrap +
 //! min_decryption_version, rotate-keys while serving, the move from `env`, token renewal and
@@ -272,6 +273,34 @@ async fn keys_sealed_under_a_transit_data_key_serve_survive_a_restart_and_are_ne
         assert!(!dump.contains(&secret), "{what} is in the dump");
         assert!(!logs.contains(&secret), "{what} is in the log");
     }
+}
+
+#[tokio::test]
+async fn replicas_starting_together_on_an_empty_table_share_one_data_key() {
+    let bao = OpenBao::start().await;
+    let deployment = Deployment::new().await;
+    let token_file = secret_file(&deployment.home, "token", &bao.registry_token().await);
+    let ((first, first_addr, _first_log), (second, second_addr, _second_log)) = tokio::join!(
+        start_server(deployment.transit_command(&bao, &token_file)),
+        start_server(deployment.transit_command(&bao, &token_file)),
+    );
+    let stored = deployment.data_keys().await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].3, "primary");
+
+    // A key sealed by one opens on the other.
+    let first_channel = wait_until_serving(first_addr).await;
+    let second_channel = wait_until_serving(second_addr).await;
+    let alice = create_user_on(&first_channel, &deployment.admin, "alice").await;
+    let key = deployment
+        .create_instance(&first_channel, &alice, "oai")
+        .await;
+    deployment
+        .embed(&second_channel, &alice, "oai", &key)
+        .await
+        .unwrap();
+    terminate(first).await;
+    terminate(second).await;
 }
 
 #[tokio::test]
