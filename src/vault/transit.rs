@@ -189,6 +189,29 @@ impl TransitClient {
     }
 }
 
+impl TransitClient {
+    /// A transit call answering a wrapped key (`datakey/wrapped`, `rewrap`).
+    async fn wrapped_answer(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<WrappedKey, WrapError> {
+        let answer: Data<CiphertextData> = self
+            .call(
+                operation,
+                reqwest::Method::POST,
+                self.transit_url(path),
+                Some(body),
+            )
+            .await?;
+        answer
+            .data
+            .into_wrapped()
+            .map_err(|kind| self.error(operation, kind))
+    }
+}
+
 /// Transit's refusals, sorted: 403 is a policy (or an expired token), "not found" a missing key,
 /// "too old" a version below min_decryption_version.
 fn classify(status: u16, body: &[u8]) -> WrapErrorKind {
@@ -329,20 +352,11 @@ impl KeyWrapper for TransitClient {
     }
 
     fn new_data_key(&self) -> BoxFuture<'_, Result<WrappedKey, WrapError>> {
-        Box::pin(async move {
-            let answer: Data<CiphertextData> = self
-                .call(
-                    "datakey",
-                    reqwest::Method::POST,
-                    self.transit_url("datakey/wrapped"),
-                    Some(serde_json::json!({ "bits": DATA_KEY_BITS })),
-                )
-                .await?;
-            answer
-                .data
-                .into_wrapped()
-                .map_err(|kind| self.error("datakey", kind))
-        })
+        Box::pin(self.wrapped_answer(
+            "datakey",
+            "datakey/wrapped",
+            serde_json::json!({ "bits": DATA_KEY_BITS }),
+        ))
     }
 
     fn unwrap<'a>(
@@ -378,20 +392,11 @@ impl KeyWrapper for TransitClient {
         &'a self,
         wrapped: &'a WrappedKey,
     ) -> BoxFuture<'a, Result<WrappedKey, WrapError>> {
-        Box::pin(async move {
-            let answer: Data<CiphertextData> = self
-                .call(
-                    "rewrap",
-                    reqwest::Method::POST,
-                    self.transit_url("rewrap"),
-                    Some(serde_json::json!({ "ciphertext": wrapped.ciphertext })),
-                )
-                .await?;
-            answer
-                .data
-                .into_wrapped()
-                .map_err(|kind| self.error("rewrap", kind))
-        })
+        Box::pin(self.wrapped_answer(
+            "rewrap",
+            "rewrap",
+            serde_json::json!({ "ciphertext": wrapped.ciphertext }),
+        ))
     }
 
     fn keep_alive(&self) -> BoxFuture<'_, Result<Option<Duration>, WrapError>> {
