@@ -21,7 +21,7 @@ use tower::ServiceBuilder;
 use crate::{
     api::{ApiContext, CredentialRelease},
     config::{Mode, ServeSettings},
-    domain::{audit::Audit, pagination::Paginator},
+    domain::audit::Audit,
     grpc::{
         admission::{Admission, FairShares, ProviderCallLimits},
         authenticate::Authenticator,
@@ -40,9 +40,6 @@ use crate::{
     tls::{ServerTls, incoming},
     vault::KeyRing,
 };
-
-/// Purpose label for the page-token HMAC key derived from the master key.
-const PAGE_TOKEN_KEY_PURPOSE: &str = "llm-registry page tokens v2";
 
 /// Connects (creating the database in development mode) and applies migrations. The store's read
 /// cache holds at most `read_cache_entries` answers (0 for commands that serve no calls).
@@ -152,15 +149,6 @@ pub async fn serve(
     let ring = keys.ring();
     let context = ApiContext {
         store: store.clone(),
-        // Page tokens seal under the primary at start and open under any key of the ring, so
-        // they survive a key rotation and a rollout in which replicas' primaries differ.
-        paginator: Paginator::new(
-            ring.primary().derive(PAGE_TOKEN_KEY_PURPOSE),
-            ring.keys()
-                .skip(1)
-                .map(|key| key.derive(PAGE_TOKEN_KEY_PURPOSE))
-                .collect(),
-        ),
         keys: Arc::clone(&keys),
         providers: Providers::new(settings.providers.clone())?,
         request_timeout: settings.request_timeout,

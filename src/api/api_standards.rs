@@ -96,9 +96,10 @@ impl ApiStandardService for ApiStandardsApi {
     ) -> Result<Response<pb::ListApiStandardsResponse>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self.0.store.list_api_standards(&page).await?;
-        let (standards, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (standards, next_page_token) =
+            paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListApiStandardsResponse {
             api_standards: standards.into_iter().map(to_pb).collect(),
             next_page_token,

@@ -63,9 +63,9 @@ impl AuditService for AuditApi {
                 }),
             },
         };
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self.0.store.list_audit_events(&filter, &page).await?;
-        let (events, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (events, next_page_token) = paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.into_iter().map(to_pb).collect(),
             next_page_token,

@@ -89,9 +89,10 @@ impl LlmDefinitionService for DefinitionsApi {
         let request = request.into_inner();
         let parent = UserName::parse("parent", &request.parent)?;
         access::check_definitions_read(&caller, &parent.0, &parent)?;
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self.0.store.list_definitions(&parent, &page).await?;
-        let (definitions, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (definitions, next_page_token) =
+            paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListDefinitionsResponse {
             definitions: definitions.into_iter().map(to_pb).collect(),
             next_page_token,

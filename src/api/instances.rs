@@ -260,13 +260,14 @@ impl LlmInstanceService for InstancesApi {
                 return Err(DomainError::invalid("scope", "is not a known InstanceScope").into());
             }
         };
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self
             .0
             .store
             .list_instances(&caller, &parent, scope, &page)
             .await?;
-        let (instances, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (instances, next_page_token) =
+            paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListInstancesResponse {
             instances: instances.into_iter().map(to_pb).collect(),
             next_page_token,

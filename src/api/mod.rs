@@ -25,7 +25,6 @@ use crate::{
     domain::{
         DomainError,
         caller::{Caller, Credential},
-        pagination::Paginator,
     },
     keys::Keys,
     providers::Providers,
@@ -36,8 +35,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct ApiContext {
     pub store: Store,
-    pub paginator: Paginator,
-    /// Seals API keys on write; opens them only for a provider call.
+    /// Seals API keys on write; opens them only for a provider call. Also signs page tokens.
     pub keys: Arc<Keys>,
     /// The outbound client and its limits.
     pub providers: Providers,

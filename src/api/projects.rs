@@ -115,9 +115,9 @@ impl ProjectService for ProjectsApi {
         let request = request.into_inner();
         let parent = UserName::parse("parent", &request.parent)?;
         access::check_private_read(&caller, &parent.0, &parent)?;
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self.0.store.list_projects(&parent, &page).await?;
-        let (projects, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (projects, next_page_token) = paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListProjectsResponse {
             projects: projects.into_iter().map(to_pb).collect(),
             next_page_token,

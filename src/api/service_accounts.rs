@@ -141,9 +141,9 @@ impl ServiceAccountService for ServiceAccountsApi {
         let caller = caller_of(&request)?;
         access::check_admin(&caller, "list service accounts")?;
         let request = request.into_inner();
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self.0.store.list_service_accounts(&page).await?;
-        let (accounts, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (accounts, next_page_token) = paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListServiceAccountsResponse {
             service_accounts: accounts.into_iter().map(to_pb).collect(),
             next_page_token,

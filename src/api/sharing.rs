@@ -115,9 +115,9 @@ impl SharingService for SharingApi {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let instance = InstanceName::parse("parent", &request.parent)?;
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self.0.store.list_shares(&caller, &instance, &page).await?;
-        let (shares, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (shares, next_page_token) = paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListInstanceSharesResponse {
             shares: shares.into_iter().map(to_pb).collect(),
             next_page_token,

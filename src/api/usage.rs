@@ -102,13 +102,13 @@ impl UsageService for UsageApi {
             start_day,
             end_day,
         };
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self
             .0
             .store
             .list_usage(&filter, &visibility(&caller), &page)
             .await?;
-        let (rows, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (rows, next_page_token) = paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListUsageResponse {
             rows: rows.into_iter().map(to_pb).collect(),
             next_page_token,

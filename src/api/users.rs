@@ -78,9 +78,9 @@ impl UserService for UsersApi {
         let caller = caller_of(&request)?;
         access::check_admin(&caller, "list users")?;
         let request = request.into_inner();
-        let (page, binding) = paging::start(&self.0.paginator, &caller, &request)?;
+        let (page, binding) = paging::start(&self.0.keys.paginator(), &caller, &request)?;
         let found = self.0.store.list_users(&page).await?;
-        let (users, next_page_token) = paging::finish(&self.0.paginator, found, &binding);
+        let (users, next_page_token) = paging::finish(&self.0.keys.paginator(), found, &binding);
         Ok(Response::new(pb::ListUsersResponse {
             users: users.into_iter().map(to_pb).collect(),
             next_page_token,

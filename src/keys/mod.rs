@@ -11,16 +11,15 @@
 //! Everything that seals takes [`Keys::ring`] (a snapshot); everything that opens calls
 //! [`Keys::open`], which may have to ask transit and so is async.
 
+mod held;
 mod rotation;
 mod upkeep;
 mod wrapped;
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-
 use crate::{
-    domain::{DomainError, audit::Audit},
+    domain::{DomainError, audit::Audit, pagination::Paginator},
     store::Store,
     vault::{
         ApiKey, KeyRing, MasterKey, Sealed, VaultError,
@@ -73,7 +72,7 @@ impl KeySource {
 
 /// The service's keys: the ring in hand, and for wrapped sources what is needed to learn more.
 pub struct Keys {
-    ring: RwLock<Arc<KeyRing>>,
+    held: held::HeldKeys,
     wrapped: Option<wrapped::WrappedKeys>,
 }
 
@@ -93,7 +92,7 @@ impl Keys {
     pub async fn load(source: &KeySource, store: &Store, audit: &Audit) -> anyhow::Result<Self> {
         let keys = match source {
             KeySource::Ring(ring) => Self {
-                ring: RwLock::new(Arc::new(ring.clone())),
+                held: held::HeldKeys::new(ring.clone()),
                 wrapped: None,
             },
             KeySource::VaultTransit { previous, .. } => {
@@ -103,7 +102,7 @@ impl Keys {
                 let wrapped = wrapped::WrappedKeys::new(wrapper, store.clone(), previous.clone());
                 let ring = wrapped.load(audit).await?;
                 Self {
-                    ring: RwLock::new(Arc::new(ring)),
+                    held: held::HeldKeys::new(ring),
                     wrapped: Some(wrapped),
                 }
             }
@@ -114,7 +113,12 @@ impl Keys {
 
     /// The ring as it is now: seal under its primary.
     pub fn ring(&self) -> Arc<KeyRing> {
-        Arc::clone(&self.ring.read())
+        self.held.ring()
+    }
+
+    /// Seals page tokens under the ring's primary; opens them under any key of the ring.
+    pub fn paginator(&self) -> Arc<Paginator> {
+        self.held.paginator()
     }
 
     /// Opens a stored key of the instance `uid`. A key sealed under a data key this replica has
@@ -129,7 +133,7 @@ impl Keys {
         let opened = self.ring().open(sealed, uid);
         let opened = match (opened, &self.wrapped) {
             (Err(VaultError::UnknownKey(id)), Some(wrapped)) => {
-                wrapped.learn(&self.ring, &id).await?;
+                wrapped.learn(&self.held, &id).await?;
                 self.ring().open(sealed, uid)
             }
             (opened, _) => opened,

@@ -2,8 +2,6 @@
 //! it, unused data keys retired) and `rewrap-data-keys` (every data key wrapped again under the
 //! newest transit key version, so that `min_decryption_version` can be raised).
 
-use std::sync::Arc;
-
 use super::{KeySource, Keys};
 use crate::{domain::audit::Audit, store::Store};
 
@@ -42,8 +40,7 @@ impl Keys {
             store
                 .promote_new_data_key(audit, key.id_str(), &new)
                 .await?;
-            let promoted = self.ring().promoted(key);
-            *self.ring.write() = Arc::new(promoted);
+            self.held.install(self.ring().promoted(key));
         }
         let ring = self.ring();
         let report = store

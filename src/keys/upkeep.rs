@@ -56,7 +56,7 @@ pub fn spawn_upkeep(
                     .set(i64::from(failing));
             }
             if next_refresh <= now {
-                if let Err(error) = wrapped.adopt_primary(&keys.ring).await {
+                if let Err(error) = wrapped.adopt_primary(&keys.held).await {
                     tracing::warn!("checking for a new primary data key failed: {error:#}");
                 }
                 next_refresh = Instant::now() + refresh_every;

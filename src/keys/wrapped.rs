@@ -3,8 +3,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use parking_lot::RwLock;
-
+use super::held::HeldKeys;
 use crate::{
     domain::{DomainError, audit::Audit},
     metrics::{StateLabel, metrics},
@@ -109,13 +108,9 @@ impl WrappedKeys {
 
     /// Adds data key `id` to `ring` if the database has it (whatever its state). UNAVAILABLE
     /// when transit cannot be asked: the calls that need it fail, the others go on.
-    pub(super) async fn learn(
-        &self,
-        ring: &RwLock<Arc<KeyRing>>,
-        id: &str,
-    ) -> Result<(), DomainError> {
+    pub(super) async fn learn(&self, held: &HeldKeys, id: &str) -> Result<(), DomainError> {
         let _one_at_a_time = self.learning.lock().await;
-        if ring.read().key_ids().iter().any(|known| known == id) {
+        if held.ring().key_ids().iter().any(|known| known == id) {
             return Ok(());
         }
         let Some(row) = self.store.data_key(id).await? else {
@@ -128,22 +123,20 @@ impl WrappedKeys {
                  service is unavailable to this replica); retry later"
             ))
         })?;
-        let learned = ring.read().with_previous(key);
-        learned.publish_metrics();
-        *ring.write() = Arc::new(learned);
+        held.install(held.ring().with_previous(key));
         tracing::info!(data_key = %id, "learned a data key made after this replica started");
         Ok(())
     }
 
     /// Makes the database's primary data key the ring's, if it changed (a rotation by another
     /// process): whether it did.
-    pub(super) async fn adopt_primary(&self, ring: &RwLock<Arc<KeyRing>>) -> anyhow::Result<bool> {
+    pub(super) async fn adopt_primary(&self, held: &HeldKeys) -> anyhow::Result<bool> {
         let rows = self.store.data_keys().await?;
         publish_states(&rows);
         let Some(row) = rows.iter().find(|row| row.state == DataKeyState::Primary) else {
             return Ok(false);
         };
-        let current = ring.read().clone();
+        let current = held.ring();
         if current.primary_id() == row.id {
             return Ok(false);
         }
@@ -152,9 +145,7 @@ impl WrappedKeys {
             Some(key) => key.clone(),
             None => self.unwrap_checked(row).await.map_err(anyhow::Error::msg)?,
         };
-        let promoted = ring.read().promoted(key);
-        promoted.publish_metrics();
-        *ring.write() = Arc::new(promoted);
+        held.install(held.ring().promoted(key));
         tracing::info!(data_key = %row.id, "adopted the new primary data key");
         Ok(true)
     }

@@ -162,6 +162,26 @@ impl Drop for Deployment {
     }
 }
 
+/// One instance of alice's list per page, from `page_token`.
+async fn list_instances(
+    channel: &Channel,
+    alice: &str,
+    page_token: &str,
+) -> Result<pb::ListInstancesResponse, Status> {
+    pb::llm_instance_service_client::LlmInstanceServiceClient::new(channel.clone())
+        .list_instances(authed(
+            pb::ListInstancesRequest {
+                parent: "users/alice".into(),
+                page_size: 1,
+                page_token: page_token.into(),
+                ..Default::default()
+            },
+            alice,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -476,11 +496,19 @@ async fn env_moves_to_vault_transit_with_rotate_keys_while_serving() {
     wait_for_line(&mut log, "adopted the new primary data key").await;
     let second = deployment.create_instance(&channel, &alice, "second").await;
     assert_eq!(deployment.sealed_by("second").await, new_primary);
+    // Its page tokens follow: one it signs now opens on a replica that never held the first
+    // data key (retired) nor the old key.
+    let first_page = list_instances(&channel, &alice, "").await.unwrap();
+    assert_eq!(first_page.instances.len(), 1);
     terminate(serving).await;
 
     // Step 3: the old key is no longer needed.
     let (child, addr, _log) = start_server(deployment.transit_command(&bao, &token_file)).await;
     let channel = wait_until_serving(addr).await;
+    let second_page = list_instances(&channel, &alice, &first_page.next_page_token)
+        .await
+        .expect("a page token signed after the rotation opens");
+    assert_eq!(second_page.instances.len(), 1);
     deployment
         .embed(&channel, &alice, "first", &first)
         .await
