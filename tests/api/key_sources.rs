@@ -524,9 +524,10 @@ async fn env_moves_to_vault_transit_with_rotate_keys_while_serving() {
 async fn the_token_is_renewed_and_when_it_cannot_be_only_new_data_keys_fail() {
     let bao = OpenBao::start().await;
     let deployment = Deployment::new().await;
-    // A token that would expire in 4 seconds unless renewed.
+    // A token that would expire in 8 seconds unless renewed (long enough for a start on a
+    // loaded machine).
     let token = bao
-        .token("short", &crate::openbao::registry_policy(TRANSIT_KEY), "4s")
+        .token("short", &crate::openbao::registry_policy(TRANSIT_KEY), "8s")
         .await;
     let token_file = secret_file(&deployment.home, "token", &token);
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -541,7 +542,7 @@ async fn the_token_is_renewed_and_when_it_cannot_be_only_new_data_keys_fail() {
     let alice = create_user_on(&channel, &deployment.admin, "alice").await;
     let key = deployment.create_instance(&channel, &alice, "oai").await;
 
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let (status, answer) = bao
         .call(&token, "GET", "auth/token/lookup-self", json!(null))
         .await;
