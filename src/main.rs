@@ -145,22 +145,29 @@ async fn serve(global: &config::GlobalArgs, args: &config::ServeArgs) -> anyhow:
     server::serve(settings, listener, shutdown_signal()).await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a SIGTERM that arrives between the "serving" log line and the first
+/// poll of the shutdown future (a pod stopped right after it started) is caught and drains,
+/// instead of killing the process with the default disposition.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        let wait = |signal: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match signal {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(interrupt, "SIGINT") => tracing::info!("SIGINT received"),
+            () = wait(terminate, "SIGTERM") => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = interrupt => tracing::info!("SIGINT received"),
-        _ = terminate => tracing::info!("SIGTERM received"),
     }
 }
