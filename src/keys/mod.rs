@@ -95,10 +95,8 @@ impl Keys {
                 held: held::HeldKeys::new(ring.clone()),
                 wrapped: None,
             },
-            KeySource::VaultTransit { previous, .. } => {
-                let wrapper = source
-                    .wrapper()?
-                    .ok_or_else(|| anyhow::anyhow!("vault-transit has a wrapper"))?;
+            KeySource::VaultTransit { transit, previous } => {
+                let wrapper = Arc::new(TransitClient::new(transit.clone())?);
                 let wrapped = wrapped::WrappedKeys::new(wrapper, store.clone(), previous.clone());
                 let ring = wrapped.load(audit).await?;
                 Self {

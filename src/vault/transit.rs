@@ -137,7 +137,40 @@ impl TransitClient {
         url: String,
         body: Option<serde_json::Value>,
     ) -> Result<T, WrapError> {
-        let outcome = self.call_uncounted(operation, method, url, body).await;
+        let outcome = async {
+            let mut request = self
+                .http
+                .request(method, url)
+                .header("X-Vault-Token", self.token.read().as_str());
+            if let Some(namespace) = &self.settings.namespace {
+                request = request.header("X-Vault-Namespace", namespace);
+            }
+            if let Some(body) = body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string());
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| self.error(operation, WrapErrorKind::Unreachable(root_cause(&e))))?;
+            let status = response.status();
+            let body = Zeroizing::new(
+                response
+                    .bytes()
+                    .await
+                    .map_err(|e| self.error(operation, WrapErrorKind::Unreachable(root_cause(&e))))?
+                    .to_vec(),
+            );
+            if !status.is_success() {
+                return Err(self.error(operation, classify(status.as_u16(), &body)));
+            }
+            serde_json::from_slice(&body).map_err(|e| {
+                // serde's message names the field and position, never the value.
+                self.error(operation, WrapErrorKind::Malformed(e.to_string()))
+            })
+        }
+        .await;
         record_transit_call(
             operation,
             match &outcome {
@@ -148,48 +181,6 @@ impl TransitClient {
         outcome
     }
 
-    async fn call_uncounted<T: for<'de> Deserialize<'de>>(
-        &self,
-        operation: &'static str,
-        method: reqwest::Method,
-        url: String,
-        body: Option<serde_json::Value>,
-    ) -> Result<T, WrapError> {
-        let mut request = self
-            .http
-            .request(method, url)
-            .header("X-Vault-Token", self.token.read().as_str());
-        if let Some(namespace) = &self.settings.namespace {
-            request = request.header("X-Vault-Namespace", namespace);
-        }
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.error(operation, WrapErrorKind::Unreachable(root_cause(&e))))?;
-        let status = response.status();
-        let body = Zeroizing::new(
-            response
-                .bytes()
-                .await
-                .map_err(|e| self.error(operation, WrapErrorKind::Unreachable(root_cause(&e))))?
-                .to_vec(),
-        );
-        if !status.is_success() {
-            return Err(self.error(operation, classify(status.as_u16(), &body)));
-        }
-        serde_json::from_slice(&body).map_err(|e| {
-            // serde's message names the field and position, never the value.
-            self.error(operation, WrapErrorKind::Malformed(e.to_string()))
-        })
-    }
-}
-
-impl TransitClient {
     /// A transit call answering a wrapped key (`datakey/wrapped`, `rewrap`).
     async fn wrapped_answer(
         &self,

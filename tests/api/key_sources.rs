@@ -17,7 +17,10 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use llm_registry::{IssuedToken, pb::v1 as pb, vault::MasterKey};
 use serde_json::json;
 use sqlx::Connection;
-use tokio::{process::Command, sync::mpsc::UnboundedReceiver};
+use tokio::{
+    process::{Child, Command},
+    sync::mpsc::UnboundedReceiver,
+};
 use tonic::{Code, Status, transport::Channel};
 
 use crate::{
@@ -66,6 +69,18 @@ impl Deployment {
             .env("VAULT_TRANSIT_KEY", TRANSIT_KEY)
             .env("DATA_KEY_REFRESH_SECS", "1");
         command
+    }
+
+    /// Starts `command`, waits until it serves and creates alice there: the server process, a
+    /// channel to it, alice's token and the server's log.
+    async fn start_with_alice(
+        &self,
+        command: Command,
+    ) -> (Child, Channel, String, UnboundedReceiver<String>) {
+        let (child, addr, log) = start_server(command).await;
+        let channel = wait_until_serving(addr).await;
+        let alice = create_user_on(&channel, &self.admin, "alice").await;
+        (child, channel, alice, log)
     }
 
     /// `command` run to its end (a refused start, or an operator command).
@@ -232,9 +247,9 @@ async fn keys_sealed_under_a_transit_data_key_serve_survive_a_restart_and_are_ne
     let deployment = Deployment::new().await;
     let token_file = secret_file(&deployment.home, "vault-token", &token);
 
-    let (child, addr, mut log) = start_server(deployment.transit_command(&bao, &token_file)).await;
-    let channel = wait_until_serving(addr).await;
-    let alice = create_user_on(&channel, &deployment.admin, "alice").await;
+    let (child, channel, alice, mut log) = deployment
+        .start_with_alice(deployment.transit_command(&bao, &token_file))
+        .await;
     let key = deployment.create_instance(&channel, &alice, "oai").await;
     deployment
         .embed(&channel, &alice, "oai", &key)
@@ -379,9 +394,9 @@ async fn transit_key_rotation_rewrap_and_min_decryption_version() {
     let bao = OpenBao::start().await;
     let deployment = Deployment::new().await;
     let token_file = secret_file(&deployment.home, "token", &bao.registry_token().await);
-    let (child, addr, _log) = start_server(deployment.transit_command(&bao, &token_file)).await;
-    let channel = wait_until_serving(addr).await;
-    let alice = create_user_on(&channel, &deployment.admin, "alice").await;
+    let (child, channel, alice, _log) = deployment
+        .start_with_alice(deployment.transit_command(&bao, &token_file))
+        .await;
     let key = deployment.create_instance(&channel, &alice, "oai").await;
     terminate(child).await;
 
@@ -445,9 +460,9 @@ async fn env_moves_to_vault_transit_with_rotate_keys_while_serving() {
     let old = MasterKey::generate();
 
     // Keys sealed under an ENCRYPTION_KEY.
-    let (child, addr, _log) = start_server(deployment.env_command(&old)).await;
-    let channel = wait_until_serving(addr).await;
-    let alice = create_user_on(&channel, &deployment.admin, "alice").await;
+    let (child, channel, alice, _log) = deployment
+        .start_with_alice(deployment.env_command(&old))
+        .await;
     let first = deployment.create_instance(&channel, &alice, "first").await;
     terminate(child).await;
     assert_eq!(deployment.sealed_by("first").await, old.id());
@@ -537,9 +552,7 @@ async fn the_token_is_renewed_and_when_it_cannot_be_only_new_data_keys_fail() {
         .port();
     let mut command = deployment.transit_command(&bao, &token_file);
     command.env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"));
-    let (child, addr, mut log) = start_server(command).await;
-    let channel = wait_until_serving(addr).await;
-    let alice = create_user_on(&channel, &deployment.admin, "alice").await;
+    let (child, channel, alice, mut log) = deployment.start_with_alice(command).await;
     let key = deployment.create_instance(&channel, &alice, "oai").await;
 
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -660,9 +673,7 @@ async fn key_files_must_be_private_and_serve() {
     );
 
     // Private: serves, and seals under the file's key.
-    let (child, addr, _log) = start_server(file_command()).await;
-    let channel = wait_until_serving(addr).await;
-    let alice = create_user_on(&channel, &deployment.admin, "alice").await;
+    let (child, channel, alice, _log) = deployment.start_with_alice(file_command()).await;
     let key = deployment.create_instance(&channel, &alice, "oai").await;
     deployment
         .embed(&channel, &alice, "oai", &key)
